@@ -1,0 +1,102 @@
+"""chainrule: backpropagation made real.
+
+A reverse-mode automatic-differentiation engine over a computation graph
+recorded as code runs, and the neural-network toolkit on top of it.
+
+>>> import chainrule as cr
+>>> w = cr.tensor(5.0, requires_grad=True)
+>>> J = (w * 1.0 + 1.0 - 2.0) ** 2
+>>> J.backward(); w.grad
+"""
+
+from __future__ import annotations
+
+from . import ops
+from .factories import (
+    arange,
+    eye,
+    full,
+    full_like,
+    linspace,
+    ones,
+    ones_like,
+    rand,
+    randn,
+    zeros,
+    zeros_like,
+)
+from .functional import (
+    GradcheckError,
+    grad,
+    gradcheck,
+    hessian,
+    jacobian,
+    value_and_grad,
+    vjp,
+)
+from .ops import (
+    RULES,
+    abs,
+    add,
+    apply,
+    astype,
+    broadcast_to,
+    cat,
+    clamp,
+    clip,
+    clone,
+    concatenate,
+    cos,
+    div,
+    exp,
+    expand_dims,
+    flatten,
+    getitem,
+    leaky_relu,
+    linear,
+    log,
+    log_softmax,
+    logsumexp,
+    matmul,
+    max,
+    maximum,
+    mean,
+    min,
+    minimum,
+    mul,
+    neg,
+    pow,
+    relu,
+    reshape,
+    rule,
+    sigmoid,
+    sin,
+    softmax,
+    softplus,
+    sqrt,
+    squeeze,
+    stack,
+    sub,
+    sum,
+    swapaxes,
+    tanh,
+    transpose,
+    var,
+    where,
+)
+from .tensor import (
+    AnomalyError,
+    GraphReleasedError,
+    Tensor,
+    detect_anomaly,
+    enable_grad,
+    is_grad_enabled,
+    no_grad,
+    set_grad_enabled,
+    tensor,
+)
+
+__version__ = "0.1.0"
+
+float32 = "float32"
+float64 = "float64"

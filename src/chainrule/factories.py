@@ -1,0 +1,100 @@
+"""Ways to make leaf tensors: zeros, ones, random values, ranges.
+
+Defaults follow the dtype rule of the package: floating results are float32
+unless a ``dtype`` is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .tensor import Tensor
+
+__all__ = [
+    "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
+    "randn", "rand", "arange", "linspace", "eye",
+]
+
+
+def _shape(shape: tuple) -> tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return tuple(int(s) for s in shape)
+
+
+def _make(arr: np.ndarray, requires_grad: bool, name: str | None = None) -> Tensor:
+    t = Tensor._const(arr)
+    t.name = name
+    if requires_grad:
+        t.requires_grad = True
+    return t
+
+
+def zeros(*shape: Any, dtype: Any = np.float32, requires_grad: bool = False) -> Tensor:
+    """A tensor of zeros: ``cr.zeros(2, 3)`` or ``cr.zeros((2, 3))``."""
+    return _make(np.zeros(_shape(shape), dtype=dtype), requires_grad)
+
+
+def ones(*shape: Any, dtype: Any = np.float32, requires_grad: bool = False) -> Tensor:
+    """A tensor of ones: ``cr.ones(2, 3)`` or ``cr.ones((2, 3))``."""
+    return _make(np.ones(_shape(shape), dtype=dtype), requires_grad)
+
+
+def full(shape: Any, fill_value: float, dtype: Any = np.float32,
+         requires_grad: bool = False) -> Tensor:
+    """A tensor of ``shape`` filled with ``fill_value``."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    return _make(np.full(shape, fill_value, dtype=dtype), requires_grad)
+
+
+def _like(t: Any) -> np.ndarray:
+    return t.data if isinstance(t, Tensor) else np.asarray(t)
+
+
+def zeros_like(t: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    return _make(np.zeros_like(_like(t), dtype=dtype), requires_grad)
+
+
+def ones_like(t: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    return _make(np.ones_like(_like(t), dtype=dtype), requires_grad)
+
+
+def full_like(t: Any, fill_value: float, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    return _make(np.full_like(_like(t), fill_value, dtype=dtype), requires_grad)
+
+
+def randn(*shape: Any, seed: int | None = None, dtype: Any = np.float32,
+          requires_grad: bool = False) -> Tensor:
+    """Standard normal samples; ``seed`` makes them reproducible."""
+    rng = np.random.default_rng(seed)
+    return _make(rng.standard_normal(_shape(shape)).astype(dtype), requires_grad)
+
+
+def rand(*shape: Any, seed: int | None = None, dtype: Any = np.float32,
+         requires_grad: bool = False) -> Tensor:
+    """Uniform samples in [0, 1); ``seed`` makes them reproducible."""
+    rng = np.random.default_rng(seed)
+    return _make(rng.random(_shape(shape)).astype(dtype), requires_grad)
+
+
+def arange(start: float, stop: float | None = None, step: float = 1, dtype: Any = None,
+           requires_grad: bool = False) -> Tensor:
+    """Evenly spaced values in [start, stop), like ``np.arange`` (floats become float32)."""
+    arr = np.arange(start, stop, step) if stop is not None else np.arange(start)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    elif arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    return _make(arr, requires_grad)
+
+
+def linspace(start: float, stop: float, num: int = 50, dtype: Any = np.float32,
+             requires_grad: bool = False) -> Tensor:
+    return _make(np.linspace(start, stop, num, dtype=dtype), requires_grad)
+
+
+def eye(n: int, m: int | None = None, dtype: Any = np.float32,
+        requires_grad: bool = False) -> Tensor:
+    return _make(np.eye(n, m, dtype=dtype), requires_grad)

@@ -1,0 +1,1260 @@
+"""Every differentiable operation, each written as one rule.
+
+A rule is a forward function on NumPy arrays and, right under it, its
+vector-Jacobian product (VJP): given the backpropagated gradient ``g`` =
+dL/d(out), return dL/d(input) = g x d(out)/d(input) for each input, i.e.
+*backpropagated gradient x local gradient* in the notes' words.
+
+The VJP signature is ``vjp(g, out, ctx, needs, xp, *inputs)``:
+
+* ``out`` is the op's output value and ``inputs`` its operands;
+* ``ctx`` is whatever the forward kept (axes, masks, indices), never a value
+  that would need differentiating;
+* ``needs[i]`` says whether input ``i`` wants a gradient; skip the others;
+* ``xp`` is the array namespace: plain NumPy for a normal backward pass, or
+  the differentiable ops of this file for ``backward(create_graph=True)``, in
+  which case ``g``, ``out`` and ``inputs`` are Tensors and the VJP itself is
+  recorded, giving gradients of gradients. VJPs therefore use operators,
+  ``.sum/.reshape`` methods and ``xp.<fn>`` only.
+
+Broadcasting is undone in exactly one place, :func:`sum_to_shape`.
+All rules live in :data:`RULES`, which the tests enumerate.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from .tensor import Tensor, _as_array, _mode, check_forward_anomaly
+
+__all__ = [
+    "Rule", "RULES", "rule", "apply", "sum_to_shape", "value",
+    "add", "sub", "mul", "div", "pow", "matmul", "neg", "abs", "exp", "log", "sqrt",
+    "tanh", "sigmoid", "relu", "leaky_relu", "softplus", "sin", "cos",
+    "sum", "mean", "max", "min", "var", "logsumexp", "softmax", "log_softmax",
+    "reshape", "flatten", "transpose", "swapaxes", "squeeze", "expand_dims",
+    "broadcast_to", "getitem", "concatenate", "stack", "where", "maximum", "minimum",
+    "clip", "astype", "clone", "linear",
+]
+
+
+# --------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------
+
+
+class Rule:
+    """One differentiable operation: ``forward`` and its ``vjp``, side by side.
+
+    ``forward(*arrays, **params) -> (out, ctx)``; ``vjp`` as in the module
+    docstring. ``check(arrays, params, exc)`` may turn a NumPy error into a
+    message that names the op and the shapes.
+    """
+
+    __slots__ = ("name", "forward", "vjp", "check", "doc")
+
+    def __init__(self, name: str, forward: Callable) -> None:
+        self.name = name
+        self.forward = forward
+        self.vjp: Callable | None = None
+        self.check: Callable | None = None
+        self.doc = forward.__doc__
+
+    def defvjp(self, fn: Callable) -> Callable:
+        self.vjp = fn
+        return fn
+
+    def defcheck(self, fn: Callable) -> Callable:
+        self.check = fn
+        return fn
+
+    def __repr__(self) -> str:
+        return f"<rule {self.name}>"
+
+
+RULES: dict[str, Rule] = {}
+
+
+def rule(name: str) -> Callable[[Callable], Rule]:
+    """Register a forward function as a rule; attach its VJP with ``@R.defvjp``.
+
+    >>> @rule("cube")
+    ... def CUBE(x):
+    ...     return x ** 3, None
+    >>> @CUBE.defvjp
+    ... def _(g, out, ctx, needs, xp, x):
+    ...     return (g * 3 * x * x,)
+    """
+
+    def register(fwd: Callable) -> Rule:
+        if name in RULES:
+            raise ValueError(f"rule: an op named {name!r} is already registered")
+        r = Rule(name, fwd)
+        RULES[name] = r
+        return r
+
+    return register
+
+
+_SCALARS = (int, float, bool, np.number, np.bool_)
+
+
+def value(x: Any) -> Any:
+    """The plain array behind a Tensor (anything else is returned unchanged)."""
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _operand(x: Any) -> Any:
+    if isinstance(x, _SCALARS):
+        return x  # keep Python scalars "weak": float32 * 2.0 stays float32
+    if isinstance(x, np.ndarray):
+        return x
+    return _as_array(x)
+
+
+def _wrap(operand: Any, out: np.ndarray) -> Tensor:
+    """A constant operand as a parent node (Python scalars take the output's dtype)."""
+    if isinstance(operand, _SCALARS):
+        return _const(np.asarray(operand, dtype=out.dtype))
+    return _const(operand)
+
+
+def apply(rule: Rule, *args: Any, **params: Any) -> Tensor:
+    """Run ``rule`` forward on ``args`` and, if needed, record it in the graph.
+
+    Tensors and array-likes are operands; ``params`` are settings (axis, ...).
+    An op is recorded only when grad mode is on and some operand requires grad.
+    """
+    arrays = []
+    needs = []
+    for a in args:
+        if isinstance(a, Tensor):
+            arrays.append(a.data)
+            needs.append(a._requires_grad)
+        else:
+            arrays.append(_operand(a))
+            needs.append(False)
+    try:
+        out, ctx = rule.forward(*arrays, **params)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise _op_error(rule, arrays, params, exc) from exc
+    if type(out) is not np.ndarray:
+        out = np.asarray(out)
+    if True in needs and _mode.grad and out.dtype.kind in "fc":
+        parents = tuple(
+            [a if isinstance(a, Tensor) else _wrap(x, out) for a, x in zip(args, arrays)]
+        )
+        return _record(out, rule, parents, ctx, tuple(needs), arrays)
+    return _const(out)
+
+
+def _record(out: np.ndarray, rule: Rule, parents: tuple, ctx: Any, needs: tuple,
+            arrays: Sequence[Any]) -> Tensor:
+    node = _node(out, rule, parents, ctx, needs)
+    if _mode.anomaly:
+        node._meta = check_forward_anomaly(rule.name, out, arrays)
+    return node
+
+
+# The two hot paths, apply() unrolled for one and two operands.
+
+
+def _unary(rule: Rule, x: Any, **params: Any) -> Tensor:
+    if not isinstance(x, Tensor):
+        return apply(rule, x, **params)
+    xd = x.data
+    try:
+        out, ctx = rule.forward(xd, **params)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise _op_error(rule, [xd], params, exc) from exc
+    if type(out) is not np.ndarray:
+        out = np.asarray(out)
+    if x._requires_grad and _mode.grad and out.dtype.kind in "fc":
+        return _record(out, rule, (x,), ctx, _NEEDS1, (xd,))
+    return _const(out)
+
+
+def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
+    if isinstance(a, Tensor):
+        ad = a.data
+        ra = a._requires_grad
+    else:
+        ad = _operand(a)
+        ra = False
+    if isinstance(b, Tensor):
+        bd = b.data
+        rb = b._requires_grad
+    else:
+        bd = _operand(b)
+        rb = False
+    try:
+        out, ctx = rule.forward(ad, bd)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise _op_error(rule, [ad, bd], {}, exc) from exc
+    if type(out) is not np.ndarray:
+        out = np.asarray(out)
+    if (ra or rb) and _mode.grad and out.dtype.kind in "fc":
+        pa = a if ra or isinstance(a, Tensor) else _wrap(ad, out)
+        pb = b if rb or isinstance(b, Tensor) else _wrap(bd, out)
+        return _record(out, rule, (pa, pb), ctx, (ra, rb), (ad, bd))
+    return _const(out)
+
+
+_NEEDS1 = (True,)
+_node = Tensor._node
+_const = Tensor._const
+
+
+# --------------------------------------------------------------------------
+# Error messages that name the op and the shapes
+# --------------------------------------------------------------------------
+
+
+class ShapeError(ValueError):
+    """Operands whose shapes do not fit the op."""
+
+
+def _fmt(shapes: Sequence[tuple]) -> str:
+    shapes = [tuple(s) for s in shapes]
+    if len(shapes) == 2:
+        return f"{shapes[0]} and {shapes[1]}"
+    return ", ".join(str(s) for s in shapes)
+
+
+def _broadcast_detail(shapes: Sequence[tuple]) -> str:
+    """Which dimension breaks NumPy's broadcasting (aligned from the right)."""
+    ndim = builtins.max(len(s) for s in shapes)
+    for k in range(1, ndim + 1):
+        sizes = {s[-k] for s in shapes if len(s) >= k and s[-k] != 1}
+        if len(sizes) > 1:
+            a, b = sorted(sizes)[:2]
+            return (
+                f"dimension {-k} (counting from the right) is {a} in one and {b} in the "
+                "other; sizes must match or be 1"
+            )
+    return "they are not broadcast-compatible"
+
+
+def _op_error(rule: Rule, arrays: Sequence[Any], params: dict, exc: Exception) -> Exception:
+    shapes = [np.shape(a) for a in arrays]
+    if rule.check is not None:
+        msg = rule.check(arrays, params, exc)
+        if msg:
+            return ShapeError(f"{rule.name}: {msg}")
+    text = str(exc)
+    if "broadcast" in text and len(shapes) >= 2:
+        return ShapeError(
+            f"{rule.name}: shapes {_fmt(shapes)} cannot be broadcast together: "
+            f"{_broadcast_detail(shapes)}"
+        )
+    kinds = [np.asarray(a).dtype for a in arrays]
+    if isinstance(exc, TypeError) and builtins.any(k.kind not in "biufc" for k in kinds):
+        return TypeError(
+            f"{rule.name}: unsupported operand dtype(s) {', '.join(map(str, kinds))}; "
+            "chainrule ops work on numeric arrays"
+        )
+    detail = f" (operand shapes {_fmt(shapes)})" if shapes else ""
+    return type(exc)(f"{rule.name}: {text}{detail}")
+
+
+# --------------------------------------------------------------------------
+# Helpers shared by the VJPs
+# --------------------------------------------------------------------------
+
+
+def sum_to_shape(g: Any, shape: tuple[int, ...]) -> Any:
+    """Undo NumPy broadcasting: sum ``g`` down to ``shape``.
+
+    The only place where broadcasting is reversed. When ``x`` of shape
+    ``shape`` was broadcast to ``g.shape`` in the forward pass, each element
+    of ``x`` fed several outputs, so its gradient is the sum over them (the
+    notes' sum over successors, inside one op).
+    """
+    gshape = g.shape
+    if gshape == shape:
+        return g
+    lead = len(gshape) - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and gshape[lead + i] != 1
+    )
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    if lead:
+        g = g.reshape(shape)
+    return g
+
+
+def _norm_axes(axis: Any, ndim: int, op: str) -> tuple[int, ...]:
+    """``axis`` (None, int, negative int or tuple) as a sorted tuple of non-negative ints."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not isinstance(a, (int, np.integer)):
+            raise TypeError(f"{op}: axis must be an int or a tuple of ints, got {axis!r}")
+        if not -ndim <= a < builtins.max(ndim, 1):
+            raise ValueError(f"{op}: axis {a} is out of range for a tensor with {ndim} dimensions")
+        out.append(int(a) % builtins.max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: repeated axis in {axis!r}")
+    return tuple(sorted(out))
+
+
+def _expand_reduced(g: Any, axes: tuple[int, ...], keepdims: bool, shape: tuple) -> Any:
+    """Bring a reduction's gradient back to the input's shape (as a broadcast view)."""
+    if not keepdims and axes:
+        kd = list(shape)
+        for a in axes:
+            kd[a] = 1
+        g = g.reshape(tuple(kd))
+    return g
+
+
+def _np_sigmoid(x: np.ndarray) -> np.ndarray:
+    # exp(-|x|) never overflows: sigmoid = 1/(1+e) for x >= 0, e/(1+e) otherwise
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0, e) / (1.0 + e)
+
+
+def _np_scatter_add(g: np.ndarray, index: Any, shape: tuple, dtype: Any) -> np.ndarray:
+    out = np.zeros(shape, dtype=dtype)
+    if _is_basic(index):
+        out[index] = g  # basic indices never repeat an element
+    else:
+        np.add.at(out, index, g)  # repeated indices accumulate
+    return out
+
+
+def _raw_index(index: Any) -> Any:
+    """An index with Tensors replaced by their arrays (index tensors are data, not operands)."""
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    if isinstance(index, list):
+        return np.asarray(index)
+    return index
+
+
+def _is_basic(index: Any) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return builtins.all(
+        i is None or i is Ellipsis or isinstance(i, (slice, int, np.integer)) for i in parts
+    )
+
+
+# ==========================================================================
+# Elementwise arithmetic
+# ==========================================================================
+
+
+@rule("add")
+def ADD(a, b):
+    return a + b, None
+
+
+@ADD.defvjp
+def _(g, out, ctx, needs, xp, a, b):
+    return (
+        sum_to_shape(g, a.shape) if needs[0] else None,
+        sum_to_shape(g, b.shape) if needs[1] else None,
+    )
+
+
+@rule("sub")
+def SUB(a, b):
+    return a - b, None
+
+
+@SUB.defvjp
+def _(g, out, ctx, needs, xp, a, b):
+    return (
+        sum_to_shape(g, a.shape) if needs[0] else None,
+        sum_to_shape(-g, b.shape) if needs[1] else None,
+    )
+
+
+@rule("mul")
+def MUL(a, b):
+    return a * b, None
+
+
+@MUL.defvjp
+def _(g, out, ctx, needs, xp, a, b):
+    return (
+        sum_to_shape(g * b, a.shape) if needs[0] else None,
+        sum_to_shape(g * a, b.shape) if needs[1] else None,
+    )
+
+
+@rule("div")
+def DIV(a, b):
+    return a / b, None
+
+
+@DIV.defvjp
+def _(g, out, ctx, needs, xp, a, b):
+    # d(a/b)/da = 1/b ; d(a/b)/db = -a/b^2 = -out/b
+    return (
+        sum_to_shape(g / b, a.shape) if needs[0] else None,
+        sum_to_shape(-g * out / b, b.shape) if needs[1] else None,
+    )
+
+
+@rule("pow")
+def POW(a, b):
+    return a**b, None
+
+
+@POW.defvjp
+def _(g, out, ctx, needs, xp, a, b):
+    ga = gb = None
+    if needs[0]:
+        ga = sum_to_shape(g * b * a ** (b - 1), a.shape)
+    if needs[1]:
+        # d(a^b)/db = a^b log a, defined for a > 0 (taken as 0 elsewhere)
+        safe = xp.where(value(a) > 0, a, 1)
+        gb = sum_to_shape(g * out * xp.log(safe), b.shape)
+    return ga, gb
+
+
+@rule("neg")
+def NEG(a):
+    return -a, None
+
+
+@NEG.defvjp
+def _(g, out, ctx, needs, xp, a):
+    return (-g,)
+
+
+@rule("maximum")
+def MAXIMUM(a, b):
+    """Elementwise maximum; at ties the gradient is split evenly between a and b."""
+    return np.maximum(a, b), None
+
+
+@MAXIMUM.defvjp
+def _(g, out, ctx, needs, xp, a, b):
+    av, bv = value(a), value(b)
+    wa = (av > bv) + 0.5 * (av == bv)
+    return (
+        sum_to_shape(g * wa, a.shape) if needs[0] else None,
+        sum_to_shape(g * (1.0 - wa), b.shape) if needs[1] else None,
+    )
+
+
+@rule("minimum")
+def MINIMUM(a, b):
+    """Elementwise minimum; at ties the gradient is split evenly between a and b."""
+    return np.minimum(a, b), None
+
+
+@MINIMUM.defvjp
+def _(g, out, ctx, needs, xp, a, b):
+    av, bv = value(a), value(b)
+    wa = (av < bv) + 0.5 * (av == bv)
+    return (
+        sum_to_shape(g * wa, a.shape) if needs[0] else None,
+        sum_to_shape(g * (1.0 - wa), b.shape) if needs[1] else None,
+    )
+
+
+@rule("where")
+def WHERE(a, b, *, cond):
+    return np.where(cond, a, b), cond
+
+
+@WHERE.defvjp
+def _(g, out, ctx, needs, xp, a, b):
+    return (
+        sum_to_shape(xp.where(ctx, g, 0), a.shape) if needs[0] else None,
+        sum_to_shape(xp.where(ctx, 0, g), b.shape) if needs[1] else None,
+    )
+
+
+# ==========================================================================
+# Elementwise functions (the activations of the notes among them)
+# ==========================================================================
+
+
+@rule("abs")
+def ABS(x):
+    """|x|; the gradient at 0 is taken as 0."""
+    return np.abs(x), None
+
+
+@ABS.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g * np.sign(value(x)),)
+
+
+@rule("exp")
+def EXP(x):
+    return np.exp(x), None
+
+
+@EXP.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g * out,)  # d e^x / dx = e^x: reuse the output
+
+
+@rule("log")
+def LOG(x):
+    return np.log(x), None
+
+
+@LOG.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g / x,)
+
+
+@rule("sqrt")
+def SQRT(x):
+    return np.sqrt(x), None
+
+
+@SQRT.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g * 0.5 / out,)
+
+
+@rule("sin")
+def SIN(x):
+    return np.sin(x), None
+
+
+@SIN.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g * xp.cos(x),)
+
+
+@rule("cos")
+def COS(x):
+    return np.cos(x), None
+
+
+@COS.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (-g * xp.sin(x),)
+
+
+@rule("tanh")
+def TANH(x):
+    return np.tanh(x), None
+
+
+@TANH.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g * (1 - out * out),)  # tanh' = 1 - tanh^2: reuse the output
+
+
+@rule("sigmoid")
+def SIGMOID(x):
+    """sigma(x) = 1 / (1 + e^-x), computed without overflow for any x."""
+    return _np_sigmoid(x), None
+
+
+@SIGMOID.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g * out * (1 - out),)  # sigma' = sigma (1 - sigma): reuse the output
+
+
+@rule("relu")
+def RELU(x):
+    """max(x, 0); the gradient at 0 is taken as 0 (as in PyTorch)."""
+    return np.maximum(x, 0), None
+
+
+@RELU.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g * (value(out) > 0),)
+
+
+@rule("leaky_relu")
+def LEAKY_RELU(x, *, negative_slope):
+    """x for x > 0, negative_slope * x otherwise (slope used at 0)."""
+    return np.where(x > 0, x, x * negative_slope), negative_slope
+
+
+@LEAKY_RELU.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g * np.where(value(x) > 0, 1.0, ctx).astype(value(x).dtype),)
+
+
+@rule("softplus")
+def SOFTPLUS(x):
+    """log(1 + e^x), written as max(x, 0) + log1p(e^-|x|) so it never overflows."""
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))), None
+
+
+@SOFTPLUS.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g * xp.sigmoid(x),)
+
+
+@rule("clip")
+def CLIP(x, *, lo, hi):
+    """Clamp to [lo, hi]; gradient 1 inside (bounds included), 0 outside."""
+    return np.clip(x, lo, hi), (lo, hi)
+
+
+@CLIP.defvjp
+def _(g, out, ctx, needs, xp, x):
+    lo, hi = ctx
+    xv = value(x)
+    inside = np.ones(xv.shape, dtype=bool)
+    if lo is not None:
+        inside &= xv >= lo
+    if hi is not None:
+        inside &= xv <= hi
+    return (g * inside,)
+
+
+@rule("astype")
+def ASTYPE(x, *, dtype):
+    return x.astype(dtype), None
+
+
+@ASTYPE.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g.astype(x.dtype),)
+
+
+@rule("clone")
+def CLONE(x):
+    return x.copy(), None
+
+
+@CLONE.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g,)
+
+
+# ==========================================================================
+# Reductions
+# ==========================================================================
+
+
+@rule("sum")
+def SUM(x, *, axis, keepdims):
+    axes = _norm_axes(axis, x.ndim, "sum")
+    return np.sum(x, axis=axes, keepdims=keepdims), (axes, keepdims)
+
+
+@SUM.defvjp
+def _(g, out, ctx, needs, xp, x):
+    axes, keepdims = ctx
+    return (xp.broadcast_to(_expand_reduced(g, axes, keepdims, x.shape), x.shape),)
+
+
+@rule("mean")
+def MEAN(x, *, axis, keepdims):
+    axes = _norm_axes(axis, x.ndim, "mean")
+    if x.size == 0:
+        raise ValueError(f"mean of an empty tensor of shape {x.shape} is undefined")
+    return np.mean(x, axis=axes, keepdims=keepdims), (axes, keepdims)
+
+
+@MEAN.defvjp
+def _(g, out, ctx, needs, xp, x):
+    axes, keepdims = ctx
+    n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    return (xp.broadcast_to(_expand_reduced(g / n, axes, keepdims, x.shape), x.shape),)
+
+
+def _extremum_vjp(g, out, ctx, needs, xp, x):
+    # the gradient goes to the elements equal to the extremum, split evenly
+    # between ties (so it still sums to g)
+    axes, keepdims = ctx
+    outk = _expand_reduced(value(out), axes, keepdims, x.shape)
+    hit = value(x) == outk
+    share = hit / hit.sum(axis=axes, keepdims=True)
+    return (_expand_reduced(g, axes, keepdims, x.shape) * share.astype(value(x).dtype),)
+
+
+@rule("max")
+def MAX(x, *, axis, keepdims):
+    """Maximum over ``axis``; at ties the gradient is split evenly between the maxima."""
+    axes = _norm_axes(axis, x.ndim, "max")
+    if x.size == 0:
+        raise ValueError(f"max of an empty tensor of shape {x.shape} has no value")
+    return np.max(x, axis=axes, keepdims=keepdims), (axes, keepdims)
+
+
+MAX.defvjp(_extremum_vjp)
+
+
+@rule("min")
+def MIN(x, *, axis, keepdims):
+    """Minimum over ``axis``; at ties the gradient is split evenly between the minima."""
+    axes = _norm_axes(axis, x.ndim, "min")
+    if x.size == 0:
+        raise ValueError(f"min of an empty tensor of shape {x.shape} has no value")
+    return np.min(x, axis=axes, keepdims=keepdims), (axes, keepdims)
+
+
+MIN.defvjp(_extremum_vjp)
+
+
+@rule("var")
+def VAR(x, *, axis, keepdims, ddof):
+    axes = _norm_axes(axis, x.ndim, "var")
+    n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    if n - ddof <= 0:
+        raise ValueError(
+            f"var needs more than ddof={ddof} elements along axis {axis}, got {n} "
+            f"(input shape {x.shape})"
+        )
+    return np.var(x, axis=axes, keepdims=keepdims, ddof=ddof), (axes, keepdims, n - ddof)
+
+
+@VAR.defvjp
+def _(g, out, ctx, needs, xp, x):
+    axes, keepdims, dof = ctx
+    centred = x - x.mean(axis=axes, keepdims=True)
+    return (_expand_reduced(g, axes, keepdims, x.shape) * centred * (2.0 / dof),)
+
+
+@rule("logsumexp")
+def LOGSUMEXP(x, *, axis, keepdims):
+    """log(sum(exp(x))) over ``axis``, shifted by the maximum so nothing overflows."""
+    axes = _norm_axes(axis, x.ndim, "logsumexp")
+    m = np.max(x, axis=axes, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    out = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
+    if not keepdims:
+        out = np.squeeze(out, axis=axes)
+    return out, (axes, keepdims)
+
+
+@LOGSUMEXP.defvjp
+def _(g, out, ctx, needs, xp, x):
+    axes, keepdims = ctx
+    outk = _expand_reduced(out, axes, keepdims, x.shape)
+    return (_expand_reduced(g, axes, keepdims, x.shape) * xp.exp(x - outk),)  # = softmax(x)
+
+
+@rule("softmax")
+def SOFTMAX(x, *, axis):
+    """exp(x) / sum(exp(x)) along ``axis`` (shifted by the max: no overflow)."""
+    _norm_axes(axis, x.ndim, "softmax")
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e, axis
+
+
+@SOFTMAX.defvjp
+def _(g, out, ctx, needs, xp, x):
+    # J^T g for J = diag(s) - s s^T, without building J: s * (g - <g, s>)
+    return (out * (g - (g * out).sum(axis=ctx, keepdims=True)),)
+
+
+@rule("log_softmax")
+def LOG_SOFTMAX(x, *, axis):
+    """x - logsumexp(x) along ``axis``."""
+    _norm_axes(axis, x.ndim, "log_softmax")
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True)), axis
+
+
+@LOG_SOFTMAX.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g - xp.exp(out) * g.sum(axis=ctx, keepdims=True),)
+
+
+# ==========================================================================
+# Linear algebra
+# ==========================================================================
+
+
+@rule("matmul")
+def MATMUL(a, b):
+    """Matrix product with NumPy's rules: 1-D operands are promoted, batch dims broadcast."""
+    if np.ndim(a) == 0 or np.ndim(b) == 0:
+        raise ValueError("matmul does not take 0-d operands")
+    return np.matmul(a, b), None
+
+
+@MATMUL.defcheck
+def _(arrays, params, exc):
+    a, b = (np.shape(x) for x in arrays)
+    if len(a) == 0 or len(b) == 0:
+        return f"shapes {a} and {b}: an operand is 0-d (a scalar); use * to scale"
+    k_a = a[-1]
+    k_b = b[0] if len(b) == 1 else b[-2]
+    if k_a != k_b:
+        return f"shapes {a} and {b} do not align: {k_a} != {k_b}"
+    return f"shapes {a} and {b}: batch dimensions {a[:-2]} and {b[:-2]} cannot be broadcast"
+
+
+@MATMUL.defvjp
+def _(g, out, ctx, needs, xp, a, b):
+    if a.ndim == 2 and b.ndim == 2:  # the common case, kept direct
+        return (
+            g @ b.T if needs[0] else None,
+            a.T @ g if needs[1] else None,
+        )
+    a1, b1 = a.ndim == 1, b.ndim == 1
+    a2 = a.reshape((1,) + a.shape) if a1 else a
+    b2 = b.reshape(b.shape + (1,)) if b1 else b
+    if a1 and b1:
+        g2 = g.reshape((1, 1))
+    elif a1:
+        g2 = g.reshape(g.shape[:-1] + (1, g.shape[-1]))
+    elif b1:
+        g2 = g.reshape(g.shape + (1,))
+    else:
+        g2 = g
+    ga = gb = None
+    if needs[0]:
+        ga = sum_to_shape(g2 @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+    if needs[1]:
+        gb = sum_to_shape(xp.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
+    return ga, gb
+
+
+@rule("linear")
+def LINEAR(x, w, b):
+    """Fused affine map ``x @ w.T + b`` (PyTorch's layout: w is (out, in)).
+
+    One node instead of three, and the bias gradient is a single sum.
+    """
+    out = x @ w.T
+    out += b
+    return out, None
+
+
+@LINEAR.defcheck
+def _(arrays, params, exc):
+    x, w, b = (np.shape(a) for a in arrays)
+    if len(w) != 2:
+        return f"weight must be 2-D (out_features, in_features), got shape {w}"
+    if not x or x[-1] != w[1]:
+        return f"input shape {x} does not fit weight shape {w}: last dim {x[-1:]} != {w[1]}"
+    return f"bias shape {b} does not broadcast to the output (..., {w[0]})"
+
+
+@LINEAR.defvjp
+def _(g, out, ctx, needs, xp, x, w, b):
+    if x.ndim != 2:  # fold batch dimensions into one
+        x = x.reshape((-1, x.shape[-1]))
+        g2 = g.reshape((-1, g.shape[-1]))
+    else:
+        g2 = g
+    gx = gw = gb = None
+    if needs[0]:
+        gx = g @ w
+    if needs[1]:
+        gw = g2.T @ x
+    if needs[2]:
+        gb = sum_to_shape(g2.sum(axis=0), b.shape)
+    return gx, gw, gb
+
+
+@rule("linear_nobias")
+def LINEAR_NOBIAS(x, w):
+    """``x @ w.T`` (a Linear layer without bias)."""
+    return x @ w.T, None
+
+
+LINEAR_NOBIAS.defcheck(lambda arrays, params, exc: LINEAR.check(arrays + [()], params, exc))
+
+
+@LINEAR_NOBIAS.defvjp
+def _(g, out, ctx, needs, xp, x, w):
+    gx = g @ w if needs[0] else None
+    gw = None
+    if needs[1]:
+        if x.ndim != 2:
+            x = x.reshape((-1, x.shape[-1]))
+            g = g.reshape((-1, g.shape[-1]))
+        gw = g.T @ x
+    return gx, gw
+
+
+# ==========================================================================
+# Shape and indexing
+# ==========================================================================
+
+
+@rule("reshape")
+def RESHAPE(x, *, shape):
+    return np.reshape(x, shape), None
+
+
+@RESHAPE.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g.reshape(x.shape),)
+
+
+@rule("transpose")
+def TRANSPOSE(x, *, axes):
+    if axes is not None and sorted(a % builtins.max(x.ndim, 1) for a in axes) != list(
+        range(x.ndim)
+    ):
+        raise ValueError(f"axes {tuple(axes)} are not a permutation of {x.ndim} dimensions")
+    return np.transpose(x, axes), axes
+
+
+@TRANSPOSE.defvjp
+def _(g, out, ctx, needs, xp, x):
+    inverse = None if ctx is None else tuple(np.argsort([a % x.ndim for a in ctx]))
+    return (xp.transpose(g, inverse),)
+
+
+@rule("broadcast_to")
+def BROADCAST_TO(x, *, shape):
+    return np.broadcast_to(x, shape), None
+
+
+@BROADCAST_TO.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (sum_to_shape(g, x.shape),)
+
+
+@rule("getitem")
+def GETITEM(x, *, index):
+    """``x[index]``: basic slices and integer/boolean arrays."""
+    return x[index], index
+
+
+@GETITEM.defvjp
+def _(g, out, ctx, needs, xp, x):
+    # scatter the gradient back; repeated indices accumulate (sum over successors)
+    return (xp.scatter_add(g, ctx, x.shape, x.dtype),)
+
+
+@rule("scatter_add")
+def SCATTER_ADD(g, *, index, shape):
+    """A zero array of ``shape`` with ``g`` added at ``index`` (getitem's VJP, differentiable)."""
+    return _np_scatter_add(g, index, shape, g.dtype), index
+
+
+@SCATTER_ADD.defvjp
+def _(g, out, ctx, needs, xp, src):
+    return (g[ctx],)
+
+
+@rule("concatenate")
+def CONCATENATE(*xs, axis):
+    out = np.concatenate(xs, axis=axis)
+    ax = axis % out.ndim
+    return out, (ax, np.cumsum([0] + [x.shape[ax] for x in xs]))
+
+
+@CONCATENATE.defvjp
+def _(g, out, ctx, needs, xp, *xs):
+    ax, bounds = ctx
+    lead = (slice(None),) * ax
+    return tuple(
+        g[lead + (slice(int(bounds[i]), int(bounds[i + 1])),)] if needs[i] else None
+        for i in range(len(xs))
+    )
+
+
+@rule("stack")
+def STACK(*xs, axis):
+    out = np.stack(xs, axis=axis)
+    return out, axis % out.ndim
+
+
+@STACK.defvjp
+def _(g, out, ctx, needs, xp, *xs):
+    lead = (slice(None),) * ctx
+    return tuple(g[lead + (i,)] if needs[i] else None for i in range(len(xs)))
+
+
+# --------------------------------------------------------------------------
+# Public functions: one call into the registry each
+# --------------------------------------------------------------------------
+
+
+def add(a: Any, b: Any) -> Tensor:
+    """a + b with NumPy broadcasting."""
+    return _binary(ADD, a, b)
+
+
+def sub(a: Any, b: Any) -> Tensor:
+    """a - b with NumPy broadcasting."""
+    return _binary(SUB, a, b)
+
+
+def mul(a: Any, b: Any) -> Tensor:
+    """a * b (elementwise, the Hadamard product of the notes) with broadcasting."""
+    return _binary(MUL, a, b)
+
+
+def div(a: Any, b: Any) -> Tensor:
+    """a / b with broadcasting."""
+    return _binary(DIV, a, b)
+
+
+def pow(a: Any, b: Any) -> Tensor:  # noqa: A001
+    """a ** b; differentiable in both (in b only where a > 0)."""
+    return _binary(POW, a, b)
+
+
+def neg(a: Any) -> Tensor:
+    return _unary(NEG, a)
+
+
+def abs(a: Any) -> Tensor:  # noqa: A001
+    """|a|; gradient sign(a), 0 at 0."""
+    return _unary(ABS, a)
+
+
+def exp(a: Any) -> Tensor:
+    return _unary(EXP, a)
+
+
+def log(a: Any) -> Tensor:
+    return _unary(LOG, a)
+
+
+def sqrt(a: Any) -> Tensor:
+    return _unary(SQRT, a)
+
+
+def sin(a: Any) -> Tensor:
+    return _unary(SIN, a)
+
+
+def cos(a: Any) -> Tensor:
+    return _unary(COS, a)
+
+
+def tanh(a: Any) -> Tensor:
+    return _unary(TANH, a)
+
+
+def sigmoid(a: Any) -> Tensor:
+    """1 / (1 + exp(-a)), stable for any a (no overflow at |a| = 1000)."""
+    return _unary(SIGMOID, a)
+
+
+def relu(a: Any) -> Tensor:
+    """max(a, 0); gradient 0 at a = 0."""
+    return _unary(RELU, a)
+
+
+def leaky_relu(a: Any, negative_slope: float = 0.01) -> Tensor:
+    """a if a > 0 else negative_slope * a."""
+    return _unary(LEAKY_RELU, a, negative_slope=negative_slope)
+
+
+def softplus(a: Any) -> Tensor:
+    """log(1 + exp(a)), stable for any a; its derivative is sigmoid(a)."""
+    return _unary(SOFTPLUS, a)
+
+
+def clip(a: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
+    """Clamp to [min, max] (either may be None)."""
+    if min is None and max is None:
+        raise ValueError("clip: give at least one of min and max")
+    return apply(CLIP, a, lo=value(min), hi=value(max))
+
+
+clamp = clip
+
+
+def sum(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Sum over ``axis`` (None = all, int, negative int or tuple).
+
+    >>> cr.sum(cr.ones((2, 3)), axis=0).shape
+    (3,)
+    """
+    return _unary(SUM, a, axis=axis, keepdims=keepdims)
+
+
+def mean(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Mean over ``axis``."""
+    return _unary(MEAN, a, axis=axis, keepdims=keepdims)
+
+
+def max(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Maximum over ``axis``. At ties the gradient is split evenly between the maxima."""
+    return apply(MAX, a, axis=axis, keepdims=keepdims)
+
+
+def min(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Minimum over ``axis``. At ties the gradient is split evenly between the minima."""
+    return apply(MIN, a, axis=axis, keepdims=keepdims)
+
+
+def var(a: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
+    """Variance over ``axis`` with NumPy's ``ddof`` (default 0, the population variance)."""
+    return apply(VAR, a, axis=axis, keepdims=keepdims, ddof=ddof)
+
+
+def logsumexp(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """log(sum(exp(a), axis)) without overflow."""
+    return apply(LOGSUMEXP, a, axis=axis, keepdims=keepdims)
+
+
+def softmax(a: Any, axis: int = -1) -> Tensor:
+    """exp(a) / sum(exp(a)) along ``axis``, stable for any input."""
+    return apply(SOFTMAX, a, axis=axis)
+
+
+def log_softmax(a: Any, axis: int = -1) -> Tensor:
+    """a - logsumexp(a) along ``axis``, stable for any input."""
+    return apply(LOG_SOFTMAX, a, axis=axis)
+
+
+def matmul(a: Any, b: Any) -> Tensor:
+    """Matrix product (NumPy's ``@``): 1-D, 2-D and batched N-D operands.
+
+    Shapes: (n, k) @ (k, m) -> (n, m); (k,) @ (k, m) -> (m,); (..., n, k) @ (..., k, m).
+    """
+    return _binary(MATMUL, a, b)
+
+
+def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
+    """``x @ weight.T + bias`` as one fused node. x: (..., in), weight: (out, in), bias: (out,)."""
+    if bias is None:
+        return apply(LINEAR_NOBIAS, x, weight)
+    return apply(LINEAR, x, weight, bias)
+
+
+def reshape(a: Any, shape: Any) -> Tensor:
+    """Same values, new shape (one dimension may be -1)."""
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    return _unary(RESHAPE, a, shape=tuple(shape))
+
+
+def flatten(a: Any, start_axis: int = 0) -> Tensor:
+    """Merge the dimensions from ``start_axis`` on into one."""
+    shape = value(a).shape if isinstance(a, Tensor) else np.shape(a)
+    start_axis %= builtins.max(len(shape), 1)
+    return reshape(a, tuple(shape[:start_axis]) + (-1,))
+
+
+def transpose(a: Any, axes: Any = None) -> Tensor:
+    """Permute dimensions (reverse them when ``axes`` is None)."""
+    return apply(TRANSPOSE, a, axes=None if axes is None else tuple(axes))
+
+
+def swapaxes(a: Any, axis1: int, axis2: int) -> Tensor:
+    nd = np.ndim(value(a))
+    perm = list(range(nd))
+    perm[axis1], perm[axis2] = perm[axis2], perm[axis1]
+    return transpose(a, perm)
+
+
+def squeeze(a: Any, axis: Any = None) -> Tensor:
+    shape = np.shape(value(a))
+    if axis is None:
+        return reshape(a, tuple(n for n in shape if n != 1))
+    axes = _norm_axes(axis, len(shape), "squeeze")
+    for ax in axes:
+        if shape[ax] != 1:
+            raise ValueError(f"squeeze: axis {ax} has size {shape[ax]}, not 1 (shape {shape})")
+    return reshape(a, tuple(n for i, n in enumerate(shape) if i not in axes))
+
+
+def expand_dims(a: Any, axis: Any) -> Tensor:
+    """Insert size-1 dimensions at ``axis``."""
+    return reshape(a, np.expand_dims(np.empty(np.shape(value(a)), dtype=bool), axis).shape)
+
+
+def broadcast_to(a: Any, shape: Sequence[int]) -> Tensor:
+    """Broadcast to ``shape`` (NumPy rules); the gradient sums back."""
+    return apply(BROADCAST_TO, a, shape=tuple(shape))
+
+
+def getitem(a: Any, index: Any) -> Tensor:
+    """``a[index]``: ints, slices, None, Ellipsis, integer and boolean arrays."""
+    return _unary(GETITEM, a, index=_raw_index(index))
+
+
+def scatter_add(src: Any, index: Any, shape: Sequence[int], dtype: Any = None) -> Tensor:
+    """Zeros of ``shape`` with ``src`` added at ``index`` (repeated indices accumulate)."""
+    return apply(SCATTER_ADD, src, index=_raw_index(index), shape=tuple(shape))
+
+
+def _operands(xs: Any, op: str) -> list:
+    xs = list(xs)
+    if not xs:
+        raise ValueError(f"{op}: needs at least one tensor")
+    return xs
+
+
+def concatenate(xs: Sequence[Any], axis: int = 0) -> Tensor:
+    """Join tensors along an existing axis."""
+    return apply(CONCATENATE, *_operands(xs, "concatenate"), axis=axis)
+
+
+cat = concatenate
+
+
+def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
+    """Join tensors along a new axis."""
+    return apply(STACK, *_operands(xs, "stack"), axis=axis)
+
+
+def where(cond: Any, a: Any, b: Any) -> Tensor:
+    """``a`` where ``cond`` is true, else ``b`` (cond is not differentiated)."""
+    c = value(cond)
+    c = c if isinstance(c, np.ndarray) else np.asarray(c)
+    if c.dtype != np.bool_:
+        c = c.astype(bool)
+    return apply(WHERE, a, b, cond=c)
+
+
+def maximum(a: Any, b: Any) -> Tensor:
+    """Elementwise maximum; at ties the gradient is split evenly."""
+    return _binary(MAXIMUM, a, b)
+
+
+def minimum(a: Any, b: Any) -> Tensor:
+    """Elementwise minimum; at ties the gradient is split evenly."""
+    return _binary(MINIMUM, a, b)
+
+
+def astype(a: Any, dtype: Any) -> Tensor:
+    """Cast; differentiable between floating dtypes."""
+    return apply(ASTYPE, a, dtype=np.dtype(dtype))
+
+
+def clone(a: Any) -> Tensor:
+    """A copy that stays in the graph."""
+    return _unary(CLONE, a)
+
+
+# --------------------------------------------------------------------------
+# Array namespaces handed to the VJPs (see the module docstring)
+# --------------------------------------------------------------------------
+
+NUMPY_NS = SimpleNamespace(
+    where=np.where,
+    exp=np.exp,
+    log=np.log,
+    cos=np.cos,
+    sin=np.sin,
+    sigmoid=_np_sigmoid,
+    broadcast_to=np.broadcast_to,
+    transpose=np.transpose,
+    swapaxes=np.swapaxes,
+    scatter_add=_np_scatter_add,
+)
+
+TENSOR_NS = SimpleNamespace(
+    where=where,
+    exp=exp,
+    log=log,
+    cos=cos,
+    sin=sin,
+    sigmoid=sigmoid,
+    broadcast_to=broadcast_to,
+    transpose=transpose,
+    swapaxes=swapaxes,
+    scatter_add=scatter_add,
+)
