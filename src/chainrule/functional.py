@@ -246,7 +246,7 @@ def gradcheck(
             worst = np.unravel_index(int(np.argmax(score)), x.shape) if x.ndim else ()
             raise GradcheckError(
                 f"gradcheck: input {i} (shape {x.shape}), element {tuple(int(j) for j in worst)}: "
-                f"analytic {a[worst]!r} vs numeric {num[worst]!r} "
+                f"analytic {float(a[worst])!r} vs numeric {float(num[worst])!r} "
                 f"({int(bad.sum())} of {x.size} elements outside atol={atol}, rtol={rtol})"
             )
     return True

@@ -22,6 +22,8 @@ Everything array-specific lives in the rules (``ops.py``); this file only walks.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import traceback
 import warnings
@@ -202,15 +204,19 @@ class GraphReleasedError(RuntimeError):
 
 _RELEASED = object()  # marks a node whose saved values were freed by backward()
 
-# The in-place clock: advanced by every in-place change. A node records its
-# value when created; a parent changed later has ``_version > node._stamp``.
+# One clock ticks for every recorded node and every in-place change.
+# A node's ``_stamp`` is its tick at creation: unique, and larger than the
+# stamps of its parents, so the backward walk can order nodes by it alone
+# (Chainer's generation numbers, without a separate sort). ``_CLOCK[0]`` is
+# the tick of the latest in-place change; a parent changed after the node was
+# recorded has ``_version > node._stamp``.
+_tick = itertools.count(1).__next__
 _CLOCK = [0]
 _new = object.__new__
 
 
 def _bump(t: Tensor) -> None:
-    _CLOCK[0] += 1
-    t._version = _CLOCK[0]
+    _CLOCK[0] = t._version = _tick()
 
 _FLOAT_KINDS = "fc"
 
@@ -316,7 +322,7 @@ class Tensor:
         t._parents = parents
         t._ctx = ctx
         t._needs = needs
-        t._stamp = _CLOCK[0]
+        t._stamp = _tick()
         return t
 
     @classmethod
@@ -937,7 +943,7 @@ def _seed(root: Tensor, grad: Any) -> np.ndarray:
 def run_backward(
     roots: Sequence[Tensor],
     seeds: Sequence[Any],
-    retain_graph: bool = False,
+    retain_graph: bool | None = None,
     create_graph: bool = False,
     inputs: Sequence[Tensor] | None = None,
     observer: Callable[[Tensor, Any, Tensor, Any], None] | None = None,
@@ -949,8 +955,11 @@ def run_backward(
     leaves (``Tensor.backward``); otherwise the gradients w.r.t. ``inputs``
     are returned and no ``.grad`` is touched (``cr.grad``/``cr.vjp``).
     ``observer(node, g, parent, contribution)`` sees every term of every sum
-    over successors (used by ``cr.explain``).
+    over successors (used by ``cr.explain``). ``retain_graph`` defaults to
+    ``create_graph``, since a recorded backward pass refers to the graph.
     """
+    if retain_graph is None:
+        retain_graph = create_graph
     for r in roots:
         if not r._requires_grad:
             raise RuntimeError(
@@ -1054,10 +1063,13 @@ def run_backward(
                         owned.add(p)
                 elif p in owned:
                     np.add(old, pg, out=old)
-                else:
+                elif create_graph:
                     table[p] = old + pg
-                    if not create_graph:
-                        owned.add(p)
+                else:
+                    total = old + pg
+                    # 0-d operands give a NumPy scalar; keep table entries arrays
+                    table[p] = total if type(total) is np.ndarray else np.asarray(total)
+                    owned.add(p)
     finally:
         errstate.__exit__(None, None, None)
         _mode.grad = prev_mode

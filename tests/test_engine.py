@@ -1,0 +1,495 @@
+"""The backward walk, the notes' worked examples, dtype rules and the engine's errors."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import numpy as np
+import pytest
+
+import chainrule as cr
+from chainrule import GraphReleasedError, Tensor
+
+# --------------------------------------------------------------------------
+# The notes, number for number
+# --------------------------------------------------------------------------
+
+
+def test_seed000_examples_5_and_6_linear_regression_graph():
+    # w = 5, x = 1 gives u = 5, y_hat = 6 and J = 16 (so b = 1, y = 2, e = 4)
+    w = cr.tensor(5.0, requires_grad=True, name="w")
+    b = cr.tensor(1.0, requires_grad=True, name="b")
+    x, y = cr.tensor(1.0), cr.tensor(2.0)
+    u = (w * x).retain_grad()
+    y_hat = (u + b).retain_grad()
+    e = (y_hat - y).retain_grad()
+    J = e**2
+    assert (u.item(), y_hat.item(), e.item(), J.item()) == (5.0, 6.0, 4.0, 16.0)
+    J.backward()
+    # dJ/de = 2e = 8, and every local gradient on the way down is 1 (x = 1)
+    assert e.grad.item() == 8.0
+    assert y_hat.grad.item() == 8.0
+    assert u.grad.item() == 8.0
+    assert w.grad.item() == 8.0 and b.grad.item() == 8.0
+
+
+def test_seed000_example_7_fan_out_sums_over_successors():
+    # b has two successors, x = a + b and y = b + c; f = x * y.
+    # df/db = df/dx * dx/db + df/dy * dy/db = y * 1 + x * 1 = 7 + 2 = 9
+    a = cr.tensor(-1.0, requires_grad=True)
+    b = cr.tensor(3.0, requires_grad=True)
+    c = cr.tensor(4.0, requires_grad=True)
+    x, y = a + b, b + c
+    f = x * y
+    f.backward()
+    assert (x.item(), y.item()) == (2.0, 7.0)
+    assert b.grad.item() == 9.0
+    assert a.grad.item() == 7.0 and c.grad.item() == 2.0
+
+
+def test_seed000_example_1_chain_rule_by_hand():
+    w, x, b, y = 0.5, 1.0, 0.0, 1.0
+    wt = cr.tensor(w, dtype=np.float64, requires_grad=True)
+    bt = cr.tensor(b, dtype=np.float64, requires_grad=True)
+    C = 0.5 * (cr.sigmoid(wt * x + bt) - y) ** 2
+    C.backward()
+    a = 1 / (1 + np.exp(-(w * x + b)))
+    dC_dz = (a - y) * a * (1 - a)  # dC/da * sigma'(z)
+    assert np.isclose(wt.grad.item(), dC_dz * x, rtol=1e-12)
+    assert np.isclose(bt.grad.item(), dC_dz, rtol=1e-12)
+
+
+def test_seed001_sigmoid_cross_entropy_gives_a_minus_y():
+    z = cr.tensor(np.array([-2.0, 0.3, 1.7]), requires_grad=True)
+    y = np.array([0.0, 1.0, 1.0])
+    a = cr.sigmoid(z)
+    C = -(y * cr.log(a) + (1 - y) * cr.log(1 - a)).sum()
+    C.backward()
+    np.testing.assert_allclose(z.grad.numpy(), a.numpy() - y, rtol=1e-12)
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def test_seed000_section2_delta_recursion_three_layer_sigmoid_mlp():
+    """delta^L = (a^L - y) (.) sigma'(z^L); delta^l = (W^(l+1))^T delta^(l+1) (.) sigma'(z^l);
+    dC/dW^l = delta^l (a^(l-1))^T — by hand in NumPy (column vectors, as in the notes)
+    against the engine, with delta^l read through retain_grad() on z^l."""
+    rng = np.random.default_rng(0)
+    sizes = [4, 5, 3, 2]
+    Ws = [rng.standard_normal((m, n)) for n, m in zip(sizes[:-1], sizes[1:])]
+    bs = [rng.standard_normal((m, 1)) for m in sizes[1:]]
+    x = rng.standard_normal((4, 1))
+    y = np.array([[0.0], [1.0]])
+
+    # by hand
+    a, zs, acts = x, [], [x]
+    for W, b in zip(Ws, bs):
+        z = W @ a + b
+        a = _sigmoid(z)
+        zs.append(z)
+        acts.append(a)
+    deltas = [None] * len(Ws)
+    deltas[-1] = (acts[-1] - y) * _sigmoid(zs[-1]) * (1 - _sigmoid(zs[-1]))
+    for l in range(len(Ws) - 2, -1, -1):
+        deltas[l] = (Ws[l + 1].T @ deltas[l + 1]) * _sigmoid(zs[l]) * (1 - _sigmoid(zs[l]))
+    dWs = [d @ a_prev.T for d, a_prev in zip(deltas, acts[:-1])]
+
+    # the engine, with C = 1/2 ||a^L - y||^2
+    Wt = [cr.tensor(W, requires_grad=True) for W in Ws]
+    bt = [cr.tensor(b, requires_grad=True) for b in bs]
+    a = cr.tensor(x)
+    zt = []
+    for W, b in zip(Wt, bt):
+        z = (W @ a + b).retain_grad()
+        zt.append(z)
+        a = cr.sigmoid(z)
+    C = 0.5 * ((a - y) ** 2).sum()
+    C.backward()
+    for l in range(len(Ws)):
+        np.testing.assert_allclose(zt[l].grad.numpy(), deltas[l], rtol=1e-12)
+        np.testing.assert_allclose(Wt[l].grad.numpy(), dWs[l], rtol=1e-12)
+        np.testing.assert_allclose(bt[l].grad.numpy(), deltas[l], rtol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# The walk
+# --------------------------------------------------------------------------
+
+
+def test_diamond():
+    a = cr.tensor(3.0, requires_grad=True)
+    b = a + a
+    c = b + b
+    c.backward()
+    assert a.grad.item() == 4.0
+
+
+def test_chain_of_a_million_ops_backpropagates():
+    x = cr.tensor([1.0], requires_grad=True)
+    y = x
+    gc.disable()  # the walk is what is tested here, not the cyclic collector
+    try:
+        for _ in range(1_000_000):
+            y = y * 1.0
+        y.backward(np.ones(1, np.float32))
+    finally:
+        gc.enable()
+    assert x.grad.numpy().tolist() == [1.0]
+
+
+def test_order_is_deterministic():
+    def build():
+        a = cr.tensor(np.arange(3.0), requires_grad=True)
+        outs = [a * k for k in range(1, 6)]
+        s = outs[0]
+        for o in outs[1:]:
+            s = s + o * s
+        return a, s.sum()
+
+    from chainrule.tensor import _toposort
+
+    orders = []
+    for _ in range(3):
+        _, out = build()
+        orders.append([t.op for t in _toposort([out])])
+    assert orders[0] == orders[1] == orders[2]
+
+
+def test_gradients_accumulate_across_calls_and_over_successors():
+    x = cr.tensor(2.0, requires_grad=True)
+    for _ in range(3):
+        (x * x).backward()
+    assert x.grad.item() == 12.0
+    x.grad = None
+    (x * 3.0 + x * 4.0).backward()
+    assert x.grad.item() == 7.0
+
+
+def test_shared_passthrough_gradients_are_not_aliased():
+    a = cr.tensor([1.0, 2.0], requires_grad=True)
+    b = cr.tensor([3.0, 4.0], requires_grad=True)
+    (a + b).sum().backward()
+    a.grad.numpy()[0] = 100.0
+    assert b.grad.numpy().tolist() == [1.0, 1.0]
+
+
+def test_user_seed_is_copied():
+    x = cr.tensor([1.0, 2.0], requires_grad=True)
+    seed = np.array([1.0, 1.0], np.float32)
+    (x + 0.0).backward(seed)
+    x.grad.numpy()[:] = 7.0
+    assert seed.tolist() == [1.0, 1.0]
+
+
+def test_graph_is_released_and_second_backward_explains():
+    x = cr.tensor(2.0, requires_grad=True)
+    y = cr.exp(x) * 3.0
+    y.backward()
+    with pytest.raises(GraphReleasedError, match=r"retain_graph=True"):
+        y.backward()
+
+
+def test_retain_graph_allows_a_second_backward():
+    x = cr.tensor(2.0, requires_grad=True)
+    y = x**3
+    y.backward(retain_graph=True)
+    y.backward()
+    assert x.grad.item() == 24.0
+
+
+def test_backward_frees_saved_values():
+    x = cr.tensor(np.ones(1000), requires_grad=True)
+    h = cr.exp(x)
+    ref = weakref.ref(h)
+    loss = (h * 2.0).sum()
+    del h
+    loss.backward()
+    gc.collect()
+    assert ref() is None  # the intermediate is no longer held by the graph
+
+
+def test_non_scalar_backward_needs_a_seed():
+    y = cr.tensor(np.ones((3, 2)), requires_grad=True) * 2.0
+    with pytest.raises(RuntimeError, match=r"shape \(3, 2\).*y.backward\(cr.ones_like\(y\)\)"):
+        y.backward()
+    with pytest.raises(ValueError, match=r"seed has shape \(2,\) but the output has shape \(3, 2\)"):
+        y.backward(np.ones(2))
+
+
+def test_backward_on_constant_explains():
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        cr.tensor(1.0).backward()
+
+
+def test_create_graph_second_derivatives_closed_form():
+    x = cr.tensor(np.array([0.3, -1.2]), requires_grad=True)
+    y = (cr.sin(x) * x**2).sum()
+    from chainrule.tensor import run_backward
+
+    (g,) = run_backward((y,), (None,), create_graph=True, inputs=[x])
+    xv = x.numpy()
+    np.testing.assert_allclose(g.numpy(), np.cos(xv) * xv**2 + 2 * xv * np.sin(xv))
+    g.sum().backward()
+    h = -np.sin(xv) * xv**2 + 4 * xv * np.cos(xv) + 2 * np.sin(xv)
+    np.testing.assert_allclose(x.grad.numpy(), h, rtol=1e-12)
+
+
+def test_hessian_vector_product_via_backward_create_graph():
+    A = np.array([[2.0, 1.0], [1.0, 3.0]])
+    x = cr.tensor(np.array([1.0, -1.0]), requires_grad=True)
+    f = 0.5 * (x @ (A @ x))
+    f.backward(create_graph=True)
+    v = np.array([0.5, 2.0])
+    gx = x.grad
+    x.grad = None
+    (gx * v).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), A @ v)
+
+
+def test_hessian_and_nested_grad():
+    f = lambda x: (x**4).sum()  # noqa: E731
+    assert cr.grad(cr.grad(lambda x: x**4))(np.array(2.0)) == pytest.approx(48.0)
+    np.testing.assert_allclose(cr.hessian(f)(np.array([1.0, 2.0])), np.diag([12.0, 48.0]))
+
+
+def test_retain_grad_and_non_leaf_grad_warning():
+    x = cr.tensor(2.0, requires_grad=True)
+    z = x * 3.0
+    h = z * z
+    z.retain_grad()
+    h.backward()
+    assert z.grad.item() == 12.0
+    w = x * 5.0
+    with pytest.warns(UserWarning, match=r"retain_grad\(\)"):
+        assert w.grad is None
+
+
+def test_hooks_can_read_and_replace_gradients():
+    x = cr.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    seen = []
+    y = x * 2.0
+    y.register_hook(lambda g: seen.append(g.numpy().copy()))
+    remove = x.register_hook(lambda g: g * 10.0)
+    y.sum().backward()
+    assert seen[0].tolist() == [1.0, 1.0]
+    assert x.grad.numpy().tolist() == [20.0, 20.0]
+    remove()
+    x.grad = None
+    (x * 2.0).sum().backward()
+    assert x.grad.numpy().tolist() == [2.0, 2.0]
+
+
+def test_no_grad_detach_and_thread_locality():
+    x = cr.tensor(1.0, requires_grad=True)
+    with cr.no_grad():
+        assert not (x * 2.0).requires_grad
+        result = {}
+
+        def other_thread():
+            result["recorded"] = (x * 2.0).requires_grad
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+    assert result["recorded"] is True  # no_grad in this thread did not leak
+    assert (x * 2.0).requires_grad
+    d = (x * 2.0).detach()
+    assert d.is_leaf and not d.requires_grad
+
+    @cr.no_grad()
+    def f(t):
+        return t * 3.0
+
+    assert not f(x).requires_grad
+
+
+def test_in_place_change_of_saved_input_is_detected():
+    w = cr.tensor(np.array([1.0, 2.0]), requires_grad=True, name="w")
+    y = (w * w).sum()
+    with cr.no_grad():
+        w.add_(1.0)
+    with pytest.raises(RuntimeError, match=r"'w'.*modified in place"):
+        y.backward()
+
+
+def test_in_place_on_recorded_tensor_is_refused():
+    w = cr.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"add_.*no_grad"):
+        w.add_(1.0)
+    h = w * 2.0
+    with pytest.raises(RuntimeError, match="in-place"):
+        h[0] = 5.0
+
+
+def test_in_place_change_of_saved_output_is_detected():
+    x = cr.tensor(np.array([0.5]), requires_grad=True)
+    y = cr.exp(x)
+    loss = (y * 1.0).sum()
+    with cr.no_grad():
+        y.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        loss.backward()
+
+
+# --------------------------------------------------------------------------
+# Tensor basics and dtype rules
+# --------------------------------------------------------------------------
+
+
+def test_dtype_rules():
+    assert cr.tensor(1.0).dtype == np.float32
+    assert cr.tensor([[1.0, 2.0]]).dtype == np.float32
+    assert cr.tensor(np.ones(2)).dtype == np.float64
+    x64 = cr.tensor(np.ones(3), requires_grad=True)
+    y = (cr.exp(x64) * 2.0 + 1.0).sum()
+    y.backward()
+    assert y.dtype == np.float64 and x64.grad.dtype == np.float64
+    x32 = cr.tensor(np.ones(3, np.float32), requires_grad=True)
+    assert (x32 * 2.5 - 1).dtype == np.float32
+    assert cr.tensor([1, 2]).dtype.kind == "i"
+
+
+def test_integer_tensors_cannot_require_grad():
+    with pytest.raises(TypeError, match=r"floating-point.*int64"):
+        cr.tensor(np.array([1, 2]), requires_grad=True)
+
+
+def test_ndarray_on_the_left_gives_a_tensor():
+    x = cr.tensor(np.ones(2), requires_grad=True)
+    for y in (np.ones(2) * x, np.ones(2) + x, np.ones(2) - x, np.ones(2) / x, np.ones(2) @ x):
+        assert isinstance(y, Tensor) and y.requires_grad
+
+
+def test_array_protocol_hash_and_repr():
+    t = cr.tensor([[1.0, 2.0]], requires_grad=True, name="x")
+    assert np.asarray(t).dtype == np.float32
+    assert {t: 1}[t] == 1 and hash(t) != hash(cr.tensor([[1.0, 2.0]]))
+    assert (t == t).all()
+    r = repr(t * 2.0)
+    assert "grad_fn=<mul>" in r and "float32" in r
+    assert "requires_grad=True" in repr(t) and "name='x'" in repr(t)
+    assert t.shape == (1, 2) and t.ndim == 2 and t.size == 2 and len(t) == 1
+    assert cr.tensor(3.0).item() == 3.0 and t.tolist() == [[1.0, 2.0]]
+    assert (t * 2.0).grad_fn == "mul" and t.grad_fn is None and t.is_leaf
+
+
+def test_factories():
+    assert cr.zeros(2, 3).shape == (2, 3) and cr.ones((2,)).dtype == np.float32
+    np.testing.assert_array_equal(cr.randn(3, seed=1).numpy(), cr.randn(3, seed=1).numpy())
+    assert cr.arange(4).tolist() == [0, 1, 2, 3]
+    assert cr.arange(0.0, 1.0, 0.5).dtype == np.float32
+
+
+# --------------------------------------------------------------------------
+# Errors name the op and the shapes
+# --------------------------------------------------------------------------
+
+
+def test_matmul_error_names_shapes():
+    a, b = cr.ones(3, 4), cr.ones(5, 2)
+    with pytest.raises(ValueError, match=r"matmul: shapes \(3, 4\) and \(5, 2\) do not align: 4 != 5"):
+        a @ b
+    with pytest.raises(ValueError, match=r"matmul: .*0-d"):
+        cr.matmul(cr.tensor(1.0), b)
+
+
+def test_broadcast_error_names_op_shapes_and_dimension():
+    with pytest.raises(ValueError, match=r"add: shapes \(3, 4\) and \(5,\) cannot be broadcast"):
+        cr.ones(3, 4) + cr.ones(5)
+    with pytest.raises(ValueError, match=r"mul: .*dimension -1.*4.*5"):
+        cr.ones(3, 4) * np.ones(5)
+
+
+def test_reduction_axis_errors():
+    with pytest.raises(ValueError, match=r"sum: axis 3 is out of range for a tensor with 2"):
+        cr.ones(2, 3).sum(axis=3)
+    with pytest.raises(ValueError, match="repeated axis"):
+        cr.ones(2, 3).mean(axis=(0, -2))
+    with pytest.raises(ValueError, match=r"max of an empty tensor of shape \(0,\)"):
+        cr.zeros(0).max()
+
+
+def test_other_op_errors():
+    with pytest.raises(ValueError, match=r"reshape: .*\(2, 3\)"):
+        cr.ones(2, 3).reshape(4, 2)
+    with pytest.raises(IndexError, match="getitem"):
+        cr.ones(2, 3)[5]
+    with pytest.raises(ValueError, match=r"linear: input shape \(2, 3\) does not fit weight shape \(4, 5\)"):
+        cr.linear(cr.ones(2, 3), cr.ones(4, 5), cr.ones(4))
+    with pytest.raises(ValueError, match=r"squeeze: axis 0 has size 2"):
+        cr.ones(2, 3).squeeze(0)
+
+
+# --------------------------------------------------------------------------
+# Numerical stability at |x| = 1000
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [cr.sigmoid, cr.softplus, cr.softmax, cr.log_softmax, lambda x: cr.logsumexp(x, axis=-1)],
+    ids=["sigmoid", "softplus", "softmax", "log_softmax", "logsumexp"],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stable_at_plus_minus_1000(fn, dtype):
+    x = cr.tensor(np.array([[-1000.0, 0.0, 1000.0], [1000.0, 999.0, -1000.0]], dtype), requires_grad=True)
+    y = fn(x)  # RuntimeWarnings are errors in this suite
+    assert np.isfinite(y.numpy()).all()
+    (y * np.arange(y.size).reshape(y.shape).astype(dtype)).sum().backward()
+    assert np.isfinite(x.grad.numpy()).all()
+
+
+def test_max_splits_gradient_between_ties():
+    x = cr.tensor(np.array([1.0, 3.0, 3.0, 2.0]), requires_grad=True)
+    x.max().backward()
+    assert x.grad.numpy().tolist() == [0.0, 0.5, 0.5, 0.0]
+    y = cr.tensor(np.array([2.0, 2.0]), requires_grad=True)
+    z = cr.tensor(np.array([2.0, 1.0]), requires_grad=True)
+    cr.maximum(y, z).sum().backward()
+    assert y.grad.numpy().tolist() == [0.5, 1.0] and z.grad.numpy().tolist() == [0.5, 0.0]
+
+
+# --------------------------------------------------------------------------
+# Functional transforms
+# --------------------------------------------------------------------------
+
+
+def test_value_and_grad_with_argnums_tuple():
+    def f(w, x, b):
+        return ((w * x + b - 1.0) ** 2).sum()
+
+    w, x, b = np.array(2.0), np.array(3.0), np.array(0.5)
+    val, (gw, gb) = cr.value_and_grad(f, argnums=(0, 2))(w, x, b)
+    r = 2 * 3 + 0.5 - 1
+    assert val == pytest.approx(r**2)
+    assert gw == pytest.approx(2 * r * 3) and gb == pytest.approx(2 * r)
+    assert cr.grad(f, 1)(w, x, b) == pytest.approx(2 * r * 2)
+
+
+def test_grad_errors():
+    with pytest.raises(ValueError, match="must return a scalar"):
+        cr.grad(lambda x: x * 2.0)(np.ones(3))
+    with pytest.raises(TypeError, match="only floating inputs"):
+        cr.grad(lambda x: x.sum())(np.array([1, 2]))
+
+
+def test_vjp_and_jacobian():
+    A = np.array([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]])
+    out, back = cr.vjp(lambda x: cr.tanh(x @ A.T), np.array([0.1, 0.2, 0.3]))
+    xv = np.array([0.1, 0.2, 0.3])
+    J = (1 - np.tanh(A @ xv) ** 2)[:, None] * A
+    np.testing.assert_allclose(out, np.tanh(A @ xv))
+    np.testing.assert_allclose(back(np.array([1.0, 0.0]))[0], J[0])
+    np.testing.assert_allclose(back(np.array([0.0, 2.0]))[0], 2 * J[1])  # callable twice
+    np.testing.assert_allclose(cr.jacobian(lambda x: cr.tanh(x @ A.T))(xv), J)
+
+
+def test_functional_leaves_grad_untouched():
+    w = cr.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    g = cr.grad(lambda x: (x * w).sum())(np.array([3.0, 4.0]))
+    np.testing.assert_allclose(g, [1.0, 2.0])
+    assert w._grad is None
