@@ -11,6 +11,8 @@ recorded as code runs, and the neural-network toolkit on top of it.
 
 from __future__ import annotations
 
+import numpy as _np
+
 from . import ops
 from .factories import (
     arange,
@@ -98,5 +100,5 @@ from .tensor import (
 
 __version__ = "0.1.0"
 
-float32 = "float32"
-float64 = "float64"
+float32 = _np.float32
+float64 = _np.float64
