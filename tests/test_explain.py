@@ -1,0 +1,161 @@
+"""cr.explain: the backward trace, checked against the notes' hand-worked numbers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import chainrule as cr
+from chainrule.explain import explain
+
+F64 = np.float64
+
+
+def leaf(value, name):
+    return cr.tensor(value, dtype=F64, requires_grad=True, name=name)
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def test_example_1_and_2_sigmoid_square_loss():
+    """Seed 000, Examples 1-2: C = 1/2 (sigma(w x + b) - y)^2, w=0.5, x=1, b=0, y=1."""
+    w, x, b, y = leaf(0.5, "w"), leaf(1.0, "x"), leaf(0.0, "b"), leaf(1.0, "y")
+    z = w * x + b
+    z.name = "z"
+    a = cr.sigmoid(z)
+    a.name = "a"
+    C = 0.5 * (a - y) ** 2
+    C.name = "C"
+    exp = explain(C)
+    # by hand, following Example 2's intermediate variables
+    a_ = sigmoid(0.5)
+    dC_da = a_ - 1.0
+    dC_dz = dC_da * a_ * (1 - a_)
+    assert exp["C"].value == pytest.approx(0.5 * (a_ - 1) ** 2)
+    assert exp.grad("a") == pytest.approx(dC_da)
+    assert exp.grad("z") == pytest.approx(dC_dz)
+    assert exp.grad("w") == pytest.approx(dC_dz * 1.0)
+    assert exp.grad("b") == pytest.approx(dC_dz)
+    assert exp.grad("x") == pytest.approx(dC_dz * 0.5)
+    # each term: backpropagated x local
+    (term,) = exp["z"].terms
+    assert term.successor == "a" and term.op == "sigmoid"
+    assert term.upstream == pytest.approx(dC_da)
+    assert term.local == pytest.approx(a_ * (1 - a_))
+    assert term.value == pytest.approx(dC_dz)
+    text = exp.to_text()
+    assert "dC/dz" in text and "via a (sigmoid)" in text
+
+
+def test_examples_5_6_linear_regression_graph():
+    w, b = leaf(5.0, "w"), leaf(1.0, "b")
+    x, y = cr.tensor(1.0, dtype=F64), cr.tensor(2.0, dtype=F64)
+    u = w * x
+    u.name = "u"
+    y_hat = u + b
+    y_hat.name = "y_hat"
+    e = y_hat - y
+    e.name = "e"
+    J = e**2
+    J.name = "J"
+    exp = explain(J)
+    # reverse topological order: the output first, then e, y_hat, ...
+    names = [r.name for r in exp.rows]
+    assert names[:3] == ["J", "e", "y_hat"]
+    assert names.index("u") < names.index("w")
+    values = {r.name: float(r.value) for r in exp.rows}
+    assert values == {"J": 16.0, "e": 4.0, "y_hat": 6.0, "u": 5.0, "w": 5.0, "b": 1.0}
+    for n in ("e", "y_hat", "u", "w", "b"):
+        assert exp.grad(n) == 8.0
+    assert exp.grad("J") == 1.0 and exp["J"].is_root
+    assert exp["e"].terms[0].local == 8.0  # dJ/de = 2e
+    # the note's B = d(y_hat - y)/d(y_hat) = 1
+    assert exp["y_hat"].terms[0].local == 1.0
+    assert "dJ/dy_hat x dy_hat/du = 8 x 1 = 8" in exp.to_text()
+
+
+def test_example_7_fan_out_sums_over_successors():
+    a, b, c = leaf(-1.0, "a"), leaf(3.0, "b"), leaf(4.0, "c")
+    x = a + b
+    x.name = "x"
+    y = b + c
+    y.name = "y"
+    f = x * y
+    f.name = "f"
+    exp = explain(f)
+    terms = {t.successor: float(t.value) for t in exp["b"].terms}
+    assert terms == {"x": 7.0, "y": 2.0}
+    assert exp.grad("b") == 9.0
+    assert "df/db = 2 + 7 = 9" in exp.to_text() or "df/db = 7 + 2 = 9" in exp.to_text()
+
+
+def test_a_node_used_twice_by_one_op():
+    b = leaf(3.0, "b")
+    f = b * b
+    exp = explain(f)
+    assert [float(t.value) for t in exp["b"].terms] == [3.0, 3.0]
+    assert exp.grad("b") == 6.0
+    assert exp.root_name == "L"  # an unnamed output is called L
+
+
+def test_broadcasting_shows_the_unreduced_term_and_the_sum():
+    W = leaf(np.arange(6.0).reshape(2, 3), "W")
+    bias = leaf(np.array([1.0, 2.0, 3.0]), "bias")
+    h = W * 2.0 + bias
+    h.name = "h"
+    L = h.sigmoid().sum()
+    L.name = "L"
+    exp = explain(L)
+    (term,) = exp["bias"].terms
+    assert term.unreduced.shape == (2, 3) and term.axes == (0,)
+    np.testing.assert_allclose(term.unreduced.sum(axis=0), term.value)
+    np.testing.assert_allclose(exp.grad("bias"), exp.grad("h").sum(axis=0))
+    text = exp.to_text()
+    assert "summed over broadcast axes (0,) -> shape (3,)" in text
+    md = exp.to_markdown()
+    assert md.splitlines()[0].startswith("| # | node | op | value | dL/dnode |")
+    assert "summed over broadcast axes" in exp.to_html()
+    assert exp._repr_html_().startswith("<table>")
+
+
+def test_explain_leaves_grad_and_graph_alone_and_skips_hooks():
+    w = leaf(2.0, "w")
+    w.grad = np.array(100.0)
+    calls = []
+    y = w * w
+    y.register_hook(lambda g: calls.append(1))
+    explain(y)
+    assert w.grad.item() == 100.0 and calls == []
+    y.backward()  # the graph is still there
+    assert w.grad.item() == 104.0 and calls == [1]
+
+
+def test_large_tensors_are_summarised_and_full_prints_all_digits():
+    X = leaf(np.linspace(0, 1, 100), "X")
+    L = (X * X).sum()
+    exp = explain(L)
+    assert "shape (100,), norm" in exp.to_text()
+    w = leaf(1.0 / 3.0, "w")
+    exp = explain(w * 3.0, precision=3)
+    assert "value 0.333" in exp.to_text() and "0.3333333333333333" not in exp.to_text()
+    assert "0.3333333333333333" in explain(w * 3.0, full=True).to_text()
+
+
+def test_non_scalar_output_needs_a_seed_and_freed_graphs_are_refused():
+    x = leaf(np.ones(3), "x")
+    y = x * 2.0
+    with pytest.raises(RuntimeError, match="scalar"):
+        explain(y)
+    np.testing.assert_allclose(explain(y, seed=np.arange(3.0)).grad("x"), [0.0, 2.0, 4.0])
+    with pytest.raises(KeyError, match="no node named"):
+        explain(y, seed=np.ones(3))["nope"]
+    s = y.sum()
+    s.backward()
+    with pytest.raises(RuntimeError, match="freed"):
+        explain(s)
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        explain(cr.tensor(1.0))
