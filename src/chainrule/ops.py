@@ -117,10 +117,27 @@ def _operand(x: Any) -> Any:
     return _as_array(x)
 
 
+# Constant parents made from Python scalars, shared between ops: ``x * 0.5``
+# in a loop would otherwise build the same 0-d array and leaf on every call.
+# They never require grad and nothing writes to them, so sharing is safe.
+# Zeros are left out (0.0 and -0.0 are equal keys but differ in sign).
+_SCALAR_CONSTS: dict[tuple, Tensor] = {}
+
+
 def _wrap(operand: Any, out: np.ndarray) -> Tensor:
     """A constant operand as a parent node (Python scalars take the output's dtype)."""
     if isinstance(operand, _SCALARS):
-        return _const(np.asarray(operand, dtype=out.dtype))
+        key = (type(operand), operand, out.dtype.num)
+        c = _SCALAR_CONSTS.get(key)
+        if c is None:
+            arr = np.asarray(operand, dtype=out.dtype)
+            c = _const(arr)
+            if operand and operand == operand:  # not zero, not NaN
+                if len(_SCALAR_CONSTS) >= 4096:
+                    _SCALAR_CONSTS.clear()
+                arr.flags.writeable = False
+                _SCALAR_CONSTS[key] = c
+        return c
     return _const(operand)
 
 
@@ -184,13 +201,13 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
         ad = a.data
         ra = a._requires_grad
     else:
-        ad = _operand(a)
+        ad = a if isinstance(a, _SCALARS) else _operand(a)
         ra = False
     if isinstance(b, Tensor):
         bd = b.data
         rb = b._requires_grad
     else:
-        bd = _operand(b)
+        bd = b if isinstance(b, _SCALARS) else _operand(b)
         rb = False
     try:
         out, ctx = rule.forward(ad, bd)
@@ -201,7 +218,10 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
     if (ra or rb) and _mode.grad and out.dtype.kind in "fc":
         pa = a if ra or isinstance(a, Tensor) else _wrap(ad, out)
         pb = b if rb or isinstance(b, Tensor) else _wrap(bd, out)
-        return _record(out, rule, (pa, pb), ctx, (ra, rb), (ad, bd))
+        node = _node(out, rule, (pa, pb), ctx, (ra, rb))
+        if _mode.anomaly:
+            node._meta = check_forward_anomaly(rule.name, out, (ad, bd))
+        return node
     return _const(out)
 
 

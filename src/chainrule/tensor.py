@@ -987,7 +987,18 @@ def run_backward(
     wanted = None if inputs is None else {t: i for i, t in enumerate(inputs)}
     results: list[Any] = [None] * (0 if inputs is None else len(inputs))
     anomaly = _mode.anomaly
-    order = _toposort(roots)
+
+    # The walk order: always take the pending node recorded last (largest
+    # ``_stamp``). Every successor of a node was recorded after it, so when a
+    # node comes up, all its contributions are already in the table; this is
+    # a topological order found without a separate pass over the graph.
+    # Leaves (no stamp, no parents) get keys after every node, in arrival order.
+    heap: list[tuple[int, Tensor]] = []
+    leaf_key = itertools.count(1).__next__
+    for r in table:
+        heapq.heappush(heap, (leaf_key() if r._op is None else -r._stamp, r))
+    heappush = heapq.heappush
+    heappop = heapq.heappop
 
     prev_mode = _mode.grad
     _mode.grad = create_graph  # record the backward pass only when asked to
@@ -996,10 +1007,9 @@ def run_backward(
     errstate = np.errstate(divide="ignore", invalid="ignore", over="ignore")
     errstate.__enter__()
     try:
-        for node in order:
-            g = table.pop(node, None)
-            if g is None:  # no gradient flows into this node
-                continue
+        while heap:
+            node = heappop(heap)[1]
+            g = table.pop(node)
             mine = node in owned
             owned.discard(node)
             if node._hooks:
@@ -1047,18 +1057,21 @@ def run_backward(
                     continue
                 if not create_graph and type(pg) is not np.ndarray:
                     pg = np.asarray(pg)
-                if pg.shape != p.data.shape:
+                pd = p.data
+                if pg.shape != pd.shape:
                     raise RuntimeError(
                         f"backward: the VJP of '{op.name}' returned a gradient of shape "
-                        f"{pg.shape} for an input of shape {p.data.shape} (a bug in that rule)"
+                        f"{pg.shape} for an input of shape {pd.shape} (a bug in that rule)"
                     )
-                if pg.dtype != p.data.dtype:
-                    pg = pg.astype(p.data.dtype)
+                pdt = pg.dtype
+                if pdt is not pd.dtype and pdt != pd.dtype:  # `is`: the cheap common case
+                    pg = pg.astype(pd.dtype)
                 if observer is not None:
                     observer(node, g, p, pg)
                 old = table.get(p)
                 if old is None:
                     table[p] = pg
+                    heappush(heap, (leaf_key() if p._op is None else -p._stamp, p))
                     if not create_graph and pg is not g and pg.base is None:
                         owned.add(p)
                 elif p in owned:
