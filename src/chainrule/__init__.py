@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as _np
 
-from . import ops
+from . import ops, training
 from .factories import (
     arange,
     eye,
@@ -36,6 +36,7 @@ from .functional import (
     value_and_grad,
     vjp,
 )
+from .io import Checkpoint, CheckpointError, load, load_model, save
 from .ops import (
     RULES,
     abs,
@@ -97,6 +98,7 @@ from .tensor import (
     set_grad_enabled,
     tensor,
 )
+from .training import History, callbacks, fit
 
 __version__ = "0.1.0"
 
