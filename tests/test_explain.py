@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 
 import chainrule as cr
 from chainrule.explain import explain
+from chainrule.expr import ExprError, evaluate, parse, parse_assignment
 
 F64 = np.float64
 
@@ -159,3 +164,101 @@ def test_non_scalar_output_needs_a_seed_and_freed_graphs_are_refused():
         explain(s)
     with pytest.raises(RuntimeError, match="does not require grad"):
         explain(cr.tensor(1.0))
+
+
+# --------------------------------------------------------------------------
+# The safe expression parser and the `explain` command line
+# --------------------------------------------------------------------------
+
+EXAMPLE_1 = "0.5*(sigmoid(w*x+b)-y)**2"
+
+
+def test_parse_finds_variables_in_reading_order():
+    assert parse(EXAMPLE_1).names == ("w", "x", "b", "y")
+    assert parse("exp(-a) + a*b / 2").names == ("a", "b")
+
+
+def test_evaluate_builds_named_float64_leaves():
+    out, leaves = evaluate(EXAMPLE_1, {"w": 0.5, "x": 1, "b": 0, "y": 1})
+    assert set(leaves) == {"w", "x", "b", "y"}
+    assert all(t.dtype == np.float64 and t.requires_grad for t in leaves.values())
+    assert leaves["w"].name == "w"
+    a = sigmoid(0.5)
+    assert out.item() == pytest.approx(0.5 * (a - 1) ** 2)
+    out.backward()
+    assert leaves["w"].grad.item() == pytest.approx((a - 1) * a * (1 - a))
+    for fn in ("exp", "log", "sqrt", "tanh", "sigmoid", "relu", "softplus", "sin", "cos", "abs"):
+        assert evaluate(f"{fn}(x) + -x", {"x": 0.7})[0].dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    "source, piece",
+    [
+        ("__import__('os').system('ls')", "__import__('os').system"),
+        ("x.real", "attribute access is not allowed: x.real"),
+        ("foo(x)", "unknown function 'foo' in foo(x)"),
+        ("x[0]", "indexing is not allowed: x[0]"),
+        ("x << 2", "operator LShift"),
+        ("'a' * 3", "only numbers"),
+        ("lambda: 1", "lambda is not allowed"),
+        ("exp(x, 2)", "exp() takes exactly one argument"),
+        ("x if x else 1", "conditional expression is not allowed"),
+        ("x +", "syntax error"),
+        ("not x", "unary Not"),
+        ("", "empty"),
+    ],
+)
+def test_parse_refuses_anything_else_and_names_the_piece(source, piece):
+    with pytest.raises(ExprError) as info:
+        parse(source)
+    assert piece in str(info.value)
+
+
+def test_assignments_and_missing_or_unused_names():
+    assert parse_assignment("w=0.5")[0] == "w"
+    np.testing.assert_array_equal(parse_assignment("x=1,2,3")[1], [1.0, 2.0, 3.0])
+    for bad, msg in [("w", "NAME=VALUE"), ("w=abc", "not a number"), ("exp=1", "function")]:
+        with pytest.raises(ExprError, match=msg):
+            parse_assignment(bad)
+    with pytest.raises(ExprError, match="no value for z"):
+        evaluate("x + z", {"x": 1.0})
+    with pytest.raises(ExprError, match="does not use q"):
+        evaluate("x", {"x": 1.0, "q": 2.0})
+
+
+def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "chainrule.cli_explain", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=60, check=False,
+    )
+
+
+def test_cli_example_1_end_to_end(tmp_path):
+    proc = run_cli(EXAMPLE_1, "w=0.5", "x=1", "b=0", "y=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    a = sigmoid(0.5)
+    dz = (a - 1) * a * (1 - a)
+    assert "Forward pass" in out and "Backward pass" in out
+    assert f"sigmoid#1 = sigmoid(w*x+b) = {a:.4g}" in out
+    assert f"L = {EXAMPLE_1} = {0.5 * (a - 1) ** 2:.4g}" in out
+    assert f"dL/dw = {dz:.4g}" in out and f"dL/db = {dz:.4g}" in out
+    assert f"dL/dx = {dz * 0.5:.4g}" in out and f"dL/dy = {-(a - 1):.4g}" in out
+    if shutil.which("dot"):
+        svg = tmp_path / "explain.svg"
+        assert "Graph written to explain.svg" in out
+        texts = {el.text for el in ET.parse(svg).getroot().iter() if el.tag.endswith("text")}
+        assert {"w", "x", "b", "y", "sigmoid#1"} <= texts
+    else:
+        assert (tmp_path / "explain.dot").read_text().startswith("digraph")
+
+
+def test_cli_dot_output_markdown_and_errors(tmp_path):
+    proc = run_cli("x**2", "x=3", "--out", "g.dot", "--markdown", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "| 1 | L | pow | 9 | 1 | seed |" in proc.stdout
+    assert (tmp_path / "g.dot").read_text().startswith("digraph")
+    proc = run_cli("open('f')", "--no-graph", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown function 'open'" in proc.stderr
+    assert not (tmp_path / "explain.svg").exists()
