@@ -1,0 +1,303 @@
+"""``Parameter`` and ``Module``: stateful building blocks found by walking attributes.
+
+A module's parameters are the :class:`Parameter` objects reachable from its
+attributes: directly, through sub-modules, or inside lists, tuples and dicts
+of them. Nothing has to be registered, so ``state_dict`` comes for free:
+
+>>> class MLP(cr.nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.hidden = cr.nn.Linear(4, 8)
+...         self.out = cr.nn.Linear(8, 3)
+...     def forward(self, x):
+...         return self.out(cr.relu(self.hidden(x)))
+>>> [name for name, _ in MLP().named_parameters()]
+['hidden.weight', 'hidden.bias', 'out.weight', 'out.bias']
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..tensor import Tensor, _bump
+
+__all__ = ["Parameter", "Module", "IncompatibleKeys", "zero_grad_params"]
+
+# Set on a gradient tensor by optimizer.step() to the gradient's in-place
+# version at that moment; zeroing the gradient clears it. If backward() adds
+# into a gradient that still carries the mark, nobody zeroed it in between.
+STEP_MARK = "_cr_step_version"
+
+
+class Parameter(Tensor):
+    """A tensor that is a learnable parameter of a :class:`Module`.
+
+    Parameters
+    ----------
+    data : array_like or Tensor
+        The initial value (copied). Python floats become float32.
+    requires_grad : bool
+        Defaults to True (unlike a plain tensor).
+
+    >>> w = cr.nn.Parameter(np.zeros((3, 2), dtype=np.float32))
+    >>> w.requires_grad
+    True
+    """
+
+    def __init__(self, data: Any = None, requires_grad: bool = True, dtype: Any = None) -> None:
+        if data is None:
+            data = np.empty((0,), dtype=np.float32)
+        super().__init__(data.data if isinstance(data, Tensor) else data,
+                         requires_grad=requires_grad, dtype=dtype)
+
+    def __repr__(self) -> str:
+        body = np.array2string(self.data, separator=", ", prefix="Parameter(")
+        return f"Parameter({body}, dtype={self.data.dtype}, requires_grad={self.requires_grad})"
+
+
+def zero_grad_params(params: Any, set_to_none: bool = True) -> None:
+    """Reset the gradients of ``params``: drop them, or fill them with zeros in place."""
+    for p in params:
+        g = p._grad
+        if g is None:
+            continue
+        if set_to_none:
+            p._grad = None
+        else:
+            g.data.fill(0)
+            _bump(g)
+            g.__dict__.pop(STEP_MARK, None)
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict(strict=False)`` could not match."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+class Module:
+    """Base class of layers and models: subclass it and define ``forward``.
+
+    Calling the module calls ``forward``. Parameters, sub-modules and buffers
+    are found by walking the instance's attributes in the order they were set.
+
+    >>> layer = cr.nn.Linear(2, 3)
+    >>> y = layer(cr.ones((5, 2)))      # (5, 2) -> (5, 3)
+    """
+
+    training: bool = True
+
+    def __init__(self) -> None:
+        self.training = True
+
+    # ----- the forward pass -----------------------------------------------
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            f"{type(self).__name__}.forward is not defined: subclasses of Module "
+            "must implement forward(self, ...)"
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    # ----- walking the attributes -----------------------------------------
+
+    def _members(self) -> Iterator[tuple[str, Any]]:
+        """(name, value) for every Module or Parameter held directly by this module.
+
+        Containers (list, tuple, dict) are looked into one level deep, their
+        items named ``attr.0`` / ``attr.key``.
+        """
+        for name, v in vars(self).items():
+            if isinstance(v, (Module, Parameter)):
+                yield name, v
+            elif isinstance(v, (list, tuple)):
+                for i, item in enumerate(v):
+                    if isinstance(item, (Module, Parameter)):
+                        yield f"{name}.{i}", item
+            elif isinstance(v, dict) and name != "_buffers":
+                for k, item in v.items():
+                    if isinstance(item, (Module, Parameter)):
+                        yield f"{name}.{k}", item
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        """The direct sub-modules with their names."""
+        seen: set[int] = set()
+        for name, v in self._members():
+            if isinstance(v, Module) and id(v) not in seen:
+                seen.add(id(v))
+                yield name, v
+
+    def children(self) -> Iterator[Module]:
+        for _, m in self.named_children():
+            yield m
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module and every module below it (each once), with dotted names."""
+        seen: set[int] = set()
+        stack = [(prefix, self)]
+        while stack:  # depth-first, in attribute order
+            name, m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield name, m
+            kids = [(f"{name}.{n}" if name else n, c) for n, c in m.named_children()]
+            stack.extend(reversed(kids))
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
+
+    def _named_tensors(self, dedupe: bool, buffers: bool) -> Iterator[tuple[str, Tensor]]:
+        seen: set[int] = set()
+        for mname, m in self.named_modules():
+            pre = f"{mname}." if mname else ""
+            for name, v in m._members():
+                if isinstance(v, Parameter) and not (dedupe and id(v) in seen):
+                    seen.add(id(v))
+                    yield pre + name, v
+            if buffers:
+                for name in m.__dict__.get("_buffers", ()):
+                    b = getattr(m, name)
+                    if b is not None:
+                        yield pre + name, b
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        """(dotted name, parameter) pairs; a parameter shared by two layers appears once."""
+        yield from self._named_tensors(dedupe=True, buffers=False)  # type: ignore[misc]
+
+    def parameters(self) -> Iterator[Parameter]:
+        """Every parameter once, in attribute order (hand this to an optimizer)."""
+        for _, p in self.named_parameters():
+            yield p
+
+    def register_buffer(self, name: str, value: Any) -> None:
+        """Keep a non-learnable array (saved in ``state_dict``) as attribute ``name``."""
+        if "_buffers" not in self.__dict__:
+            self._buffers: list[str] = []
+        if name not in self._buffers:
+            self._buffers.append(name)
+        setattr(self, name, None if value is None else Tensor(value))
+
+    def named_buffers(self) -> Iterator[tuple[str, Tensor]]:
+        for name, b in self._named_tensors(dedupe=False, buffers=True):
+            if not isinstance(b, Parameter):
+                yield name, b
+
+    # ----- modes and gradients --------------------------------------------
+
+    def train(self, mode: bool = True) -> Module:
+        """Switch this module and all below it to training mode (Dropout active)."""
+        for m in self.modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self) -> Module:
+        """Switch to evaluation mode (Dropout becomes the identity)."""
+        return self.train(False)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset every parameter's gradient (None by default, as in PyTorch)."""
+        zero_grad_params(self.parameters(), set_to_none)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        for p in self.parameters():
+            p.requires_grad = requires_grad
+        return self
+
+    def num_parameters(self) -> int:
+        """How many scalars the parameters hold in total."""
+        return int(sum(p.data.size for p in self.parameters()))
+
+    # ----- state ----------------------------------------------------------
+
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """Copies of every parameter and buffer, keyed by dotted name.
+
+        A shared parameter appears under each of its names (as in PyTorch).
+
+        >>> sd = cr.nn.Linear(2, 3).state_dict()
+        >>> {k: v.shape for k, v in sd.items()}
+        {'weight': (3, 2), 'bias': (3,)}
+        """
+        return OrderedDict(
+            (name, t.data.copy()) for name, t in self._named_tensors(dedupe=False, buffers=True)
+        )
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True) -> IncompatibleKeys:
+        """Copy values from ``state_dict`` (arrays or Tensors) into the parameters.
+
+        With ``strict=True`` the keys must match exactly; the error lists the
+        missing and unexpected ones. Shapes must always match. Values are cast
+        to each parameter's dtype. Returns ``(missing_keys, unexpected_keys)``.
+        """
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(
+                f"load_state_dict: expected a mapping of names to arrays, "
+                f"got {type(state_dict).__name__}"
+            )
+        own = OrderedDict(self._named_tensors(dedupe=False, buffers=True))
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys: {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys: {unexpected}")
+            raise KeyError(
+                f"load_state_dict: keys do not match {type(self).__name__}'s parameters "
+                f"({'; '.join(parts)}); pass strict=False to load the matching ones only"
+            )
+        values = {}
+        for k, t in own.items():  # check every shape before changing anything
+            if k not in state_dict:
+                continue
+            v = state_dict[k]
+            arr = np.asarray(v.data if isinstance(v, Tensor) else v)
+            if arr.shape != t.data.shape:
+                raise ValueError(
+                    f"load_state_dict: shape mismatch for '{k}': the checkpoint has "
+                    f"shape {arr.shape}, the model's parameter has shape {t.data.shape}"
+                )
+            values[k] = arr
+        for k, arr in values.items():
+            t = own[k]
+            np.copyto(t.data, arr, casting="unsafe")
+            _bump(t)  # graphs recorded with the old values must not backpropagate
+        return IncompatibleKeys(missing, unexpected)
+
+    # ----- architecture config --------------------------------------------
+
+    def get_config(self) -> Any:
+        """A JSON-serialisable description that :func:`chainrule.nn.build` turns back
+        into an equivalent (freshly initialised) module. Built-in layers only."""
+        raise NotImplementedError(
+            f"get_config: {type(self).__name__} is not a built-in layer, so it has no "
+            "config; build the model from built-in layers (nn.Sequential, nn.Linear, ...) "
+            "or save its state_dict and rebuild it in code"
+        )
+
+    # ----- printing -------------------------------------------------------
+
+    def extra_repr(self) -> str:
+        """The text inside the parentheses of this module's repr."""
+        return ""
+
+    def __repr__(self) -> str:
+        kids = list(self.named_children())
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not kids:
+            return head + ")"
+        lines = [head]
+        for name, m in kids:
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return "\n".join(lines) + "\n)"
