@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as _np
 
-from . import ops, training
+from . import nn, ops, optim, random, training
 from .factories import (
     arange,
     eye,
@@ -87,6 +87,7 @@ from .ops import (
     var,
     where,
 )
+from .random import manual_seed
 from .tensor import (
     AnomalyError,
     GraphReleasedError,
