@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as _np
 
-from . import nn, ops, optim, random, training
+from . import nn, ops, optim, random, training, viz
+from .custom import Function, check_graph
+from .explain import explain
 from .factories import (
     arange,
     eye,
