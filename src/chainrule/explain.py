@@ -85,7 +85,7 @@ class Explanation:
     """The per-node trace of one backward pass (see :func:`explain`).
 
     ``rows`` are in reverse topological order (the output first), the order
-    in which backpropagation visits the nodes. ``exp["w"]`` is the row of the
+    in which the engine's backward walk visited the nodes. ``exp["w"]`` is the row of the
     node named ``w``; ``exp.grad("w")`` its dL/dw.
     """
 
@@ -278,8 +278,20 @@ def explain(
             _make_term(succ, slot, g, parent, contribution, names, local_cache)
         )
 
+    # Rows in the order the engine visited the nodes: each visit reports its
+    # terms together, so the successors' first appearances give the order of
+    # the op nodes; leaves are visited last, in the order gradients reached them.
+    visit: dict[int, Tensor] = {id(t): t}
+    for succ, _, _, _ in observed:
+        visit.setdefault(id(succ), succ)
+    for _, _, parent, _ in observed:
+        if parent._op is None:
+            visit.setdefault(id(parent), parent)
+    for n in reversed(order):
+        if n._requires_grad:
+            visit.setdefault(id(n), n)  # nodes no gradient reached
     rows: list[Row] = []
-    for node in reversed([n for n in order if n._requires_grad]):
+    for node in visit.values():
         rows.append(
             Row(
                 index=len(rows) + 1,

@@ -159,9 +159,17 @@ class detect_anomaly:
     def __enter__(self) -> detect_anomaly:
         self._prev.append(_mode.anomaly)
         _mode.anomaly = True
+        # Every op's output is checked here, with the op and the source line;
+        # NumPy's own RuntimeWarning ("divide by zero in log") would come first
+        # and, where warnings are errors, hide that better report.
+        err = np.errstate(divide="ignore", invalid="ignore", over="ignore")
+        err.__enter__()
+        self._err = getattr(self, "_err", [])
+        self._err.append(err)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._err.pop().__exit__(None, None, None)
         _mode.anomaly = self._prev.pop()
 
 
@@ -1047,6 +1055,8 @@ def run_backward(
                 pgs = op.vjp(g, node.data, ctx, node._needs, xp, parents[0].data)
             else:
                 pgs = op.vjp(g, node.data, ctx, node._needs, xp, *[p.data for p in parents])
+            if anomaly:
+                _check_finite_vjp(node, g, pgs, parents)
             if not retain_graph:
                 node._ctx = _RELEASED
                 node._parents = ()
@@ -1113,6 +1123,23 @@ def _check_finite_grad(node: Tensor, g: Any) -> None:
             f"detect_anomaly: the gradient flowing into '{what}' is not finite "
             f"({_summary(arr)}).\nThe node was created at:\n{where}"
         )
+
+
+def _check_finite_vjp(node: Tensor, g: Any, pgs: Sequence[Any], parents: Sequence[Tensor]) -> None:
+    """Blame the op whose backward turned a finite gradient into a NaN/Inf (sqrt at 0)."""
+    for i, (p, pg) in enumerate(zip(parents, pgs)):
+        if pg is None or not p._requires_grad:
+            continue
+        arr = _ops.value(pg)
+        if np.issubdtype(np.asarray(arr).dtype, np.inexact) and not np.isfinite(arr).all():
+            where = node._meta or "(created outside detect_anomaly, no source line recorded)"
+            ins = "\n".join(f"  input {k}: {_summary(q.data)}" for k, q in enumerate(parents))
+            raise AnomalyError(
+                f"detect_anomaly: the backward of '{node._op.name}' produced a non-finite "
+                f"gradient for its input {i} ({_summary(arr)}) from the finite gradient "
+                f"{_summary(_ops.value(g))} flowing into it.\nIts inputs:\n{ins}\n"
+                f"The op was created at:\n{where}"
+            )
 
 
 def check_forward_anomaly(op_name: str, out: np.ndarray, arrays: Sequence[Any]) -> str:
