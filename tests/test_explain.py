@@ -262,3 +262,79 @@ def test_cli_dot_output_markdown_and_errors(tmp_path):
     assert proc.returncode == 2
     assert "unknown function 'open'" in proc.stderr
     assert not (tmp_path / "explain.svg").exists()
+
+
+# --------------------------------------------------------------------------
+# The MLP view: the notes' delta recursion next to the engine
+# --------------------------------------------------------------------------
+
+
+def small_mlp(last_act=None):
+    from chainrule import nn
+
+    cr.manual_seed(0)
+    layers = [nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 1)]
+    return nn.Sequential(*layers, *([last_act] if last_act else []))
+
+
+def test_mlp_backprop_matches_the_engine_for_each_loss():
+    from chainrule import nn
+    from chainrule.mlp_view import mlp_backprop
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 2)).astype(np.float32)
+    y = rng.integers(0, 2, size=(5, 1)).astype(np.float32)
+    for model, loss in [
+        (small_mlp(), "mse"),
+        (small_mlp(), "half_sse"),
+        (small_mlp(nn.Sigmoid()), "bce"),
+        (small_mlp(nn.Sigmoid()), nn.functional.binary_cross_entropy),
+    ]:
+        view = mlp_backprop(model, x, y, loss)
+        assert view.max_diff < 1e-5, (loss, view.max_diff)
+        assert [layer.index for layer in view.layers] == [1, 2, 3]
+        assert view.layers[0].dW_numpy.shape == (3, 2)  # like Linear.weight: (out, in)
+        assert model[0].weight.grad is None  # nothing of the user's was touched
+    # delta^L = grad_a C (.) sigma'(z^L); for sigmoid + BCE (mean) that is (a - y)/n
+    last = view.layers[-1]
+    np.testing.assert_allclose(last.delta_numpy, (last.a - y) / y.size, atol=1e-6)
+    text = view.to_text()
+    assert "delta^3 = grad_a C (.) sigma'(z^3)" in text
+    assert "delta^2 = (Delta^3 W^3) (.) sigma'(z^2)" in text
+    assert "largest difference over all layers" in text
+
+
+def test_mlp_backprop_refuses_other_layers():
+    from chainrule import nn
+    from chainrule.mlp_view import mlp_backprop
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Softmax())
+    with pytest.raises(ValueError, match="Softmax"):
+        mlp_backprop(model, np.ones((1, 2), np.float32), np.ones((1, 2), np.float32))
+
+
+def test_gradient_norm_recorder_and_plot(tmp_path):
+    from chainrule import nn
+    from chainrule.mlp_view import GradientNormRecorder, plot_gradient_norms
+
+    model = small_mlp()
+    rec = GradientNormRecorder()
+    X = np.random.default_rng(0).normal(size=(32, 2)).astype(np.float32)
+    y = X[:, :1] * 2.0
+    opt = cr.optim.SGD(model.parameters(), lr=0.05)
+    cr.fit(model, nn.MSELoss(), opt, (X, y), epochs=2, batch_size=8, callbacks=[rec],
+           progress=False, compile=False)
+    W = rec.weight_norms()
+    assert W.shape == (8, 3) and np.isfinite(W).all() and (W > 0).all()
+    assert np.isfinite(rec.delta_norms()).all()
+    hist = rec.as_history()
+    assert hist["layers"] == ["0", "2", "4"]
+    assert all(type(v) is float for row in hist["weight_grad_norms"] for v in row)
+    assert "forward" not in vars(model[0])  # the hooks are gone after training
+    path = tmp_path / "norms.png"
+    plot_gradient_norms({"tanh": rec, "again": hist}, path, title="t")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    rec_epoch = GradientNormRecorder(model, every="epoch")
+    cr.fit(model, nn.MSELoss(), opt, (X, y), epochs=2, batch_size=8, callbacks=[rec_epoch],
+           progress=False, compile=False)
+    assert len(rec_epoch.records) == 2
