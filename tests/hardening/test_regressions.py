@@ -1,0 +1,166 @@
+"""One test per failure the hardening work found (each failed before its fix).
+
+The fuzzers found most of these; they are pinned here as plain, fast cases so
+that they never come back regardless of what the random search draws.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import chainrule as cr
+from chainrule import io as crio
+from chainrule.data._common import DataFormatError
+
+try:
+    from chainrule.data import load_csv
+except ImportError:
+    from chainrule.data.csvfile import load_csv
+
+CheckpointError = crio.CheckpointError
+
+
+def _parts(raw: bytes):
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _join(header: dict, body: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + body
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    model = cr.nn.Sequential(cr.nn.Linear(3, 4), cr.nn.ReLU(), cr.nn.Linear(4, 2))
+    path = tmp_path / "m.cr"
+    crio.save(model, path)
+    return path
+
+
+def _edit_meta(path, edit):
+    header, body = _parts(path.read_bytes())
+    meta = json.loads(header["__metadata__"]["chainrule"])
+    edit(meta)
+    header["__metadata__"]["chainrule"] = json.dumps(meta)
+    path.write_bytes(_join(header, body))
+    return path
+
+
+# ----- cr.load ---------------------------------------------------------------
+
+
+def test_tensor_dtype_that_is_not_a_string(saved_model):
+    # was: TypeError: unhashable type: 'list' from `dtype not in _DTYPES`
+    header, body = _parts(saved_model.read_bytes())
+    header["0.bias"]["dtype"] = []
+    saved_model.write_bytes(_join(header, body))
+    with pytest.raises(CheckpointError, match=r"m\.cr.*'0\.bias'.*dtype \[\]"):
+        crio.load(saved_model)
+
+
+def test_model_section_that_is_not_an_object(saved_model):
+    # was: AttributeError: 'bool' object has no attribute 'get'
+    _edit_meta(saved_model, lambda m: m.update(model=True))
+    with pytest.raises(CheckpointError, match=r"m\.cr.*model section"):
+        crio.load(saved_model)
+
+
+def test_weight_keys_that_are_not_strings(saved_model):
+    # was: TypeError: unhashable type: 'list'
+    _edit_meta(saved_model, lambda m: m["model"].update(keys=[[], "0.bias"]))
+    ckpt = crio.load(saved_model)  # the list is ignored: weights come in file order
+    assert set(ckpt.state_dict) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 50_000])
+def test_absurdly_nested_header(tmp_path, body):
+    # was: RecursionError from json.loads
+    path = tmp_path / "deep.cr"
+    path.write_bytes(struct.pack("<Q", len(body)) + body)
+    with pytest.raises(CheckpointError, match="deep.cr.*not valid JSON"):
+        crio.load(path)
+
+
+def test_nested_chainrule_metadata(saved_model):
+    header, body = _parts(saved_model.read_bytes())
+    header["__metadata__"]["chainrule"] = "[" * 100_000
+    saved_model.write_bytes(_join(header, body))
+    with pytest.raises(CheckpointError, match="chainrule metadata is not valid JSON"):
+        crio.load(saved_model)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda cfg: cfg[0].update(dtype=False),
+    lambda cfg: cfg[0].update(in_features=None),
+    lambda cfg: cfg[0].update(type=["Linear"]),
+    lambda cfg: cfg[2].update(out_features=3),
+    lambda cfg: cfg.append(None),
+], ids=["dtype False", "in_features None", "type a list", "wrong width", "None layer"])
+def test_damaged_architecture_is_a_checkpoint_error(saved_model, edit):
+    # was: ValueError / TypeError / KeyError from nn.build or load_state_dict
+    _edit_meta(saved_model, lambda m: edit(m["model"]["config"]))
+    ckpt = crio.load(saved_model)
+    with pytest.raises(CheckpointError, match=r"m\.cr.*architecture"):
+        ckpt.model()
+
+
+def test_architecture_larger_than_the_file_does_not_allocate(saved_model):
+    # was: MemoryError (or an OOM kill): Linear(10**6, 10**6) built before any check
+    def edit(meta):
+        meta["model"]["config"][0].update(in_features=10**6, out_features=10**6)
+
+    _edit_meta(saved_model, edit)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=r"declares a layer of 1000000000000 values"):
+            crio.load_model(saved_model)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_small_parameterless_models_still_load(tmp_path):
+    model = cr.nn.Sequential(cr.nn.ReLU(), cr.nn.Softmax(dim=-1))
+    crio.save(model, tmp_path / "p.cr")
+    assert len(crio.load_model(tmp_path / "p.cr")) == 2
+
+
+# ----- load_csv ----------------------------------------------------------------
+
+
+def test_csv_that_is_not_utf8(tmp_path):
+    # was: UnicodeDecodeError without the file name
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"a,b\n1,\xff\n")
+    with pytest.raises(DataFormatError, match=r"t\.csv: not utf-8-sig text \(byte 0xff"):
+        load_csv(path)
+
+
+def test_csv_with_a_field_over_the_csv_module_limit(tmp_path):
+    # was: _csv.Error (not a ValueError) escaping
+    path = tmp_path / "t.csv"
+    path.write_text('a,b\n1,"' + "x" * 200_000 + '"\n')
+    with pytest.raises(DataFormatError, match=r"t\.csv, line \d+: field larger"):
+        load_csv(path)
+
+
+def test_csv_number_beyond_float32(tmp_path):
+    # was: a silent inf in X (RuntimeWarning: overflow encountered in cast)
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1e39,2\n")
+    with pytest.raises(DataFormatError, match=r"line 2, column 1 \('a'\): '1e39'"):
+        load_csv(path)
+
+
+def test_csv_float32_limits_still_load(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n3.4e38,0\n-3.4e38,1\n")
+    X, y = load_csv(path)
+    assert np.isfinite(X).all()
