@@ -107,3 +107,13 @@ __version__ = "0.1.0"
 
 float32 = _np.float32
 float64 = _np.float64
+
+
+def __getattr__(name: str) -> object:
+    # cr.sklearn is imported on first use only: scikit-learn is an optional
+    # dependency, and `import chainrule` must not pay for (or need) it.
+    if name == "sklearn":
+        import importlib
+
+        return importlib.import_module(".sklearn", __name__)
+    raise AttributeError(f"module 'chainrule' has no attribute {name!r}")
