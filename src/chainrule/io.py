@@ -383,7 +383,7 @@ def _validate(path: Path, raw: bytes) -> tuple[dict, dict[str, str]]:
         header = json.loads(text, object_pairs_hook=_unique_object)
     except UnicodeDecodeError:
         raise _fail(path, "the header is not UTF-8 text (garbage or another format)") from None
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         raise _fail(path, f"the header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
         raise _fail(path, "the header is JSON but not an object")
@@ -402,7 +402,7 @@ def _validate(path: Path, raw: bytes) -> tuple[dict, dict[str, str]]:
                 path, f"tensor {name!r}: entry must have exactly dtype, shape, data_offsets"
             )
         dtype = entry["dtype"]
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise _fail(
                 path,
                 f"tensor {name!r}: dtype {dtype!r} is not supported "
@@ -533,8 +533,29 @@ class Checkpoint:
             )
         from . import nn
 
-        model = nn.build(self.config)
-        model.load_state_dict(self.state_dict)
+        # Building allocates what the config declares; refuse a config that
+        # the weights in the file cannot back (a damaged or hostile header
+        # declaring Linear(10**6, 10**6) must not allocate terabytes).
+        stored = sum(int(a.size) for a in self.state_dict.values())
+        try:
+            claimed = _config_size(self.config)
+        except RecursionError:
+            raise CheckpointError(
+                f"{self.path}: the stored architecture is nested too deeply"
+            ) from None
+        if claimed > stored + 65536:  # slack for small integer arguments (dims, axes)
+            raise CheckpointError(
+                f"{self.path}: the stored architecture declares a layer of {claimed} values "
+                f"but the file holds only {stored} weight values (damaged metadata)"
+            )
+        try:
+            model = nn.build(self.config)
+            model.load_state_dict(self.state_dict)
+        except (ValueError, TypeError, KeyError, RecursionError) as e:
+            # the config came from the file: a damaged one is a damaged checkpoint
+            raise CheckpointError(
+                f"{self.path}: the stored architecture cannot be rebuilt ({e})"
+            ) from None
         return model
 
     def load_into(self, model: Any, optimizer: Any = None, strict: bool = True) -> Any:
@@ -551,6 +572,21 @@ class Checkpoint:
                 )
             optimizer.load_state_dict(self.optimizer_state)
         return model
+
+
+def _config_size(config: Any) -> int:
+    """The largest product of a layer's integer arguments (Linear: in x out)."""
+    if isinstance(config, list):
+        return max((_config_size(c) for c in config), default=0)
+    if not isinstance(config, dict):
+        return 0
+    n = 1
+    for k, v in config.items():
+        if k == "layers":
+            n = max(n, _config_size(v))
+        elif isinstance(v, int) and not isinstance(v, bool):
+            n *= abs(v)
+    return n
 
 
 def _unpack_optimizer(
@@ -609,7 +645,7 @@ def load(path: str | os.PathLike) -> Checkpoint:
     if _META_KEY in meta:
         try:
             info = json.loads(meta[_META_KEY])
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise _fail(path, f"the chainrule metadata is not valid JSON ({e})") from None
         if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
             raise _fail(path, "the chainrule metadata is not a chainrule checkpoint header")
@@ -646,8 +682,10 @@ def load(path: str | os.PathLike) -> Checkpoint:
         opt_class = opt.get("class") if isinstance(opt, dict) else None
         opt_state = _unpack_optimizer(path, opt, tensors)
     model_info = info.get("model") or {}
+    if not isinstance(model_info, dict):
+        raise _fail(path, "the model section of the chainrule metadata is not an object")
     keys = model_info.get("keys")
-    if not isinstance(keys, list):
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         keys = sorted(tensors)
     missing = [k for k in keys if k not in tensors]
     if missing:

@@ -164,3 +164,17 @@ def test_csv_float32_limits_still_load(tmp_path):
     path.write_text("a,b\n3.4e38,0\n-3.4e38,1\n")
     X, y = load_csv(path)
     assert np.isfinite(X).all()
+
+
+@pytest.mark.parametrize("depth", [500, 900])
+def test_deeply_nested_architecture(saved_model, depth):
+    # was: RecursionError from the config walk / nn.build
+    def edit(meta):
+        c = {"type": "ReLU"}
+        for _ in range(depth):
+            c = [c]
+        meta["model"]["config"] = c
+
+    ckpt = crio.load(_edit_meta(saved_model, edit))
+    with pytest.raises(CheckpointError, match=r"m\.cr.*architecture"):
+        ckpt.model()

@@ -60,7 +60,11 @@ def _number(text: str) -> float | None:
         v = float(text)
     except ValueError:
         return None
-    return v if math.isfinite(v) else None
+    # beyond float32's range the value would turn into inf in X (float32)
+    return v if math.isfinite(v) and abs(v) <= _F32_MAX else None
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def _is_blank(row: list[str]) -> bool:
@@ -113,7 +117,15 @@ def load_csv(
     with open(path, newline="", encoding=encoding) as f:
         reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
         # (physical line number, cells); blank lines anywhere are skipped.
-        rows = [(reader.line_num, r) for r in reader if not _is_blank(r)]
+        try:
+            rows = [(reader.line_num, r) for r in reader if not _is_blank(r)]
+        except UnicodeDecodeError as e:
+            raise DataFormatError(
+                f"{path}: not {encoding} text (byte 0x{e.object[e.start]:02x} cannot be "
+                "decoded); is this a CSV file?"
+            ) from None
+        except csv.Error as e:
+            raise DataFormatError(f"{path}, line {reader.line_num}: {e}") from None
     if not rows:
         raise DataFormatError(f"{path}: the file is empty (no rows)")
 
@@ -175,7 +187,7 @@ def load_csv(
             text = cells[i].strip()
             v = _number(text)
             if v is None:
-                what = "empty cell" if not text else f"{text!r} is not a finite number"
+                what = "empty cell" if not text else f"{text!r} is not a finite float32 number"
                 raise DataFormatError(
                     f"{path}, line {line}, column {i + 1} ({names[i]!r}): {what}"
                 )
