@@ -545,7 +545,7 @@ def graph(
     lines.append('  edge [fontname="Helvetica", fontsize=9];')
     graph_label = "\n".join(([title] if title else []) + notes)
     if graph_label:
-        lines.append(f'  label="{_esc(graph_label)}"; labelloc=t;')
+        lines.append(f'  label="{_esc(graph_label)}"; labelloc=t; fontname="Helvetica";')
 
     for uid in kept:
         ms = members[uid]
