@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,3 +339,22 @@ def test_gradient_norm_recorder_and_plot(tmp_path):
     cr.fit(model, nn.MSELoss(), opt, (X, y), epochs=2, batch_size=8, callbacks=[rec_epoch],
            progress=False, compile=False)
     assert len(rec_epoch.records) == 2
+
+
+def test_chainrule_explain_subcommand_when_the_cli_exists(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("chainrule.cli") is None:
+        pytest.skip("chainrule.cli (the main command line) is not written yet")
+    exe = Path(sys.executable).with_name("chainrule")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "chainrule.cli"]
+    proc = subprocess.run(
+        [*cmd, "explain", EXAMPLE_1, "w=0.5", "x=1", "b=0", "y=1", "--out", "g.dot"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False,
+    )
+    if proc.returncode != 0 and "invalid choice" in proc.stderr:
+        pytest.skip("chainrule.cli does not register the explain subcommand yet")
+    assert proc.returncode == 0, proc.stderr
+    a = sigmoid(0.5)
+    assert f"dL/dw = {(a - 1) * a * (1 - a):.4g}" in proc.stdout
+    assert (tmp_path / "g.dot").read_text().startswith("digraph")
