@@ -654,13 +654,13 @@ def _groups(
             "graph: collapse needs to know which module produced each node; run the "
             "forward pass inside `with cr.viz.trace_modules(model): ...`"
         )
-    # parameters and constants used only inside one box are drawn inside it
+    # parameters used only inside one box are drawn inside it (inputs stay outside)
     users: dict[int, set] = {}
     for n in order:
         for p in n._parents:
             users.setdefault(id(p), set()).add(group.get(id(n), (None,))[0])
     for n in order:
-        if n._op is None and id(n) not in group:
+        if n._op is None and n._requires_grad and id(n) not in group:
             u = users.get(id(n), set())
             if len(u) == 1 and None not in u:
                 key = next(iter(u))
