@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as _np
 
-from . import nn, ops, optim, random, training, viz
+from . import data, nn, ops, optim, random, training, viz
 from .custom import Function, check_graph
 from .explain import explain
 from .factories import (
