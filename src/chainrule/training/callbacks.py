@@ -419,36 +419,37 @@ class WeightChangeStopping(Callback):
         self.norm = norm
         self.every = every
 
-    def _params(self, trainer: Trainer) -> list[Any]:
-        return [p for p in trainer.model.parameters()]
-
-    def _change(self, trainer: Trainer) -> float:
+    def _change(self) -> float:
         total = 0.0
-        for old, p in zip(self._prev, self._params(trainer)):
-            # float64 so that a tiny change is not lost to float32 rounding
-            d = np.abs(np.asarray(p.data, dtype=np.float64) - old)
+        for old, diff, p in zip(self._prev, self._diff, self._params):
+            # float64 buffers: a tiny change is not lost to float32 rounding,
+            # and no arrays are allocated per step
+            np.subtract(p.data, old, out=diff)
+            np.abs(diff, out=diff)
             if self.norm == 2:
-                total += float(np.sum(d * d))
+                total += float(np.dot(diff.ravel(), diff.ravel()))
             elif self.norm == 1:
-                total += float(np.sum(d))
-            elif d.size:
-                total = max(total, float(d.max()))
-            # write the new weights into the buffer in place: no new allocation
+                total += float(diff.sum())
+            elif diff.size:
+                total = max(total, float(diff.max()))
             old[...] = p.data
         return math.sqrt(total) if self.norm == 2 else total
 
     def on_train_begin(self, trainer: Trainer, logs: Logs) -> None:
-        self._prev = [np.array(p.data, dtype=np.float64) for p in self._params(trainer)]
+        # the parameter list is fixed for the run; walking the modules each step is slow
+        self._params = list(trainer.model.parameters())
+        self._prev = [np.array(p.data, dtype=np.float64) for p in self._params]
+        self._diff = [np.empty_like(b) for b in self._prev]
         self.last_change = math.inf
         self.stopped_step: int | None = None
 
     def _check(self, trainer: Trainer) -> str | None:
-        self.last_change = self._change(trainer)
+        self.last_change = self._change()
         if self.last_change < self.tol:
             self.stopped_step = trainer.step
             name = {1: "1", 2: "2", math.inf: "inf"}[self.norm]
             return (
-                f"||w^{{k+1}} - w^k||_{name} = {self.last_change:.3g} < tol {self.tol:g} "
+                f"||w^{{k+1}} - w^k||_{name} = {self.last_change:.4g} < tol {self.tol:g} "
                 f"after step {trainer.step}"
             )
         return None

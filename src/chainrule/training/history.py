@@ -73,7 +73,8 @@ class History:
     # ----- access ---------------------------------------------------------
 
     def append(self, record: dict[str, Any]) -> None:
-        self.records.append(dict(record))
+        """Add an epoch's record (kept as is: callbacks may add fields to it)."""
+        self.records.append(record)
 
     def __len__(self) -> int:
         return len(self.records)

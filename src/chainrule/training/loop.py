@@ -466,7 +466,8 @@ def fit(
         for epoch in range(initial_epoch + 1, epochs + 1):
             # ---- epoch begin -------------------------------------------------
             trainer.epoch = epoch
-            _set_mode(model, True)
+            if getattr(model, "training", None) is not True:
+                _set_mode(model, True)  # walks every module: only when needed
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch - 1)  # seeded order depends on the epoch only
             lr = _current_lr(optimizer)
