@@ -414,6 +414,15 @@ def test_progress_output(capsys):
     assert "samples/s" in lines[0]
 
 
+def test_progress_for_long_full_batch_runs_stays_short(capsys):
+    model = _small_model()
+    cr.fit(model, F.cross_entropy, cr.optim.SGD(model.parameters(), lr=0.1), _blobs(),
+           epochs=400, batch_size=None, max_steps=300, progress=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert 10 <= len(lines) <= 22
+    assert lines[-2].startswith("epoch 300/400") and lines[-1].startswith("stopped")
+
+
 def test_progress_bar_on_a_terminal(monkeypatch):
     import io
 

@@ -287,18 +287,39 @@ def _fmt_logs(logs: dict[str, Any]) -> str:
 
 
 class _Progress:
-    """A tqdm bar per epoch on a terminal; one line per epoch otherwise; or silence."""
+    """What ``fit`` shows while it runs.
 
-    def __init__(self, enabled: bool, epochs: int) -> None:
+    * ``progress=False``: nothing.
+    * stdout is a terminal: a tqdm bar per epoch (samples, loss, metric,
+      samples/s); with more than ``_MANY`` epochs (full-batch gradient descent
+      runs thousands) one bar over the epochs instead, so the screen does not
+      fill with bars.
+    * otherwise (a log file, CI, a notebook's captured output): one line per
+      epoch, thinned to about 20 lines for long runs, plus the last epoch and
+      the reason training stopped.
+    """
+
+    _MANY = 50
+
+    def __init__(self, enabled: bool, epochs: int, first_epoch: int) -> None:
         self.enabled = enabled
         self.epochs = epochs
         self.stream = sys.stdout
         isatty = getattr(self.stream, "isatty", None)
-        self.bar_mode = enabled and bool(isatty and isatty())
+        self.tty = enabled and bool(isatty and isatty())
+        runs = max(epochs - first_epoch, 0)
+        self.many = runs > self._MANY
+        self.every = max(1, runs // 20) if self.many else 1
         self.bar: Any = None
+        self.run_bar: Any = None
+        if self.tty and self.many:
+            from tqdm import tqdm
+
+            self.run_bar = tqdm(total=runs, desc="training", unit="epoch", file=self.stream,
+                                dynamic_ncols=True)
 
     def epoch_begin(self, epoch: int, n_samples: int | None) -> None:
-        if not self.bar_mode:
+        if not self.tty or self.many:
             return
         from tqdm import tqdm
 
@@ -313,25 +334,39 @@ class _Progress:
             self.bar.set_postfix_str(_fmt_logs(meter.values()), refresh=False)
             self.bar.update(n)
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def epoch_end(self, record: dict[str, Any], last: bool) -> None:
         if not self.enabled:
             return
+        rate = record.get("samples_per_s")
+        rate_text = f"{rate:,.0f} samples/s" if rate and math.isfinite(rate) else ""
         if self.bar is not None:
+            # the bar shows samples/s itself
             self.bar.set_postfix_str(_fmt_logs(record), refresh=False)
             self.bar.close()
             self.bar = None
-            return
-        rate = record.get("samples_per_s")
-        print(
-            f"epoch {record['epoch']}/{self.epochs}  {_fmt_logs(record)}  "
-            f"{record['seconds']:.2f}s" + (f"  {rate:,.0f} samples/s" if rate else ""),
-            file=self.stream, flush=True,
-        )
+        elif self.run_bar is not None:
+            self.run_bar.set_postfix_str(
+                f"epoch {record['epoch']}  {_fmt_logs(record)}  {rate_text}", refresh=False
+            )
+            self.run_bar.update(1)
+        elif last or record["epoch"] % self.every == 0:
+            print(
+                f"epoch {record['epoch']}/{self.epochs}  {_fmt_logs(record)}  "
+                f"{record['seconds']:.2f}s  {rate_text}".rstrip(),
+                file=self.stream, flush=True,
+            )
+
+    def stopped(self, reason: str | None, early: bool) -> None:
+        self.close()
+        if self.enabled and reason:
+            print(f"{'stopped early' if early else 'stopped'}: {reason}", file=self.stream,
+                  flush=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        for bar in (self.bar, self.run_bar):
+            if bar is not None:
+                bar.close()
+        self.bar = self.run_bar = None
 
 
 def _maybe_compile(step: Callable, compile: bool | str) -> Callable:
@@ -444,7 +479,7 @@ def fit(
         callbacks.append(LRSchedulerCallback(scheduler))
     trainer = Trainer(model, loss_fn, optimizer, scheduler, epochs, val_loader is not None)
     history = trainer.history
-    display = _Progress(progress, epochs)
+    display = _Progress(progress, epochs, initial_epoch)
     resolved: list[Any] | None = None  # metrics, fixed at the first batch (needs the labels)
     outputs: list[Any] = [None]  # the last batch's outputs (an array, not a Tensor)
 
@@ -518,7 +553,7 @@ def fit(
             # ---- epoch end ---------------------------------------------------
             history.append(record)
             _call(callbacks, "on_epoch_end", trainer, record)
-            display.epoch_end(record)
+            display.epoch_end(record, last=trainer.stop_training or epoch == epochs)
             if trainer.stop_training:
                 break
     finally:
@@ -529,6 +564,7 @@ def fit(
     history.stopped_early = trainer.stop_training and not (
         max_steps is not None and trainer.stop_reason == f"max_steps={max_steps} reached"
     )
+    display.stopped(history.stop_reason, history.stopped_early)
     _call(callbacks, "on_train_end", trainer, {"epochs": len(history), "steps": trainer.step})
     if was_training is not None:
         _set_mode(model, was_training)
