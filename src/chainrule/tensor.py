@@ -55,6 +55,9 @@ class _Mode(threading.local):
     def __init__(self) -> None:
         self.grad = True
         self.anomaly = False
+        # cr.compile's recorder (compile.py): sees every node made and every
+        # backward() call of a step it captures or replays; None otherwise
+        self.tracer: Any = None
 
 
 _mode = _Mode()
@@ -331,6 +334,8 @@ class Tensor:
         t._ctx = ctx
         t._needs = needs
         t._stamp = _tick()
+        if _mode.tracer is not None:
+            _mode.tracer.node(t)
         return t
 
     @classmethod
@@ -968,6 +973,10 @@ def run_backward(
     """
     if retain_graph is None:
         retain_graph = create_graph
+    tracer = _mode.tracer
+    if tracer is not None and tracer.backward(roots, seeds, retain_graph, create_graph,
+                                              inputs, observer):
+        return None  # cr.compile ran its recorded backward program instead
     for r in roots:
         if not r._requires_grad:
             raise RuntimeError(
