@@ -253,7 +253,7 @@ def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
     X, y = _blobs(150)
 
     def setup():
-        model = _small_model(seed=4)
+        model = _small_model(seed=4, dropout=0.3)  # the masks must line up too
         return model, cr.optim.Adam(model.parameters(), lr=0.01)
 
     model, opt = setup()

@@ -431,9 +431,10 @@ def fit(
         a cross-entropy, and no metric for regression. Items: "accuracy",
         an :class:`Accuracy`, or ``fn(outputs, targets) -> float``.
     seed : int, optional
-        Seeds the shuffling (epoch ``k`` gets order ``(seed, k)``) and
-        chainrule's global generator (dropout) at the start: the same seed
-        gives the same History and the same weights, bit for bit.
+        Seeds the shuffling (epoch ``k`` gets the order of ``(seed, k)``) and,
+        at the start of every epoch, chainrule's global generator (Dropout)
+        from ``(seed, k)``: the same seed gives the same History and the same
+        weights, bit for bit, and a resumed run matches an uninterrupted one.
     progress : bool
         On a terminal, a tqdm bar per epoch with loss, metric and samples/s;
         when stdout is not a terminal, one line per epoch; False prints nothing.
@@ -466,10 +467,6 @@ def fit(
     0.97
     """
     # ---- set-up ------------------------------------------------------------
-    if seed is not None:
-        from .. import random as cr_random
-
-        cr_random.manual_seed(seed)
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"fit: max_steps must be >= 1, got {max_steps}")
     train_loader = _as_loader(train, batch_size, shuffle, seed, "train")
@@ -505,6 +502,8 @@ def fit(
                 _set_mode(model, True)  # walks every module: only when needed
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch - 1)  # seeded order depends on the epoch only
+            if seed is not None:
+                _seed_epoch(seed, epoch)
             lr = _current_lr(optimizer)
             _call(callbacks, "on_epoch_begin", trainer, {"epoch": epoch, "lr": lr})
             n_samples = _dataset_size(train_loader)
@@ -569,6 +568,19 @@ def fit(
     if was_training is not None:
         _set_mode(model, was_training)
     return history
+
+
+def _seed_epoch(seed: int, epoch: int) -> None:
+    """Re-seed the global generator (Dropout masks) from ``(seed, epoch)``.
+
+    Per epoch rather than once, so that epoch k's randomness does not depend
+    on how many epochs ran before it: a run resumed at ``initial_epoch``
+    draws the same masks as an uninterrupted one.
+    """
+    from .. import random as cr_random
+
+    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, np.uint64)
+    cr_random.manual_seed(int(state[0]) << 64 | int(state[1]))
 
 
 def _dataset_size(loader: Any) -> int | None:
