@@ -496,7 +496,7 @@ def test_csv_bad_rows_name_line_column_and_text(tmp_path):
     with pytest.raises(DataFormatError, match=r"line 2, column 2.*empty cell"):
         load_csv(p, target="label")
     p.write_text("x,y,label\n1,nan,a\n")
-    with pytest.raises(DataFormatError, match="not a finite number"):
+    with pytest.raises(DataFormatError, match="is not a finite"):
         load_csv(p, target="label")
     p.write_text("x,y,label\n1,2,a\n")
     with pytest.raises(DataFormatError, match="not a number"):
