@@ -341,6 +341,25 @@ def test_a_callback_can_stop_training(how):
     assert expected in h.stop_reason
 
 
+def test_a_stop_before_any_batch_runs_nothing(tmp_path):
+    model = _small_model()
+    before = model.state_dict()
+    h = cr.fit(model, F.cross_entropy, cr.optim.SGD(model.parameters(), lr=0.1), _blobs(),
+               epochs=5, progress=False,
+               callbacks=[cr.callbacks.LambdaCallback(on_train_begin=lambda t, logs: "no")])
+    assert len(h) == 0 and h.stop_reason == "no"
+    assert all(before[k].tobytes() == v.tobytes() for k, v in model.state_dict().items())
+
+
+def test_model_checkpoint_creates_its_directory(tmp_path):
+    model = _small_model()
+    cr.fit(model, F.cross_entropy, cr.optim.SGD(model.parameters(), lr=0.1), _blobs(),
+           epochs=2, progress=False, callbacks=[cr.callbacks.ModelCheckpoint(
+               tmp_path / "ckpt" / "e{epoch}-{loss:.2f}.cr", monitor="loss")])
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert len(names) >= 1 and names[0].startswith("e1-")
+
+
 def test_max_steps_is_an_iteration_limit_not_an_early_stop():
     model = _small_model()
     h = cr.fit(model, F.cross_entropy, cr.optim.SGD(model.parameters(), lr=0.1), _blobs(),

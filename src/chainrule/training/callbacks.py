@@ -22,7 +22,8 @@ Stopping: a hook stops training by setting ``trainer.stop_training = True``
 ``trainer.request_stop("reason")``, or by *returning* ``True`` or a reason
 string. A stop requested in ``on_batch_end`` ends the epoch after that batch
 (validation and ``on_epoch_end`` still run); one requested in
-``on_epoch_end`` ends training after that epoch.
+``on_epoch_end`` ends training after that epoch; one requested in
+``on_train_begin`` or ``on_epoch_begin`` ends it before the epoch's batches.
 """
 
 from __future__ import annotations
@@ -296,6 +297,9 @@ class ModelCheckpoint(Callback):
                 return
             self._tracker.best = self.best = value
         path = self.path.format(**logs)
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)  # "ckpt/epoch{epoch}.cr" on a first run
         meta = {k: v for k, v in logs.items() if isinstance(v, (int, float, str, bool))}
         save(
             trainer.model,

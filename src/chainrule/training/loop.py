@@ -506,6 +506,8 @@ def fit(
                 _seed_epoch(seed, epoch)
             lr = _current_lr(optimizer)
             _call(callbacks, "on_epoch_begin", trainer, {"epoch": epoch, "lr": lr})
+            if trainer.stop_training:  # asked for in on_train_begin / on_epoch_begin
+                break
             n_samples = _dataset_size(train_loader)
             display.epoch_begin(epoch, n_samples)
             meter = _Meter()
