@@ -80,7 +80,8 @@ class _Unsupported(Exception):
 class _Program:
     """The recorded structure of one step."""
 
-    __slots__ = ("rules", "needs", "refs", "root", "n_before_backward", "order", "leaves")
+    __slots__ = ("rules", "needs", "refs", "root", "n_before_backward", "order", "leaves",
+                 "keep")
 
     def __init__(self) -> None:
         self.rules: list[Any] = []
@@ -90,6 +91,7 @@ class _Program:
         self.n_before_backward = 0
         self.order: list[int] = []  # ops the backward pass visits, last recorded first
         self.leaves: list[Tensor] = []
+        self.keep: set[int] = set()  # outputs that ops after backward() take as operands
 
 
 class _Recorder:
@@ -247,6 +249,7 @@ def _run_program(prog: _Program, nodes: list[Tensor], retain_graph: bool) -> Non
     owned[prog.root] = True
     xp = NUMPY_NS
     refs_of = prog.refs
+    keep = prog.keep
     for i in prog.order:
         g = table[i]
         if g is None:
@@ -264,6 +267,8 @@ def _run_program(prog: _Program, nodes: list[Tensor], retain_graph: bool) -> Non
         if not retain_graph:
             node._ctx = _RELEASED
             node._parents = ()
+        if i not in keep:
+            nodes[i] = None  # as in eager mode, let its value go once its VJP ran
         for p, pg, (kind, ref) in zip(parents, pgs, refs_of[i]):
             if pg is None or not p._requires_grad:
                 continue
@@ -375,7 +380,14 @@ class CompiledStep:
             self.unsupported = rec.error
             entry.surprises = _MAX_RECAPTURES + 1  # stay eager for this signature
         else:
-            entry.prog = rec.prog
+            prog = rec.prog
+            prog.keep = {
+                j
+                for refs in prog.refs[prog.n_before_backward:]
+                for kind, j in refs
+                if kind == _FROM_OP
+            }
+            entry.prog = prog
         return out
 
     def _replay(self, entry: _Entry, args: tuple, kwargs: dict) -> Any:

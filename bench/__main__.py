@@ -1,0 +1,179 @@
+"""``python -m bench [--quick] [--batch 32,128,1024] [--threads 2] [--out docs/benchmarks.md]``
+
+Times chainrule (eager and compiled) against every peer that is installed, on
+the same MLP training step, the same data and the same thread count,
+interleaved round-robin in one process; prints the tables and writes them,
+with the machine and versions, to a Markdown file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, no torch.compile")
+    ap.add_argument("--batch", default="32,128,1024", help="comma-separated batch sizes")
+    ap.add_argument("--threads", type=int, default=2, help="threads for every library")
+    ap.add_argument("--reps", type=int, default=None, help="round-robin repetitions")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the scaling sweep")
+    ap.add_argument("--out", default=None, help="write the report here (Markdown)")
+    args = ap.parse_args(argv)
+
+    # Before anything loads NumPy/BLAS: every library gets the same threads.
+    from ._env import pin_threads
+
+    pin_threads(args.threads)
+    from . import mlp_step, overhead, scaling
+    from ._env import machine, threads_report
+
+    batches = tuple(int(b) for b in args.batch.split(","))
+    reps = args.reps or (5 if args.quick else 15)
+    sections: list[str] = []
+
+    def emit(text: str) -> None:
+        print(text, flush=True)
+        sections.append(text)
+
+    # ---- per-op overhead --------------------------------------------------
+    emit("## Per-op overhead\n\nA chain of 1,000 elementwise ops (`y * 0.999`, `+ 0.001`) "
+         "then `sum()`, forward + backward, µs per op (median).\n")
+    emit(overhead.table(overhead.measure(reps=max(reps, 10))))
+
+    # ---- MLP step ----------------------------------------------------------
+    results, skipped = mlp_step.measure(batches, reps, include_torch_compile=not args.quick)
+    emit("\n## MLP training step (784-256-256-10, ReLU, float32, cross-entropy, SGD)\n")
+    emit(_step_table(results))
+    emit("\n" + _ratio_table(results))
+    if skipped:
+        emit(f"\nSkipped (not installed or unavailable): {', '.join(skipped)}.")
+
+    # ---- memory --------------------------------------------------------------
+    emit("\n## Peak memory per step\n\nBytes allocated during one step beyond what was "
+         "live before it: `tracemalloc` for NumPy-based code (NumPy reports its buffers to "
+         "it); PyTorch's profiler memory events (every CPU allocation and free, summed "
+         "in order) for PyTorch. JAX is not measured (XLA owns its buffers).\n")
+    emit(_memory_table({b: mlp_step.peak_memory(b) for b in batches}))
+
+    # ---- scaling -------------------------------------------------------------
+    if not args.no_scaling:
+        rows = scaling.measure(reps=max(3, reps // 3))
+        emit("\n## Scaling\n\nBatch size sweep at width 256, then width sweep at batch 128 "
+             "(784-w-w-10). Steps/s (median) and peak memory per step.\n")
+        emit(_scaling_table(rows))
+        out_dir = os.path.dirname(args.out) if args.out else "docs"
+        png = scaling.plot(rows, os.path.join(out_dir, "img", "bench-scaling.png")
+                           if os.path.isdir(os.path.join(out_dir, "img")) else "bench-scaling.png")
+        if png:
+            rel = os.path.relpath(png, out_dir) if args.out else png
+            emit(f"\n![steps/s vs batch and width]({rel})")
+
+    header = _header(args, argv, machine(), threads_report(), reps)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(header + "\n" + "\n".join(sections) + "\n")
+        print(f"\nwrote {args.out}")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
+
+
+def _step_table(results: dict[int, dict[str, float]]) -> str:
+    names: list[str] = []
+    for r in results.values():
+        names += [n for n in r if n not in names]
+    roof = "NumPy GEMM-only (roofline)"
+    lines = ["| steps/s (median) | " + " | ".join(f"B={b}" for b in results) + " |",
+             "|---|" + "---:|" * len(results)]
+    for n in names:
+        cells = []
+        for r in results.values():
+            v = r.get(n)
+            if v is None:
+                cells.append("n/a")
+            else:
+                frac = f" ({v / r[roof]:.0%} of roofline)" if roof in r and n != roof else ""
+                cells.append(_fmt(v) + frac)
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ratio_table(results: dict[int, dict[str, float]]) -> str:
+    ours = ("chainrule eager", "chainrule compiled")
+    peers = ["PyTorch eager", "torch.compile", "JAX jit", "scikit-learn partial_fit",
+             "NumPy hand-written"]
+    lines = ["| speed ratio (higher: chainrule faster) | "
+             + " | ".join(f"B={b}" for b in results) + " |", "|---|" + "---:|" * len(results)]
+    for o in ours:
+        for p in peers:
+            cells = [f"{r[o] / r[p]:.2f}x" if o in r and p in r else "n/a"
+                     for r in results.values()]
+            if any(c != "n/a" for c in cells):
+                lines.append(f"| {o} / {p} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _memory_table(mem: dict[int, dict[str, float]]) -> str:
+    names: list[str] = []
+    for r in mem.values():
+        names += [n for n in r if n not in names]
+    lines = ["| peak MiB per step | " + " | ".join(f"B={b}" for b in mem) + " |",
+             "|---|" + "---:|" * len(mem)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(
+            f"{r[n] / 2**20:.2f}" if n in r else "n/a" for r in mem.values()) + " |")
+    return "\n".join(lines)
+
+
+def _scaling_table(rows: list[dict]) -> str:
+    names = [k for k in rows[0] if k not in ("batch", "width") and not k.startswith("mem ")]
+    head = ("| batch | width | " + " | ".join(f"{n} steps/s" for n in names) + " | "
+            + " | ".join(f"{n} MiB" for n in names) + " |")
+    lines = [head, "|---:|---:|" + "---:|" * (2 * len(names))]
+    for r in rows:
+        cells = [_fmt(r[n]) if n in r else "n/a" for n in names]
+        cells += [f"{r['mem ' + n] / 2**20:.2f}" if "mem " + n in r else "n/a" for n in names]
+        lines.append(f"| {r['batch']} | {r['width']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _header(args, argv, machine: str, threads: str, reps: int) -> str:
+    import platform
+
+    import numpy as np
+
+    vers = [f"Python {platform.python_version()}", f"NumPy {np.__version__}"]
+    for mod in ("torch", "jax", "sklearn", "autograd"):
+        try:
+            m = __import__(mod)
+            vers.append(f"{mod} {getattr(m, '__version__', '?')}")
+        except ImportError:
+            vers.append(f"{mod} not installed")
+    import chainrule
+
+    vers.insert(0, f"chainrule {chainrule.__version__}")
+    cmd = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "# Benchmarks\n\n"
+        f"- **Command**: `{cmd.strip()}` (from the repository root)\n"
+        f"- **Date**: {now}\n"
+        f"- **Machine**: {machine}\n"
+        f"- **Versions**: {', '.join(vers)}\n"
+        f"- **Threads**: {args.threads} for every library, set through OMP_NUM_THREADS, "
+        f"OPENBLAS_NUM_THREADS, MKL_NUM_THREADS and XLA_FLAGS before NumPy, PyTorch or JAX "
+        f"load (torch keeps the same count); BLAS pools as loaded: {threads}\n"
+        f"- **Method**: every framework runs the same step on the same batch; one repetition "
+        f"times each framework once in turn (round-robin, {reps} repetitions after warm-up), "
+        "so load from elsewhere on the machine hits all of them alike; figures are medians. "
+        "Compare figures within one table only.\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

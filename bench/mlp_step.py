@@ -1,0 +1,362 @@
+"""One training step of a 784-256-256-10 ReLU MLP, in every framework installed.
+
+The step: forward, softmax cross-entropy (mean over the batch), backward,
+plain SGD (lr 0.01) -- float32 everywhere, the same initial weights and the
+same batch for every framework. Two NumPy baselines frame the results:
+
+* ``NumPy hand-written``: backprop written out by hand with reused buffers,
+  the floor any NumPy-based engine is measured against;
+* ``NumPy GEMM-only``: just the 8 matrix products a step needs (3 forward,
+  3 weight gradients, 2 input gradients), the roofline on this BLAS.
+
+Every runner is a zero-argument callable doing one step; :func:`measure`
+times them round-robin (see ``_env.interleaved``).
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from collections.abc import Callable
+
+SIZES = (784, 256, 256, 10)
+LR = 0.01
+
+
+def make_problem(batch: int, sizes: tuple[int, ...] = SIZES, seed: int = 0):
+    """Initial weights (PyTorch layout: W is (out, in)) and one batch."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = 1.0 / np.sqrt(fan_in)
+        w = rng.uniform(-bound, bound, (fan_out, fan_in)).astype(np.float32)
+        b = rng.uniform(-bound, bound, (fan_out,)).astype(np.float32)
+        params += [w, b]
+    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], batch).astype(np.int64)
+    return params, x, y
+
+
+# ---------------------------------------------------------------------------
+# NumPy baselines
+# ---------------------------------------------------------------------------
+
+
+def numpy_hand(params, x, y) -> Callable[[], float]:
+    """Backprop by hand: the delta recursion of the notes, buffers reused."""
+    import numpy as np
+
+    ps = [p.copy() for p in params]
+    n = len(ps) // 2
+    rows = np.arange(len(x))
+
+    def step() -> float:
+        acts = [x]
+        for i in range(n):
+            w, b = ps[2 * i], ps[2 * i + 1]
+            z = acts[-1] @ w.T
+            z += b
+            if i < n - 1:
+                np.maximum(z, 0, out=z)
+            acts.append(z)
+        z = acts[-1]
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)  # z is now softmax(logits)
+        loss = -np.log(z[rows, y]).mean()
+        d = z
+        d[rows, y] -= 1.0
+        d /= len(x)  # dL/dlogits = (softmax - onehot) / B
+        for i in reversed(range(n)):
+            w, b = ps[2 * i], ps[2 * i + 1]
+            gw = d.T @ acts[i]
+            gb = d.sum(axis=0)
+            if i > 0:
+                d = d @ w
+                d *= acts[i] > 0  # ReLU' from the forward output
+            w -= LR * gw
+            b -= LR * gb
+        return float(loss)
+
+    return step
+
+
+def numpy_gemm_only(params, x, y) -> Callable[[], None]:
+    """Only the 8 matrix products of a step, into preallocated outputs."""
+    import numpy as np
+
+    ws = [p for p in params[0::2]]
+    bsz = len(x)
+    acts = [x] + [np.empty((bsz, w.shape[0]), np.float32) for w in ws]
+    deltas = [np.empty((bsz, w.shape[1]), np.float32) for w in ws]
+    gws = [np.empty_like(w) for w in ws]
+
+    def step() -> None:
+        for i, w in enumerate(ws):
+            np.matmul(acts[i], w.T, out=acts[i + 1])
+        for i in reversed(range(len(ws))):
+            np.matmul(acts[i + 1].T, acts[i], out=gws[i])
+            if i > 0:
+                np.matmul(acts[i + 1], ws[i], out=deltas[i])
+
+    return step
+
+
+# ---------------------------------------------------------------------------
+# chainrule
+# ---------------------------------------------------------------------------
+
+
+def chainrule_model(params):
+    import chainrule as cr
+
+    nn = cr.nn
+    layers = []
+    n = len(params) // 2
+    for i in range(n):
+        w = params[2 * i]
+        lin = nn.Linear(w.shape[1], w.shape[0])
+        lin.weight.data[...] = w
+        lin.bias.data[...] = params[2 * i + 1]
+        layers.append(lin)
+        if i < n - 1:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def chainrule_step(params, x, y, compiled: bool = False) -> Callable[[], object]:
+    import chainrule as cr
+
+    model = chainrule_model(params)
+    opt = cr.optim.SGD(model.parameters(), lr=LR)
+    F = cr.nn.functional
+
+    def step(xb, yb):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        return loss
+
+    fn = cr.compile(step) if compiled else step
+    return lambda: fn(x, y)
+
+
+# ---------------------------------------------------------------------------
+# Peers (each returns None when its framework is not installed)
+# ---------------------------------------------------------------------------
+
+
+def torch_step(params, x, y, compiled: bool = False) -> Callable[[], object] | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    layers = []
+    n = len(params) // 2
+    for i in range(n):
+        w = params[2 * i]
+        lin = torch.nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w))
+            lin.bias.copy_(torch.from_numpy(params[2 * i + 1]))
+        layers.append(lin)
+        if i < n - 1:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        loss.backward()
+        opt.step()
+        return loss
+
+    if compiled:
+        try:
+            step = torch.compile(step)
+            step()  # compile now, not inside the timed loop
+        except Exception as exc:  # no C++ compiler, unsupported platform...
+            warnings.warn(f"torch.compile unavailable: {exc}")
+            return None
+    return step
+
+
+def jax_step(params, x, y) -> Callable[[], object] | None:
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+
+    def loss_fn(ps, xb, yb):
+        h = xb
+        n = len(ps) // 2
+        for i in range(n):
+            h = h @ ps[2 * i].T + ps[2 * i + 1]
+            if i < n - 1:
+                h = jax.nn.relu(h)
+        logp = jax.nn.log_softmax(h)
+        return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
+
+    @jax.jit
+    def update(ps, xb, yb):
+        loss, grads = jax.value_and_grad(loss_fn)(ps, xb, yb)
+        return [p - LR * g for p, g in zip(ps, grads)], loss
+
+    state = [[jnp.asarray(p) for p in params]]
+    xj, yj = jnp.asarray(x), jnp.asarray(y.astype("int32"))
+
+    def step():
+        state[0], loss = update(state[0], xj, yj)
+        return loss.block_until_ready()
+
+    return step
+
+
+def sklearn_step(params, x, y) -> Callable[[], object] | None:
+    try:
+        from sklearn.neural_network import MLPClassifier
+    except ImportError:
+        return None
+    import numpy as np
+
+    clf = MLPClassifier(
+        hidden_layer_sizes=SIZES[1:-1], solver="sgd", learning_rate_init=LR, momentum=0.0,
+        nesterovs_momentum=False, alpha=0.0, batch_size=len(x), shuffle=False,
+    )
+    classes = np.arange(SIZES[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.partial_fit(x, y, classes=classes)
+
+    def step():
+        clf.partial_fit(x, y)
+
+    return step
+
+
+# ---------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------
+
+
+def runners(batch: int, include_torch_compile: bool = True) -> tuple[dict, list[str]]:
+    """The step of every framework for one batch size, and what was skipped."""
+    params, x, y = make_problem(batch)
+    out: dict[str, Callable[[], object]] = {}
+    skipped: list[str] = []
+    out["NumPy GEMM-only (roofline)"] = numpy_gemm_only(params, x, y)
+    out["NumPy hand-written"] = numpy_hand(params, x, y)
+    out["chainrule eager"] = chainrule_step(params, x, y)
+    import chainrule as cr
+
+    if hasattr(cr, "compile"):
+        out["chainrule compiled"] = chainrule_step(params, x, y, compiled=True)
+    else:
+        skipped.append("chainrule compiled (cr.compile missing)")
+    peers = {
+        "PyTorch eager": lambda: torch_step(params, x, y),
+        "torch.compile": (lambda: torch_step(params, x, y, compiled=True))
+        if include_torch_compile else None,
+        "JAX jit": lambda: jax_step(params, x, y),
+        "scikit-learn partial_fit": lambda: sklearn_step(params, x, y),
+    }
+    for name, make in peers.items():
+        fn = make() if make is not None else None
+        if fn is None:
+            skipped.append(name)
+        else:
+            out[name] = fn
+    return out, skipped
+
+
+def measure(batches: tuple[int, ...], reps: int, include_torch_compile: bool = True):
+    """``{batch: {name: steps per second (median)}}`` and the skipped peers."""
+    from ._env import interleaved, median
+
+    results: dict[int, dict[str, float]] = {}
+    skipped: list[str] = []
+    for b in batches:
+        fns, skipped = runners(b, include_torch_compile)
+        # ~5 ms or more per timed sample, so timer resolution is not an issue
+        inner = max(1, 2048 // b) if b < 1024 else 1
+        gc.collect()
+        times = interleaved(fns, reps=reps, inner=inner, warmup=3)
+        results[b] = {k: 1.0 / median(v) for k, v in times.items()}
+    return results, skipped
+
+
+def peak_memory(batch: int) -> dict[str, float]:
+    """Peak bytes allocated during one step, beyond what existed before it.
+
+    NumPy-based code: ``tracemalloc`` (NumPy reports its data buffers to it).
+    PyTorch: the profiler's memory events (every CPU allocation and free, in
+    order), summed to a running total whose maximum is the peak. JAX manages
+    its own buffers in XLA and is not measured.
+    """
+    import tracemalloc
+
+    params, x, y = make_problem(batch)
+    fns = {
+        "NumPy hand-written": numpy_hand(params, x, y),
+        "chainrule eager": chainrule_step(params, x, y),
+    }
+    import chainrule as cr
+
+    if hasattr(cr, "compile"):
+        fns["chainrule compiled"] = chainrule_step(params, x, y, compiled=True)
+    out: dict[str, float] = {}
+    for name, fn in fns.items():
+        for _ in range(3):  # warm: optimizer buffers, captures, caches
+            fn()
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        out[name] = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.stop()
+    t = torch_step(params, x, y)
+    if t is not None:
+        peak = _torch_peak(t)
+        if peak is not None:
+            out["PyTorch eager"] = peak
+    return out
+
+
+def _torch_peak(step: Callable[[], object]) -> float | None:
+    try:
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return None
+    for _ in range(3):
+        step()
+    import contextlib
+    import io
+    import os
+
+    # the profiler prints start/stop lines on stderr; keep the report clean
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(io.StringIO()):
+        fd = os.dup(2)
+        os.dup2(devnull.fileno(), 2)
+        try:
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                step()
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+    # kineto's raw events: each "[memory]" record is one allocation (nbytes > 0)
+    # or free (< 0), timestamped; their running sum peaks at the step's peak
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    if not events:
+        return None
+    events.sort(key=lambda e: e.start_ns())
+    total = peak = 0
+    for e in events:
+        total += e.nbytes()
+        peak = max(peak, total)
+    return float(peak)
