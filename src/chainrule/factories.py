@@ -18,9 +18,12 @@ __all__ = [
 ]
 
 
-def _shape(shape: tuple) -> tuple[int, ...]:
+def _shape(shape: tuple, who: str) -> tuple[int, ...]:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
+    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0
+               for s in shape):
+        raise ValueError(f"{who}: shape must be non-negative ints, got {shape!r}")
     return tuple(int(s) for s in shape)
 
 
@@ -34,12 +37,12 @@ def _make(arr: np.ndarray, requires_grad: bool, name: str | None = None) -> Tens
 
 def zeros(*shape: Any, dtype: Any = np.float32, requires_grad: bool = False) -> Tensor:
     """A tensor of zeros: ``cr.zeros(2, 3)`` or ``cr.zeros((2, 3))``."""
-    return _make(np.zeros(_shape(shape), dtype=dtype), requires_grad)
+    return _make(np.zeros(_shape(shape, "zeros"), dtype=dtype), requires_grad)
 
 
 def ones(*shape: Any, dtype: Any = np.float32, requires_grad: bool = False) -> Tensor:
     """A tensor of ones: ``cr.ones(2, 3)`` or ``cr.ones((2, 3))``."""
-    return _make(np.ones(_shape(shape), dtype=dtype), requires_grad)
+    return _make(np.ones(_shape(shape, "ones"), dtype=dtype), requires_grad)
 
 
 def full(shape: Any, fill_value: float, dtype: Any = np.float32,
@@ -69,14 +72,14 @@ def randn(*shape: Any, seed: int | None = None, dtype: Any = np.float32,
           requires_grad: bool = False) -> Tensor:
     """Standard normal samples; ``seed`` makes them reproducible."""
     rng = np.random.default_rng(seed)
-    return _make(rng.standard_normal(_shape(shape)).astype(dtype), requires_grad)
+    return _make(rng.standard_normal(_shape(shape, "randn")).astype(dtype), requires_grad)
 
 
 def rand(*shape: Any, seed: int | None = None, dtype: Any = np.float32,
          requires_grad: bool = False) -> Tensor:
     """Uniform samples in [0, 1); ``seed`` makes them reproducible."""
     rng = np.random.default_rng(seed)
-    return _make(rng.random(_shape(shape)).astype(dtype), requires_grad)
+    return _make(rng.random(_shape(shape, "rand")).astype(dtype), requires_grad)
 
 
 def arange(start: float, stop: float | None = None, step: float = 1, dtype: Any = None,

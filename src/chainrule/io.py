@@ -109,7 +109,13 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except FileNotFoundError:
+        # name the file the user asked for, not our temporary one
+        raise FileNotFoundError(
+            f"cannot write {path}: the directory {directory} does not exist"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -665,8 +671,11 @@ def load(path: str | os.PathLike) -> Checkpoint:
     except (SafetensorError, ValueError, KeyError) as e:
         raise _fail(path, f"safetensors could not decode it ({e})") from None
     del raw
-    # safetensors hands back read-only views; training needs writeable arrays
-    tensors = {k: np.array(v) for k, v in decoded.items()}
+    # safetensors hands back read-only views; training needs writeable arrays.
+    # Copy one at a time, dropping each view, so the peak stays near 2x the file.
+    tensors = {}
+    for k in list(decoded):
+        tensors[k] = np.array(decoded.pop(k))
     del decoded
 
     if info is None:

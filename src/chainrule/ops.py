@@ -279,6 +279,8 @@ def _op_error(rule: Rule, arrays: Sequence[Any], params: dict, exc: Exception) -
             "chainrule ops work on numeric arrays"
         )
     detail = f" (operand shapes {_fmt(shapes)})" if shapes else ""
+    if text.startswith(f"{rule.name}: "):  # our own message already names the op
+        text = text[len(rule.name) + 2:]
     return type(exc)(f"{rule.name}: {text}{detail}")
 
 
@@ -489,6 +491,19 @@ def _(g, out, ctx, needs, xp, a, b):
 @rule("where")
 def WHERE(a, b, *, cond):
     return np.where(cond, a, b), cond
+
+
+@WHERE.defcheck
+def _(arrays, params, exc):
+    shapes = [np.shape(params["cond"])] + [np.shape(a) for a in arrays]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        return (
+            f"condition shape {shapes[0]} and operand shapes {shapes[1]} and {shapes[2]} "
+            f"cannot be broadcast together: {_broadcast_detail(shapes)}"
+        )
+    return None
 
 
 @WHERE.defvjp

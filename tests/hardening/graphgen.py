@@ -503,7 +503,7 @@ def _matmul_ok(a, b) -> bool:
     if not a or not b:
         return False
     try:
-        np.matmul(np.empty(a), np.empty(b))
+        np.matmul(np.zeros(a), np.zeros(b))
         return True
     except ValueError:
         return False
