@@ -112,8 +112,8 @@ CASES: dict[str, list[Case]] = {
     ],
     "astype": [("float64", ins(normal((3, 4))), lambda x: x.astype(np.float64) * 2.0)],
     "clone": unary_cases(lambda x: x.clone() * 3.0),
-    "maximum": binary_cases(cr.maximum, distinct, lambda s: (lambda rng: distinct(s)(rng) + 0.05)),
-    "minimum": binary_cases(cr.minimum, distinct, lambda s: (lambda rng: distinct(s)(rng) + 0.05)),
+    "maximum": binary_cases(cr.maximum, distinct, lambda s: lambda rng: distinct(s)(rng) + 0.05),
+    "minimum": binary_cases(cr.minimum, distinct, lambda s: lambda rng: distinct(s)(rng) + 0.05),
     "where": [
         (
             f"{a}x{b}",
@@ -186,7 +186,11 @@ CASES: dict[str, list[Case]] = {
         ("swapaxes", ins(normal((2, 3, 4))), lambda x: x.swapaxes(0, -1) * np.arange(2.0)),
     ],
     "broadcast_to": [
-        ("row", ins(normal((1, 4))), lambda x: x.broadcast_to((3, 4)) * np.arange(12.0).reshape(3, 4)),
+        (
+            "row",
+            ins(normal((1, 4))),
+            lambda x: x.broadcast_to((3, 4)) * np.arange(12.0).reshape(3, 4),
+        ),
         ("new axes", ins(normal((4,))), lambda x: cr.broadcast_to(x, (2, 3, 4)) ** 2),
     ],
     "getitem": [
@@ -210,12 +214,18 @@ CASES: dict[str, list[Case]] = {
     ],
     "concatenate": [
         ("axis0", ins(normal((2, 3)), normal((4, 3))), lambda a, b: cr.concatenate([a, b]) ** 2),
-        ("axis-1", ins(normal((2, 3)), normal((2, 1)), normal((2, 2))),
-         lambda a, b, c: cr.cat([a, b, c], axis=-1) * np.arange(6.0)),
+        (
+            "axis-1",
+            ins(normal((2, 3)), normal((2, 1)), normal((2, 2))),
+            lambda a, b, c: cr.cat([a, b, c], axis=-1) * np.arange(6.0),
+        ),
     ],
     "stack": [
         ("axis0", ins(normal((3,)), normal((3,))), lambda a, b: cr.stack([a, b]) ** 2),
-        ("axis-1", ins(normal((2, 3)), normal((2, 3)), normal((2, 3))),
-         lambda a, b, c: cr.stack([a, b, c], axis=-1) * np.arange(3.0)),
+        (
+            "axis-1",
+            ins(normal((2, 3)), normal((2, 3)), normal((2, 3))),
+            lambda a, b, c: cr.stack([a, b, c], axis=-1) * np.arange(3.0),
+        ),
     ],
 }

@@ -216,7 +216,9 @@ def test_non_scalar_backward_needs_a_seed():
     y = cr.tensor(np.ones((3, 2)), requires_grad=True) * 2.0
     with pytest.raises(RuntimeError, match=r"shape \(3, 2\).*y.backward\(cr.ones_like\(y\)\)"):
         y.backward()
-    with pytest.raises(ValueError, match=r"seed has shape \(2,\) but the output has shape \(3, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"seed has shape \(2,\) but the output has shape \(3, 2\)"
+    ):
         y.backward(np.ones(2))
 
 
@@ -391,7 +393,9 @@ def test_factories():
 
 def test_matmul_error_names_shapes():
     a, b = cr.ones(3, 4), cr.ones(5, 2)
-    with pytest.raises(ValueError, match=r"matmul: shapes \(3, 4\) and \(5, 2\) do not align: 4 != 5"):
+    with pytest.raises(
+        ValueError, match=r"matmul: shapes \(3, 4\) and \(5, 2\) do not align: 4 != 5"
+    ):
         a @ b
     with pytest.raises(ValueError, match=r"matmul: .*0-d"):
         cr.matmul(cr.tensor(1.0), b)
@@ -418,7 +422,9 @@ def test_other_op_errors():
         cr.ones(2, 3).reshape(4, 2)
     with pytest.raises(IndexError, match="getitem"):
         cr.ones(2, 3)[5]
-    with pytest.raises(ValueError, match=r"linear: input shape \(2, 3\) does not fit weight shape \(4, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"linear: input shape \(2, 3\) does not fit weight shape \(4, 5\)"
+    ):
         cr.linear(cr.ones(2, 3), cr.ones(4, 5), cr.ones(4))
     with pytest.raises(ValueError, match=r"squeeze: axis 0 has size 2"):
         cr.ones(2, 3).squeeze(0)
@@ -436,7 +442,9 @@ def test_other_op_errors():
 )
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_stable_at_plus_minus_1000(fn, dtype):
-    x = cr.tensor(np.array([[-1000.0, 0.0, 1000.0], [1000.0, 999.0, -1000.0]], dtype), requires_grad=True)
+    x = cr.tensor(
+        np.array([[-1000.0, 0.0, 1000.0], [1000.0, 999.0, -1000.0]], dtype), requires_grad=True
+    )
     y = fn(x)  # RuntimeWarnings are errors in this suite
     assert np.isfinite(y.numpy()).all()
     (y * np.arange(y.size).reshape(y.shape).astype(dtype)).sum().backward()

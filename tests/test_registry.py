@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 import chainrule as cr
+from cases_ops import CASES as OPS_CASES
 from chainrule.functional import GradcheckError
 from chainrule.tensor import Tensor, run_backward
-
-from cases_ops import CASES as OPS_CASES
 
 ALL_CASES = dict(OPS_CASES)
 if importlib.util.find_spec("chainrule.nn") is not None:
