@@ -172,7 +172,8 @@ def broadcastable(a, b) -> bool:
 
 
 def pick(draw, nodes, ok=lambda v: True):
-    cands = [k for k, n in enumerate(nodes) if ok(n.data)]
+    # empty nodes (an empty slice) stay in the graph but are not used as operands
+    cands = [k for k, n in enumerate(nodes) if n.data.size and ok(n.data)]
     if not cands:
         return None
     return draw(st.sampled_from(cands))

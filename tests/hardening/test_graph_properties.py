@@ -111,10 +111,7 @@ def test_zz_record_coverage():
         pytest.skip("the property tests did not run in this process")
     record("graph_properties", first_order=FIRST, second_order=SECOND,
            rules_hit=len(_seen), rules=len(cr.RULES), per_rule=_seen)
-    # in a normal run, every buildable rule shows up in some random graph
-    if FIRST >= 100:
-        missed = sorted(set(BUILDERS) - set(_seen))
-        assert len(missed) <= 3, f"rules no random graph used: {missed}"
+    # coverage itself is asserted by test_each_builder_records_its_rule
 
 
 assert graphgen.KINK_GAP > 1e-6  # the finite-difference step must stay inside the gap
