@@ -186,3 +186,35 @@ class Oracle:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+def random_mutation(r, fields: Sequence[Field] = ()) -> tuple:
+    """One mutation drawn with ``random.Random`` (the bulk fuzz loop; same operators)."""
+    pos = r.randrange(1 << 20)
+    kind = r.choice(["flip", "flip", "set", "truncate", "insert", "delete", "splice",
+                     "field", "field", "token"])
+    if kind == "flip":
+        return (kind, pos, r.randrange(8))
+    if kind == "set":
+        return (kind, pos, r.randrange(256))
+    if kind == "truncate":
+        return (kind, pos)
+    if kind == "insert":
+        return (kind, pos, r.randbytes(r.randint(1, 64)))
+    if kind == "delete":
+        return (kind, pos, r.randint(1, 64))
+    if kind == "splice":
+        return (kind, pos, r.randrange(1 << 20), r.randint(1, 128), r.random() < 0.5)
+    if kind == "field":
+        value = r.choice(BOUNDARY_INTS) if r.random() < 0.7 else r.randrange(1 << 64)
+        return (kind, r.randrange(64), value)
+    return (kind, pos, r.choice(TOKENS), r.random() < 0.5)
+
+
+def random_input(r, seeds: Sequence[bytes], fields: Sequence[Field] = ()) -> tuple[bytes, list]:
+    """A mutant of a random seed (or, one time in ten, random junk) and its recipe."""
+    if r.random() < 0.1:
+        return r.randbytes(r.randrange(600)), ["junk"]
+    muts = [random_mutation(r, fields) for _ in range(r.randint(1, 5))]
+    seed = r.randrange(len(seeds))
+    return _apply(seeds[seed], muts, fields), [("seed", seed)] + muts
