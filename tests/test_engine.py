@@ -141,22 +141,35 @@ def test_chain_of_a_million_ops_backpropagates():
     assert x.grad.numpy().tolist() == [1.0]
 
 
-def test_order_is_deterministic():
-    def build():
+def test_order_is_deterministic_and_topological():
+    from chainrule.tensor import run_backward
+
+    def visits():
         a = cr.tensor(np.arange(3.0), requires_grad=True)
         outs = [a * k for k in range(1, 6)]
         s = outs[0]
         for o in outs[1:]:
             s = s + o * s
-        return a, s.sum()
+        order = []
+        run_backward(
+            (s.sum(),), (None,), retain_graph=True,
+            observer=lambda node, g, p, c: order.append(node),
+        )
+        return [t.op for t in dict.fromkeys(order)], order
 
-    from chainrule.tensor import _toposort
-
-    orders = []
-    for _ in range(3):
-        _, out = build()
-        orders.append([t.op for t in _toposort([out])])
-    assert orders[0] == orders[1] == orders[2]
+    first, order = visits()
+    assert first == visits()[0] == visits()[0]
+    # a node's own terms are sent only after every successor has sent its term to it
+    sent = {}
+    for i, node in enumerate(order):
+        sent.setdefault(id(node), i)
+    checked = 0
+    for node in order:
+        for p in node._parents:
+            if id(p) in sent:
+                assert sent[id(p)] > sent[id(node)]
+                checked += 1
+    assert checked > 10
 
 
 def test_gradients_accumulate_across_calls_and_over_successors():

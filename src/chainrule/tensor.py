@@ -8,8 +8,11 @@ kept for the backward pass (``_ctx``).
 The backward pass (:func:`run_backward`) is the chain rule of the notes,
 written as one loop:
 
-* sort the graph so that every node comes before the nodes it was computed
-  from (reverse topological order, found with an explicit stack, no recursion);
+* visit the nodes in reverse topological order: every node records a creation
+  stamp larger than its parents', and the walk always takes the pending node
+  with the largest stamp (Chainer's generation numbers), using a heap instead
+  of recursion, so a chain of a million ops backpropagates and the order is
+  deterministic;
 * keep a *gradient table* mapping each node to dL/dnode, the **backpropagated
   gradient**; entries are popped as the walk reaches them, so memory is freed
   early;
@@ -27,7 +30,7 @@ import itertools
 import threading
 import traceback
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -877,35 +880,6 @@ def tensor(
 # --------------------------------------------------------------------------
 # The backward walk
 # --------------------------------------------------------------------------
-
-
-def _toposort(roots: Iterable[Tensor]) -> list[Tensor]:
-    """Every node reachable from ``roots`` through tensors that require grad,
-    each before the nodes it was computed from (roots first).
-
-    An explicit stack replaces recursion so that a chain of a million ops
-    does not overflow; the order is deterministic (parents are tuples).
-    """
-    order: list[Tensor] = []
-    seen: set[int] = set()
-    stack: list[tuple[Tensor, bool]] = [(r, False) for r in roots]
-    push = stack.append
-    pop = stack.pop
-    while stack:
-        node, done = pop()
-        if done:
-            order.append(node)
-            continue
-        key = id(node)
-        if key in seen:
-            continue
-        seen.add(key)
-        push((node, True))
-        for p in node._parents:
-            if p._requires_grad and id(p) not in seen:
-                push((p, False))
-    order.reverse()
-    return order
 
 
 def _released_error(node: Tensor) -> GraphReleasedError:
