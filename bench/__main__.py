@@ -72,11 +72,38 @@ def main(argv: list[str] | None = None) -> None:
             rel = os.path.relpath(png, out_dir) if args.out else png
             emit(f"\n![steps/s vs batch and width]({rel})")
 
+    sections.append(NOTES)
     header = _header(args, argv, machine(), threads_report(), reps)
     if args.out:
         with open(args.out, "w") as f:
             f.write(header + "\n" + "\n".join(sections) + "\n")
         print(f"\nwrote {args.out}")
+
+
+NOTES = """
+## Reading the results
+
+- **Threads.** Small-batch NumPy timings swing 2-3x run to run when OpenBLAS
+  threads sleep and wake between calls, and more so on a machine shared with
+  other work. Every library here gets the same thread count (`--threads`), set
+  before import; the round-robin order makes a burst of outside load hit all
+  frameworks alike. Compare figures within one table, never across runs.
+- **What `chainrule compiled` does.** `cr.compile(step)` records the step's
+  graph once (op sequence, operand wiring, which parameters get gradients) and
+  on later calls checks each op against the record and runs `backward()` as a
+  flat program: no topological walk, no gradient-table hashing. The step's
+  Python still runs (zero_grad, Dropout masks, optimizer), so results are
+  bit-identical to eager mode. At large batches both are bound by the same
+  NumPy/BLAS calls, so the two are expected to be close there.
+- **Per-op overhead** on shape (1,) is pure framework cost; on (64, 64) the
+  NumPy arithmetic and allocation of each op start to dominate.
+- **Peak memory.** chainrule keeps each node's output alive while the graph
+  does (e.g. a Linear output under a ReLU), which PyTorch frees once nothing
+  saved it for backward; this is why chainrule's peak can exceed PyTorch's at
+  large batches. The profiler occasionally attributes a step's buffers to
+  allocations made before it started and reports 0 for PyTorch; treat a 0.00
+  as "not measured".
+"""
 
 
 def _fmt(v: float) -> str:
@@ -151,8 +178,13 @@ def _header(args, argv, machine: str, threads: str, reps: int) -> str:
     for mod in ("torch", "jax", "sklearn", "autograd"):
         try:
             m = __import__(mod)
-            vers.append(f"{mod} {getattr(m, '__version__', '?')}")
-        except ImportError:
+            v = getattr(m, "__version__", None)
+            if v is None:
+                from importlib.metadata import version
+
+                v = version(mod)
+            vers.append(f"{mod} {v}")
+        except Exception:
             vers.append(f"{mod} not installed")
     import chainrule
 
