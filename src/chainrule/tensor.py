@@ -958,10 +958,9 @@ def run_backward(
                 "was computed from had requires_grad=True (or it was computed under "
                 "no_grad()), so there is no graph to backpropagate through"
             )
-    if create_graph:
-        from .ops import TENSOR_NS as xp
-    else:
-        from .ops import NUMPY_NS as xp
+    # the array namespace handed to the VJPs (module attributes: an import
+    # statement here would cost more than a small op's whole backward step)
+    xp = _ops.TENSOR_NS if create_graph else _ops.NUMPY_NS
 
     table: dict[Tensor, Any] = {}  # the gradient table: node -> dL/dnode
     owned: set[Tensor] = set()  # nodes whose table entry we may update in place
