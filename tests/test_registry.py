@@ -44,19 +44,21 @@ def test_every_rule_has_a_vjp():
     assert all(r.vjp is not None for r in cr.RULES.values())
 
 
-def _uses_rule(fn, xs, name):
-    """The graph built by fn contains the rule under test (cases can't drift)."""
-    out = fn(*[Tensor(x, requires_grad=True) for x in xs])
+def _nodes(out):
+    """Every tensor in the graph of ``out``."""
     seen, stack = set(), [out]
     while stack:
         t = stack.pop()
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        if t.op == name:
-            return True
-        stack.extend(t._parents)
-    return False
+        if id(t) not in seen:
+            seen.add(id(t))
+            stack.extend(t._parents)
+            yield t
+
+
+def _uses_rule(fn, xs, name):
+    """The graph built by fn contains the rule under test (cases can't drift)."""
+    out = fn(*[Tensor(x, requires_grad=True) for x in xs])
+    return any(t.op == name for t in _nodes(out))
 
 
 @pytest.mark.parametrize("name, cid, make, fn", PARAMS)
@@ -112,13 +114,7 @@ def test_float32_stays_float32(name, cid, make, fn):
     ts = [Tensor(x, requires_grad=True) for x in xs]
     out = fn(*ts)
     # the rule's own nodes: float32 in -> float32 out (cases may mix in float64 on purpose)
-    seen, stack = set(), [out]
-    while stack:
-        t = stack.pop()
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        stack.extend(t._parents)
+    for t in _nodes(out):
         if t.op == name and name != "astype" and all(
             p.dtype == np.float32 for p in t._parents if p.dtype.kind == "f"
         ):

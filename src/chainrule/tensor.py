@@ -92,9 +92,11 @@ class set_grad_enabled:
     def __call__(self, fn: Callable) -> Callable:
         import functools
 
+        on = self._on
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self.__class__(self._on):
+            with set_grad_enabled(on):  # a fresh manager per call: re-entrant, thread-safe
                 return fn(*args, **kwargs)
 
         return wrapper
@@ -110,15 +112,6 @@ class no_grad(set_grad_enabled):
     def __init__(self) -> None:
         super().__init__(False)
 
-    def __call__(self, fn: Callable) -> Callable:
-        import functools
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with no_grad():
-                return fn(*args, **kwargs)
-
-        return wrapper
 
 
 class enable_grad(set_grad_enabled):
@@ -127,15 +120,6 @@ class enable_grad(set_grad_enabled):
     def __init__(self) -> None:
         super().__init__(True)
 
-    def __call__(self, fn: Callable) -> Callable:
-        import functools
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with enable_grad():
-                return fn(*args, **kwargs)
-
-        return wrapper
 
 
 class AnomalyError(FloatingPointError):
