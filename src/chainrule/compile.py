@@ -62,6 +62,7 @@ from .tensor import (
     _released_error,
     _seed,
     _store_grad,
+    conform_grad,
 )
 
 __all__ = ["compile", "CompiledStep"]
@@ -272,16 +273,7 @@ def _run_program(prog: _Program, nodes: list[Tensor], retain_graph: bool) -> Non
         for p, pg, (kind, ref) in zip(parents, pgs, refs_of[i]):
             if pg is None or not p._requires_grad:
                 continue
-            if type(pg) is not np.ndarray:
-                pg = np.asarray(pg)
-            pd = p.data
-            if pg.shape != pd.shape:
-                raise RuntimeError(
-                    f"backward: the VJP of '{op.name}' returned a gradient of shape "
-                    f"{pg.shape} for an input of shape {pd.shape} (a bug in that rule)"
-                )
-            if pg.dtype != pd.dtype:
-                pg = pg.astype(pd.dtype)
+            pg = conform_grad(op, pg, p.data)
             fresh = pg is not g and pg.base is None
             if kind == _FROM_OP:
                 old = table[ref]

@@ -1031,17 +1031,7 @@ def run_backward(
             for p, pg in zip(parents, pgs):
                 if pg is None or not p._requires_grad:
                     continue
-                if not create_graph and type(pg) is not np.ndarray:
-                    pg = np.asarray(pg)
-                pd = p.data
-                if pg.shape != pd.shape:
-                    raise RuntimeError(
-                        f"backward: the VJP of '{op.name}' returned a gradient of shape "
-                        f"{pg.shape} for an input of shape {pd.shape} (a bug in that rule)"
-                    )
-                pdt = pg.dtype
-                if pdt is not pd.dtype and pdt != pd.dtype:  # `is`: the cheap common case
-                    pg = pg.astype(pd.dtype)
+                pg = conform_grad(op, pg, p.data, not create_graph)
                 if observer is not None:
                     observer(node, g, p, pg)
                 old = table.get(p)
@@ -1063,6 +1053,22 @@ def run_backward(
         errstate.__exit__(None, None, None)
         _mode.grad = prev_mode
     return results if inputs is not None else None
+
+
+def conform_grad(op: Any, pg: Any, pd: np.ndarray, arrays: bool = True) -> Any:
+    """A VJP's result for a parent with data ``pd``: same shape (else the rule
+    is wrong: say which) and same dtype (float32 stays float32 end to end)."""
+    if arrays and type(pg) is not np.ndarray:
+        pg = np.asarray(pg)  # 0-d results come back as NumPy scalars
+    if pg.shape != pd.shape:
+        raise RuntimeError(
+            f"backward: the VJP of '{op.name}' returned a gradient of shape "
+            f"{pg.shape} for an input of shape {pd.shape} (a bug in that rule)"
+        )
+    dt = pg.dtype
+    if dt is not pd.dtype and dt != pd.dtype:  # `is`: the cheap common case
+        pg = pg.astype(pd.dtype)
+    return pg
 
 
 def _store_grad(node: Tensor, g: Any, mine: bool, create_graph: bool) -> None:
