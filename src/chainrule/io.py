@@ -696,6 +696,9 @@ def load(path: str | os.PathLike) -> Checkpoint:
     keys = model_info.get("keys")
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         keys = sorted(tensors)
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise _fail(path, f"the metadata lists weights more than once: {twice[:5]}")
     missing = [k for k in keys if k not in tensors]
     if missing:
         raise _fail(path, f"the metadata lists weights that are not in the file: {missing[:5]}")

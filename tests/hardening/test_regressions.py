@@ -178,3 +178,12 @@ def test_deeply_nested_architecture(saved_model, depth):
     ckpt = crio.load(_edit_meta(saved_model, edit))
     with pytest.raises(CheckpointError, match=r"m\.cr.*architecture"):
         ckpt.model()
+
+
+def test_weight_listed_twice_in_the_metadata(saved_model):
+    # was: KeyError: '0.weight' (found by the long bulk fuzz: one bit flip turns
+    # "2.weight" into "0.weight" in the key list)
+    _edit_meta(saved_model, lambda m: m["model"].update(
+        keys=["0.weight", "0.bias", "0.weight", "2.bias"]))
+    with pytest.raises(CheckpointError, match=r"m\.cr.*more than once.*'0\.weight'"):
+        crio.load(saved_model)
