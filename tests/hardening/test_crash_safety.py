@@ -193,7 +193,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 
     rng = random.Random(5)
     resumed_from = []
-    for trial in range(pick(2, 10)):
+    for trial in range(pick(3, 12)):
         d = tmp_path / f"t{trial}"
         d.mkdir()
         pid = os.fork()
@@ -204,7 +204,18 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
                 _fit(m, o, EPOCHS, callbacks=[cb])
             finally:
                 os._exit(0)
-        time.sleep(rng.uniform(0.2, 1.0) * full)
+        # kill at a random point of a random epoch: wait for the checkpoint of
+        # epoch `target` (0: none yet), then up to one more epoch's time
+        target = rng.randrange(EPOCHS)
+        deadline = time.monotonic() + 60
+        while target and time.monotonic() < deadline:
+            try:
+                if int(cr.load(d / "last.cr").metadata["epoch"]) >= target:
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 1.0) * full / EPOCHS)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         model, opt = _fresh(seed=321)
