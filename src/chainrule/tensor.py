@@ -233,7 +233,10 @@ def _as_array(data: Any, dtype: Any = None) -> np.ndarray:
         return data.copy()
     if isinstance(data, np.generic):
         return np.array(data)
-    arr = np.array(data)
+    try:
+        arr = np.array(data)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"tensor: cannot make an array from this data: {exc}") from exc
     if arr.dtype == np.float64:
         arr = arr.astype(np.float32)
     return arr

@@ -356,6 +356,11 @@ def cross_entropy(
         tgt = _same_shape_target(input, target, who)
         return ops.apply(CROSS_ENTROPY_PROBS, input, tgt, reduction=reduction,
                          label_smoothing=float(label_smoothing))
+    if reduction == "mean" and x.ndim == 2 and x.shape[0] == 0:
+        raise ValueError(
+            f"{who}: the batch is empty (input shape {x.shape}), so its mean loss is "
+            "undefined; skip empty batches or use reduction='sum'"
+        )
     labels = _check_labels(x, t, who)
     return ops.apply(CROSS_ENTROPY, input, target=labels, reduction=reduction,
                      label_smoothing=float(label_smoothing))

@@ -467,6 +467,13 @@ def fit(
     0.97
     """
     # ---- set-up ------------------------------------------------------------
+    if not callable(loss_fn):
+        raise TypeError(
+            f"fit: loss_fn must be a function loss_fn(outputs, targets), got {loss_fn!r}; "
+            "e.g. cr.nn.functional.cross_entropy or cr.nn.MSELoss()"
+        )
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"fit: max_steps must be >= 1, got {max_steps}")
     train_loader = _as_loader(train, batch_size, shuffle, seed, "train")
