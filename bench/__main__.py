@@ -86,8 +86,12 @@ NOTES = """
 - **Threads.** Small-batch NumPy timings swing 2-3x run to run when OpenBLAS
   threads sleep and wake between calls, and more so on a machine shared with
   other work. Every library here gets the same thread count (`--threads`), set
-  before import; the round-robin order makes a burst of outside load hit all
-  frameworks alike. Compare figures within one table, never across runs.
+  before import, with `OMP_WAIT_POLICY=PASSIVE` and `OPENBLAS_THREAD_TIMEOUT=1`
+  so that one framework's idle worker threads do not spin on the cores while
+  the next one is timed (without this, PyTorch's spinning OpenMP workers
+  halved the NumPy-based figures taken right after it); the round-robin order
+  makes a burst of outside load hit all frameworks alike. Repeated runs moved
+  ratios by about 10 %. Compare figures within one table, never across runs.
 - **What `chainrule compiled` does.** `cr.compile(step)` records the step's
   graph once (op sequence, operand wiring, which parameters get gradients) and
   on later calls checks each op against the record and runs `backward()` as a

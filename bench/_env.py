@@ -32,6 +32,13 @@ def pin_threads(n: int) -> None:
         f"intra_op_parallelism_threads={n}",
     )
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # Frameworks take turns in one process (round-robin). OpenMP workers that
+    # spin-wait after a parallel region (PyTorch's, OpenBLAS built with
+    # OpenMP) would keep both cores busy while the next framework runs, and
+    # every framework would be timed against the previous one's idle spinners.
+    # Passive waiting makes threads sleep between regions.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
 
 def threads_report() -> str:
