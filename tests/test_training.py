@@ -523,3 +523,25 @@ def test_history_access():
     h.monitor = "loss"
     assert h.best_epoch == 2
     assert "2 epochs" in repr(h)
+
+
+def test_progress_bar_is_drawn_on_a_terminal_without_a_size(monkeypatch):
+    """A pseudo-terminal that reports 0 columns and 0 lines (`script`, some CI
+    runners) must still show the bars, not blank lines."""
+    import io
+    import os
+
+    from chainrule.training.loop import _Progress
+
+    master, slave = os.openpty()  # a new pty has no window size: 0 x 0
+    try:
+        with os.fdopen(slave, "w", closefd=False) as tty:
+            monkeypatch.setattr("sys.stdout", tty)
+            progress = _Progress(True, epochs=2, first_epoch=0)
+            assert progress.tty
+            assert progress._width() == {"ncols": 100, "nrows": 50}
+    finally:
+        os.close(master)
+        os.close(slave)
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    assert not _Progress(True, epochs=2, first_epoch=0).tty  # a log file: one line per epoch

@@ -316,7 +316,21 @@ class _Progress:
             from tqdm import tqdm
 
             self.run_bar = tqdm(total=runs, desc="training", unit="epoch", file=self.stream,
-                                dynamic_ncols=True)
+                                **self._width())
+
+    def _width(self) -> dict[str, Any]:
+        """Follow the terminal's size, unless it reports none (a pseudo-terminal
+        without a size, e.g. under `script` or some CI runners): tqdm would
+        then draw a zero-width bar and hide it below a zero-line screen."""
+        import os
+
+        try:
+            size = os.get_terminal_size(self.stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            size = os.terminal_size((0, 0))
+        if size.columns > 0 and size.lines > 0:
+            return {"dynamic_ncols": True}
+        return {"ncols": 100, "nrows": 50}
 
     def epoch_begin(self, epoch: int, n_samples: int | None) -> None:
         if not self.tty or self.many:
@@ -325,7 +339,7 @@ class _Progress:
 
         self.bar = tqdm(
             total=n_samples, desc=f"epoch {epoch}/{self.epochs}", unit="samples",
-            unit_scale=True, leave=True, file=self.stream, dynamic_ncols=True,
+            unit_scale=True, leave=True, file=self.stream, **self._width(),
         )
 
     def batch_end(self, n: int, meter: _Meter) -> None:
