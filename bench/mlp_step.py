@@ -291,6 +291,22 @@ def measure(batches: tuple[int, ...], reps: int, include_torch_compile: bool = T
     return results, skipped
 
 
+def numpy_peak(fn: Callable[[], object]) -> float:
+    """Peak bytes ``tracemalloc`` sees during one call of ``fn``, beyond what was
+    live before it (after a few warm-up calls: optimizer buffers, captures)."""
+    import tracemalloc
+
+    for _ in range(3):
+        fn()
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    fn()
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return peak
+
+
 def peak_memory(batch: int) -> dict[str, float]:
     """Peak bytes allocated during one step, beyond what existed before it.
 
@@ -299,8 +315,6 @@ def peak_memory(batch: int) -> dict[str, float]:
     order), summed to a running total whose maximum is the peak. JAX manages
     its own buffers in XLA and is not measured.
     """
-    import tracemalloc
-
     params, x, y = make_problem(batch)
     fns = {
         "NumPy hand-written": numpy_hand(params, x, y),
@@ -310,16 +324,7 @@ def peak_memory(batch: int) -> dict[str, float]:
 
     if hasattr(cr, "compile"):
         fns["chainrule compiled"] = chainrule_step(params, x, y, compiled=True)
-    out: dict[str, float] = {}
-    for name, fn in fns.items():
-        for _ in range(3):  # warm: optimizer buffers, captures, caches
-            fn()
-        gc.collect()
-        tracemalloc.start()
-        base = tracemalloc.get_traced_memory()[0]
-        fn()
-        out[name] = tracemalloc.get_traced_memory()[1] - base
-        tracemalloc.stop()
+    out = {name: numpy_peak(fn) for name, fn in fns.items()}
     t = torch_step(params, x, y)
     if t is not None:
         peak = _torch_peak(t)

@@ -41,8 +41,6 @@ def measure(reps: int) -> list[dict]:
 
 
 def _memory(batch: int, width: int) -> dict[str, float]:
-    import tracemalloc
-
     fns = _fns(batch, width)
     out = {}
     for name, fn in fns.items():
@@ -51,14 +49,7 @@ def _memory(batch: int, width: int) -> dict[str, float]:
             if peak is not None:
                 out[name] = peak
             continue
-        for _ in range(3):
-            fn()
-        gc.collect()
-        tracemalloc.start()
-        base = tracemalloc.get_traced_memory()[0]
-        fn()
-        out[name] = tracemalloc.get_traced_memory()[1] - base
-        tracemalloc.stop()
+        out[name] = mlp_step.numpy_peak(fn)
     return out
 
 
