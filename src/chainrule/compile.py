@@ -1,43 +1,64 @@
-"""``cr.compile``: capture one training step's graph, replay its backward pass.
+"""``cr.compile``: capture one training step, then replay it as a flat program.
 
 A training step builds the same graph every time it runs on a batch of the
 same shape: the same ops, wired the same way, reaching the same parameters.
-Only the numbers change. ``compile`` records that structure once and, on later
-calls, checks each op against the record and runs ``backward()`` as a flat
-program over it: no topological walk, no gradient-table hashing, no decisions
-that were already made last time. The arithmetic is the same NumPy calls in
-the same order as eager mode, so results are identical bit for bit.
+Only the numbers change. ``compile`` records that structure once, as a
+*tape*, and from then on runs the tape instead of the step's Python: no
+Tensors, no graph nodes, no topological sort, no gradient-table hashing, no
+argument checking already done. What is left is the arithmetic: each rule's
+forward function and its VJP, called on plain NumPy arrays in the order eager
+mode calls them, so the results are identical to eager mode bit for bit. This
+is the CPU counterpart of CUDA graphs and tinygrad's ``TinyJit``.
+
+What the tape holds
+-------------------
+In the order the step did them:
+
+* every op (its rule, its settings, and where each operand comes from: an
+  argument of the step, an earlier op of the tape, a parameter, a random draw
+  or a constant), whether or not it was recorded for backward;
+* the ``backward()`` call, turned into a fixed program: which ops it visits,
+  in which order, and where each gradient goes;
+* the calls that change state outside the graph: ``optimizer.zero_grad()`` /
+  ``module.zero_grad()``, ``optimizer.step()``, ``clip_grad_norm_`` /
+  ``clip_grad_value_`` and ``scheduler.step()``. These are *called again* on
+  every replay, so learning-rate changes, momentum buffers and Adam's step
+  counts stay live;
+* random draws (Dropout masks): drawn afresh from the same generator on every
+  replay, so masks differ from step to step exactly as in eager mode.
 
 How a compiled step runs
 ------------------------
-Per input signature (shapes and dtypes of the array arguments):
+Per input signature (the shapes and dtypes of the array arguments):
 
-1. **first call**: eager (optimizers create their state, layers initialise);
-2. **second call**: eager, while a recorder notes every recorded op (its rule,
-   which inputs need gradients, where each operand came from: an earlier op of
-   this step, a parameter, or a constant) and the ``backward()`` call;
-3. **later calls**: the Python of the step still runs -- ``zero_grad()``,
-   Dropout drawing a fresh mask, ``optimizer.step()``, the caller's own
-   bookkeeping -- but each op is checked against the record as it is made,
-   and ``loss.backward()`` runs the recorded program.
+1. **first call: capture.** The step runs eagerly while the tape is recorded.
+2. **second call: verify.** The step runs eagerly; then the state it started
+   from (parameters, gradients, optimizer and scheduler state, generators) is
+   put back, the tape is replayed on the same batch, and everything is
+   compared bit for bit. Any difference (a value the recorder could not see,
+   Python state the step keeps) means this step cannot be replayed: eager
+   mode's results are restored and the signature stays eager for good
+   (``unsupported`` says why).
+3. **later calls: replay.** Guards are checked first (every module the step
+   called is still in the same train/eval mode, parameters still require grad
+   and have no hooks); if one fails, the call runs eagerly and is captured
+   again.
 
-Why keep running the step's Python instead of replaying arrays alone (as CUDA
-graphs or tinygrad's TinyJit do)? Because here it costs little (the NumPy work
-dominates) and it keeps every side effect of the step right: fresh random
-masks, optimizer state, learning-rate schedules, values the step stores for
-metrics. Nothing the step does is silently skipped.
+A new shape (the short last batch of an epoch) is a new signature, captured
+on its own. Steps the tape cannot express run eagerly: several ``backward()``
+calls, an explicit seed, ``create_graph``, gradient hooks or ``retain_grad``,
+``optimizer.step(closure)``, a graph reaching non-leaf tensors made outside
+the step, or a return value other than Tensors computed by the step (and
+``.item()`` of them), ``None``, and tuples, lists and dicts of those.
 
-The contract (as with ``torch.compile`` / TinyJit)
+The contract (as with CUDA graphs and ``TinyJit``)
 -------------------------------------------------
-For inputs of the same shapes and dtypes the step must record the same ops in
-the same order. If it does not (data-dependent Python branches), the check
-notices at the first differing op, that step finishes eagerly (its graph is
-intact, so results are still exact) and the step is captured again; after
-three such surprises the signature stays eager. A new input shape (the last
-short batch of an epoch) is simply a new signature. Steps the recorder cannot
-express run eagerly: several ``backward()`` calls, explicit seeds,
-``create_graph``, gradient hooks, ``retain_grad``, ``detect_anomaly``, or a
-graph that reaches non-leaf tensors made outside the step.
+After capture, **the step's Python does not run**. The step must do the same
+thing on every call of the same signature: no branches on the *values* of the
+data or on counters, no Python side effects that must happen every step
+(appending to a list, printing). Put those outside the step, or don't compile
+it. ``fit`` and the CLI compile only steps made of chainrule's own modules
+and losses, which keep this contract.
 
 >>> step = cr.compile(step_fn)      # step_fn(xb, yb) -> loss
 >>> for xb, yb in loader:
@@ -46,236 +67,414 @@ graph that reaches non-leaf tensors made outside the step.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .ops import NUMPY_NS
+from .ops import NUMPY_NS, _op_error
+from .random import _resolve
 from .tensor import (
-    _CLOCK,
     _RELEASED,
     Tensor,
-    _check_versions,
     _mode,
-    _released_error,
-    _seed,
     _store_grad,
+    _tick,
     conform_grad,
 )
 
 __all__ = ["compile", "CompiledStep"]
 
-# How an operand of a recorded op is reached, per parent: the output of op j
-# of this step, a leaf that requires grad (a parameter), or a constant.
-_FROM_OP, _FROM_LEAF, _CONST = 0, 1, 2
+# Where an operand comes from, at replay time:
+#   (_ARG, i)    array argument i of the step (a Tensor argument's .data)
+#   (_OP, j)     the output of tape op j
+#   (_LEAF, t)   t.data of a leaf Tensor made outside the step (a parameter)
+#   (_GEN, k)    random draw k of this step
+#   (_CONST, v)  v itself (Python scalars, arrays made once)
+#   (_SEQ, (type, refs))  a tuple or list of the above (indices in settings)
+_ARG, _OP, _LEAF, _GEN, _CONST, _SEQ = range(6)
+
+# Tape instructions
+_I_OP, _I_GEN, _I_CALL, _I_BACKWARD = range(4)
 
 _MAX_RECAPTURES = 3
 
 
 class _Unsupported(Exception):
-    """The step did something the recorder cannot express: run it eagerly."""
+    """The step did something the tape cannot express: it runs eagerly."""
 
 
-class _Program:
-    """The recorded structure of one step."""
+# ---------------------------------------------------------------------------
+# The tape
+# ---------------------------------------------------------------------------
 
-    __slots__ = ("rules", "needs", "refs", "root", "n_before_backward", "order", "leaves",
-                 "keep")
+
+class _Tape:
+    """One step, recorded."""
+
+    __slots__ = ("instrs", "n_ops", "rules", "recorded", "needs", "bwd_refs", "order",
+                 "root", "keep", "ret", "modules", "leaves", "frozen", "state",
+                 "generators")
 
     def __init__(self) -> None:
+        self.instrs: list[tuple] = []
+        self.n_ops = 0
         self.rules: list[Any] = []
+        self.recorded: list[bool] = []
         self.needs: list[tuple] = []
-        self.refs: list[tuple] = []  # per op: ((kind, j_or_leaf), ...) per parent
-        self.root = -1  # index of the op whose output backward() was called on
-        self.n_before_backward = 0
-        self.order: list[int] = []  # ops the backward pass visits, last recorded first
-        self.leaves: list[Tensor] = []
-        self.keep: set[int] = set()  # outputs that ops after backward() take as operands
+        self.bwd_refs: list[tuple] = []  # per op: operand refs the VJP sees
+        self.order: list[int] = []  # the ops backward visits, last recorded first
+        self.root = -1
+        self.keep: set[int] = set()  # outputs still needed after backward
+        self.ret: Any = None  # how to build the return value
+        self.modules: list[tuple[Any, bool]] = []  # (module, training) guards
+        self.leaves: list[Tensor] = []  # leaf operands: requires_grad / hooks guards
+        self.frozen: list[bool] = []
+        self.state: list[Any] = []  # objects whose state the step changes
+        self.generators: list[Any] = []
 
 
 class _Recorder:
-    """Sees nodes and backward() calls (through ``_mode.tracer``) during a capture."""
+    """The tracer during a capture: turns what the step does into a tape."""
 
-    def __init__(self) -> None:
-        self.prog = _Program()
-        self.index: dict[int, int] = {}  # id(node) -> op index
-        self.nodes: list[Tensor] = []  # keeps ids valid while recording
+    def __init__(self, args: tuple, kwargs: dict) -> None:
+        self.tape = _Tape()
         self.error: str | None = None
+        self.keepalive: list[Any] = []  # objects whose id() is a key below
+        self.by_id: dict[int, tuple] = {}  # id(Tensor or array) -> source
+        self.nodes: list[Tensor] = []  # op results, by op index
+        self.leaf_ids: dict[int, int] = {}
+        for i, a in enumerate(_flat_args(args, kwargs)):
+            if isinstance(a, Tensor):
+                if a._requires_grad:
+                    self.error = "an argument of the step requires grad"
+                self._note(a, (_ARG, i))
+                self._note(a.data, (_ARG, i))
+            elif isinstance(a, np.ndarray):
+                self._note(a, (_ARG, i))
 
-    def node(self, t: Tensor) -> None:
+    def _note(self, obj: Any, src: tuple) -> None:
+        self.keepalive.append(obj)
+        self.by_id[id(obj)] = src
+
+    def unsupported(self, why: str) -> None:
+        if self.error is None:
+            self.error = why
+
+    # ----- where operands come from ----------------------------------------
+
+    def _source(self, v: Any) -> tuple:
+        if isinstance(v, Tensor):
+            src = self.by_id.get(id(v))
+            if src is not None:
+                return src
+            if v._op is not None:
+                raise _Unsupported("the graph reaches a non-leaf tensor computed outside the step")
+            src = self.by_id.get(id(v.data))
+            if src is not None:  # a Tensor wrapped around an argument or a draw
+                return src
+            return self._leaf(v)
+        if isinstance(v, np.ndarray):
+            src = self.by_id.get(id(v))
+            return src if src is not None else (_CONST, v)
+        if isinstance(v, (tuple, list)):
+            refs = tuple(self._source(e) for e in v)
+            if all(r[0] == _CONST for r in refs):
+                return (_CONST, v)
+            return (_SEQ, (type(v), refs))
+        return (_CONST, v)
+
+    def _leaf(self, t: Tensor) -> tuple:
+        if id(t) not in self.leaf_ids:
+            self.leaf_ids[id(t)] = len(self.tape.leaves)
+            self.keepalive.append(t)
+            self.tape.leaves.append(t)
+            self.tape.frozen.append(t._requires_grad)
+        return (_LEAF, t)
+
+    # ----- the tracer protocol -----------------------------------------------
+
+    def op(self, rule: Any, args: tuple, arrays: Any, params: dict, result: Tensor) -> None:
         if self.error is not None:
             return
-        prog = self.prog
-        refs = []
-        for p in t._parents:
-            j = self.index.get(id(p))
-            if j is not None:
-                refs.append((_FROM_OP, j))
-            elif p._requires_grad and p._op is None:
-                refs.append((_FROM_LEAF, p))
-            elif p._requires_grad:
-                self.error = "the graph reaches a non-leaf tensor computed outside the step"
-                return
-            else:
-                refs.append((_CONST, None))
-        self.index[id(t)] = len(self.nodes)
-        self.nodes.append(t)
-        prog.rules.append(t._op)
-        prog.needs.append(t._needs)
-        prog.refs.append(tuple(refs))
+        tape = self.tape
+        try:
+            fwd = tuple(
+                self._source(a) if isinstance(a, Tensor) else self._source(x)
+                for a, x in zip(args, arrays)
+            )
+            dynamic = {k: self._source(v) for k, v in params.items()}
+        except _Unsupported as exc:
+            self.error = str(exc)
+            return
+        if all(r[0] == _CONST for r in dynamic.values()):
+            settings: Any = params  # the same dict every replay
+            dyn = None
+        else:
+            settings = {k: v for k, v in params.items() if dynamic[k][0] == _CONST}
+            dyn = tuple((k, r) for k, r in dynamic.items() if r[0] != _CONST)
+        j = tape.n_ops
+        tape.n_ops += 1
+        recorded = result._op is not None
+        tape.rules.append(rule)
+        tape.recorded.append(recorded)
+        if recorded:
+            tape.needs.append(result._needs)
+            # The VJP sees each parent's array: for a Python-scalar operand that
+            # is the 0-d array ops.apply wrapped it in, not the scalar itself.
+            tape.bwd_refs.append(tuple(
+                r if r[0] != _CONST or isinstance(r[1], np.ndarray) else (_CONST, p.data)
+                for r, p in zip(fwd, result._parents)
+            ))
+        else:
+            tape.needs.append(())
+            tape.bwd_refs.append(())
+        tape.instrs.append((_I_OP, j, rule, fwd, settings, dyn, recorded))
+        self.nodes.append(result)
+        self._note(result, (_OP, j))
+        self._note(result.data, (_OP, j))
+
+    def produced(self, arr: np.ndarray, fn: Callable, args: tuple) -> None:
+        """A random draw: replays call ``fn(*args)`` again for a fresh one."""
+        k = sum(1 for ins in self.tape.instrs if ins[0] == _I_GEN)
+        self.tape.instrs.append((_I_GEN, fn, args))
+        self._note(arr, (_GEN, k))
+        gen = _resolve(args[0])
+        if all(g is not gen for g in self.tape.generators):
+            self.tape.generators.append(gen)
+
+    def call(self, fn: Callable, args: tuple, kwargs: dict | None = None,
+             state: Any = None) -> None:
+        """A state-changing call outside the graph (optimizer step, zero_grad...)."""
+        self.tape.instrs.append((_I_CALL, fn, args, kwargs or {}))
+        if state is not None:
+            self.tape.state.append(state)
+
+    def module(self, m: Any) -> None:
+        self.tape.modules.append((m, m.training))
 
     def backward(self, roots, seeds, retain_graph, create_graph, inputs, observer) -> bool:
-        prog = self.prog
+        tape = self.tape
         if self.error is None:
-            if prog.root >= 0:
+            if tape.root >= 0:
                 self.error = "backward() is called more than once"
             elif create_graph or inputs is not None or observer is not None:
                 self.error = "backward(create_graph=True) / inputs= / observers"
             elif len(roots) != 1 or seeds[0] is not None:
                 self.error = "backward() with an explicit seed or several outputs"
-            elif id(roots[0]) not in self.index:
-                self.error = "backward() on a tensor not computed inside the step"
             else:
-                prog.root = self.index[id(roots[0])]
-                prog.n_before_backward = len(self.nodes)
-                self._plan()
+                src = self.by_id.get(id(roots[0]))
+                if src is None or src[0] != _OP:
+                    self.error = "backward() on a tensor not computed inside the step"
+                else:
+                    tape.root = src[1]
+                    tape.instrs.append((_I_BACKWARD,))
+                    self._plan()
         return False  # the capture call itself runs the eager walk
 
     def _plan(self) -> None:
-        """Which ops the backward pass reaches, and check for hooks/retain_grad."""
-        prog = self.prog
-        reached = [False] * len(self.nodes)
-        reached[prog.root] = True
-        leaves: dict[int, Tensor] = {}
-        for i in range(prog.root, -1, -1):
-            if not reached[i]:
+        """Which ops the backward pass reaches (and no hooks or retain_grad there)."""
+        tape = self.tape
+        reached = [False] * tape.n_ops
+        reached[tape.root] = True
+        for j in range(tape.root, -1, -1):
+            if not reached[j]:
                 continue
-            node = self.nodes[i]
+            node = self.nodes[j]
             if node._hooks or node._retains:
                 self.error = "gradient hooks or retain_grad() inside the step"
                 return
-            prog.order.append(i)
-            for (kind, ref), need in zip(prog.refs[i], prog.needs[i]):
+            tape.order.append(j)
+            for (kind, ref), need in zip(tape.bwd_refs[j], tape.needs[j]):
                 if not need:
                     continue
-                if kind == _FROM_OP:
+                if kind == _OP:
                     reached[ref] = True
-                elif kind == _FROM_LEAF:
+                elif kind == _LEAF:
                     if ref._hooks:
                         self.error = "gradient hooks on a parameter"
                         return
-                    leaves[id(ref)] = ref
-        prog.leaves = list(leaves.values())
-
-
-class _Replayer:
-    """Checks each node against the program; runs the program on backward()."""
-
-    def __init__(self, prog: _Program) -> None:
-        self.prog = prog
-        self.nodes: list[Tensor] = []
-        self.diverged = False
-        self.ran_backward = False
-
-    def _diverge(self) -> None:
-        # From here on the step runs eagerly; its graph is intact, so the
-        # results are still exact. Stop watching.
-        self.diverged = True
-        _mode.tracer = None
-
-    def node(self, t: Tensor) -> None:
-        prog = self.prog
-        i = len(self.nodes)
-        if i >= len(prog.rules) or prog.rules[i] is not t._op or prog.needs[i] != t._needs:
-            self._diverge()
-            return
-        nodes = self.nodes
-        for p, (kind, ref) in zip(t._parents, prog.refs[i]):
-            if kind == _FROM_OP:
-                if p is not nodes[ref]:
-                    self._diverge()
+                elif kind == _ARG:
+                    self.error = "an argument of the step requires grad"
                     return
-            elif kind == _FROM_LEAF:
-                if p is not ref:
-                    self._diverge()
-                    return
-            elif p._requires_grad:
-                self._diverge()
-                return
-        nodes.append(t)
 
-    def backward(self, roots, seeds, retain_graph, create_graph, inputs, observer) -> bool:
-        prog = self.prog
-        nodes = self.nodes
-        if (
-            self.ran_backward
-            or len(nodes) != prog.n_before_backward
-            or len(roots) != 1
-            or roots[0] is not nodes[prog.root]
-            or seeds[0] is not None
-            or create_graph
-            or inputs is not None
-            or observer is not None
-        ):
-            self._diverge()
-            return False
-        self.ran_backward = True
-        prev = _mode.grad
-        _mode.grad = False
-        try:
+    # ----- the end of the capture ----------------------------------------------
+
+    def finish(self, result: Any) -> _Tape | None:
+        tape = self.tape
+        if self.error is None and tape.root < 0:
+            self.error = "the step never calls backward()"
+        if self.error is None:
+            try:
+                tape.ret = self._ret(result)
+            except _Unsupported as exc:
+                self.error = str(exc)
+        if self.error is not None:
+            return None
+        after = tape.instrs[[i[0] for i in tape.instrs].index(_I_BACKWARD) + 1:]
+        keep: set[int] = set()
+        for ins in after:
+            if ins[0] == _I_OP:
+                keep.update(_op_refs(ins[3]))
+                if ins[5]:
+                    keep.update(_op_refs(r for _, r in ins[5]))
+        keep.update(_op_refs(_ret_refs(tape.ret)))
+        tape.keep = keep
+        return tape
+
+    def _ret(self, v: Any) -> tuple:
+        """How to rebuild the step's return value from a replay."""
+        if v is None:
+            return (_CONST, None)
+        if isinstance(v, Tensor):
+            src = self.by_id.get(id(v))
+            if src is None or src[0] != _OP:
+                raise _Unsupported("the step returns a Tensor it did not compute")
+            return ("tensor", src[1])
+        if isinstance(v, float):
+            # loss.item(): find the one-element op output it came from (the
+            # verification call checks the choice)
+            for j in range(len(self.nodes) - 1, -1, -1):
+                d = self.nodes[j].data
+                if d.size == 1 and _same_float(d.item(), v):
+                    return ("item", j)
+            raise _Unsupported("the step returns a float not taken from a tensor it computed")
+        if isinstance(v, (tuple, list)):
+            return ("seq", type(v), tuple(self._ret(e) for e in v))
+        if isinstance(v, dict):
+            return ("dict", tuple(v), tuple(self._ret(e) for e in v.values()))
+        raise _Unsupported(
+            f"the step returns a {type(v).__name__}; a replay can only return Tensors the "
+            "step computed, their .item(), None, and tuples/lists/dicts of these"
+        )
+
+
+def _same_float(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)
+
+
+def _op_refs(refs: Any) -> list[int]:
+    out = []
+    for kind, ref in refs:
+        if kind == _OP:
+            out.append(ref)
+        elif kind == _SEQ:
+            out.extend(_op_refs(ref[1]))
+    return out
+
+
+def _ret_refs(ret: tuple) -> list[tuple]:
+    kind = ret[0]
+    if kind in ("tensor", "item"):
+        return [(_OP, ret[1])]
+    if kind == "seq":
+        return [r for e in ret[2] for r in _ret_refs(e)]
+    if kind == "dict":
+        return [r for e in ret[2] for r in _ret_refs(e)]
+    return []
+
+
+def _flat_args(args: tuple, kwargs: dict) -> list[Any]:
+    return [*args, *kwargs.values()]
+
+
+# ---------------------------------------------------------------------------
+# Replaying a tape
+# ---------------------------------------------------------------------------
+
+
+def _value(ref: tuple, flat: list, outs: list, gens: list) -> Any:
+    kind, v = ref
+    if kind == _OP:
+        return outs[v]
+    if kind == _ARG:
+        a = flat[v]
+        return a.data if isinstance(a, Tensor) else a
+    if kind == _LEAF:
+        return v.data
+    if kind == _GEN:
+        return gens[v]
+    if kind == _SEQ:
+        typ, refs = v
+        return typ(_value(r, flat, outs, gens) for r in refs)
+    return v
+
+
+def _replay(tape: _Tape, flat: list) -> Any:
+    """Run the tape on new arguments; returns the step's return value."""
+    n = tape.n_ops
+    outs: list[Any] = [None] * n
+    ctxs: list[Any] = [None] * n
+    gens: list[Any] = []
+    for ins in tape.instrs:
+        kind = ins[0]
+        if kind == _I_OP:
+            _, j, rule, refs, settings, dyn, recorded = ins
+            arrays = [_value(r, flat, outs, gens) for r in refs]
+            if dyn is not None:
+                settings = dict(settings)
+                for key, r in dyn:
+                    settings[key] = _value(r, flat, outs, gens)
+            try:
+                out, ctx = rule.forward(*arrays, **settings)
+            except (ValueError, TypeError, IndexError) as exc:
+                raise _op_error(rule, arrays, settings, exc) from exc
+            if type(out) is not np.ndarray:
+                out = np.asarray(out)
+            outs[j] = out
+            if recorded:
+                ctxs[j] = ctx
+        elif kind == _I_GEN:
+            gens.append(ins[1](*ins[2]))
+        elif kind == _I_CALL:
+            ins[1](*ins[2], **ins[3])
+        else:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                _run_program(prog, nodes, retain_graph)
-        finally:
-            _mode.grad = prev
-        return True
+                _backward(tape, flat, outs, ctxs, gens)
+    return _build(tape.ret, tape, outs)
 
 
-def _run_program(prog: _Program, nodes: list[Tensor], retain_graph: bool) -> None:
-    """The backward walk of ``run_backward`` with every structural decision made.
+def _backward(tape: _Tape, flat: list, outs: list, ctxs: list, gens: list) -> None:
+    """``run_backward`` with every structural decision made in advance.
 
-    Mirrors ``tensor.run_backward`` step for step (the same VJP calls, the same
-    in-place accumulation rule, the same dtype casts, leaves stored in the
-    order their first gradient arrived), so the gradients are bit-identical.
+    Mirrors the eager walk step for step (the same VJP calls in the same
+    order, the same in-place accumulation rule, the same dtype casts, leaves
+    stored in the order their first gradient arrived), so gradients are
+    bit-identical to eager mode.
     """
-    n = len(nodes)
+    n = tape.n_ops
     table: list[Any] = [None] * n
     owned = [False] * n
     leaf_g: dict[int, Any] = {}
     leaf_owned: dict[int, bool] = {}
     leaf_order: list[Tensor] = []
-    root = nodes[prog.root]
-    table[prog.root] = _seed(root, None)
-    owned[prog.root] = True
+    root = tape.root
+    table[root] = np.ones_like(outs[root])
+    owned[root] = True
     xp = NUMPY_NS
-    refs_of = prog.refs
-    keep = prog.keep
-    for i in prog.order:
-        g = table[i]
+    keep = tape.keep
+    rules, needs_of, refs_of = tape.rules, tape.needs, tape.bwd_refs
+    for j in tape.order:
+        g = table[j]
         if g is None:
             continue
-        table[i] = None
-        node = nodes[i]
-        op = node._op
-        ctx = node._ctx
-        if ctx is _RELEASED:
-            raise _released_error(node)
-        parents = node._parents
-        if _CLOCK[0] > node._stamp:
-            _check_versions(node)
-        pgs = op.vjp(g, node.data, ctx, node._needs, xp, *[p.data for p in parents])
-        if not retain_graph:
-            node._ctx = _RELEASED
-            node._parents = ()
-        if i not in keep:
-            nodes[i] = None  # as in eager mode, let its value go once its VJP ran
-        for p, pg, (kind, ref) in zip(parents, pgs, refs_of[i]):
-            if pg is None or not p._requires_grad:
+        table[j] = None
+        rule = rules[j]
+        refs = refs_of[j]
+        arrays = [_value(r, flat, outs, gens) for r in refs]
+        needs = needs_of[j]
+        pgs = rule.vjp(g, outs[j], ctxs[j], needs, xp, *arrays)
+        ctxs[j] = None
+        if j not in keep:
+            outs[j] = None  # as in eager mode, its value can go once its VJP ran
+        for pg, pd, need, (kind, ref) in zip(pgs, arrays, needs, refs):
+            if pg is None or not need:
                 continue
-            pg = conform_grad(op, pg, p.data)
+            pg = conform_grad(rule, pg, pd)
             fresh = pg is not g and pg.base is None
-            if kind == _FROM_OP:
+            if kind == _OP:
                 old = table[ref]
                 if old is None:
                     table[ref] = pg
@@ -283,7 +482,8 @@ def _run_program(prog: _Program, nodes: list[Tensor], retain_graph: bool) -> Non
                 elif owned[ref]:
                     np.add(old, pg, out=old)
                 else:
-                    table[ref] = old + pg
+                    total = old + pg
+                    table[ref] = total if type(total) is np.ndarray else np.asarray(total)
                     owned[ref] = True
             else:  # a parameter
                 key = id(ref)
@@ -295,11 +495,175 @@ def _run_program(prog: _Program, nodes: list[Tensor], retain_graph: bool) -> Non
                 elif leaf_owned[key]:
                     np.add(old, pg, out=old)
                 else:
-                    leaf_g[key] = old + pg
+                    total = old + pg
+                    leaf_g[key] = total if type(total) is np.ndarray else np.asarray(total)
                     leaf_owned[key] = True
     for leaf in leaf_order:
         key = id(leaf)
         _store_grad(leaf, leaf_g[key], leaf_owned[key], False)
+
+
+def _build(ret: tuple, tape: _Tape, outs: list) -> Any:
+    kind = ret[0]
+    if kind == "tensor":
+        return _result_tensor(outs[ret[1]], tape, ret[1])
+    if kind == "item":
+        return outs[ret[1]].item()
+    if kind == "seq":
+        return ret[1](_build(e, tape, outs) for e in ret[2])
+    if kind == "dict":
+        return {k: _build(e, tape, outs) for k, e in zip(ret[1], ret[2])}
+    return ret[1]
+
+
+def _result_tensor(data: np.ndarray, tape: _Tape, j: int) -> Tensor:
+    """What eager mode returns: a tensor whose graph backward() already freed."""
+    t = Tensor._const(data)
+    if tape.recorded[j]:
+        t._requires_grad = True
+        t._op = tape.rules[j]
+        t._ctx = _RELEASED
+        t._needs = ()
+        t._stamp = _tick()
+    return t
+
+
+# ---------------------------------------------------------------------------
+# Verification: the state a step changes, saved, restored and compared
+# ---------------------------------------------------------------------------
+
+
+def _tensors_in(tape: _Tape) -> list[Tensor]:
+    """Every tensor whose data or gradient the step may change."""
+    seen: dict[int, Tensor] = {}
+    for t in tape.leaves:
+        seen.setdefault(id(t), t)
+    for obj in tape.state:
+        params: Any = ()
+        if isinstance(obj, list):
+            params = obj
+        elif hasattr(obj, "param_groups") and hasattr(obj, "state"):
+            params = [p for g in obj.param_groups for p in g["params"]]
+        for p in params:
+            if isinstance(p, Tensor):
+                seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+class _Snapshot:
+    """Copies of everything a step may change, to put back or compare."""
+
+    def __init__(self, tape: _Tape) -> None:
+        self.tensors = []
+        for t in _tensors_in(tape):
+            g = t._grad
+            self.tensors.append((t, t.data, t.data.copy(), g,
+                                 None if g is None else (g.data, g.data.copy())))
+        self.objects = []
+        for obj in tape.state:
+            if isinstance(obj, list):
+                continue
+            if hasattr(obj, "param_groups") and hasattr(obj, "state"):  # an optimizer
+                state = {p: {k: (v, v.copy() if isinstance(v, np.ndarray) else copy.deepcopy(v))
+                             for k, v in s.items()} for p, s in obj.state.items()}
+                groups = [{k: v for k, v in g.items() if k != "params"} for g in obj.param_groups]
+                self.objects.append(("opt", obj, state, copy.deepcopy(groups)))
+            else:  # a scheduler (its optimizer's groups are saved through it)
+                saved = {k: copy.copy(v) for k, v in vars(obj).items() if k != "optimizer"}
+                self.objects.append(("obj", obj, saved, None))
+        self.generators = [(g, copy.deepcopy(g.bit_generator.state)) for g in tape.generators]
+
+    def restore(self) -> None:
+        for t, data, saved, g, gsaved in self.tensors:
+            data[...] = saved
+            t.data = data
+            t._grad = g
+            if g is not None:
+                g.data = gsaved[0]
+                g.data[...] = gsaved[1]
+        for kind, obj, saved, groups in self.objects:
+            if kind == "opt":
+                new = {}
+                for p, s in saved.items():
+                    entry = {}
+                    for k, (orig, val) in s.items():
+                        if isinstance(orig, np.ndarray) and orig.shape == val.shape:
+                            orig[...] = val
+                            entry[k] = orig
+                        else:
+                            entry[k] = copy.deepcopy(val)
+                    new[p] = entry
+                obj.state.clear()
+                obj.state.update(new)
+                for g, s in zip(obj.param_groups, groups):
+                    g.update(copy.deepcopy(s))
+            else:
+                vars(obj).update({k: copy.copy(v) for k, v in saved.items()})
+        for gen, state in self.generators:
+            gen.bit_generator.state = state
+
+    def differs_from_now(self) -> str | None:
+        """What differs between this snapshot and the current state (None: nothing)."""
+        for t, _, saved, _, gsaved in self.tensors:
+            name = t.name or f"tensor of shape {t.shape}"
+            if not _same_array(t.data, saved):
+                return f"the values of {name}"
+            g = t._grad
+            if (g is None) != (gsaved is None) or (g is not None and not _same_array(g.data,
+                                                                                      gsaved[1])):
+                return f"the gradient of {name}"
+        for kind, obj, saved, _groups in self.objects:
+            if kind == "opt":
+                if set(obj.state) != set(saved):
+                    return f"which parameters have {type(obj).__name__} state"
+                for p, s in saved.items():
+                    now = obj.state[p]
+                    if set(now) != set(s):
+                        return f"{type(obj).__name__} state keys"
+                    for k, (_, val) in s.items():
+                        if not _same_value(now[k], val):
+                            return f"{type(obj).__name__} state {k!r}"
+            else:
+                for k, v in saved.items():
+                    if not _same_value(vars(obj).get(k), v):
+                        return f"{type(obj).__name__}.{k}"
+        for gen, state in self.generators:
+            if gen.bit_generator.state != state:
+                return "the random generator's state"
+        return None
+
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                and _same_array(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return _same_float(a, b)
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001  (objects without a plain ==)
+        return False
+
+
+def _same_result(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return _same_array(a.data, b.data)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_result(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_result(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return _same_float(a, b)
+    return a is b
+
+
+# ---------------------------------------------------------------------------
+# The compiled step
+# ---------------------------------------------------------------------------
 
 
 def _signature(args: tuple, kwargs: dict) -> tuple:
@@ -311,31 +675,34 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
         elif isinstance(a, np.ndarray):
             sig.append(("A", a.shape, a.dtype.str))
         else:
-            sig.append(type(a))
+            sig.append((type(a), a if isinstance(a, (int, float, str, bool)) else None))
     return (tuple(sig), tuple(kwargs))
 
 
 class _Entry:
-    __slots__ = ("calls", "prog", "surprises")
+    __slots__ = ("calls", "tape", "verified", "surprises", "eager_only")
 
     def __init__(self) -> None:
         self.calls = 0
-        self.prog: _Program | None = None
+        self.tape: _Tape | None = None
+        self.verified = False
         self.surprises = 0
+        self.eager_only = False
 
 
 class CompiledStep:
-    """A training step that replays its recorded backward pass (see the module docs).
+    """A training step that is captured once and replayed (see the module docs).
 
-    ``stats`` counts how calls ran: ``"eager"``, ``"captured"``, ``"replayed"``
-    and ``"diverged"`` (a replay that met a different op and finished eagerly);
-    ``unsupported`` says why a step could not be captured, if it could not.
+    ``stats`` counts how calls ran: ``"eager"`` (not replayable, or the
+    guards failed), ``"captured"``, ``"verified"`` (eager, then checked
+    against a replay) and ``"replayed"``; ``unsupported`` says why a step
+    could not be replayed, if it could not.
     """
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
         self._entries: dict[tuple, _Entry] = {}
-        self.stats = {"eager": 0, "captured": 0, "replayed": 0, "diverged": 0}
+        self.stats = {"eager": 0, "captured": 0, "verified": 0, "replayed": 0}
         self.unsupported: str | None = None
         functools.update_wrapper(self, fn)
 
@@ -351,62 +718,93 @@ class CompiledStep:
                 self._entries.clear()
             entry = self._entries[key] = _Entry()
         entry.calls += 1
-        if entry.prog is not None:
-            return self._replay(entry, args, kwargs)
-        if entry.calls == 1 or entry.surprises > _MAX_RECAPTURES:
+        if entry.eager_only:
             self.stats["eager"] += 1
             return self.fn(*args, **kwargs)
-        return self._capture(entry, args, kwargs)
+        tape = entry.tape
+        if tape is None:
+            return self._capture(entry, args, kwargs)
+        if not _guards_hold(tape):
+            entry.tape = None
+            entry.surprises += 1
+            if entry.surprises > _MAX_RECAPTURES:
+                entry.eager_only = True
+                self.stats["eager"] += 1
+                return self.fn(*args, **kwargs)
+            return self._capture(entry, args, kwargs)
+        if not entry.verified:
+            return self._verify(entry, args, kwargs)
+        self.stats["replayed"] += 1
+        return _replay(tape, _flat_args(args, kwargs))
 
     def _capture(self, entry: _Entry, args: tuple, kwargs: dict) -> Any:
-        rec = _Recorder()
+        rec = _Recorder(args, kwargs)
         _mode.tracer = rec
         try:
             out = self.fn(*args, **kwargs)
         finally:
             _mode.tracer = None
         self.stats["captured"] += 1
-        if rec.error is None and rec.prog.root < 0:
-            rec.error = "the step never calls backward()"
-        if rec.error is not None:
+        tape = rec.finish(out)
+        if tape is None:
             self.unsupported = rec.error
-            entry.surprises = _MAX_RECAPTURES + 1  # stay eager for this signature
+            entry.eager_only = True
         else:
-            prog = rec.prog
-            prog.keep = {
-                j
-                for refs in prog.refs[prog.n_before_backward:]
-                for kind, j in refs
-                if kind == _FROM_OP
-            }
-            entry.prog = prog
+            entry.tape = tape
+            entry.verified = False
         return out
 
-    def _replay(self, entry: _Entry, args: tuple, kwargs: dict) -> Any:
-        rep = _Replayer(entry.prog)
-        _mode.tracer = rep
+    def _verify(self, entry: _Entry, args: tuple, kwargs: dict) -> Any:
+        """Run eagerly, then replay from the same starting state: both must agree."""
+        tape = entry.tape
+        assert tape is not None
+        self.stats["verified"] += 1
+        before = _Snapshot(tape)
+        out = self.fn(*args, **kwargs)
+        after = _Snapshot(tape)
+        before.restore()
+        why = None
         try:
-            out = self.fn(*args, **kwargs)
-        finally:
-            _mode.tracer = None
-        if rep.diverged or not rep.ran_backward or len(rep.nodes) != len(entry.prog.rules):
-            # the step took another path: finished eagerly; capture it afresh
-            self.stats["diverged"] += 1
-            entry.prog = None
-            entry.surprises += 1
+            replayed = _replay(tape, _flat_args(args, kwargs))
+        except Exception as exc:  # noqa: BLE001  (eager succeeded, so the tape is wrong)
+            why = f"the replay failed ({type(exc).__name__}: {exc})"
         else:
-            self.stats["replayed"] += 1
-        rep.nodes.clear()  # hold no graph between steps
+            what = after.differs_from_now()
+            if what is not None:
+                why = f"a replay changed {what} differently from the eager step"
+            elif not _same_result(out, replayed):
+                why = "a replay returned a different value from the eager step"
+        if why is not None:
+            after.restore()  # keep exactly what the eager step did
+            self.unsupported = (
+                f"{why}: the step does something the tape cannot see (Python state, "
+                "values computed outside chainrule's ops); it runs eagerly"
+            )
+            entry.eager_only = True
+            entry.tape = None
+        else:
+            entry.verified = True
         return out
+
+
+def _guards_hold(tape: _Tape) -> bool:
+    for m, training in tape.modules:
+        if m.training is not training:
+            return False
+    for t, rg in zip(tape.leaves, tape.frozen):
+        if t._requires_grad is not rg or t._hooks:
+            return False
+    return True
 
 
 def compile(fn: Callable[..., Any]) -> CompiledStep:  # noqa: A001  (cr.compile, like torch.compile)
-    """Wrap a training step so that its backward pass is recorded once and replayed.
+    """Capture a training step once and replay it on later batches of the same shape.
 
     ``fn(*batch)`` must do zero_grad, forward, loss, ``backward()`` and the
-    optimizer step, and return what it likes (usually the loss); the wrapped
-    step returns the same thing, with bit-identical values and parameters.
-    See the module documentation for the contract.
+    optimizer step, and return the loss (or other tensors it computed); the
+    compiled step returns the same thing, with bit-identical values and
+    parameters. After capture the step's Python no longer runs: see the
+    module documentation for the contract.
 
     >>> step = cr.compile(step_fn)
     >>> loss = step(xb, yb)

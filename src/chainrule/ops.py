@@ -166,8 +166,12 @@ def apply(rule: Rule, *args: Any, **params: Any) -> Tensor:
         parents = tuple(
             [a if isinstance(a, Tensor) else _wrap(x, out) for a, x in zip(args, arrays)]
         )
-        return _record(out, rule, parents, ctx, tuple(needs), arrays)
-    return _const(out)
+        t = _record(out, rule, parents, ctx, tuple(needs), arrays)
+    else:
+        t = _const(out)
+    if _mode.tracer is not None:  # cr.compile is capturing a step
+        _mode.tracer.op(rule, args, arrays, params, t)
+    return t
 
 
 def _record(out: np.ndarray, rule: Rule, parents: tuple, ctx: Any, needs: tuple,
@@ -192,8 +196,12 @@ def _unary(rule: Rule, x: Any, **params: Any) -> Tensor:
     if type(out) is not np.ndarray:
         out = np.asarray(out)
     if x._requires_grad and _mode.grad and out.dtype.kind in "fc":
-        return _record(out, rule, (x,), ctx, _NEEDS1, (xd,))
-    return _const(out)
+        t = _record(out, rule, (x,), ctx, _NEEDS1, (xd,))
+    else:
+        t = _const(out)
+    if _mode.tracer is not None:
+        _mode.tracer.op(rule, (x,), (xd,), params, t)
+    return t
 
 
 def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
@@ -218,14 +226,18 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
     if (ra or rb) and _mode.grad and out.dtype.kind in "fc":
         pa = a if ra or isinstance(a, Tensor) else _wrap(ad, out)
         pb = b if rb or isinstance(b, Tensor) else _wrap(bd, out)
-        node = _node(out, rule, (pa, pb), ctx, (ra, rb))
+        t = _node(out, rule, (pa, pb), ctx, (ra, rb))
         if _mode.anomaly:
-            node._meta = check_forward_anomaly(rule.name, out, (ad, bd))
-        return node
-    return _const(out)
+            t._meta = check_forward_anomaly(rule.name, out, (ad, bd))
+    else:
+        t = _const(out)
+    if _mode.tracer is not None:
+        _mode.tracer.op(rule, (a, b), (ad, bd), _NO_PARAMS, t)
+    return t
 
 
 _NEEDS1 = (True,)
+_NO_PARAMS: dict[str, Any] = {}
 _node = Tensor._node
 _const = Tensor._const
 

@@ -58,8 +58,9 @@ class _Mode(threading.local):
     def __init__(self) -> None:
         self.grad = True
         self.anomaly = False
-        # cr.compile's recorder (compile.py): sees every node made and every
-        # backward() call of a step it captures or replays; None otherwise
+        # cr.compile's recorder (compile.py) while it captures or checks a
+        # step: told of every op, backward() call, optimizer step, random
+        # draw and module call (see compile.py for the protocol); else None
         self.tracer: Any = None
 
 
@@ -324,8 +325,6 @@ class Tensor:
         t._ctx = ctx
         t._needs = needs
         t._stamp = _tick()
-        if _mode.tracer is not None:
-            _mode.tracer.node(t)
         return t
 
     @classmethod

@@ -27,7 +27,7 @@ import numpy as np
 from .. import ops
 from ..ops import rule, value
 from ..random import _resolve
-from ..tensor import Tensor
+from ..tensor import Tensor, _mode
 
 __all__ = [
     "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "softplus",
@@ -114,9 +114,18 @@ def dropout(input: Any, p: float = 0.5, training: bool = True,  # noqa: A002
     if p == 1.0:
         mask = np.zeros(x.shape, dtype=dt)
     else:
-        mask = (_resolve(generator).random(x.shape, dtype=dt) >= p).astype(dt)  # P(keep) = 1-p
-        mask *= dt.type(1.0 / (1.0 - p))
+        mask = _dropout_mask(generator, x.shape, dt, p)
+        if _mode.tracer is not None:  # cr.compile: draw a fresh mask on every replay
+            _mode.tracer.produced(mask, _dropout_mask, (generator, x.shape, dt, p))
     return ops.mul(input, mask)
+
+
+def _dropout_mask(generator: np.random.Generator | None, shape: tuple, dt: np.dtype,
+                  p: float) -> np.ndarray:
+    """Entries 1/(1-p) with probability 1-p, else 0 (from ``generator`` or the global one)."""
+    mask = (_resolve(generator).random(shape, dtype=dt) >= p).astype(dt)  # P(keep) = 1-p
+    mask *= dt.type(1.0 / (1.0 - p))
+    return mask
 
 
 def _check_p(p: float, who: str) -> None:
@@ -181,7 +190,8 @@ def _same_shape_target(input: Any, target: Any, who: str) -> Any:  # noqa: A002
         return target if t.dtype == x.dtype else ops.astype(target, x.dtype)
     if t.dtype.kind not in "biuf":
         raise TypeError(f"{who}: target has non-numeric dtype {t.dtype}")
-    return t if t.dtype == x.dtype else t.astype(x.dtype)
+    # the cast is an op so that cr.compile sees where the target came from
+    return t if t.dtype == x.dtype else ops.astype(t, x.dtype)
 
 
 def _check_labels(x: np.ndarray, target: Any, who: str) -> np.ndarray:
@@ -204,13 +214,22 @@ def _check_labels(x: np.ndarray, target: Any, who: str) -> np.ndarray:
             f"{who}: labels must have shape ({n},) to match input of shape {x.shape}, "
             f"got shape {t.shape}"
         )
-    if n and (t.min() < 0 or t.max() >= c):
+    return t  # the range is checked by the rules themselves (_check_label_range)
+
+
+def _check_label_range(t: np.ndarray, c: int, who: str) -> None:
+    """Every label in [0, c). Done inside the rules' forward functions, so that a
+    step replayed by cr.compile (which calls the rules directly) checks it too."""
+    if not t.size:
+        return
+    # one pass: seen as unsigned, a negative label is a huge number
+    u = t.view(f"u{t.dtype.itemsize}") if t.dtype.kind == "i" else t
+    if u.max() >= c:
         pos = int(np.flatnonzero((t < 0) | (t >= c))[0])
         raise ValueError(
             f"{who}: label {int(t[pos])} at position {pos} is out of range for {c} classes "
             f"(labels must be in [0, {c - 1}])"
         )
-    return t
 
 
 def _softmax_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -248,6 +267,7 @@ def _diff_log_softmax(x: Any, xp: Any) -> Any:
 def CROSS_ENTROPY(x, *, target, reduction, label_smoothing):
     """-log softmax(x)[target] per row; x (N, C) logits, target (N,) int labels."""
     n, c = x.shape
+    _check_label_range(target, c, "cross_entropy")
     p, lse = _softmax_rows(x)
     rows = np.arange(n)
     loss = lse[:, 0] - x[rows, target]
@@ -375,6 +395,7 @@ def cross_entropy(
 def NLL_LOSS(x, *, target, reduction):
     """-x[i, target_i] per row; x (N, C) log-probabilities."""
     n = x.shape[0]
+    _check_label_range(target, x.shape[1], "nll_loss")
     return _reduce(-x[np.arange(n), target], reduction), (target, reduction)
 
 

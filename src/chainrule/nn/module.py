@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..tensor import Tensor, _bump
+from ..tensor import Tensor, _bump, _mode
 
 __all__ = ["Parameter", "Module", "IncompatibleKeys", "zero_grad_params"]
 
@@ -61,6 +61,9 @@ class Parameter(Tensor):
 
 def zero_grad_params(params: Any, set_to_none: bool = True) -> None:
     """Reset the gradients of ``params``: drop them, or fill them with zeros in place."""
+    if _mode.tracer is not None:  # cr.compile: replay this call on later steps
+        params = list(params)
+        _mode.tracer.call(zero_grad_params, (params, set_to_none), state=params)
     for p in params:
         g = p._grad
         if g is None:
@@ -104,6 +107,8 @@ class Module:
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _mode.tracer is not None:  # cr.compile notes the mode the step ran in
+            _mode.tracer.module(self)
         return self.forward(*args, **kwargs)
 
     # ----- walking the attributes -----------------------------------------

@@ -8,15 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from ..tensor import Tensor, _bump
+from ..tensor import Tensor, _bump, _mode
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 
+def _as_list(parameters: Any) -> list[Tensor]:
+    return [parameters] if isinstance(parameters, Tensor) else list(parameters)
+
+
 def _with_grads(parameters: Any) -> list[Tensor]:
-    if isinstance(parameters, Tensor):
-        parameters = [parameters]
-    return [p for p in parameters if p._grad is not None]
+    return [p for p in _as_list(parameters) if p._grad is not None]
 
 
 def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
@@ -35,6 +37,10 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
     >>> loss.backward()
     >>> cr.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
     """
+    if _mode.tracer is not None:  # cr.compile: replay this call on later steps
+        parameters = _as_list(parameters)
+        _mode.tracer.call(clip_grad_norm_, (parameters, max_norm, norm_type,
+                                            error_if_nonfinite), state=parameters)
     grads = _with_grads(parameters)
     norm_type = float(norm_type)
     if not grads:
@@ -63,6 +69,9 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
 
 def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float) -> None:
     """Clamp every gradient element to [-clip_value, clip_value] in place."""
+    if _mode.tracer is not None:
+        parameters = _as_list(parameters)
+        _mode.tracer.call(clip_grad_value_, (parameters, clip_value), state=parameters)
     for p in _with_grads(parameters):
         np.clip(p._grad.data, -clip_value, clip_value, out=p._grad.data)
         _bump(p._grad)

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..tensor import _mode
 from .optimizer import Optimizer
 
 __all__ = [
@@ -65,6 +66,8 @@ class LRScheduler:
 
     def step(self) -> None:
         """Advance one epoch and write the new rates into the optimizer."""
+        if _mode.tracer is not None:  # stepped inside a step cr.compile captures
+            _mode.tracer.call(self.step, (), state=self)
         self._step_count += 1
         self.last_epoch += 1
         for g, lr in zip(self.optimizer.param_groups, self.get_lr()):
@@ -250,6 +253,8 @@ class ReduceLROnPlateau:
 
     def step(self, metrics: float) -> None:
         """Record this epoch's metric (e.g. validation loss) and cut the lr if it stalled."""
+        if _mode.tracer is not None:  # the metric is a value of this step: not replayable
+            _mode.tracer.unsupported("ReduceLROnPlateau.step(metric) inside the step")
         current = float(metrics)
         self.last_epoch += 1
         if self._is_better(current):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..nn.module import STEP_MARK, zero_grad_params
-from ..tensor import Tensor, _bump, enable_grad
+from ..tensor import Tensor, _bump, _mode, enable_grad
 
 __all__ = ["Optimizer", "GradNotZeroedWarning"]
 
@@ -157,6 +157,11 @@ class Optimizer:
         with gradients enabled before the update).
         """
         loss = None
+        if _mode.tracer is not None:  # cr.compile: replay this call on later steps
+            if closure is not None:
+                _mode.tracer.unsupported("optimizer.step(closure)")
+            else:
+                _mode.tracer.call(self.step, (), state=self)
         if closure is not None:
             with enable_grad():
                 loss = closure()
