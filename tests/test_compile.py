@@ -84,22 +84,46 @@ def test_returns_what_eager_returns():
     step = cr.compile(s)
     for _ in range(4):
         out = step(x[:8], y[:8])
+    assert step.stats["replayed"] == 2
     assert isinstance(out, cr.Tensor) and out.shape == ()
-    assert out.dtype == np.float32
+    assert out.dtype == np.float32 and out.requires_grad
+    with pytest.raises(cr.GraphReleasedError, match="already freed"):
+        out.backward()  # as after an eager step: backward() freed the graph
 
 
-def test_shape_change_falls_back_to_eager_and_captures_again():
+def test_capture_verify_replay_per_shape():
     x, y = _data()
     _, s = _twin("sgd")
     step = cr.compile(s)
     for _ in range(4):
         step(x[:16], y[:16])
-    assert step.stats == {"eager": 1, "captured": 1, "replayed": 2, "diverged": 0}
-    step(x[:5], y[:5])  # the last short batch: a new signature, eager
-    assert step.stats["eager"] == 2
+    assert step.stats == {"eager": 0, "captured": 1, "verified": 1, "replayed": 2}
+    step(x[:5], y[:5])  # the last short batch: a new signature, captured on its own
+    assert step.stats["captured"] == 2
     for _ in range(3):
         step(x[:5], y[:5])
-    assert step.stats["captured"] == 2 and step.stats["replayed"] == 4
+    assert step.stats == {"eager": 0, "captured": 2, "verified": 2, "replayed": 4}
+
+
+def test_the_steps_python_does_not_run_after_capture():
+    """The documented contract: capture and verification run the Python, replays don't."""
+    x, y = _data()
+    model, _ = _twin("sgd")
+    opt = cr.optim.SGD(model.parameters(), lr=0.05)
+    calls = [0]
+
+    def step_fn(xb, yb):
+        calls[0] += 1
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = cr.compile(step_fn)
+    for _ in range(10):
+        step(x[:8], y[:8])
+    assert calls[0] == 2 and step.stats["replayed"] == 8
 
 
 def test_dropout_gets_fresh_masks_and_matches_eager():
@@ -111,26 +135,60 @@ def test_dropout_gets_fresh_masks_and_matches_eager():
     eager, comp = _run(s_eager, batches), _run(step, batches)
     assert eager == comp
     _assert_same_params(m_eager, m_comp)
-    assert step.stats["replayed"] >= 8
+    assert step.stats["replayed"] >= 9
     # fresh masks every step: the same batch never gives the same loss twice
     assert len(set(comp)) == len(comp)
 
 
-def test_data_dependent_branch_diverges_but_stays_exact():
+def test_eval_mode_is_a_guard():
+    """Dropout is active only in train mode: switching modes must not replay the wrong tape."""
+    x, y = _data()
+    m1, s1 = _twin("sgd", dropout=0.5)
+    m2, s2 = _twin("sgd", dropout=0.5)
+    step = cr.compile(s2)
+    cr.manual_seed(5)
+    modes = [True] * 4 + [False] * 4 + [True] * 4
+    ref = []
+    for training in modes:
+        m1.train(training)
+        ref.append(s1(x[:16], y[:16]).item())
+    cr.manual_seed(5)
+    got = []
+    for training in modes:
+        m2.train(training)
+        got.append(step(x[:16], y[:16]).item())
+    assert got == ref
+    _assert_same_params(m1, m2)
+    assert step.stats["captured"] >= 2 and step.stats["replayed"] >= 5
+
+
+def test_frozen_parameter_is_a_guard():
+    x, y = _data()
+    m1, s1 = _twin("sgd")
+    m2, s2 = _twin("sgd")
+    step = cr.compile(s2)
+    for i in range(10):
+        if i == 5:  # freeze the first layer's weight halfway
+            m1[0].weight.requires_grad = False
+            m2[0].weight.requires_grad = False
+        assert s1(x[:16], y[:16]).item() == step(x[:16], y[:16]).item()
+    _assert_same_params(m1, m2)
+    assert step.stats["captured"] == 2
+
+
+def test_a_value_the_tape_cannot_see_is_caught_by_verification():
+    """A constant computed with plain NumPy from the batch is frozen into the tape;
+    the verification call sees the replay differ and keeps the step eager."""
     x, y = _data()
 
     def make():
         model, _ = _twin("sgd")
         opt = cr.optim.SGD(model.parameters(), lr=0.05)
-        calls = [0]
 
         def step(xb, yb):
-            calls[0] += 1
             opt.zero_grad()
-            out = model(xb)
-            if calls[0] % 3 == 0:  # Python control flow the recorder cannot see
-                out = out * 2.0
-            loss = F.cross_entropy(out, yb)
+            scale = np.float32(np.abs(xb).mean())  # NumPy, outside chainrule's ops
+            loss = F.cross_entropy(model(xb) * scale, yb)
             loss.backward()
             opt.step()
             return loss
@@ -140,30 +198,121 @@ def test_data_dependent_branch_diverges_but_stays_exact():
     m1, s1 = make()
     m2, s2 = make()
     step = cr.compile(s2)
-    batches = [(x[:16], y[:16])] * 12
+    batches = _batches(x, y, 16, 8)
     assert _run(s1, batches) == _run(step, batches)
     _assert_same_params(m1, m2)
-    assert step.stats["diverged"] > 0
+    assert step.stats["replayed"] == 0
+    assert "differently from the eager step" in step.unsupported
 
 
-def test_unsupported_steps_run_eagerly():
+@pytest.mark.parametrize(
+    "kind", ["retain_grad", "hook", "two_backward", "closure", "returns_numpy"]
+)
+def test_unsupported_steps_run_eagerly(kind):
     x, y = _data()
     model, _ = _twin("sgd")
     opt = cr.optim.SGD(model.parameters(), lr=0.05)
 
-    def step_retain(xb, yb):
+    def step_fn(xb, yb):
         opt.zero_grad()
         h = model(xb)
-        h.retain_grad()
+        if kind == "retain_grad":
+            h.retain_grad()
+        if kind == "hook":
+            h.register_hook(lambda g: g * 2)
         loss = F.cross_entropy(h, yb)
+        if kind == "two_backward":
+            (loss * 0.5).backward(retain_graph=True)
         loss.backward()
-        opt.step()
-        return loss
+        if kind == "closure":
+            opt.step(lambda: loss)
+        else:
+            opt.step()
+        return h.data.argmax(1) if kind == "returns_numpy" else loss
 
-    step = cr.compile(step_retain)
+    step = cr.compile(step_fn)
     for _ in range(4):
         step(x[:8], y[:8])
     assert step.unsupported is not None and step.stats["replayed"] == 0
+    assert step.stats["eager"] == 3
+
+
+def test_clipping_and_scheduler_inside_the_step_replay():
+    x, y = _data()
+
+    def make():
+        model, _ = _twin("adam")
+        opt = cr.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        sched = cr.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
+
+        def step(xb, yb):
+            model.zero_grad()
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            cr.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.05)
+            opt.step()
+            sched.step()  # per-batch schedule
+            return loss.item()
+
+        return model, opt, step
+
+    m1, o1, s1 = make()
+    m2, o2, s2 = make()
+    step = cr.compile(s2)
+    batches = _batches(x, y, 16, 12)
+    assert [s1(*b) for b in batches] == [step(*b) for b in batches]
+    _assert_same_params(m1, m2)
+    assert o1.param_groups[0]["lr"] == o2.param_groups[0]["lr"] < 0.1 * 0.9**10
+    assert step.stats["replayed"] > 0, step.unsupported
+
+
+def test_bad_labels_in_a_replayed_batch_still_raise():
+    x, y = _data()
+    _, s = _twin("sgd")
+    step = cr.compile(s)
+    for _ in range(3):
+        step(x[:8], y[:8])
+    bad = y[:8].copy()
+    bad[3] = N_CLASSES
+    with pytest.raises(ValueError, match=r"cross_entropy: label 4 at position 3 is out of range"):
+        step(x[:8], bad)
+    bad[3] = -1
+    with pytest.raises(ValueError, match=r"label -1 at position 3"):
+        step(x[:8], bad)
+
+
+def test_float64_and_mse_with_a_cast_target():
+    """Regression targets of another dtype are cast by an op the tape replays."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 5))
+    t = rng.standard_normal((64, 2))  # float64 targets, float32 model below
+
+    def make(dtype):
+        cr.manual_seed(0)
+        model = cr.nn.Sequential(cr.nn.Linear(5, 8), cr.nn.Tanh(), cr.nn.Linear(8, 2))
+        for p in model.parameters():
+            p.data = p.data.astype(dtype)
+        opt = cr.optim.Adam(model.parameters(), lr=0.01)
+
+        def step(xb, tb):
+            opt.zero_grad()
+            loss = F.mse_loss(model(xb), tb)
+            loss.backward()
+            opt.step()
+            return loss
+
+        return model, step
+
+    for dtype in (np.float32, np.float64):
+        m1, s1 = make(dtype)
+        m2, s2 = make(dtype)
+        step = cr.compile(s2)
+        xs = x.astype(dtype)
+        got = [step(xs[i:i + 16], t[i:i + 16]).item() for i in range(0, 64, 16)]
+        ref = [s1(xs[i:i + 16], t[i:i + 16]).item() for i in range(0, 64, 16)]
+        assert got == ref
+        _assert_same_params(m1, m2)
+        assert step.stats["replayed"] == 2, step.unsupported
 
 
 def test_no_graph_or_memory_kept_across_many_steps():
@@ -189,3 +338,59 @@ def test_no_graph_or_memory_kept_across_many_steps():
     tracemalloc.stop()
     assert grown < 64 * 1024, f"{grown} bytes kept after 300 steps"
     assert step.stats["replayed"] >= 300
+
+
+def test_fit_compiles_chainrule_models_by_default_and_matches_eager():
+    X, y = _data(200)
+
+    def train(compile):
+        cr.manual_seed(0)
+        model = cr.nn.Sequential(cr.nn.Linear(N_FEATURES, 32), cr.nn.ReLU(), cr.nn.Dropout(0.2),
+                                 cr.nn.Linear(32, N_CLASSES))
+        opt = cr.optim.Adam(model.parameters(), lr=0.01)
+        seen = {}
+
+        class Spy(cr.callbacks.Callback):
+            def on_train_end(self, trainer, logs):
+                seen["compiled"] = trainer.compiled
+
+        hist = cr.fit(model, F.cross_entropy, opt, (X, y), epochs=4, batch_size=32, seed=3,
+                      compile=compile, progress=False, callbacks=[Spy()])
+        return model, hist, seen["compiled"]
+
+    m1, h1, c1 = train(False)
+    m2, h2, c2 = train("auto")
+    assert c1 is None and c2 is not None
+    assert c2.stats["replayed"] > 0 and c2.unsupported is None
+    timing = ("seconds", "samples_per_s")
+    same = [k for k in h1.history if k not in timing]
+    assert "accuracy" in same and "loss" in same
+    assert {k: h1.history[k] for k in same} == {k: h2.history[k] for k in same}
+    _assert_same_params(m1, m2)
+
+
+def test_fit_auto_keeps_user_defined_modules_eager():
+    X, y = _data(64)
+
+    class Mine(cr.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = cr.nn.Linear(N_FEATURES, N_CLASSES)
+
+        def forward(self, x):
+            return self.lin(x)
+
+    seen = {}
+
+    class Spy(cr.callbacks.Callback):
+        def on_train_end(self, trainer, logs):
+            seen["compiled"] = trainer.compiled
+
+    model = Mine()
+    cr.fit(model, F.cross_entropy, cr.optim.SGD(model.parameters(), lr=0.1), (X, y),
+           epochs=1, progress=False, callbacks=[Spy()])
+    assert seen["compiled"] is None
+    model = cr.nn.Sequential(cr.nn.Linear(N_FEATURES, N_CLASSES))
+    cr.fit(model, lambda out, t: F.cross_entropy(out, t), cr.optim.SGD(model.parameters(), lr=0.1),
+           (X, y), epochs=1, progress=False, callbacks=[Spy()])
+    assert seen["compiled"] is None  # a user-written loss function

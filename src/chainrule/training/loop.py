@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -238,6 +237,9 @@ class Trainer:
     stop_training : bool
         Set it to True to stop (see :meth:`request_stop`).
     stop_reason : str or None
+    compiled : CompiledStep or None
+        The :func:`chainrule.compile` wrapper running the steps (its ``stats``
+        say how many were replayed), or None when training eagerly.
     """
 
     def __init__(self, model: Any, loss_fn: Any, optimizer: Any, scheduler: Any,
@@ -254,6 +256,7 @@ class Trainer:
         self.has_val = has_val
         self.stop_training = False
         self.stop_reason: str | None = None
+        self.compiled: Any = None
 
     def request_stop(self, reason: str | None = None) -> None:
         """Stop after the current batch (or epoch, from ``on_epoch_end``)."""
@@ -383,18 +386,41 @@ class _Progress:
         self.bar = self.run_bar = None
 
 
-def _maybe_compile(step: Callable, compile: bool | str) -> Callable:
-    """``cr.compile(step)`` when it exists and is wanted, else the eager step."""
+def _maybe_compile(step: Callable, compile: bool | str, model: Any, loss_fn: Any) -> Callable:
+    """``cr.compile(step)`` when wanted (and, for "auto", safe), else the eager step."""
     if compile is False or compile is None:
         return step
-    import chainrule
-
-    compiler = getattr(chainrule, "compile", None)
-    if compiler is None:
-        if compile is True:
-            warnings.warn("fit: chainrule.compile is not available; training eagerly", stacklevel=3)
+    if compile == "auto" and not _replay_safe(model, loss_fn):
         return step
+    from ..compile import compile as compiler
+
     return compiler(step)
+
+
+def _ours(obj: Any) -> bool:
+    """Defined by chainrule itself (a class or function from one of its modules)."""
+    mod = getattr(obj, "__module__", None) or type(obj).__module__
+    return mod == "chainrule" or mod.startswith("chainrule.")
+
+
+def _replay_safe(model: Any, loss_fn: Any) -> bool:
+    """Whether a compiled replay keeps the step's meaning without running its Python.
+
+    A replay skips the Python of the step (see ``chainrule.compile``). chainrule's
+    own modules and losses have no branches on data values and no side effects,
+    so steps built only from them are safe. A user-defined module or loss, or a
+    module whose ``forward`` was patched on the instance (as
+    ``GradientNormRecorder`` does to watch deltas) may do anything: run eagerly.
+    """
+    modules = model.modules() if hasattr(model, "modules") else None
+    if modules is None:
+        return False
+    for m in modules:
+        if not _ours(type(m)) or "forward" in vars(m):
+            return False
+    if hasattr(loss_fn, "forward"):  # a loss module
+        return _ours(type(loss_fn)) and "forward" not in vars(loss_fn)
+    return _ours(loss_fn)
 
 
 # --------------------------------------------------------------------------
@@ -456,8 +482,11 @@ def fit(
         Stepped once per epoch (``ReduceLROnPlateau`` gets ``val_loss``, or
         ``loss``); same as adding ``LRSchedulerCallback(scheduler)``.
     compile : "auto", True or False
-        Run the training step through ``chainrule.compile`` when available
-        (same results, faster); False always runs eagerly.
+        Run the training step through :func:`chainrule.compile` (captured once,
+        then replayed without its Python: same results bit for bit, faster).
+        "auto" does so when the model and the loss are made only of
+        chainrule's own modules and functions, which keep the replay's
+        contract; True compiles any step; False always runs eagerly.
     max_steps : int, optional
         Stop after this many optimizer steps in total.
     initial_epoch : int
@@ -501,20 +530,21 @@ def fit(
     resolved: list[Any] | None = None  # metrics, fixed at the first batch (needs the labels)
     outputs: list[Any] = [None]  # the last batch's outputs (an array, not a Tensor)
 
-    def step(xb: Tensor, yb: Tensor) -> Tensor:
+    def step(xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         """One iteration: w <- w - eta * dL/dw (or the optimizer's version of it)."""
         optimizer.zero_grad()
         out = model(xb)
         loss = loss_fn(out, yb)
         loss.backward()
         optimizer.step()
-        outputs[0] = out.data  # keep the values for the metrics, not the graph
-        return loss
+        return loss, out
 
-    run_step = _maybe_compile(step, compile)
     was_training = getattr(model, "training", None)
 
     _call(callbacks, "on_train_begin", trainer, {"epochs": epochs})
+    # decided after on_train_begin: callbacks may patch the model there
+    run_step = _maybe_compile(step, compile, model, loss_fn)
+    trainer.compiled = run_step if run_step is not step else None
     try:
         for epoch in range(initial_epoch + 1, epochs + 1):
             # ---- epoch begin -------------------------------------------------
@@ -540,11 +570,11 @@ def fit(
                 xb, yb = _batch_pair(batch)
                 _call(callbacks, "on_batch_begin", trainer,
                       {"epoch": epoch, "batch": b, "step": trainer.step + 1})
-                outputs[0] = None
-                loss = run_step(xb, yb)
+                loss, out = run_step(xb, yb)
+                outputs[0] = out.data  # the values, for the metrics
                 trainer.step += 1
                 loss_value = float(loss.item())
-                del loss  # the graph was freed by backward; drop the last reference
+                del loss, out  # the graph was freed by backward; drop the last references
                 if resolved is None:
                     resolved = _resolve_metrics(metrics, loss_fn, yb.data)
                 meter.add(len(xb), loss_value, resolved, outputs[0], yb.data)
