@@ -70,6 +70,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -381,62 +382,166 @@ def _flat_args(args: tuple, kwargs: dict) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------
-# Replaying a tape
+# Lowering a tape to a flat program over numbered slots
 # ---------------------------------------------------------------------------
 
 
-def _value(ref: tuple, flat: list, outs: list, gens: list) -> Any:
-    kind, v = ref
-    if kind == _OP:
-        return outs[v]
-    if kind == _ARG:
-        a = flat[v]
-        return a.data if isinstance(a, Tensor) else a
-    if kind == _LEAF:
-        return v.data
-    if kind == _GEN:
-        return gens[v]
-    if kind == _SEQ:
-        typ, refs = v
-        return typ(_value(r, flat, outs, gens) for r in refs)
-    return v
+class _Program:
+    """A tape with every operand turned into a slot number of one list, ``env``.
+
+    Slots hold, in this order: the step's array arguments, each op's output,
+    each random draw, the parameters' arrays (read afresh at every replay, as
+    optimizers may replace them) and the constants (filled in once). Reading
+    an op's operands is then one ``itemgetter`` call.
+    """
+
+    __slots__ = ("nargs", "template", "leaf_slots", "steps", "bwd", "root", "n_ops",
+                 "ret", "tape")
 
 
-def _replay(tape: _Tape, flat: list) -> Any:
-    """Run the tape on new arguments; returns the step's return value."""
-    n = tape.n_ops
-    outs: list[Any] = [None] * n
-    ctxs: list[Any] = [None] * n
-    gens: list[Any] = []
+def _lower(tape: _Tape, nargs: int) -> _Program:
+    prog = _Program()
+    prog.tape = tape
+    prog.nargs = nargs
+    prog.n_ops = tape.n_ops
+    n_gen = sum(1 for ins in tape.instrs if ins[0] == _I_GEN)
+    op0, gen0 = nargs, nargs + tape.n_ops
+    template: list[Any] = [None] * (gen0 + n_gen)
+    leaf_slot: dict[int, int] = {}
+    const_slot: dict[int, int] = {}
+    leaf_slots: list[tuple[int, Tensor]] = []
+
+    def slot(ref: tuple) -> Any:
+        kind, v = ref
+        if kind == _ARG:
+            return v
+        if kind == _OP:
+            return op0 + v
+        if kind == _GEN:
+            return gen0 + v
+        if kind == _LEAF:
+            s = leaf_slot.get(id(v))
+            if s is None:
+                s = leaf_slot[id(v)] = len(template)
+                template.append(None)
+                leaf_slots.append((s, v))
+            return s
+        if kind == _CONST:
+            s = const_slot.get(id(v))
+            if s is None:
+                s = const_slot[id(v)] = len(template)
+                template.append(v)
+            return s
+        raise AssertionError(kind)
+
+    def nested(ref: tuple) -> Any:
+        """A setting that holds operands (an index tuple with arrays)."""
+        if ref[0] == _SEQ:
+            typ, refs = ref[1]
+            return ("seq", typ, tuple(nested(r) for r in refs))
+        return ("slot", slot(ref))
+
+    def getter(slots: list[int]) -> tuple[Any, bool]:
+        if not slots:
+            return (lambda env: ()), False
+        return itemgetter(*slots), len(slots) == 1
+
+    steps: list[tuple] = []
+    k = 0
     for ins in tape.instrs:
         kind = ins[0]
         if kind == _I_OP:
             _, j, rule, refs, settings, dyn, recorded = ins
-            arrays = [_value(r, flat, outs, gens) for r in refs]
+            get, single = getter([slot(r) for r in refs])
+            dyn_slots = None if dyn is None else tuple((key, nested(r)) for key, r in dyn)
+            steps.append((_I_OP, rule, get, single, settings, dyn_slots, op0 + j, j, recorded))
+        elif kind == _I_GEN:
+            steps.append((_I_GEN, ins[1], ins[2], gen0 + k))
+            k += 1
+        else:
+            steps.append(ins)
+    bwd = []
+    keep = {op0 + j for j in tape.keep}
+    for j in tape.order:
+        refs = tape.bwd_refs[j]
+        slots = [slot(r) for r in refs]
+        get, single = getter(slots)
+        dests = tuple(
+            (i, slots[i], refs[i][0] == _LEAF)
+            for i, need in enumerate(tape.needs[j]) if need
+        )
+        out = op0 + j
+        bwd.append((tape.rules[j], get, single, out, j, tape.needs[j], dests, out not in keep))
+    prog.template = template
+    prog.leaf_slots = leaf_slots
+    prog.steps = steps
+    prog.bwd = bwd
+    prog.root = op0 + tape.root
+    prog.ret = _lower_ret(tape.ret, op0)
+    return prog
+
+
+def _lower_ret(ret: tuple, op0: int) -> tuple:
+    kind = ret[0]
+    if kind in ("tensor", "item"):
+        return (kind, op0 + ret[1], ret[1])
+    if kind == "seq":
+        return ("seq", ret[1], tuple(_lower_ret(e, op0) for e in ret[2]))
+    if kind == "dict":
+        return ("dict", ret[1], tuple(_lower_ret(e, op0) for e in ret[2]))
+    return ret
+
+
+# ---------------------------------------------------------------------------
+# Replaying
+# ---------------------------------------------------------------------------
+
+
+def _setting(v: tuple, env: list) -> Any:
+    if v[0] == "slot":
+        return env[v[1]]
+    return v[1](_setting(e, env) for e in v[2])
+
+
+def _replay(prog: _Program, args: tuple, kwargs: dict) -> Any:
+    """Run the program on new arguments; returns what the step returns."""
+    env = prog.template.copy()
+    i = 0
+    for a in (*args, *kwargs.values()):
+        env[i] = a.data if isinstance(a, Tensor) else a
+        i += 1
+    for s, t in prog.leaf_slots:
+        env[s] = t.data
+    ctxs: list[Any] = [None] * prog.n_ops
+    for st in prog.steps:
+        kind = st[0]
+        if kind == _I_OP:
+            _, rule, get, single, settings, dyn, out_slot, j, recorded = st
+            ins = get(env)
             if dyn is not None:
                 settings = dict(settings)
-                for key, r in dyn:
-                    settings[key] = _value(r, flat, outs, gens)
+                for key, v in dyn:
+                    settings[key] = _setting(v, env)
             try:
-                out, ctx = rule.forward(*arrays, **settings)
+                out, ctx = rule.forward(ins, **settings) if single else rule.forward(*ins,
+                                                                                    **settings)
             except (ValueError, TypeError, IndexError) as exc:
-                raise _op_error(rule, arrays, settings, exc) from exc
-            if type(out) is not np.ndarray:
-                out = np.asarray(out)
-            outs[j] = out
+                ops = [ins] if single else list(ins)
+                raise _op_error(rule, ops, settings, exc) from exc
+            env[out_slot] = out if type(out) is np.ndarray else np.asarray(out)
             if recorded:
                 ctxs[j] = ctx
         elif kind == _I_GEN:
-            gens.append(ins[1](*ins[2]))
+            env[st[3]] = st[1](*st[2])
         elif kind == _I_CALL:
-            ins[1](*ins[2], **ins[3])
+            st[1](*st[2], **st[3])
         else:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                _backward(tape, flat, outs, ctxs, gens)
-    return _build(tape.ret, tape, outs)
+                _backward(prog, env, ctxs)
+    return _build(prog.ret, prog, env)
 
 
-def _backward(tape: _Tape, flat: list, outs: list, ctxs: list, gens: list) -> None:
+def _backward(prog: _Program, env: list, ctxs: list) -> None:
     """``run_backward`` with every structural decision made in advance.
 
     Mirrors the eager walk step for step (the same VJP calls in the same
@@ -444,75 +549,60 @@ def _backward(tape: _Tape, flat: list, outs: list, ctxs: list, gens: list) -> No
     stored in the order their first gradient arrived), so gradients are
     bit-identical to eager mode.
     """
-    n = tape.n_ops
-    table: list[Any] = [None] * n
-    owned = [False] * n
-    leaf_g: dict[int, Any] = {}
-    leaf_owned: dict[int, bool] = {}
-    leaf_order: list[Tensor] = []
-    root = tape.root
-    table[root] = np.ones_like(outs[root])
+    n = len(env)
+    table: list[Any] = [None] * n  # dL/d(slot), for op outputs and parameters
+    owned = [False] * n  # whether table[s] is ours to add into in place
+    first: list[int] = []  # parameter slots in the order their gradients arrived
+    root = prog.root
+    table[root] = np.ones_like(env[root])
     owned[root] = True
     xp = NUMPY_NS
-    keep = tape.keep
-    rules, needs_of, refs_of = tape.rules, tape.needs, tape.bwd_refs
-    for j in tape.order:
-        g = table[j]
+    for rule, get, single, out, j, needs, dests, free in prog.bwd:
+        g = table[out]
         if g is None:
             continue
-        table[j] = None
-        rule = rules[j]
-        refs = refs_of[j]
-        arrays = [_value(r, flat, outs, gens) for r in refs]
-        needs = needs_of[j]
-        pgs = rule.vjp(g, outs[j], ctxs[j], needs, xp, *arrays)
+        table[out] = None
+        ins = get(env)
+        if single:
+            pgs = rule.vjp(g, env[out], ctxs[j], needs, xp, ins)
+            ins = (ins,)
+        else:
+            pgs = rule.vjp(g, env[out], ctxs[j], needs, xp, *ins)
         ctxs[j] = None
-        if j not in keep:
-            outs[j] = None  # as in eager mode, its value can go once its VJP ran
-        for pg, pd, need, (kind, ref) in zip(pgs, arrays, needs, refs):
-            if pg is None or not need:
+        if free:
+            env[out] = None  # as in eager mode, its value can go once its VJP ran
+        for i, d, leaf in dests:
+            pg = pgs[i]
+            if pg is None:
                 continue
-            pg = conform_grad(rule, pg, pd)
-            fresh = pg is not g and pg.base is None
-            if kind == _OP:
-                old = table[ref]
-                if old is None:
-                    table[ref] = pg
-                    owned[ref] = fresh
-                elif owned[ref]:
-                    np.add(old, pg, out=old)
-                else:
-                    total = old + pg
-                    table[ref] = total if type(total) is np.ndarray else np.asarray(total)
-                    owned[ref] = True
-            else:  # a parameter
-                key = id(ref)
-                old = leaf_g.get(key)
-                if old is None:
-                    leaf_g[key] = pg
-                    leaf_owned[key] = fresh
-                    leaf_order.append(ref)
-                elif leaf_owned[key]:
-                    np.add(old, pg, out=old)
-                else:
-                    total = old + pg
-                    leaf_g[key] = total if type(total) is np.ndarray else np.asarray(total)
-                    leaf_owned[key] = True
-    for leaf in leaf_order:
-        key = id(leaf)
-        _store_grad(leaf, leaf_g[key], leaf_owned[key], False)
+            pg = conform_grad(rule, pg, ins[i])
+            old = table[d]
+            if old is None:
+                table[d] = pg
+                owned[d] = pg is not g and pg.base is None
+                if leaf:
+                    first.append(d)
+            elif owned[d]:
+                np.add(old, pg, out=old)
+            else:
+                total = old + pg
+                table[d] = total if type(total) is np.ndarray else np.asarray(total)
+                owned[d] = True
+    leaves = dict(prog.leaf_slots)
+    for d in first:
+        _store_grad(leaves[d], table[d], owned[d], False)
 
 
-def _build(ret: tuple, tape: _Tape, outs: list) -> Any:
+def _build(ret: tuple, prog: _Program, env: list) -> Any:
     kind = ret[0]
     if kind == "tensor":
-        return _result_tensor(outs[ret[1]], tape, ret[1])
+        return _result_tensor(env[ret[1]], prog.tape, ret[2])
     if kind == "item":
-        return outs[ret[1]].item()
+        return env[ret[1]].item()
     if kind == "seq":
-        return ret[1](_build(e, tape, outs) for e in ret[2])
+        return ret[1](_build(e, prog, env) for e in ret[2])
     if kind == "dict":
-        return {k: _build(e, tape, outs) for k, e in zip(ret[1], ret[2])}
+        return {k: _build(e, prog, env) for k, e in zip(ret[1], ret[2])}
     return ret[1]
 
 
@@ -680,11 +770,11 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
 
 
 class _Entry:
-    __slots__ = ("calls", "tape", "verified", "surprises", "eager_only")
+    __slots__ = ("calls", "prog", "verified", "surprises", "eager_only")
 
     def __init__(self) -> None:
         self.calls = 0
-        self.tape: _Tape | None = None
+        self.prog: _Program | None = None
         self.verified = False
         self.surprises = 0
         self.eager_only = False
@@ -721,11 +811,11 @@ class CompiledStep:
         if entry.eager_only:
             self.stats["eager"] += 1
             return self.fn(*args, **kwargs)
-        tape = entry.tape
-        if tape is None:
+        prog = entry.prog
+        if prog is None:
             return self._capture(entry, args, kwargs)
-        if not _guards_hold(tape):
-            entry.tape = None
+        if not _guards_hold(prog.tape):
+            entry.prog = None
             entry.surprises += 1
             if entry.surprises > _MAX_RECAPTURES:
                 entry.eager_only = True
@@ -735,7 +825,7 @@ class CompiledStep:
         if not entry.verified:
             return self._verify(entry, args, kwargs)
         self.stats["replayed"] += 1
-        return _replay(tape, _flat_args(args, kwargs))
+        return _replay(prog, args, kwargs)
 
     def _capture(self, entry: _Entry, args: tuple, kwargs: dict) -> Any:
         rec = _Recorder(args, kwargs)
@@ -750,22 +840,22 @@ class CompiledStep:
             self.unsupported = rec.error
             entry.eager_only = True
         else:
-            entry.tape = tape
+            entry.prog = _lower(tape, len(args) + len(kwargs))
             entry.verified = False
         return out
 
     def _verify(self, entry: _Entry, args: tuple, kwargs: dict) -> Any:
         """Run eagerly, then replay from the same starting state: both must agree."""
-        tape = entry.tape
-        assert tape is not None
+        prog = entry.prog
+        assert prog is not None
         self.stats["verified"] += 1
-        before = _Snapshot(tape)
+        before = _Snapshot(prog.tape)
         out = self.fn(*args, **kwargs)
-        after = _Snapshot(tape)
+        after = _Snapshot(prog.tape)
         before.restore()
         why = None
         try:
-            replayed = _replay(tape, _flat_args(args, kwargs))
+            replayed = _replay(prog, args, kwargs)
         except Exception as exc:  # noqa: BLE001  (eager succeeded, so the tape is wrong)
             why = f"the replay failed ({type(exc).__name__}: {exc})"
         else:
@@ -781,7 +871,7 @@ class CompiledStep:
                 "values computed outside chainrule's ops); it runs eagerly"
             )
             entry.eager_only = True
-            entry.tape = None
+            entry.prog = None
         else:
             entry.verified = True
         return out

@@ -326,14 +326,16 @@ class GradientNormRecorder(Callback):
     ``||delta^l|| = ||dC/dz^l||`` of the layer's output z^l for that batch.
 
     >>> rec = GradientNormRecorder()
-    >>> cr.fit(model, loss_fn, opt, (X, y), epochs=5, callbacks=[rec], compile=False)
+    >>> cr.fit(model, loss_fn, opt, (X, y), epochs=5, callbacks=[rec])
     >>> rec.weight_norms().shape           # (records, layers)
     >>> plot_gradient_norms({"sigmoid": rec}, "norms.png")
 
     ``every="batch"`` records after each step, ``"epoch"`` after the last
     batch of each epoch. Delta norms are read with a hook on each layer's
-    output, so they need the eager training step (``compile=False``);
-    without it they are NaN.
+    output, installed by patching the layer's ``forward``; ``fit`` sees the
+    patch and runs the step eagerly (a compiled replay would skip the hooks).
+    With ``compile=True`` forced, the hooks make ``cr.compile`` keep the step
+    eager anyway.
     """
 
     def __init__(self, model: Any = None, every: str = "batch") -> None:
