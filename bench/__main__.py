@@ -92,13 +92,13 @@ NOTES = """
   halved the NumPy-based figures taken right after it); the round-robin order
   makes a burst of outside load hit all frameworks alike. Repeated runs moved
   ratios by about 10 %. Compare figures within one table, never across runs.
-- **What `chainrule compiled` does.** `cr.compile(step)` records the step's
-  graph once (op sequence, operand wiring, which parameters get gradients) and
-  on later calls checks each op against the record and runs `backward()` as a
-  flat program: no topological walk, no gradient-table hashing. The step's
-  Python still runs (zero_grad, Dropout masks, optimizer), so results are
-  bit-identical to eager mode. At large batches both are bound by the same
-  NumPy/BLAS calls, so the two are expected to be close there.
+- **What `chainrule compiled` does.** `cr.compile(step)` records the whole
+  step once as a tape (every op, the backward program, the zero_grad and
+  optimizer-step calls, random draws), checks one replay against an eager run
+  bit for bit, and from then on replays the tape: each rule's forward and VJP
+  on plain arrays, no Tensors, no graph, no step Python (see
+  `docs/compile.md`). What remains is NumPy's own work, so at large batches it
+  converges on eager mode and on the hand-written NumPy step.
 - **Per-op overhead** on shape (1,) is pure framework cost; on (64, 64) the
   NumPy arithmetic and allocation of each op start to dominate.
 - **Peak memory.** chainrule keeps each node's output alive while the graph
