@@ -394,3 +394,33 @@ def test_fit_auto_keeps_user_defined_modules_eager():
     cr.fit(model, lambda out, t: F.cross_entropy(out, t), cr.optim.SGD(model.parameters(), lr=0.1),
            (X, y), epochs=1, progress=False, callbacks=[Spy()])
     assert seen["compiled"] is None  # a user-written loss function
+
+
+def test_a_changed_model_is_captured_again():
+    """Adding a layer after capture must not replay the old tape."""
+    x, y = _data()
+    m1, s1 = _twin("sgd")
+    m2, s2 = _twin("sgd")
+    step = cr.compile(s2)
+    for i in range(8):
+        if i == 4:
+            for m in (m1, m2):
+                cr.manual_seed(9)
+                m.append(cr.nn.Tanh())
+        assert s1(x[:16], y[:16]).item() == step(x[:16], y[:16]).item()
+    _assert_same_params(m1, m2)
+    assert step.stats["captured"] == 2 and step.stats["replayed"] >= 3
+
+
+def test_ever_changing_arguments_stop_compiling():
+    x, y = _data()
+    _, s = _twin("sgd")
+
+    def step_fn(xb, yb, k):
+        return s(xb, yb)
+
+    step = cr.compile(step_fn)
+    for k in range(70):  # a Python int argument is part of the signature
+        step(x[:8], y[:8], k)
+    assert "more than 64" in step.unsupported
+    assert step.stats["eager"] >= 6 and step.stats["replayed"] == 0

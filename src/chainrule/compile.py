@@ -75,6 +75,7 @@ from typing import Any
 
 import numpy as np
 
+from .nn.module import STRUCTURE
 from .ops import NUMPY_NS, _op_error
 from .random import _resolve
 from .tensor import (
@@ -101,6 +102,7 @@ _ARG, _OP, _LEAF, _GEN, _CONST, _SEQ = range(6)
 _I_OP, _I_GEN, _I_CALL, _I_BACKWARD = range(4)
 
 _MAX_RECAPTURES = 3
+_MAX_SIGNATURES = 64
 
 
 class _Unsupported(Exception):
@@ -117,7 +119,7 @@ class _Tape:
 
     __slots__ = ("instrs", "n_ops", "rules", "recorded", "needs", "bwd_refs", "order",
                  "root", "keep", "ret", "modules", "leaves", "frozen", "state",
-                 "generators")
+                 "generators", "structure")
 
     def __init__(self) -> None:
         self.instrs: list[tuple] = []
@@ -135,6 +137,7 @@ class _Tape:
         self.frozen: list[bool] = []
         self.state: list[Any] = []  # objects whose state the step changes
         self.generators: list[Any] = []
+        self.structure = -1  # nn.module.STRUCTURE when the step called its modules
 
 
 class _Recorder:
@@ -255,6 +258,7 @@ class _Recorder:
 
     def module(self, m: Any) -> None:
         self.tape.modules.append((m, m.training))
+        self.tape.structure = STRUCTURE[0]
 
     def backward(self, roots, seeds, retain_graph, create_graph, inputs, observer) -> bool:
         tape = self.tape
@@ -794,6 +798,7 @@ class CompiledStep:
         self._entries: dict[tuple, _Entry] = {}
         self.stats = {"eager": 0, "captured": 0, "verified": 0, "replayed": 0}
         self.unsupported: str | None = None
+        self._gave_up = False
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -801,11 +806,22 @@ class CompiledStep:
             # nested in another compiled step, debugging NaNs, or under no_grad
             self.stats["eager"] += 1
             return self.fn(*args, **kwargs)
+        if self._gave_up:
+            self.stats["eager"] += 1
+            return self.fn(*args, **kwargs)
         key = _signature(args, kwargs)
         entry = self._entries.get(key)
         if entry is None:
-            if len(self._entries) >= 64:  # ever-changing shapes: forget old ones
+            if len(self._entries) >= _MAX_SIGNATURES:
+                # every call brings new shapes or values: capturing costs, never pays
+                self._gave_up = True
                 self._entries.clear()
+                self.unsupported = (
+                    f"more than {_MAX_SIGNATURES} different argument signatures (shapes, "
+                    "dtypes or Python values of the arguments); the step runs eagerly"
+                )
+                self.stats["eager"] += 1
+                return self.fn(*args, **kwargs)
             entry = self._entries[key] = _Entry()
         entry.calls += 1
         if entry.eager_only:
@@ -878,6 +894,8 @@ class CompiledStep:
 
 
 def _guards_hold(tape: _Tape) -> bool:
+    if tape.modules and tape.structure != STRUCTURE[0]:
+        return False  # a layer or parameter was added, removed or replaced
     for m, training in tape.modules:
         if m.training is not training:
             return False

@@ -83,6 +83,11 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
+# Bumped whenever a module gains, loses or swaps a sub-module, parameter or
+# container of them: a step captured by cr.compile is captured again after it.
+STRUCTURE = [0]
+
+
 class Module:
     """Base class of layers and models: subclass it and define ``forward``.
 
@@ -105,6 +110,15 @@ class Module:
             f"{type(self).__name__}.forward is not defined: subclasses of Module "
             "must implement forward(self, ...)"
         )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, (Tensor, Module, list, tuple, dict)):
+            STRUCTURE[0] += 1
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        STRUCTURE[0] += 1
+        object.__delattr__(self, name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _mode.tracer is not None:  # cr.compile notes the mode the step ran in
