@@ -172,6 +172,13 @@ CASES: dict[str, list[Case]] = {
         ("2-D", ins(normal((5, 3)), normal((4, 3))), cr.linear),
         ("3-D input", ins(normal((2, 5, 3)), normal((4, 3))), cr.linear),
     ],
+    # relu's kink: with the seeds test_registry.py uses (0, 1, 2) every
+    # pre-activation x w^T + b is at least 3e-3 away from 0
+    "linear_relu": [
+        ("2-D", ins(normal((5, 3)), normal((4, 3)), normal((4,))), ops.linear_relu),
+        ("3-D input", ins(normal((2, 5, 3)), normal((4, 3)), normal((4,))), ops.linear_relu),
+        ("1-D input", ins(normal((3,)), normal((4, 3)), normal((4,))), ops.linear_relu),
+    ],
     "reshape": [
         ("flat", ins(normal((3, 4))), lambda x: x.reshape(12) * np.arange(12.0)),
         ("-1", ins(normal((2, 3, 4))), lambda x: x.reshape(4, -1) * np.arange(6.0)),

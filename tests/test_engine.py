@@ -225,6 +225,82 @@ def test_backward_frees_saved_values():
     assert ref() is None  # the intermediate is no longer held by the graph
 
 
+def _probe_rule(uses_out, seen):
+    """y = 3x, recording whether its output array is still alive when its VJP runs."""
+    probe = cr.ops.Rule("probe", lambda x: (x * 3.0, None), uses_out=uses_out)
+
+    @probe.defvjp
+    def _(g, out, ctx, needs, xp, x):
+        seen.append((out is None, seen_ref[0]() is not None))
+        return (g * 3.0,)
+
+    seen_ref = [None]
+    return probe, seen_ref
+
+
+def test_a_node_whose_vjp_needs_no_output_is_freed_before_its_vjp_runs():
+    # the walk lets go of such a node before calling the VJP, so that an
+    # activation nobody else holds no longer counts towards the peak memory
+    for uses_out, expected in [(False, (True, False)), (True, (False, True))]:
+        seen = []
+        probe, ref = _probe_rule(uses_out, seen)
+        x = cr.tensor(np.ones(1000), requires_grad=True)
+        y = cr.apply(probe, x)
+        ref[0] = weakref.ref(y.data)
+        loss = (y * 2.0).sum()
+        del y
+        loss.backward()
+        assert seen == [expected]
+        np.testing.assert_array_equal(x.grad.numpy(), 6.0)
+    # a node the user still holds keeps its value, and retain_graph keeps the graph
+    seen = []
+    probe, ref = _probe_rule(False, seen)
+    x = cr.tensor(np.ones(3), requires_grad=True)
+    y = cr.apply(probe, x)
+    ref[0] = weakref.ref(y.data)
+    loss = (y * 2.0).sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    assert seen == [(True, True), (True, True)]
+    np.testing.assert_array_equal(x.grad.numpy(), 12.0)
+    np.testing.assert_array_equal(y.numpy(), 3.0)
+
+
+def test_an_inplace_vjp_never_writes_into_a_gradient_someone_else_sees():
+    x = cr.tensor(np.array([[-1.0, 2.0]]), requires_grad=True)
+    w = cr.tensor(np.eye(2), requires_grad=True)
+    b = cr.tensor(np.zeros(2), requires_grad=True)
+    # y = clone(h) passes its gradient through unchanged: h's entry is y's array,
+    # which y.grad also holds, so linear_relu's VJP must not zero it in place
+    h = cr.ops.linear_relu(x, w, b)
+    y = h.clone().retain_grad()
+    y.sum().backward()
+    np.testing.assert_array_equal(y.grad.numpy(), [[1.0, 1.0]])
+    np.testing.assert_array_equal(x.grad.numpy(), [[0.0, 1.0]])
+    # a hook may keep the gradient it was shown
+    kept = []
+    h = cr.relu(x * 1.0)
+    h.register_hook(lambda g: kept.append(g))
+    (h * 1.0).sum().backward()
+    np.testing.assert_array_equal(kept[0].numpy(), [[1.0, 1.0]])
+    # the same graph, once with the in-place VJP and once without, agree exactly
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal(s).astype(np.float32) for s in [(6, 3), (4, 3), (4,)]]
+    grads = []
+    for inplace in (True, False):
+        saved = cr.RULES["linear_relu"].vjp_inplace
+        if not inplace:
+            cr.RULES["linear_relu"].vjp_inplace = None
+        try:
+            ts = [cr.tensor(a, requires_grad=True) for a in xs]
+            (cr.ops.linear_relu(*ts) * 1.5).sum().backward()
+            grads.append([t.grad.numpy() for t in ts])
+        finally:
+            cr.RULES["linear_relu"].vjp_inplace = saved
+    for a, b_ in zip(*grads):
+        np.testing.assert_array_equal(a, b_)
+
+
 def test_non_scalar_backward_needs_a_seed():
     y = cr.tensor(np.ones((3, 2)), requires_grad=True) * 2.0
     with pytest.raises(RuntimeError, match=r"shape \(3, 2\).*y.backward\(cr.ones_like\(y\)\)"):

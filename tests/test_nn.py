@@ -298,6 +298,75 @@ def test_sequential_container_behaviour():
         nn.Module()(1)
 
 
+def _ops_in(t):
+    seen, stack, names = set(), [t], []
+    while stack:
+        t = stack.pop()
+        if id(t) not in seen:
+            seen.add(id(t))
+            if t.op is not None:
+                names.append(t.op)
+            stack.extend(t._parents)
+    return sorted(names)
+
+
+def _mlp(fuse=True):
+    cr.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                         nn.Linear(8, 3), fuse=fuse)
+
+
+def test_sequential_fuses_linear_relu_with_the_same_values_and_gradients():
+    x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    results = []
+    for fuse in (True, False):
+        model = _mlp(fuse)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        names = _ops_in(loss)
+        loss.backward()
+        results.append((out.numpy(), [p.grad.numpy() for p in model.parameters()], names))
+    (out_f, grads_f, names_f), (out_u, grads_u, names_u) = results
+    assert names_f == ["cross_entropy", "linear", "linear_relu", "linear_relu"]
+    assert names_u == ["cross_entropy", "linear", "linear", "linear", "relu", "relu"]
+    # bit for bit: the fused rule does the same arithmetic in the same order
+    np.testing.assert_array_equal(out_f, out_u)
+    for gf, gu in zip(grads_f, grads_u):
+        np.testing.assert_array_equal(gf, gu)
+    assert out_f.dtype == np.float32 and all(g.dtype == np.float32 for g in grads_f)
+
+
+def test_sequential_fusion_opt_out_and_what_is_never_fused():
+    x = cr.ones((2, 5))
+    model = _mlp()
+    model.fuse = False
+    assert _ops_in(model(x)).count("relu") == 2
+    assert _mlp()[:2].fuse and not _mlp(fuse=False)[:2].fuse  # slices keep the setting
+    # no bias, a subclass, another activation: separate nodes
+    cr.manual_seed(0)
+
+    class MyLinear(nn.Linear):
+        pass
+
+    for first, act in [(nn.Linear(5, 4, bias=False), nn.ReLU()), (MyLinear(5, 4), nn.ReLU()),
+                       (nn.Linear(5, 4), nn.Tanh())]:
+        assert "linear_relu" not in _ops_in(nn.Sequential(first, act)(x))
+    # a layer whose forward was replaced (as GradientNormRecorder does) runs its own forward
+    model = _mlp()
+    calls = []
+    original = model[0].forward
+    model[0].__dict__["forward"] = lambda h: calls.append(1) or original(h)
+    assert _ops_in(model(x)) == ["linear", "linear", "linear_relu", "relu"]
+    assert calls == [1]
+    # module tracing (cr.viz.trace_modules) must see every layer called
+    model = _mlp()
+    with cr.viz.trace_modules(model) as trace:
+        out = model(x)
+    assert trace.calls == 1 + 5 and "linear_relu" not in _ops_in(out)
+    assert "linear_relu" in _ops_in(model(x))  # and fusion is back afterwards
+
+
 def test_training_a_small_network_reduces_the_loss():
     cr.manual_seed(0)
     rng = np.random.default_rng(0)

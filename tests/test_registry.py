@@ -124,6 +124,44 @@ def test_float32_stays_float32(name, cid, make, fn):
         assert t.grad is None or t.grad.dtype == np.float32
 
 
+def _own_node(fn, xs, name):
+    """The rule's node in the graph fn builds, with the arrays its VJP receives."""
+    out = fn(*[Tensor(x, requires_grad=True) for x in xs])
+    node = next(t for t in _nodes(out) if t.op == name)
+    return node, [p.data for p in node._parents]
+
+
+SHORTCUT_PARAMS = [
+    p for p in PARAMS
+    if cr.RULES[p.values[0]].vjp_inplace is not None or not cr.RULES[p.values[0]].uses_out
+]
+
+
+@pytest.mark.parametrize("name, cid, make, fn", SHORTCUT_PARAMS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_vjp_shortcuts_give_the_plain_vjps_values_bit_for_bit(name, cid, make, fn, dtype):
+    """``vjp_inplace`` (may overwrite g) and ``uses_out=False`` (gets out=None)
+    are what a plain backward pass calls: they must agree with ``vjp`` exactly."""
+    rule = cr.RULES[name]
+    rng = np.random.default_rng(3)
+    node, arrays = _own_node(fn, [x.astype(dtype) for x in make(rng)], name)
+    g = rng.standard_normal(node.shape).astype(node.dtype)
+    needs = node._needs
+    ns = cr.ops.NUMPY_NS
+    expected = rule.vjp(g.copy(), node.data, node._ctx, needs, ns, *arrays)
+    out = node.data if rule.uses_out else None
+    variants = {"out=None": rule.vjp}
+    if rule.vjp_inplace is not None:
+        variants["vjp_inplace"] = rule.vjp_inplace
+    for label, vjp in variants.items():
+        got = vjp(g.copy(), out, node._ctx, needs, ns, *arrays)
+        for i, (e, r) in enumerate(zip(expected, got)):
+            assert (e is None) == (r is None), (label, i)
+            if e is not None:
+                np.testing.assert_array_equal(np.asarray(r), np.asarray(e), err_msg=f"{label} {i}")
+                assert np.asarray(r).dtype == np.asarray(e).dtype
+
+
 def test_gradcheck_reports_input_element_and_values():
     bad = cr.ops.Rule("bad_square", lambda x: (x * x, None))
     bad.defvjp(lambda g, out, ctx, needs, xp, x: (g * 3 * x,))  # wrong: should be 2x

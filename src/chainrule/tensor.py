@@ -963,6 +963,10 @@ def run_backward(
     wanted = None if inputs is None else {t: i for i, t in enumerate(inputs)}
     results: list[Any] = [None] * (0 if inputs is None else len(inputs))
     anomaly = _mode.anomaly
+    # Rules with a ``vjp_inplace`` may write their result into g when the
+    # table owns it; not while an observer or detect_anomaly reads g after
+    # the VJP, nor when recording (g is then a Tensor of the new graph).
+    reuse = not create_graph and observer is None and not anomaly
 
     # The walk order: always take the pending node recorded last (largest
     # ``_stamp``). Every successor of a node was recorded after it, so when a
@@ -993,7 +997,7 @@ def run_backward(
                     new = hook(g if create_graph else Tensor._const(g))
                     if new is not None:
                         g = new if create_graph else _ops.value(new)
-                        mine = False
+                mine = False  # a hook may have kept the tensor it was shown
             if anomaly:
                 _check_finite_grad(node, g)
 
@@ -1015,17 +1019,33 @@ def run_backward(
             parents = node._parents
             if _CLOCK[0] > node._stamp:  # something changed in place since this op ran
                 _check_versions(node)
+            needs = node._needs
             if create_graph:
-                pgs = op.vjp(g, node, ctx, node._needs, xp, *parents)
-            elif len(parents) == 2:
-                pgs = op.vjp(g, node.data, ctx, node._needs, xp, parents[0].data, parents[1].data)
-            elif len(parents) == 1:
-                pgs = op.vjp(g, node.data, ctx, node._needs, xp, parents[0].data)
+                pgs = op.vjp(g, node, ctx, needs, xp, *parents)
             else:
-                pgs = op.vjp(g, node.data, ctx, node._needs, xp, *[p.data for p in parents])
+                out = node.data
+                vjp = op.vjp
+                if reuse:
+                    if mine and op.vjp_inplace is not None:
+                        vjp = op.vjp_inplace  # g is ours alone: the rule may write into it
+                    if not op.uses_out:
+                        # Nothing below needs the node itself: let go of it now,
+                        # so that if nothing else holds it (an activation inside
+                        # a model), its value is freed before the VJP allocates.
+                        out = None
+                        if not retain_graph:
+                            node._ctx = _RELEASED
+                            node._parents = ()
+                        node = None
+                if len(parents) == 2:
+                    pgs = vjp(g, out, ctx, needs, xp, parents[0].data, parents[1].data)
+                elif len(parents) == 1:
+                    pgs = vjp(g, out, ctx, needs, xp, parents[0].data)
+                else:
+                    pgs = vjp(g, out, ctx, needs, xp, *[p.data for p in parents])
             if anomaly:
                 _check_finite_vjp(node, g, pgs, parents)
-            if not retain_graph:
+            if node is not None and not retain_graph:
                 node._ctx = _RELEASED
                 node._parents = ()
 

@@ -532,7 +532,7 @@ def _(draw, nodes, rng):
     return Step(f"n{i} @ W{w1.shape}", lambda ns: ns[i] @ w1)
 
 
-def _linear(name, with_bias):
+def _linear(name, with_bias, relu=False):
     @builder(name)
     def build(draw, nodes, rng):
         i = pick(draw, nodes, lambda v: v.ndim >= 1)
@@ -549,17 +549,26 @@ def _linear(name, with_bias):
             weight = ns[w] if w is not None else wc
             if not with_bias:
                 return cr.linear(ns[i], weight)
-            return cr.linear(ns[i], weight, ns[b] if b is not None else bc)
+            bias = ns[b] if b is not None else bc
+            if relu:
+                return ops.linear_relu(ns[i], weight, bias)
+            return cr.linear(ns[i], weight, bias)
 
+        if relu:  # keep the pre-activation off relu's kink
+            z = cr.linear(nodes[i], nodes[w] if w is not None else wc,
+                          nodes[b] if b is not None else bc)
+            if not clear_of(z.data, [0.0]):
+                return None
         wd = f"n{w}" if w is not None else f"W{wc.shape}"
         bd = (f", n{b}" if b is not None else f", b{bc.shape}") if with_bias else ""
-        return Step(f"linear(n{i}, {wd}{bd})", fn)
+        return Step(f"{name}(n{i}, {wd}{bd})", fn)
 
     return build
 
 
 _linear("linear", True)
 _linear("linear_nobias", False)
+_linear("linear_relu", True, relu=True)
 
 
 # ----- losses (chainrule.nn.functional) -----------------------------------------

@@ -110,7 +110,7 @@ def test_graph_of_a_step_is_freed_by_refcounting_alone():
         interior = [weakref.ref(t) for t in nodes if t.op is not None]
         arrays = [weakref.ref(t.data) for t in nodes if t.op is not None
                   and isinstance(t.data, np.ndarray) and t.data.base is None]
-        assert len(interior) >= 6 and arrays
+        assert len(interior) >= 5 and arrays  # Linear + ReLU run as one linear_relu node
         loss.backward()
         opt.step()
         del loss, out, x, nodes, stack, t

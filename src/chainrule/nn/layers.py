@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import ops
 from . import functional as F
 from . import init
-from .module import Module, Parameter
+from .module import STRUCTURE, Module, Parameter
 
 __all__ = [
     "Linear", "Sequential", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
@@ -102,12 +103,25 @@ class Sequential(Module):
     Parameter names follow PyTorch's ("0.weight", "2.bias"), so state dicts
     line up with a PyTorch ``nn.Sequential`` of the same layers.
 
+    A ``Linear`` (with bias) directly followed by a ``ReLU`` runs as one fused
+    node, ``linear_relu``: the same values and gradients, but the
+    pre-activation z^l is never kept (see :func:`chainrule.ops.linear_relu`).
+    The graph then shows one ``linear_relu`` node where you might expect
+    ``linear`` then ``relu``; pass ``fuse=False`` (or set ``model.fuse =
+    False``) to see every layer as its own node. Layers whose ``forward`` was
+    replaced, subclasses, and calls inside ``cr.viz.trace_modules`` are
+    never fused.
+
     >>> model = cr.nn.Sequential(cr.nn.Linear(2, 4), cr.nn.Tanh(), cr.nn.Linear(4, 1))
     >>> len(model), model[0]
     """
 
-    def __init__(self, *layers: Module) -> None:
+    #: run Linear + ReLU pairs as one fused node (set False to keep z^l in the graph)
+    fuse: bool = True
+
+    def __init__(self, *layers: Module, fuse: bool = True) -> None:
         super().__init__()
+        self.fuse = bool(fuse)
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         for i, layer in enumerate(layers):
@@ -126,13 +140,25 @@ class Sequential(Module):
                 yield name, v
 
     def forward(self, x: Any) -> Any:
-        for layer in self._layers:
-            x = layer(x)
+        layers = self._layers
+        if not (self.fuse and _plain_calls()):
+            for layer in layers:
+                x = layer(x)
+            return x
+        i, n = 0, len(layers)
+        while i < n:
+            layer = layers[i]
+            if i + 1 < n and _fusable(layer, layers[i + 1]):
+                x = ops.linear_relu(x, layer.weight, layer.bias)
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
         return x
 
     def __getitem__(self, i: int | slice) -> Any:
         if isinstance(i, slice):
-            return Sequential(*self._layers[i])
+            return Sequential(*self._layers[i], fuse=self.fuse)
         return self._layers[i]
 
     def __len__(self) -> int:
@@ -145,6 +171,7 @@ class Sequential(Module):
         if not isinstance(layer, Module):
             raise TypeError(f"Sequential.append: expected a Module, got {type(layer).__name__}")
         self._layers.append(layer)
+        STRUCTURE[0] += 1  # cr.compile captures steps through this model again
         return self
 
     def get_config(self) -> list[Any]:
@@ -160,6 +187,36 @@ class ReLU(_Configurable):
 
     def forward(self, x: Any) -> Any:
         return F.relu(x)
+
+
+# What Sequential's fusion relies on, as the library defines it: fusing skips
+# the two layers' calls, so it must not skip anything someone added to them.
+_MODULE_CALL = Module.__call__
+_LINEAR_FORWARD = Linear.forward
+_RELU_FORWARD = ReLU.forward
+
+
+def _plain_calls() -> bool:
+    """Layer calls are not wrapped (``cr.viz.trace_modules`` wraps them to tag nodes)."""
+    return Linear.__call__ is _MODULE_CALL and ReLU.__call__ is _MODULE_CALL
+
+
+def _fusable(layer: Module, nxt: Module) -> bool:
+    """A stock Linear with bias followed by a stock ReLU, neither patched.
+
+    Exact types (a subclass may override anything), class-level forwards as
+    defined here, and no instance-level ``forward`` (as hooks like
+    ``mlp_view.GradientNormRecorder`` install) on either layer.
+    """
+    return (
+        type(layer) is Linear
+        and type(nxt) is ReLU
+        and layer.bias is not None
+        and Linear.forward is _LINEAR_FORWARD
+        and ReLU.forward is _RELU_FORWARD
+        and "forward" not in layer.__dict__
+        and "forward" not in nxt.__dict__
+    )
 
 
 class LeakyReLU(_Configurable):
