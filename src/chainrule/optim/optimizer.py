@@ -71,6 +71,7 @@ class Optimizer:
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[Tensor, dict[str, Any]] = {}
         self._scratch: dict[tuple[str, int], np.ndarray] = {}
+        self._views: dict[tuple, np.ndarray] = {}  # (shape, dtype, k) -> view of _scratch
         self._warned = False
         if isinstance(params, Tensor):
             raise TypeError(
@@ -181,12 +182,27 @@ class Optimizer:
         raise NotImplementedError
 
     def _buf(self, like: np.ndarray, k: int) -> np.ndarray:
-        """Scratch array ``k`` with ``like``'s shape and dtype, reused across steps."""
+        """Scratch array ``k`` with ``like``'s shape and dtype, reused across steps.
+
+        All parameters share one flat buffer per (dtype, k), as large as the
+        largest of them. The shaped view for each parameter shape is made
+        once and kept: building it (slice, reshape) every step would cost
+        more than the update of a small parameter.
+        """
+        key = (like.shape, like.dtype, k)
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = self._new_view(like, k)
+        return view
+
+    def _new_view(self, like: np.ndarray, k: int) -> np.ndarray:
         key = (like.dtype.str, k)
         buf = self._scratch.get(key)
         n = like.size
         if buf is None or buf.size < n:
             buf = self._scratch[key] = np.empty(n, dtype=like.dtype)
+            # forget the views into the smaller buffer this one replaces
+            self._views = {v: a for v, a in self._views.items() if v[1:] != (like.dtype, k)}
         return buf[:n].reshape(like.shape)
 
     def _grad(self, p: Tensor, maximize: bool) -> np.ndarray:
