@@ -567,14 +567,19 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
             continue
         table[out] = None
         ins = get(env)
+        # the same choices as run_backward: an in-place VJP when g is ours
+        # alone; the output dropped before the VJP when the rule never reads it
+        vjp = rule.vjp_inplace if owned[out] and rule.vjp_inplace is not None else rule.vjp
+        value = env[out] if rule.uses_out else None
+        if free:
+            env[out] = None  # as in eager mode, let the value go once nothing needs it
         if single:
-            pgs = rule.vjp(g, env[out], ctxs[j], needs, xp, ins)
+            pgs = vjp(g, value, ctxs[j], needs, xp, ins)
             ins = (ins,)
         else:
-            pgs = rule.vjp(g, env[out], ctxs[j], needs, xp, *ins)
+            pgs = vjp(g, value, ctxs[j], needs, xp, *ins)
+        value = None
         ctxs[j] = None
-        if free:
-            env[out] = None  # as in eager mode, its value can go once its VJP ran
         for i, d, leaf in dests:
             pg = pgs[i]
             if pg is None:
