@@ -903,7 +903,7 @@ def _seed(root: Tensor, grad: Any) -> np.ndarray:
                 "(one-element) output. Reduce it first (y.sum().backward()) or pass "
                 "a seed of the same shape: y.backward(cr.ones_like(y))."
             )
-        return np.ones_like(root.data)
+        return np.ones(root.data.shape, root.data.dtype)
     g = np.array(grad.data if isinstance(grad, Tensor) else grad, dtype=root.data.dtype)
     if g.shape != root.shape:
         raise ValueError(

@@ -221,14 +221,17 @@ def _check_labels(x: np.ndarray, target: Any, who: str) -> np.ndarray:
     return t  # the range is checked by the rules themselves (_check_label_range)
 
 
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
 def _check_label_range(t: np.ndarray, c: int, who: str) -> None:
     """Every label in [0, c). Done inside the rules' forward functions, so that a
     step replayed by cr.compile (which calls the rules directly) checks it too."""
     if not t.size:
         return
     # one pass: seen as unsigned, a negative label is a huge number
-    u = t.view(f"u{t.dtype.itemsize}") if t.dtype.kind == "i" else t
-    if u.max() >= c:
+    u = t.view(_UNSIGNED[t.dtype.itemsize]) if t.dtype.kind == "i" else t
+    if np.maximum.reduce(u, axis=None) >= c:
         pos = int(np.flatnonzero((t < 0) | (t >= c))[0])
         raise ValueError(
             f"{who}: label {int(t[pos])} at position {pos} is out of range for {c} classes "
@@ -391,8 +394,8 @@ def cross_entropy(
             "undefined; skip empty batches or use reduction='sum'"
         )
     labels = _check_labels(x, t, who)
-    return ops.apply(CROSS_ENTROPY, input, target=labels, reduction=reduction,
-                     label_smoothing=float(label_smoothing))
+    return ops._unary(CROSS_ENTROPY, input, target=labels, reduction=reduction,
+                      label_smoothing=float(label_smoothing))
 
 
 # ==========================================================================
