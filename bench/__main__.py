@@ -101,12 +101,16 @@ NOTES = """
   converges on eager mode and on the hand-written NumPy step.
 - **Per-op overhead** on shape (1,) is pure framework cost; on (64, 64) the
   NumPy arithmetic and allocation of each op start to dominate.
-- **Peak memory.** chainrule keeps each node's output alive while the graph
-  does (e.g. a Linear output under a ReLU), which PyTorch frees once nothing
-  saved it for backward; this is why chainrule's peak can exceed PyTorch's at
-  large batches. The profiler occasionally attributes a step's buffers to
-  allocations made before it started and reports 0 for PyTorch; treat a 0.00
-  as "not measured".
+- **Peak memory.** Bytes allocated during one step beyond what was live
+  before it. `nn.Sequential` fuses each Linear + ReLU into one `linear_relu`
+  node, so the pre-activation z never exists as a separate array, and the
+  backward walk drops an activation before the VJP that no longer needs it.
+  What remains above PyTorch's figure at small batches is the ReLU masks and
+  a few KiB of Python objects that `tracemalloc` counts and the torch profiler
+  does not. The profiler's figure is itself unsteady: within one process it
+  sometimes counts the previous step's gradients being freed and sometimes
+  not (e.g. 1.21 or 0.41 MB at B = 128), and now and then it reports 0; treat
+  a 0.00 as "not measured".
 """
 
 
