@@ -42,15 +42,18 @@ def _twin(opt_name, dropout=0.0, seed=0):
         opt = cr.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     else:
         opt = cr.optim.Adam(model.parameters(), lr=0.01)
+    return model, _training_step(model, opt, F.cross_entropy)
 
+
+def _training_step(model, opt, loss_fn):
     def step(xb, yb):
         opt.zero_grad()
-        loss = F.cross_entropy(model(xb), yb)
+        loss = loss_fn(model(xb), yb)
         loss.backward()
         opt.step()
         return loss
 
-    return model, step
+    return step
 
 
 def _run(step, batches, seed=123):
@@ -293,15 +296,7 @@ def test_float64_and_mse_with_a_cast_target():
         for p in model.parameters():
             p.data = p.data.astype(dtype)
         opt = cr.optim.Adam(model.parameters(), lr=0.01)
-
-        def step(xb, tb):
-            opt.zero_grad()
-            loss = F.mse_loss(model(xb), tb)
-            loss.backward()
-            opt.step()
-            return loss
-
-        return model, step
+        return model, _training_step(model, opt, F.mse_loss)
 
     for dtype in (np.float32, np.float64):
         m1, s1 = make(dtype)
