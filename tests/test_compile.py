@@ -419,3 +419,38 @@ def test_ever_changing_arguments_stop_compiling():
         step(x[:8], y[:8], k)
     assert "more than 64" in step.unsupported
     assert step.stats["eager"] >= 6 and step.stats["replayed"] == 0
+
+
+def test_return_values_a_replay_can_rebuild():
+    x, y = _data()
+    model, _ = _twin("sgd")
+    opt = cr.optim.SGD(model.parameters(), lr=0.05)
+
+    def step_fn(xb, yb):
+        opt.zero_grad()
+        out = model(xb)
+        loss = F.cross_entropy(out, yb)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach(), "value": loss.item(), "logits": out.data, "none": None}
+
+    step = cr.compile(step_fn)
+    for _ in range(4):
+        res = step(x[:8], y[:8])
+    assert step.stats["replayed"] == 2, step.unsupported
+    assert isinstance(res["loss"], cr.Tensor) and not res["loss"].requires_grad
+    assert res["value"] == res["loss"].item() and res["none"] is None
+    assert isinstance(res["logits"], np.ndarray) and res["logits"].shape == (8, N_CLASSES)
+
+
+def test_list_arguments_are_not_replayed():
+    """A list of labels would be frozen into the tape: such steps stay eager."""
+    x, y = _data()
+    m1, s1 = _twin("sgd")
+    m2, s2 = _twin("sgd")
+    step = cr.compile(s2)
+    for i in range(5):
+        labels = [int(v) for v in y[8 * i:8 * i + 8]]
+        assert s1(x[:8], labels).item() == step(x[:8], labels).item()
+    _assert_same_params(m1, m2)
+    assert "list" in step.unsupported and step.stats["replayed"] == 0

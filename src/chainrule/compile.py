@@ -335,9 +335,17 @@ class _Recorder:
             return (_CONST, None)
         if isinstance(v, Tensor):
             src = self.by_id.get(id(v))
+            if src is not None and src[0] == _OP:
+                return ("tensor", src[1])
+            src = self.by_id.get(id(v.data))
+            if src is not None and src[0] == _OP and not v._requires_grad:
+                return ("detached", src[1])  # loss.detach(): the value, no graph
+            raise _Unsupported("the step returns a Tensor it did not compute")
+        if isinstance(v, np.ndarray):
+            src = self.by_id.get(id(v))
             if src is None or src[0] != _OP:
-                raise _Unsupported("the step returns a Tensor it did not compute")
-            return ("tensor", src[1])
+                raise _Unsupported("the step returns an array it did not compute")
+            return ("array", src[1])  # out.data
         if isinstance(v, float):
             # loss.item(): find the one-element op output it came from (the
             # verification call checks the choice)
@@ -370,9 +378,12 @@ def _op_refs(refs: Any) -> list[int]:
     return out
 
 
+_RET_VALUES = ("tensor", "item", "detached", "array")
+
+
 def _ret_refs(ret: tuple) -> list[tuple]:
     kind = ret[0]
-    if kind in ("tensor", "item"):
+    if kind in _RET_VALUES:
         return [(_OP, ret[1])]
     if kind == "seq":
         return [r for e in ret[2] for r in _ret_refs(e)]
@@ -487,7 +498,7 @@ def _lower(tape: _Tape, nargs: int) -> _Program:
 
 def _lower_ret(ret: tuple, op0: int) -> tuple:
     kind = ret[0]
-    if kind in ("tensor", "item"):
+    if kind in _RET_VALUES:
         return (kind, op0 + ret[1], ret[1])
     if kind == "seq":
         return ("seq", ret[1], tuple(_lower_ret(e, op0) for e in ret[2]))
@@ -608,6 +619,10 @@ def _build(ret: tuple, prog: _Program, env: list) -> Any:
         return _result_tensor(env[ret[1]], prog.tape, ret[2])
     if kind == "item":
         return env[ret[1]].item()
+    if kind == "detached":
+        return Tensor._const(env[ret[1]])
+    if kind == "array":
+        return env[ret[1]]
     if kind == "seq":
         return ret[1](_build(e, prog, env) for e in ret[2])
     if kind == "dict":
@@ -750,7 +765,9 @@ def _same_value(a: Any, b: Any) -> bool:
 
 def _same_result(a: Any, b: Any) -> bool:
     if isinstance(a, Tensor) and isinstance(b, Tensor):
-        return _same_array(a.data, b.data)
+        return a._requires_grad == b._requires_grad and _same_array(a.data, b.data)
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return _same_array(a, b)
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same_result(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
@@ -765,16 +782,26 @@ def _same_result(a: Any, b: Any) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def _signature(args: tuple, kwargs: dict) -> tuple:
-    """Shapes and dtypes of array arguments; the type of everything else."""
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _signature(args: tuple, kwargs: dict) -> tuple | None:
+    """What a tape is valid for: shapes and dtypes of array arguments, the value of
+    Python numbers and strings, the identity of other objects. None when an
+    argument is a container (a list of labels, a tuple of arrays): its contents
+    would be frozen into the tape, so such steps are not replayed."""
     sig = []
     for a in (*args, *kwargs.values()):
         if isinstance(a, Tensor):
             sig.append(("T", a.data.shape, a.data.dtype.str, a._requires_grad))
         elif isinstance(a, np.ndarray):
             sig.append(("A", a.shape, a.dtype.str))
+        elif isinstance(a, _PLAIN):
+            sig.append((type(a), a))
+        elif isinstance(a, (list, tuple, dict, set)):
+            return None
         else:
-            sig.append((type(a), a if isinstance(a, (int, float, str, bool)) else None))
+            sig.append((type(a), id(a)))
     return (tuple(sig), tuple(kwargs))
 
 
@@ -815,6 +842,13 @@ class CompiledStep:
             self.stats["eager"] += 1
             return self.fn(*args, **kwargs)
         key = _signature(args, kwargs)
+        if key is None:
+            self.unsupported = (
+                "an argument is a list, tuple, dict or set; pass arrays or Tensors (a "
+                "replay would reuse the captured contents)"
+            )
+            self.stats["eager"] += 1
+            return self.fn(*args, **kwargs)
         entry = self._entries.get(key)
         if entry is None:
             if len(self._entries) >= _MAX_SIGNATURES:
