@@ -48,8 +48,9 @@ A new shape (the short last batch of an epoch) is a new signature, captured
 on its own. Steps the tape cannot express run eagerly: several ``backward()``
 calls, an explicit seed, ``create_graph``, gradient hooks or ``retain_grad``,
 ``optimizer.step(closure)``, a graph reaching non-leaf tensors made outside
-the step, or a return value other than Tensors computed by the step (and
-``.item()`` of them), ``None``, and tuples, lists and dicts of those.
+the step, list/tuple/dict arguments, or a return value other than Tensors
+computed by the step (their ``.detach()``, ``.data`` or ``.item()``),
+``None``, and tuples, lists and dicts of those.
 
 The contract (as with CUDA graphs and ``TinyJit``)
 -------------------------------------------------
