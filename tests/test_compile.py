@@ -45,6 +45,13 @@ def _twin(opt_name, dropout=0.0, seed=0):
     return model, _training_step(model, opt, F.cross_entropy)
 
 
+def _eager_and_compiled(opt_name, **kw):
+    """Two identical models: one with its eager step, one with the compiled step."""
+    m1, s1 = _twin(opt_name, **kw)
+    m2, s2 = _twin(opt_name, **kw)
+    return m1, s1, m2, cr.compile(s2)
+
+
 def _training_step(model, opt, loss_fn):
     def step(xb, yb):
         opt.zero_grad()
@@ -146,9 +153,7 @@ def test_dropout_gets_fresh_masks_and_matches_eager():
 def test_eval_mode_is_a_guard():
     """Dropout is active only in train mode: switching modes must not replay the wrong tape."""
     x, y = _data()
-    m1, s1 = _twin("sgd", dropout=0.5)
-    m2, s2 = _twin("sgd", dropout=0.5)
-    step = cr.compile(s2)
+    m1, s1, m2, step = _eager_and_compiled("sgd", dropout=0.5)
     cr.manual_seed(5)
     modes = [True] * 4 + [False] * 4 + [True] * 4
     ref = []
@@ -167,9 +172,7 @@ def test_eval_mode_is_a_guard():
 
 def test_frozen_parameter_is_a_guard():
     x, y = _data()
-    m1, s1 = _twin("sgd")
-    m2, s2 = _twin("sgd")
-    step = cr.compile(s2)
+    m1, s1, m2, step = _eager_and_compiled("sgd")
     for i in range(10):
         if i == 5:  # freeze the first layer's weight halfway
             m1[0].weight.requires_grad = False
@@ -394,9 +397,7 @@ def test_fit_auto_keeps_user_defined_modules_eager():
 def test_a_changed_model_is_captured_again():
     """Adding a layer after capture must not replay the old tape."""
     x, y = _data()
-    m1, s1 = _twin("sgd")
-    m2, s2 = _twin("sgd")
-    step = cr.compile(s2)
+    m1, s1, m2, step = _eager_and_compiled("sgd")
     for i in range(8):
         if i == 4:
             for m in (m1, m2):
@@ -446,9 +447,7 @@ def test_return_values_a_replay_can_rebuild():
 def test_list_arguments_are_not_replayed():
     """A list of labels would be frozen into the tape: such steps stay eager."""
     x, y = _data()
-    m1, s1 = _twin("sgd")
-    m2, s2 = _twin("sgd")
-    step = cr.compile(s2)
+    m1, s1, m2, step = _eager_and_compiled("sgd")
     for i in range(5):
         labels = [int(v) for v in y[8 * i:8 * i + 8]]
         assert s1(x[:8], labels).item() == step(x[:8], labels).item()
