@@ -78,6 +78,7 @@ import numpy as np
 
 from .nn.module import STRUCTURE
 from .ops import NUMPY_NS, _op_error
+from .optim.optimizer import Optimizer
 from .random import _resolve
 from .tensor import (
     _RELEASED,
@@ -118,13 +119,14 @@ class _Unsupported(Exception):
 class _Tape:
     """One step, recorded."""
 
-    __slots__ = ("instrs", "n_ops", "rules", "recorded", "needs", "bwd_refs", "order",
+    __slots__ = ("instrs", "n_ops", "n_gen", "rules", "recorded", "needs", "bwd_refs", "order",
                  "root", "keep", "ret", "modules", "leaves", "frozen", "state",
                  "generators", "structure")
 
     def __init__(self) -> None:
         self.instrs: list[tuple] = []
         self.n_ops = 0
+        self.n_gen = 0  # random draws
         self.rules: list[Any] = []
         self.recorded: list[bool] = []
         self.needs: list[tuple] = []
@@ -150,7 +152,7 @@ class _Recorder:
         self.keepalive: list[Any] = []  # objects whose id() is a key below
         self.by_id: dict[int, tuple] = {}  # id(Tensor or array) -> source
         self.nodes: list[Tensor] = []  # op results, by op index
-        self.leaf_ids: dict[int, int] = {}
+        self.leaf_ids: set[int] = set()
         for i, a in enumerate(_flat_args(args, kwargs)):
             if isinstance(a, Tensor):
                 if a._requires_grad:
@@ -193,7 +195,7 @@ class _Recorder:
 
     def _leaf(self, t: Tensor) -> tuple:
         if id(t) not in self.leaf_ids:
-            self.leaf_ids[id(t)] = len(self.tape.leaves)
+            self.leaf_ids.add(id(t))
             self.keepalive.append(t)
             self.tape.leaves.append(t)
             self.tape.frozen.append(t._requires_grad)
@@ -243,9 +245,9 @@ class _Recorder:
 
     def produced(self, arr: np.ndarray, fn: Callable, args: tuple) -> None:
         """A random draw: replays call ``fn(*args)`` again for a fresh one."""
-        k = sum(1 for ins in self.tape.instrs if ins[0] == _I_GEN)
         self.tape.instrs.append((_I_GEN, fn, args))
-        self._note(arr, (_GEN, k))
+        self._note(arr, (_GEN, self.tape.n_gen))
+        self.tape.n_gen += 1
         gen = _resolve(args[0])
         if all(g is not gen for g in self.tape.generators):
             self.tape.generators.append(gen)
@@ -361,7 +363,8 @@ class _Recorder:
             return ("dict", tuple(v), tuple(self._ret(e) for e in v.values()))
         raise _Unsupported(
             f"the step returns a {type(v).__name__}; a replay can only return Tensors the "
-            "step computed, their .item(), None, and tuples/lists/dicts of these"
+            "step computed (or their .detach(), .data, .item()), None, and tuples/lists/"
+            "dicts of these"
         )
 
 
@@ -411,7 +414,7 @@ class _Program:
     an op's operands is then one ``itemgetter`` call.
     """
 
-    __slots__ = ("nargs", "template", "leaf_slots", "steps", "bwd", "root", "n_ops",
+    __slots__ = ("nargs", "template", "leaf_slots", "leaf_of", "steps", "bwd", "root", "n_ops",
                  "ret", "tape")
 
 
@@ -420,9 +423,8 @@ def _lower(tape: _Tape, nargs: int) -> _Program:
     prog.tape = tape
     prog.nargs = nargs
     prog.n_ops = tape.n_ops
-    n_gen = sum(1 for ins in tape.instrs if ins[0] == _I_GEN)
     op0, gen0 = nargs, nargs + tape.n_ops
-    template: list[Any] = [None] * (gen0 + n_gen)
+    template: list[Any] = [None] * (gen0 + tape.n_gen)
     leaf_slot: dict[int, int] = {}
     const_slot: dict[int, int] = {}
     leaf_slots: list[tuple[int, Tensor]] = []
@@ -490,6 +492,7 @@ def _lower(tape: _Tape, nargs: int) -> _Program:
         bwd.append((tape.rules[j], get, single, out, j, tape.needs[j], dests, out not in keep))
     prog.template = template
     prog.leaf_slots = leaf_slots
+    prog.leaf_of = dict(leaf_slots)  # slot -> parameter, for storing gradients
     prog.steps = steps
     prog.bwd = bwd
     prog.root = op0 + tape.root
@@ -522,10 +525,8 @@ def _setting(v: tuple, env: list) -> Any:
 def _replay(prog: _Program, args: tuple, kwargs: dict) -> Any:
     """Run the program on new arguments; returns what the step returns."""
     env = prog.template.copy()
-    i = 0
-    for a in (*args, *kwargs.values()):
+    for i, a in enumerate(_flat_args(args, kwargs)):
         env[i] = a.data if isinstance(a, Tensor) else a
-        i += 1
     for s, t in prog.leaf_slots:
         env[s] = t.data
     ctxs: list[Any] = [None] * prog.n_ops
@@ -609,9 +610,8 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
                 total = old + pg
                 table[d] = total if type(total) is np.ndarray else np.asarray(total)
                 owned[d] = True
-    leaves = dict(prog.leaf_slots)
     for d in first:
-        _store_grad(leaves[d], table[d], owned[d], False)
+        _store_grad(prog.leaf_of[d], table[d], owned[d], False)
 
 
 def _build(ret: tuple, prog: _Program, env: list) -> Any:
@@ -657,7 +657,7 @@ def _tensors_in(tape: _Tape) -> list[Tensor]:
         params: Any = ()
         if isinstance(obj, list):
             params = obj
-        elif hasattr(obj, "param_groups") and hasattr(obj, "state"):
+        elif isinstance(obj, Optimizer):
             params = [p for g in obj.param_groups for p in g["params"]]
         for p in params:
             if isinstance(p, Tensor):
@@ -678,7 +678,7 @@ class _Snapshot:
         for obj in tape.state:
             if isinstance(obj, list):
                 continue
-            if hasattr(obj, "param_groups") and hasattr(obj, "state"):  # an optimizer
+            if isinstance(obj, Optimizer):
                 state = {p: {k: (v, v.copy() if isinstance(v, np.ndarray) else copy.deepcopy(v))
                              for k, v in s.items()} for p, s in obj.state.items()}
                 groups = [{k: v for k, v in g.items() if k != "params"} for g in obj.param_groups]
@@ -792,7 +792,7 @@ def _signature(args: tuple, kwargs: dict) -> tuple | None:
     argument is a container (a list of labels, a tuple of arrays): its contents
     would be frozen into the tape, so such steps are not replayed."""
     sig = []
-    for a in (*args, *kwargs.values()):
+    for a in _flat_args(args, kwargs):
         if isinstance(a, Tensor):
             sig.append(("T", a.data.shape, a.data.dtype.str, a._requires_grad))
         elif isinstance(a, np.ndarray):
@@ -807,10 +807,9 @@ def _signature(args: tuple, kwargs: dict) -> tuple | None:
 
 
 class _Entry:
-    __slots__ = ("calls", "prog", "verified", "surprises", "eager_only")
+    __slots__ = ("prog", "verified", "surprises", "eager_only")
 
     def __init__(self) -> None:
-        self.calls = 0
         self.prog: _Program | None = None
         self.verified = False
         self.surprises = 0
@@ -863,7 +862,6 @@ class CompiledStep:
                 self.stats["eager"] += 1
                 return self.fn(*args, **kwargs)
             entry = self._entries[key] = _Entry()
-        entry.calls += 1
         if entry.eager_only:
             self.stats["eager"] += 1
             return self.fn(*args, **kwargs)
