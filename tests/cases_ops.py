@@ -165,6 +165,8 @@ CASES: dict[str, list[Case]] = {
     ],
     "linear": [
         ("2-D", ins(normal((5, 3)), normal((4, 3)), normal((4,))), cr.linear),
+        # fewer rows than outputs: the product runs as (w @ x.T).T (ops._affine)
+        ("2-D, batch < out", ins(normal((2, 3)), normal((4, 3)), normal((4,))), cr.linear),
         ("3-D input", ins(normal((2, 5, 3)), normal((4, 3)), normal((4,))), cr.linear),
         ("1-D input", ins(normal((3,)), normal((4, 3)), normal((4,))), cr.linear),
     ],
@@ -176,6 +178,7 @@ CASES: dict[str, list[Case]] = {
     # pre-activation x w^T + b is at least 3e-3 away from 0
     "linear_relu": [
         ("2-D", ins(normal((5, 3)), normal((4, 3)), normal((4,))), ops.linear_relu),
+        ("2-D, batch < out", ins(normal((2, 3)), normal((4, 3)), normal((4,))), ops.linear_relu),
         ("3-D input", ins(normal((2, 5, 3)), normal((4, 3)), normal((4,))), ops.linear_relu),
         ("1-D input", ins(normal((3,)), normal((4, 3)), normal((4,))), ops.linear_relu),
     ],

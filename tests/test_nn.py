@@ -129,6 +129,28 @@ def test_register_buffer_is_saved():
 # ----- Linear, init, seeding ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("batch", [1, 3, 8, 40])
+def test_affine_product_in_either_orientation_equals_x_w_transpose_plus_b(batch):
+    # ops._affine computes (w @ x.T).T when the batch is shorter than the output
+    # side: the values must be x @ w.T + b, C-ordered, in x's dtype, with the same
+    # casting of a float64 bias as an in-place add
+    from chainrule.ops import _affine
+
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 6))
+    w = rng.standard_normal((9, 6))
+    b = rng.standard_normal(9)
+    out = _affine(x, w, b)
+    assert out.shape == (batch, 9) and out.flags.c_contiguous
+    np.testing.assert_allclose(out, x @ w.T + b, rtol=1e-13, atol=1e-13)
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    out32 = _affine(x32, w32, b)  # float64 bias on a float32 product
+    ref = x32 @ w32.T
+    ref += b
+    assert out32.dtype == np.float32 and out32.flags.c_contiguous
+    np.testing.assert_allclose(out32, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_linear_shapes_forward_and_init_bounds():
     cr.manual_seed(0)
     lin = nn.Linear(100, 50)
