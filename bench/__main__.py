@@ -22,14 +22,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=None, help="round-robin repetitions")
     ap.add_argument("--no-scaling", action="store_true", help="skip the scaling sweep")
     ap.add_argument("--out", default=None, help="write the report here (Markdown)")
+    ap.add_argument("--settle", type=float, default=0.25,
+                    help="seconds of untimed calls before each timed sample")
+    ap.add_argument("--openblas-coretype", default=None, metavar="NAME",
+                    help="OPENBLAS_CORETYPE for this run: a core name (e.g. SkylakeX), or "
+                         "'auto' to let OpenBLAS choose for this CPU; default: the environment's")
     args = ap.parse_args(argv)
 
-    # Before anything loads NumPy/BLAS: every library gets the same threads.
+    # Before anything loads NumPy/BLAS: every library gets the same threads,
+    # and the worker processes inherit this environment.
     from ._env import pin_threads
 
-    pin_threads(args.threads)
+    pin_threads(args.threads, args.openblas_coretype)
     from . import mlp_step, overhead, scaling
-    from ._env import machine, threads_report
+    from ._env import blas_settings, in_process, machine
 
     batches = tuple(int(b) for b in args.batch.split(","))
     reps = args.reps or (5 if args.quick else 15)
@@ -42,26 +48,28 @@ def main(argv: list[str] | None = None) -> None:
     # ---- per-op overhead --------------------------------------------------
     emit("## Per-op overhead\n\nA chain of 1,000 elementwise ops (`y * 0.999`, `+ 0.001`) "
          "then `sum()`, forward + backward, µs per op (median).\n")
-    emit(overhead.table(overhead.measure(reps=max(reps, 10))))
+    emit(overhead.table(overhead.measure(reps=max(reps, 10), settle=args.settle)))
 
     # ---- MLP step ----------------------------------------------------------
-    results, skipped = mlp_step.measure(batches, reps, include_torch_compile=not args.quick)
+    results, skipped = mlp_step.measure(batches, reps, include_torch_compile=not args.quick,
+                                        settle=args.settle)
     emit("\n## MLP training step (784-256-256-10, ReLU, float32, cross-entropy, SGD)\n")
     emit(_step_table(results))
     emit("\n" + _ratio_table(results))
     if skipped:
-        emit(f"\nSkipped (not installed or unavailable): {', '.join(skipped)}.")
+        emit("\nSkipped: " + ", ".join(f"{k} ({why})" for k, why in skipped.items()) + ".")
 
     # ---- memory --------------------------------------------------------------
     emit("\n## Peak memory per step\n\nBytes allocated during one step beyond what was "
          "live before it: `tracemalloc` for NumPy-based code (NumPy reports its buffers to "
          "it); PyTorch's profiler memory events (every CPU allocation and free, summed "
          "in order) for PyTorch. JAX is not measured (XLA owns its buffers).\n")
-    emit(_memory_table({b: mlp_step.peak_memory(b) for b in batches}))
+    emit(_memory_table({b: in_process((mlp_step.__name__, "peak_memory", (b,)))
+                        for b in batches}))
 
     # ---- scaling -------------------------------------------------------------
     if not args.no_scaling:
-        rows = scaling.measure(reps=max(3, reps // 3))
+        rows = scaling.measure(reps=max(3, reps // 3), settle=args.settle)
         emit("\n## Scaling\n\nBatch size sweep at width 256, then width sweep at batch 128 "
              "(784-w-w-10). Steps/s (median) and peak memory per step.\n")
         emit(_scaling_table(rows))
@@ -73,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             emit(f"\n![steps/s vs batch and width]({rel})")
 
     sections.append(NOTES)
-    header = _header(args, argv, machine(), threads_report(), reps)
+    threads = in_process(("bench._env", "threads_report", ()))
+    header = _header(args, argv, machine(), threads, blas_settings(), reps)
     if args.out:
         with open(args.out, "w") as f:
             f.write(header + "\n" + "\n".join(sections) + "\n")
@@ -83,15 +92,25 @@ def main(argv: list[str] | None = None) -> None:
 NOTES = """
 ## Reading the results
 
-- **Threads.** Small-batch NumPy timings swing 2-3x run to run when OpenBLAS
-  threads sleep and wake between calls, and more so on a machine shared with
-  other work. Every library here gets the same thread count (`--threads`), set
-  before import, with `OMP_WAIT_POLICY=PASSIVE` and `OPENBLAS_THREAD_TIMEOUT=1`
-  so that one framework's idle worker threads do not spin on the cores while
-  the next one is timed (without this, PyTorch's spinning OpenMP workers
-  halved the NumPy-based figures taken right after it); the round-robin order
-  makes a burst of outside load hit all frameworks alike. Repeated runs moved
-  ratios by about 10 %. Compare figures within one table, never across runs.
+- **Threads and isolation.** Every library gets the same thread count
+  (`--threads`), set before import, and otherwise keeps its own defaults,
+  including how its idle threads wait: what its users get. Frameworks do not
+  share a process: each runs in a worker of its own, and only one works at a
+  time. Each timed sample follows `--settle` seconds of untimed calls of the
+  same step, which outlasts the previous worker's spinning threads (OpenBLAS
+  spins about 0.1 s after its last call) and wakes the worker's own threads
+  after its idle wait. Earlier versions of this suite ran every framework in
+  one process with `OMP_WAIT_POLICY=PASSIVE` and `OPENBLAS_THREAD_TIMEOUT=1`
+  to stop idle threads from spinning; that made PyTorch's OpenMP workers sleep
+  and wake around every op, and PyTorch ran its B = 32 step about 3x slower
+  than it does on its own: its figures from those runs are not comparable.
+  Compare figures within one table, never across runs.
+- **OpenBLAS kernels.** NumPy's matrix products run OpenBLAS kernels chosen
+  when NumPy loads, or forced by `OPENBLAS_CORETYPE` (the header lists the
+  environment's setting and the kernels in use). JAX and PyTorch bring their
+  own. `--openblas-coretype auto` removes the variable for a run, so that
+  OpenBLAS picks the kernels for this CPU; the roofline and the hand-written
+  NumPy step move with it, so read chainrule against those in the same run.
 - **What `chainrule compiled` does.** `cr.compile(step)` records the whole
   step once as a tape (every op, the backward program, the zero_grad and
   optimizer-step calls, random draws), checks one replay against an eager run
@@ -177,7 +196,7 @@ def _scaling_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _header(args, argv, machine: str, threads: str, reps: int) -> str:
+def _header(args, argv, machine: str, threads: str, blas: str, reps: int) -> str:
     import platform
 
     import numpy as np
@@ -207,11 +226,13 @@ def _header(args, argv, machine: str, threads: str, reps: int) -> str:
         f"- **Versions**: {', '.join(vers)}\n"
         f"- **Threads**: {args.threads} for every library, set through OMP_NUM_THREADS, "
         f"OPENBLAS_NUM_THREADS, MKL_NUM_THREADS and XLA_FLAGS before NumPy, PyTorch or JAX "
-        f"load (torch keeps the same count); BLAS pools as loaded: {threads}\n"
-        f"- **Method**: every framework runs the same step on the same batch; one repetition "
-        f"times each framework once in turn (round-robin, {reps} repetitions after warm-up), "
-        "so load from elsewhere on the machine hits all of them alike; figures are medians. "
-        "Compare figures within one table only.\n"
+        f"load; each library's own spin/sleep defaults otherwise. Pools as loaded: {threads}\n"
+        f"- **OpenBLAS settings in the environment**: {blas}\n"
+        f"- **Method**: every framework runs the same step on the same batch, each in a "
+        f"worker process of its own; one repetition asks each worker in turn for one timed "
+        f"sample after {args.settle:g} s of untimed calls (round-robin, {reps} repetitions), "
+        "so only one framework runs at a time and load from elsewhere on the machine hits "
+        "all of them alike; figures are medians. Compare figures within one table only.\n"
     )
 
 

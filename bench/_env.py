@@ -1,7 +1,8 @@
 """Thread control, timing and machine facts shared by the benchmarks.
 
 Call :func:`pin_threads` before anything imports NumPy, PyTorch or JAX: the
-BLAS libraries read their thread counts once, when they are loaded.
+BLAS libraries read their thread counts once, when they are loaded, and the
+worker processes of :func:`interleaved` inherit the environment it sets.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
 
 THREAD_VARS = (
     "OMP_NUM_THREADS",
@@ -21,8 +21,19 @@ THREAD_VARS = (
 )
 
 
-def pin_threads(n: int) -> None:
-    """Give every library the same ``n`` threads (set before their import)."""
+def pin_threads(n: int, openblas_coretype: str | None = None) -> None:
+    """Give every library the same ``n`` threads (set before their import).
+
+    Each framework then runs with its own threading defaults otherwise (spin
+    and sleep policies included): that is what its users get. Frameworks are
+    kept from disturbing each other by running each in a process of its own
+    (:func:`interleaved`), not by changing how their threads wait.
+
+    ``openblas_coretype`` sets ``OPENBLAS_CORETYPE`` (which OpenBLAS kernels
+    NumPy's matrix products use) for this run: a core name such as
+    ``SkylakeX``, or ``auto`` to remove the variable so that OpenBLAS picks
+    the kernels for this CPU itself; None keeps the environment's.
+    """
     for var in THREAD_VARS:
         os.environ[var] = str(n)
     # XLA's CPU client sizes its pool from the visible cores; say it explicitly.
@@ -32,25 +43,41 @@ def pin_threads(n: int) -> None:
         f"intra_op_parallelism_threads={n}",
     )
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    # Frameworks take turns in one process (round-robin). OpenMP workers that
-    # spin-wait after a parallel region (PyTorch's, OpenBLAS built with
-    # OpenMP) would keep both cores busy while the next framework runs, and
-    # every framework would be timed against the previous one's idle spinners.
-    # Passive waiting makes threads sleep between regions.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
+    if openblas_coretype == "auto":
+        os.environ.pop("OPENBLAS_CORETYPE", None)
+    elif openblas_coretype:
+        os.environ["OPENBLAS_CORETYPE"] = openblas_coretype
+
+
+def blas_settings() -> str:
+    """The environment's OpenBLAS settings that change its speed, for the report."""
+    keys = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")
+    found = [f"{k}={os.environ[k]}" for k in keys if os.environ.get(k)]
+    return ", ".join(found) or "none set"
 
 
 def threads_report() -> str:
-    """What the loaded BLAS pools actually use (threadpoolctl), in one line."""
+    """The BLAS/OpenMP pools NumPy and PyTorch load (threadpoolctl), in one line.
+
+    Loads them, so call it in a worker (``in_process``), not in the parent.
+    """
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
         return "threadpoolctl not installed"
+    import numpy  # noqa: F401
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
     seen = []
     for info in threadpool_info():
-        seen.append(f"{info.get('internal_api')}={info.get('num_threads')}")
-    return ", ".join(sorted(set(seen))) or "no BLAS pool found"
+        arch = f", {info['architecture']} kernels" if info.get("architecture") else ""
+        seen.append(f"{info.get('internal_api')} {info.get('version') or ''} "
+                    f"({os.path.basename(info.get('filepath', ''))}): "
+                    f"{info.get('num_threads')} threads{arch}")
+    return "; ".join(sorted(set(seen))) or "no BLAS pool found"
 
 
 def cpu_model() -> str:
@@ -69,27 +96,113 @@ def machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} logical cores, {system}"
 
 
-def interleaved(
-    fns: dict[str, Callable[[], object]], reps: int, inner: int = 1, warmup: int = 2
-) -> dict[str, list[float]]:
-    """Seconds per call of each function, measured round-robin.
+# A maker is ``(module, function, args)``: calling ``module.function(*args)`` in
+# a fresh process returns the zero-argument callable to time, or None when its
+# framework is not installed.
+Maker = tuple[str, str, tuple]
 
-    Each repetition times every function once (``inner`` calls in a row), in
-    turn, so a burst of load from elsewhere on the machine hits all of them
-    alike instead of whichever happened to be running.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    out: dict[str, list[float]] = {k: [] for k in fns}
+
+def _serve(conn, maker: Maker) -> None:
+    """Worker process: build one runner, then time it whenever the parent asks."""
+    import importlib
+    import warnings
+
+    warnings.simplefilter("ignore")
+    mod, func, args = maker
+    try:
+        fn = getattr(importlib.import_module(mod), func)(*args)
+    except Exception as exc:  # a peer that fails to set up is skipped, not fatal
+        conn.send(("skip", f"{type(exc).__name__}: {exc}"))
+        return
+    if fn is None:
+        conn.send(("skip", "not installed"))
+        return
+    conn.send(("ready", None))
     clock = time.perf_counter
-    for _ in range(reps):
-        for name, fn in fns.items():
-            t0 = clock()
-            for _ in range(inner):
-                fn()
-            out[name].append((clock() - t0) / inner)
-    return out
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        inner, settle = msg
+        # Settle: run the step itself for a while first. This wakes this
+        # process's threads and caches after its idle wait, and outlasts the
+        # spin-wait of the previous worker's threads (OpenBLAS spins ~0.1 s
+        # after its last call), so the timed calls run on a quiet machine.
+        stop = clock() + settle
+        fn()
+        while clock() < stop:
+            fn()
+        t0 = clock()
+        for _ in range(inner):
+            fn()
+        conn.send((clock() - t0) / inner)
+
+
+def interleaved(
+    makers: dict[str, Maker], reps: int, inner: int = 1, settle: float = 0.25
+) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Seconds per call of each runner, measured round-robin, each in its own process.
+
+    Every runner lives in a worker process of its own (``spawn``: a fresh
+    interpreter, so each framework loads its own thread pools with its own
+    defaults, and no framework's idle threads share a process with another's
+    work). Each repetition asks every worker in turn for one timed sample of
+    ``inner`` calls, preceded by ``settle`` seconds of untimed calls; only one
+    worker runs at a time, and a burst of outside load hits all of them alike.
+
+    Returns the samples and ``{name: reason}`` for runners that were skipped.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    workers: dict[str, tuple] = {}
+    skipped: dict[str, str] = {}
+    try:
+        for name, maker in makers.items():
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(child, maker), daemon=True)
+            proc.start()
+            child.close()
+            try:
+                status, why = parent.recv()
+            except EOFError:
+                status, why = "skip", "worker exited while setting up"
+            if status == "ready":
+                workers[name] = (proc, parent)
+            else:
+                skipped[name] = why
+                proc.join()
+        out: dict[str, list[float]] = {k: [] for k in workers}
+        for _ in range(reps):
+            for name, (_proc, conn) in workers.items():
+                conn.send((inner, settle))
+                out[name].append(conn.recv())
+        return out, skipped
+    finally:
+        for proc, conn in workers.values():
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+
+
+def in_process(maker: Maker) -> object:
+    """Call ``module.function(*args)`` in a fresh process and return its (picklable) result."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(_call, maker).result()
+
+
+def _call(maker: Maker) -> object:
+    import importlib
+
+    mod, func, args = maker
+    return getattr(importlib.import_module(mod), func)(*args)
 
 
 def median(xs: list[float]) -> float:

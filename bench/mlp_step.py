@@ -9,8 +9,9 @@ same batch for every framework. Two NumPy baselines frame the results:
 * ``NumPy GEMM-only``: just the 8 matrix products a step needs (3 forward,
   3 weight gradients, 2 input gradients), the roofline on this BLAS.
 
-Every runner is a zero-argument callable doing one step; :func:`measure`
-times them round-robin (see ``_env.interleaved``).
+Every runner is a zero-argument callable doing one step, built by
+:func:`make_runner` inside a worker process of its own; :func:`measure` times
+them round-robin (see ``_env.interleaved``).
 """
 
 from __future__ import annotations
@@ -84,23 +85,37 @@ def numpy_hand(params, x, y) -> Callable[[], float]:
 
 
 def numpy_gemm_only(params, x, y) -> Callable[[], None]:
-    """Only the 8 matrix products of a step, into preallocated outputs."""
+    """Only the 8 matrix products of a step, into preallocated outputs.
+
+    A forward product is computed in whichever orientation BLAS runs faster,
+    as chainrule's ``linear`` does: ``x @ w.T`` with B rows, or ``w @ x.T``
+    (its transpose, out rows) when the batch is the shorter side.
+    """
     import numpy as np
 
     ws = [p for p in params[0::2]]
     bsz = len(x)
-    acts = [x] + [np.empty((bsz, w.shape[0]), np.float32) for w in ws]
+    acts = [x]
+    for w in ws:
+        if bsz < w.shape[0]:  # written as (out, B); acts holds its (B, out) view
+            acts.append(np.empty((w.shape[0], bsz), np.float32).T)
+        else:
+            acts.append(np.empty((bsz, w.shape[0]), np.float32))
     deltas = [np.empty((bsz, w.shape[1]), np.float32) for w in ws]
     gws = [np.empty_like(w) for w in ws]
 
     def step() -> None:
         for i, w in enumerate(ws):
-            np.matmul(acts[i], w.T, out=acts[i + 1])
+            if acts[i + 1].flags.c_contiguous:
+                np.matmul(acts[i], w.T, out=acts[i + 1])
+            else:
+                np.matmul(w, acts[i].T, out=acts[i + 1].T)
         for i in reversed(range(len(ws))):
             np.matmul(acts[i + 1].T, acts[i], out=gws[i])
             if i > 0:
                 np.matmul(acts[i + 1], ws[i], out=deltas[i])
 
+    step.acts = acts  # type: ignore[attr-defined]  (the tests check the products)
     return step
 
 
@@ -245,48 +260,44 @@ def sklearn_step(params, x, y) -> Callable[[], object] | None:
 # ---------------------------------------------------------------------------
 
 
-def runners(batch: int, include_torch_compile: bool = True) -> tuple[dict, list[str]]:
-    """The step of every framework for one batch size, and what was skipped."""
-    params, x, y = make_problem(batch)
-    out: dict[str, Callable[[], object]] = {}
-    skipped: list[str] = []
-    out["NumPy GEMM-only (roofline)"] = numpy_gemm_only(params, x, y)
-    out["NumPy hand-written"] = numpy_hand(params, x, y)
-    out["chainrule eager"] = chainrule_step(params, x, y)
-    import chainrule as cr
-
-    if hasattr(cr, "compile"):
-        out["chainrule compiled"] = chainrule_step(params, x, y, compiled=True)
-    else:
-        skipped.append("chainrule compiled (cr.compile missing)")
-    peers = {
-        "PyTorch eager": lambda: torch_step(params, x, y),
-        "torch.compile": (lambda: torch_step(params, x, y, compiled=True))
-        if include_torch_compile else None,
-        "JAX jit": lambda: jax_step(params, x, y),
-        "scikit-learn partial_fit": lambda: sklearn_step(params, x, y),
-    }
-    for name, make in peers.items():
-        fn = make() if make is not None else None
-        if fn is None:
-            skipped.append(name)
-        else:
-            out[name] = fn
-    return out, skipped
+NAMES = (
+    "NumPy GEMM-only (roofline)", "NumPy hand-written", "chainrule eager", "chainrule compiled",
+    "PyTorch eager", "torch.compile", "JAX jit", "scikit-learn partial_fit",
+)
 
 
-def measure(batches: tuple[int, ...], reps: int, include_torch_compile: bool = True):
-    """``{batch: {name: steps per second (median)}}`` and the skipped peers."""
+def make_runner(name: str, batch: int, sizes: tuple[int, ...] = SIZES):
+    """The zero-argument step of one framework (None when it is not installed)."""
+    params, x, y = make_problem(batch, sizes)
+    make = {
+        "NumPy GEMM-only (roofline)": numpy_gemm_only,
+        "NumPy hand-written": numpy_hand,
+        "chainrule eager": chainrule_step,
+        "chainrule compiled": lambda *a: chainrule_step(*a, compiled=True),
+        "PyTorch eager": torch_step,
+        "torch.compile": lambda *a: torch_step(*a, compiled=True),
+        "JAX jit": jax_step,
+        "scikit-learn partial_fit": sklearn_step,
+    }[name]
+    return make(params, x, y)
+
+
+def inner_calls(batch: int) -> int:
+    """Calls per timed sample: ~5 ms or more, so timer resolution is not an issue."""
+    return max(1, 2048 // batch) if batch < 1024 else 1
+
+
+def measure(batches: tuple[int, ...], reps: int, include_torch_compile: bool = True,
+            settle: float = 0.25):
+    """``{batch: {name: steps per second (median)}}`` and ``{name: why skipped}``."""
     from ._env import interleaved, median
 
     results: dict[int, dict[str, float]] = {}
-    skipped: list[str] = []
+    skipped: dict[str, str] = {}
+    names = [n for n in NAMES if include_torch_compile or n != "torch.compile"]
     for b in batches:
-        fns, skipped = runners(b, include_torch_compile)
-        # ~5 ms or more per timed sample, so timer resolution is not an issue
-        inner = max(1, 2048 // b) if b < 1024 else 1
-        gc.collect()
-        times = interleaved(fns, reps=reps, inner=inner, warmup=3)
+        makers = {n: (__name__, "make_runner", (n, b)) for n in names}
+        times, skipped = interleaved(makers, reps=reps, inner=inner_calls(b), settle=settle)
         results[b] = {k: 1.0 / median(v) for k, v in times.items()}
     return results, skipped
 
@@ -307,29 +318,28 @@ def numpy_peak(fn: Callable[[], object]) -> float:
     return peak
 
 
-def peak_memory(batch: int) -> dict[str, float]:
+def peak_memory(batch: int, sizes: tuple[int, ...] = SIZES,
+                names: tuple[str, ...] = ("NumPy hand-written", "chainrule eager",
+                                          "chainrule compiled", "PyTorch eager"),
+                ) -> dict[str, float]:
     """Peak bytes allocated during one step, beyond what existed before it.
+
+    Run it in a fresh process (``_env.in_process``) to keep the timed
+    workers' machine quiet.
 
     NumPy-based code: ``tracemalloc`` (NumPy reports its data buffers to it).
     PyTorch: the profiler's memory events (every CPU allocation and free, in
     order), summed to a running total whose maximum is the peak. JAX manages
     its own buffers in XLA and is not measured.
     """
-    params, x, y = make_problem(batch)
-    fns = {
-        "NumPy hand-written": numpy_hand(params, x, y),
-        "chainrule eager": chainrule_step(params, x, y),
-    }
-    import chainrule as cr
-
-    if hasattr(cr, "compile"):
-        fns["chainrule compiled"] = chainrule_step(params, x, y, compiled=True)
-    out = {name: numpy_peak(fn) for name, fn in fns.items()}
-    t = torch_step(params, x, y)
-    if t is not None:
-        peak = _torch_peak(t)
+    out: dict[str, float] = {}
+    for name in names:
+        fn = make_runner(name, batch, sizes)
+        if fn is None:
+            continue
+        peak = _torch_peak(fn) if name.startswith("PyTorch") else numpy_peak(fn)
         if peak is not None:
-            out["PyTorch eager"] = peak
+            out[name] = peak
     return out
 
 

@@ -25,52 +25,50 @@ def _chain(y):  # works for chainrule, torch and autograd values alike
     return y.sum()
 
 
-def make_runners(shape: tuple[int, ...]) -> dict[str, object]:
-    """One zero-argument callable per installed framework: a chain, forward + backward."""
+NAMES = ("chainrule", "PyTorch eager", "HIPS autograd", "pure-Python scalars")
+
+
+def make_runner(name: str, shape: tuple[int, ...]):
+    """A zero-argument callable running the chain forward + backward in one
+    framework, or None when that framework is not installed (or, for the
+    pure-Python engine, when the shape is not a single scalar)."""
     import numpy as np
 
-    import chainrule as cr
+    if name == "chainrule":
+        import chainrule as cr
 
-    runners: dict[str, object] = {}
-    x = cr.tensor(np.ones(shape, dtype=np.float32), requires_grad=True)
+        x = cr.tensor(np.ones(shape, dtype=np.float32), requires_grad=True)
 
-    def run_chainrule() -> None:
-        x.grad = None
-        _chain(x).backward()
+        def run_chainrule() -> None:
+            x.grad = None
+            _chain(x).backward()
 
-    runners["chainrule"] = run_chainrule
-
-    try:
-        import torch
-
+        return run_chainrule
+    if name == "PyTorch eager":
+        try:
+            import torch
+        except ImportError:
+            return None
         xt = torch.ones(shape, dtype=torch.float32, requires_grad=True)
 
         def run_torch() -> None:
             xt.grad = None
             _chain(xt).backward()
 
-        runners["PyTorch eager"] = run_torch
-    except ImportError:
-        pass
-
-    try:
-        import autograd
-
+        return run_torch
+    if name == "HIPS autograd":
+        try:
+            import autograd
+        except ImportError:
+            return None
         xa = np.ones(shape, dtype=np.float32)
         grad_fn = autograd.grad(_chain)
-        runners["HIPS autograd"] = lambda: grad_fn(xa)
-    except ImportError:
-        pass
-
-    if shape == (1,):
-        xs = 1.0
-
-        def run_scalar() -> None:
-            root = _chain_scalar(Scalar(xs))
-            root.backward()
-
-        runners["pure-Python scalars"] = run_scalar
-    return runners
+        return lambda: grad_fn(xa)
+    if name == "pure-Python scalars":
+        if shape != (1,):
+            return None
+        return lambda: _chain_scalar(Scalar(1.0)).backward()
+    raise ValueError(f"unknown framework {name!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -117,13 +115,14 @@ def _chain_scalar(y: Scalar) -> Scalar:
     return y
 
 
-def measure(reps: int = 30) -> dict[tuple[int, ...], dict[str, float]]:
+def measure(reps: int = 30, settle: float = 0.25) -> dict[tuple[int, ...], dict[str, float]]:
     """Median microseconds per op, per shape and framework, timed round-robin."""
     from ._env import interleaved, median
 
     results: dict[tuple[int, ...], dict[str, float]] = {}
     for shape in SHAPES:
-        times = interleaved(make_runners(shape), reps=reps)
+        makers = {n: (__name__, "make_runner", (n, shape)) for n in NAMES}
+        times, _ = interleaved(makers, reps=reps, settle=settle)
         # N_OPS chained ops plus the final sum
         results[shape] = {k: median(v) / (N_OPS + 1) * 1e6 for k, v in times.items()}
     return results

@@ -2,55 +2,31 @@
 
 from __future__ import annotations
 
-import gc
-
 from . import mlp_step
 
 BATCHES = (32, 128, 512, 1024, 2048)
 WIDTHS = (128, 256, 512, 1024)
 
 
-def _fns(batch: int, width: int) -> dict:
-    sizes = (784, width, width, 10)
-    params, x, y = mlp_step.make_problem(batch, sizes)
-    fns = {
-        "chainrule eager": mlp_step.chainrule_step(params, x, y),
-        "chainrule compiled": mlp_step.chainrule_step(params, x, y, compiled=True),
-    }
-    t = mlp_step.torch_step(params, x, y)
-    if t is not None:
-        fns["PyTorch eager"] = t
-    return fns
+NAMES = ("chainrule eager", "chainrule compiled", "PyTorch eager")
 
 
-def measure(reps: int) -> list[dict]:
+def measure(reps: int, settle: float = 0.25) -> list[dict]:
     """Rows of {batch, width, name: steps/s, mem <name>: peak bytes}."""
-    from ._env import interleaved, median
+    from ._env import in_process, interleaved, median
 
     rows = []
     points = [(b, 256) for b in BATCHES] + [(128, w) for w in WIDTHS if w != 256]
     for b, w in points:
-        fns = _fns(b, w)
-        gc.collect()
-        times = interleaved(fns, reps=reps, inner=max(1, 512 // b), warmup=3)
+        sizes = (784, w, w, 10)
+        makers = {n: (mlp_step.__name__, "make_runner", (n, b, sizes)) for n in NAMES}
+        times, _ = interleaved(makers, reps=reps, inner=max(1, 512 // b), settle=settle)
         row: dict = {"batch": b, "width": w}
         row.update({k: 1.0 / median(v) for k, v in times.items()})
-        row.update({f"mem {k}": v for k, v in _memory(b, w).items()})
+        mem = in_process((mlp_step.__name__, "peak_memory", (b, sizes, NAMES)))
+        row.update({f"mem {k}": v for k, v in mem.items()})
         rows.append(row)
     return rows
-
-
-def _memory(batch: int, width: int) -> dict[str, float]:
-    fns = _fns(batch, width)
-    out = {}
-    for name, fn in fns.items():
-        if name == "PyTorch eager":
-            peak = mlp_step._torch_peak(fn)
-            if peak is not None:
-                out[name] = peak
-            continue
-        out[name] = mlp_step.numpy_peak(fn)
-    return out
 
 
 def plot(rows: list[dict], path: str) -> str | None:

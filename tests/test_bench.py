@@ -1,0 +1,86 @@
+"""The benchmark suite's own machinery: isolated timing workers, and that every
+framework's step computes the same training step (else the table compares
+different work)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # `bench` lives at the repository root, beside `src`
+    sys.path.insert(0, ROOT)
+
+from bench import _env, mlp_step  # noqa: E402
+
+
+def test_interleaved_times_each_runner_in_its_own_process_and_names_what_it_skipped():
+    makers = {
+        "scalars": ("bench.overhead", "make_runner", ("pure-Python scalars", (1,))),
+        # the pure-Python engine has no (64, 64) version: its maker returns None
+        "absent": ("bench.overhead", "make_runner", ("pure-Python scalars", (64, 64))),
+        "broken": ("bench.overhead", "make_runner", ("no such framework", (1,))),
+    }
+    times, skipped = _env.interleaved(makers, reps=3, inner=2, settle=0.0)
+    assert list(times) == ["scalars"]
+    assert len(times["scalars"]) == 3 and all(0 < t < 1 for t in times["scalars"])
+    assert skipped["absent"] == "not installed"
+    assert "ValueError" in skipped["broken"] and "no such framework" in skipped["broken"]
+
+
+def test_in_process_returns_the_result_of_a_call_in_a_fresh_interpreter():
+    assert _env.in_process(("bench.mlp_step", "inner_calls", (32,))) == 64
+    # the child sees the parent's environment (thread settings reach the workers)
+    os.environ["CHAINRULE_BENCH_PROBE"] = "42"
+    try:
+        assert _env.in_process(("os", "getenv", ("CHAINRULE_BENCH_PROBE",))) == "42"
+    finally:
+        del os.environ["CHAINRULE_BENCH_PROBE"]
+
+
+def test_pin_threads_sets_every_thread_variable_and_the_openblas_core_choice(monkeypatch):
+    for var in (*_env.THREAD_VARS, "OPENBLAS_CORETYPE"):
+        monkeypatch.delenv(var, raising=False)
+    _env.pin_threads(3, "SkylakeX")
+    assert all(os.environ[v] == "3" for v in _env.THREAD_VARS)
+    assert os.environ["OPENBLAS_CORETYPE"] == "SkylakeX"
+    assert "OPENBLAS_CORETYPE=SkylakeX" in _env.blas_settings()
+    _env.pin_threads(3, "auto")  # let OpenBLAS choose: the variable goes
+    assert "OPENBLAS_CORETYPE" not in os.environ
+
+
+def _loss(v) -> float:
+    return float(v.item() if hasattr(v, "item") else v)
+
+
+@pytest.mark.parametrize("batch", [8, 300])  # both orientations of the forward products
+def test_every_framework_runs_the_same_training_step(batch):
+    names = ["NumPy hand-written", "chainrule eager", "chainrule compiled", "PyTorch eager"]
+    sizes = (20, 16, 16, 5)
+    losses = {}
+    for name in names:
+        step = mlp_step.make_runner(name, batch, sizes)
+        if step is None:  # PyTorch not installed
+            continue
+        losses[name] = [_loss(step()) for _ in range(4)]
+    ref = losses["NumPy hand-written"]
+    assert ref[-1] < ref[0]  # it trains
+    for name, got in losses.items():
+        np.testing.assert_allclose(got, ref, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("batch", [4, 64])
+def test_gemm_roofline_computes_the_products_of_the_step(batch):
+    # the roofline times only products, but they must be the step's products:
+    # run it once and compare its forward activations with x @ w.T chained
+    sizes = (12, 16, 16, 3)
+    params, x, _ = mlp_step.make_problem(batch, sizes)
+    step = mlp_step.numpy_gemm_only(params, x, None)
+    step()
+    a = x
+    for w, got in zip(params[0::2], step.acts[1:]):
+        a = a @ w.T
+        np.testing.assert_allclose(got, a, rtol=1e-5, atol=1e-5)
