@@ -260,3 +260,22 @@ def test_torch_parity_losses():
         np.testing.assert_allclose(loss.item(), tl.item(), rtol=1e-12)
         np.testing.assert_allclose(a.grad.data, ta.grad.numpy(), rtol=1e-10)
         np.testing.assert_allclose(b.grad.data, tb.grad.numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(5, 10), (300, 10), (300, 2), (300, 16), (300, 17), (1024, 1)])
+def test_row_reductions_by_columns_equal_numpys_row_by_row_reductions(shape):
+    # F._reduce_rows combines whole columns for many short rows (a speed-up for
+    # the softmax of a batch of logits); the row maxima must be exact, the row
+    # sums equal to rounding, and a NaN must still reach its row's result
+    from chainrule.nn.functional import _reduce_rows
+
+    rng = np.random.default_rng(shape[0] + shape[1])
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[3, 0] = np.nan
+    m = _reduce_rows(np.maximum, x)
+    assert m.shape == (shape[0], 1)
+    np.testing.assert_array_equal(m, np.maximum.reduce(x, axis=1, keepdims=True))
+    s = _reduce_rows(np.add, x)
+    np.testing.assert_allclose(s, np.add.reduce(x, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    assert np.isnan(m[3, 0]) and np.isnan(s[3, 0])
+    assert not np.isnan(np.delete(m, 3, axis=0)).any()

@@ -239,14 +239,34 @@ def _check_label_range(t: np.ndarray, c: int, who: str) -> None:
         )
 
 
+def _reduce_rows(ufunc: np.ufunc, x: np.ndarray) -> np.ndarray:
+    """``ufunc.reduce(x, axis=1, keepdims=True)`` for a 2-D ``x``.
+
+    NumPy reduces along a short last axis one row at a time, about 40 ns a
+    row: 40 us for the row maxima of a (1024, 10) batch of logits, as long as
+    the matrix products of a small layer. For many short rows, combining whole
+    columns (``ufunc(col_0, col_1)``, then each next column into the result)
+    does the same work in a quarter of the time. The maximum is exact either
+    way; a sum then adds left to right instead of NumPy's pairwise order,
+    which for rows this short changes at most the last bits.
+    """
+    n, c = x.shape
+    if n < 256 or not 2 <= c <= 16:
+        return ufunc.reduce(x, axis=1, keepdims=True)
+    out = ufunc(x[:, 0:1], x[:, 1:2])
+    for j in range(2, c):
+        ufunc(out, x[:, j:j + 1], out=out)
+    return out
+
+
 def _softmax_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(softmax(x), log(sum(exp(x - max)))+max) over axis 1, without overflow."""
     # the ufuncs' own reductions: x.max()/e.sum() add a Python layer that
     # costs as much as the arithmetic on a (32, 10) batch of logits
-    m = np.maximum.reduce(x, axis=1, keepdims=True)
+    m = _reduce_rows(np.maximum, x)
     e = np.subtract(x, m)
     np.exp(e, out=e)
-    s = np.add.reduce(e, axis=1, keepdims=True)
+    s = _reduce_rows(np.add, e)
     e /= s
     lse = np.log(s)
     lse += m
