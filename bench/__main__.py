@@ -24,16 +24,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="write the report here (Markdown)")
     ap.add_argument("--settle", type=float, default=0.25,
                     help="seconds of untimed calls before each timed sample")
-    ap.add_argument("--openblas-coretype", default=None, metavar="NAME",
-                    help="OPENBLAS_CORETYPE for this run: a core name (e.g. SkylakeX), or "
-                         "'auto' to let OpenBLAS choose for this CPU; default: the environment's")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="set an environment variable for the run, before any library loads "
+                         "(an empty VALUE removes it); e.g. OPENBLAS_CORETYPE= lets OpenBLAS "
+                         "choose its kernels for this CPU. Repeatable")
     args = ap.parse_args(argv)
+    extra_env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            ap.error(f"--env expects NAME=VALUE, got {item!r}")
+        extra_env[key] = value
 
     # Before anything loads NumPy/BLAS: every library gets the same threads,
     # and the worker processes inherit this environment.
     from ._env import pin_threads
 
-    pin_threads(args.threads, args.openblas_coretype)
+    pin_threads(args.threads, extra_env)
     from . import mlp_step, overhead, scaling
     from ._env import blas_settings, in_process, machine
 
@@ -108,7 +115,7 @@ NOTES = """
 - **OpenBLAS kernels.** NumPy's matrix products run OpenBLAS kernels chosen
   when NumPy loads, or forced by `OPENBLAS_CORETYPE` (the header lists the
   environment's setting and the kernels in use). JAX and PyTorch bring their
-  own. `--openblas-coretype auto` removes the variable for a run, so that
+  own. `--env OPENBLAS_CORETYPE=` removes the variable for a run, so that
   OpenBLAS picks the kernels for this CPU; the roofline and the hand-written
   NumPy step move with it, so read chainrule against those in the same run.
 - **What `chainrule compiled` does.** `cr.compile(step)` records the whole

@@ -21,7 +21,7 @@ THREAD_VARS = (
 )
 
 
-def pin_threads(n: int, openblas_coretype: str | None = None) -> None:
+def pin_threads(n: int, env: dict[str, str] | None = None) -> None:
     """Give every library the same ``n`` threads (set before their import).
 
     Each framework then runs with its own threading defaults otherwise (spin
@@ -29,10 +29,9 @@ def pin_threads(n: int, openblas_coretype: str | None = None) -> None:
     kept from disturbing each other by running each in a process of its own
     (:func:`interleaved`), not by changing how their threads wait.
 
-    ``openblas_coretype`` sets ``OPENBLAS_CORETYPE`` (which OpenBLAS kernels
-    NumPy's matrix products use) for this run: a core name such as
-    ``SkylakeX``, or ``auto`` to remove the variable so that OpenBLAS picks
-    the kernels for this CPU itself; None keeps the environment's.
+    ``env`` sets further variables for the run (an empty value removes one),
+    e.g. ``{"OPENBLAS_CORETYPE": ""}`` to let OpenBLAS pick the kernels for
+    this CPU itself, or ``{"OPENBLAS_THREAD_TIMEOUT": "1"}``.
     """
     for var in THREAD_VARS:
         os.environ[var] = str(n)
@@ -43,10 +42,11 @@ def pin_threads(n: int, openblas_coretype: str | None = None) -> None:
         f"intra_op_parallelism_threads={n}",
     )
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    if openblas_coretype == "auto":
-        os.environ.pop("OPENBLAS_CORETYPE", None)
-    elif openblas_coretype:
-        os.environ["OPENBLAS_CORETYPE"] = openblas_coretype
+    for key, value in (env or {}).items():
+        if value:
+            os.environ[key] = value
+        else:
+            os.environ.pop(key, None)
 
 
 def blas_settings() -> str:

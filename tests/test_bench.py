@@ -41,14 +41,15 @@ def test_in_process_returns_the_result_of_a_call_in_a_fresh_interpreter():
         del os.environ["CHAINRULE_BENCH_PROBE"]
 
 
-def test_pin_threads_sets_every_thread_variable_and_the_openblas_core_choice(monkeypatch):
-    for var in (*_env.THREAD_VARS, "OPENBLAS_CORETYPE"):
+def test_pin_threads_sets_every_thread_variable_and_the_extra_environment(monkeypatch):
+    for var in (*_env.THREAD_VARS, "OPENBLAS_CORETYPE", "OPENBLAS_THREAD_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
-    _env.pin_threads(3, "SkylakeX")
+    _env.pin_threads(3, {"OPENBLAS_CORETYPE": "SkylakeX", "OPENBLAS_THREAD_TIMEOUT": "1"})
     assert all(os.environ[v] == "3" for v in _env.THREAD_VARS)
     assert os.environ["OPENBLAS_CORETYPE"] == "SkylakeX"
     assert "OPENBLAS_CORETYPE=SkylakeX" in _env.blas_settings()
-    _env.pin_threads(3, "auto")  # let OpenBLAS choose: the variable goes
+    assert "OPENBLAS_THREAD_TIMEOUT=1" in _env.blas_settings()
+    _env.pin_threads(3, {"OPENBLAS_CORETYPE": ""})  # an empty value removes the variable
     assert "OPENBLAS_CORETYPE" not in os.environ
 
 
