@@ -29,6 +29,7 @@ All rules live in :data:`RULES`, which the tests enumerate.
 from __future__ import annotations
 
 import builtins
+import functools
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -913,27 +914,40 @@ def _(g, out, ctx, needs, xp, a, b):
     return ga, gb
 
 
+_SMALL_BATCH = 32
+
+
 def _affine(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``x @ w.T + b`` as a new C-ordered array, the product in its faster orientation.
+    """``x @ w.T + b`` as a new C-ordered array; small batches take the product turned around.
 
     For a batch x of shape (B, in), the product can be computed as
     ``x @ w.T`` (B rows, the layout PyTorch writes) or as ``(w @ x.T).T``,
-    the notes' z = W a with the batch as columns (out rows). Same products,
-    same arithmetic per element, but BLAS kernels block the output by rows
-    and run faster when the product has at least as many rows as columns:
-    with OpenBLAS on a (32, 784) batch and w of (256, 784), the second form
-    takes 40-60 % of the first's time with AVX-512 kernels and 85 % with AVX2
-    ones; at B = 1024 the first form is faster. So the longer side becomes
-    the rows. The bias add is the one pass that writes the C-ordered result
-    either way, so turning the (out, B) product around costs nothing.
+    the notes' z = W a with the batch as columns (out rows). Same products;
+    but OpenBLAS runs the first form slowly when B is small: on this
+    project's machine, for B = 32 and w of (256, 784), in 1.5x the second
+    form's time with its AVX-512 kernels and 1.1x with its AVX2 ones (and 2x
+    for a (1024, 1024) w at B = 16). The bias add writes the C-ordered result
+    either way, but reading the (out, B) product across its rows costs more
+    as B grows (27 us instead of 3 at B = 128), which is where the first form
+    wins again: so the second form only for batches of at most 32 rows that
+    are shorter than the output side.
     """
-    if x.ndim == 2 and x.shape[0] < w.shape[0]:
+    if x.ndim == 2 and x.shape[0] <= _SMALL_BATCH and x.shape[0] < w.shape[0]:
         zt = w @ x.T
         out = np.empty(zt.shape[::-1], zt.dtype)
         return np.add(zt.T, b, out=out)  # the same casting as `out += b` below
     out = x @ w.T
     out += b
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _ones(n: int, dtype: str) -> np.ndarray:
+    """A read-only vector of n ones, kept: making it costs as much as the
+    matrix-vector product it serves on a small batch."""
+    v = np.ones(n, dtype)
+    v.flags.writeable = False
+    return v
 
 
 @rule("linear", uses_out=False)
@@ -971,7 +985,7 @@ def _(g, out, ctx, needs, xp, x, w, b):
         if type(g2) is np.ndarray:
             # the column sums as a matrix-vector product: BLAS runs it about
             # 2.5x faster than g2.sum(axis=0) on a (1024, 256) float32 batch
-            gb = sum_to_shape(np.ones(g2.shape[0], g2.dtype) @ g2, b.shape)
+            gb = sum_to_shape(_ones(g2.shape[0], g2.dtype.str) @ g2, b.shape)
         else:  # create_graph: a differentiable sum
             gb = sum_to_shape(g2.sum(axis=0), b.shape)
     return gx, gw, gb
