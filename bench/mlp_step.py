@@ -141,11 +141,15 @@ def chainrule_model(params):
     return nn.Sequential(*layers)
 
 
-def chainrule_step(params, x, y, compiled: bool = False) -> Callable[[], object]:
+def chainrule_step(params, x, y, compiled: bool = False,
+                   fused: bool | None = None) -> Callable[[], object]:
+    """chainrule's step, with SGD fused where NumPy's OpenBLAS allows (``fused=None``)."""
     import chainrule as cr
+    from chainrule.optim import _blas
 
     model = chainrule_model(params)
-    opt = cr.optim.SGD(model.parameters(), lr=LR)
+    opt = cr.optim.SGD(model.parameters(), lr=LR,
+                       fused=_blas.available() if fused is None else fused)
     F = cr.nn.functional
 
     def step(xb, yb):
@@ -164,7 +168,8 @@ def chainrule_step(params, x, y, compiled: bool = False) -> Callable[[], object]
 # ---------------------------------------------------------------------------
 
 
-def torch_step(params, x, y, compiled: bool = False) -> Callable[[], object] | None:
+def torch_step(params, x, y, compiled: bool = False,
+               fused: bool = True) -> Callable[[], object] | None:
     try:
         import torch
     except ImportError:
@@ -181,7 +186,7 @@ def torch_step(params, x, y, compiled: bool = False) -> Callable[[], object] | N
         if i < n - 1:
             layers.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*layers)
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, fused=fused)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     def step():

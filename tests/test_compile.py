@@ -40,6 +40,8 @@ def _twin(opt_name, dropout=0.0, seed=0):
     model = cr.nn.Sequential(*layers)
     if opt_name == "sgd":
         opt = cr.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    elif opt_name == "fused sgd":
+        opt = cr.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, fused=True)
     else:
         opt = cr.optim.Adam(model.parameters(), lr=0.01)
     return model, _training_step(model, opt, F.cross_entropy)
@@ -74,9 +76,14 @@ def _assert_same_params(m1, m2):
         assert np.array_equal(a.data, b.data), f"parameter {n} differs"
 
 
-@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("opt_name", ["sgd", "fused sgd", "adam"])
 @pytest.mark.parametrize("bs", [8, 32])
 def test_bit_identical_to_eager_over_20_steps(opt_name, bs):
+    if opt_name == "fused sgd":
+        from chainrule.optim import _blas
+
+        if not _blas.available():
+            pytest.skip("this NumPy carries no OpenBLAS chainrule can call")
     x, y = _data()
     batches = _batches(x, y, bs, 20)  # includes short last batches: a shape change
     m_eager, s_eager = _twin(opt_name)

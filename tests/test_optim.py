@@ -149,6 +149,113 @@ def test_torch_parity_20_steps(name, kw):
     np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
+# ----- SGD(fused=True): BLAS axpy/scal from NumPy's own OpenBLAS ------------------------
+
+def _need_blas():
+    from chainrule.optim import _blas
+
+    if not _blas.available():
+        pytest.skip("this NumPy carries no OpenBLAS chainrule can call")
+
+
+FUSED_CASES = [dict(lr=0.1), dict(lr=0.1, momentum=0.9), dict(lr=0.1, momentum=0.9, dampening=0.3),
+               dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+               dict(lr=0.1, momentum=0.5, maximize=True)]
+
+
+@pytest.mark.parametrize("kw", FUSED_CASES, ids=str)
+def test_fused_sgd_follows_the_rule_to_rounding(kw):
+    _need_blas()
+    got = _run(optim.SGD, 20, fused=True, **kw)
+    for a, b in zip(got, _sgd_ref(20, **kw)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    # and to the unfused update within a float32 ulp or so
+    p32, q32 = (nn.Parameter(W0.astype(np.float32)) for _ in range(2))
+    fused, plain = optim.SGD([p32], fused=True, **kw), optim.SGD([q32], **kw)
+    for g in GRADS:
+        p32.grad, q32.grad = g.astype(np.float32), g.astype(np.float32)
+        fused.step()
+        plain.step()
+    assert p32.data.dtype == np.float32
+    np.testing.assert_allclose(p32.data, q32.data, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(W0.astype(np.float32), p32.data)  # it did update
+
+
+def test_fused_sgd_matches_torch_fused_sgd():
+    _need_blas()
+    torch = pytest.importorskip("torch")
+    kw = dict(lr=0.1, momentum=0.9, dampening=0.1)
+    p = nn.Parameter(W0.copy())
+    tp = torch.tensor(W0.copy(), requires_grad=True)
+    opt, topt = optim.SGD([p], fused=True, **kw), torch.optim.SGD([tp], fused=True, **kw)
+    for g in GRADS:
+        p.grad = g.copy()
+        tp.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_fused_sgd_falls_back_where_blas_cannot_update_in_place():
+    _need_blas()
+    # float16 has no BLAS routine; a transposed view is not contiguous: both take
+    # the NumPy path and must still be updated in place, exactly as unfused
+    half = nn.Parameter(W0.astype(np.float16))
+    base = np.asfortranarray(W0.copy())
+    view = nn.Parameter(W0.copy())
+    view.data = base.T.T  # same values, F-ordered storage
+    ref_half = nn.Parameter(W0.astype(np.float16))
+    ref_view = nn.Parameter(W0.copy())
+    fused = optim.SGD([half, view], lr=0.1, momentum=0.9, fused=True)
+    plain = optim.SGD([ref_half, ref_view], lr=0.1, momentum=0.9)
+    for g in GRADS[:5]:
+        half.grad, ref_half.grad = g.astype(np.float16), g.astype(np.float16)
+        view.grad, ref_view.grad = g.copy(), g.copy()
+        fused.step()
+        plain.step()
+    assert half.data.dtype == np.float16
+    np.testing.assert_array_equal(half.data, ref_half.data)
+    np.testing.assert_allclose(view.data, ref_view.data, rtol=1e-13)
+    assert np.shares_memory(view.data, base)
+
+
+def test_fused_sgd_without_a_callable_blas_says_so(monkeypatch):
+    from chainrule.optim import _blas
+
+    monkeypatch.setattr(_blas, "_FUNCS", {})  # as if no library had been found
+    monkeypatch.setattr(_blas, "_WHY", "this NumPy does not carry OpenBLAS (test)")
+    with pytest.raises(RuntimeError, match=r"SGD\(fused=True\).*does not carry OpenBLAS.*"
+                                           r"fused=False"):
+        optim.SGD([nn.Parameter(W0.copy())], lr=0.1, fused=True)
+    optim.SGD([nn.Parameter(W0.copy())], lr=0.1)  # the default needs nothing
+
+
+def test_the_bundled_blas_is_found_and_checked_against_numpy():
+    from chainrule.optim import _blas
+
+    _need_blas()
+    for dtype in (np.float32, np.float64):
+        y = np.arange(300_000, dtype=dtype).reshape(600, 500)
+        x = np.ones_like(y)
+        want = y + (-0.25) * x
+        assert _blas.axpy(-0.25, x, y)
+        np.testing.assert_array_equal(y, want)  # exact: small integers and quarters
+        assert _blas.scal(2.0, y)
+        np.testing.assert_array_equal(y, 2 * want)
+    assert not _blas.axpy(1.0, np.ones(3, np.float16), np.ones(3, np.float16))
+    assert not _blas.scal(1.0, np.ones((3, 4)).T)  # not C-contiguous
+
+
+def test_fused_is_a_group_setting_saved_with_the_state():
+    _need_blas()
+    p = nn.Parameter(W0.copy())
+    opt = optim.SGD([p], lr=0.1, fused=True)
+    assert opt.state_dict()["param_groups"][0]["fused"] is True
+    other = optim.SGD([nn.Parameter(W0.copy())], lr=0.1)
+    other.load_state_dict(opt.state_dict())
+    assert other.param_groups[0]["fused"] is True
+
+
 # ----- validation, groups, state -------------------------------------------------
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..tensor import Tensor
+from . import _blas
 from .optimizer import Optimizer, _check_number
 
 __all__ = ["SGD"]
@@ -29,16 +30,24 @@ class SGD(Optimizer):
     lr : float, default 1e-3
     momentum, dampening, weight_decay : float, default 0
     nesterov, maximize : bool, default False
+    fused : bool, default False
+        Run ``p = p - lr * g`` and the momentum update as BLAS ``axpy``/``scal``
+        calls (the OpenBLAS inside NumPy's wheel, see ``optim/_blas.py``): one
+        pass over memory instead of two, spread over the BLAS threads, and each
+        multiply-add rounded once, as in PyTorch's ``fused=True``. Same update
+        rule; results equal the unfused ones to rounding. Parameters that are
+        not float32/float64 or not contiguous are updated the unfused way. A
+        NumPy built against another BLAS raises a RuntimeError that says so.
 
     >>> opt = cr.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     """
 
     def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, fused: bool | None = None) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize))
+                                      maximize=maximize, fused=bool(fused)))
 
     def _validate(self, group: dict[str, Any]) -> None:
         super()._validate(group)
@@ -46,10 +55,13 @@ class SGD(Optimizer):
             _check_number(k, group[k], "SGD")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("SGD: nesterov=True needs momentum > 0 and dampening = 0")
+        if group.get("fused"):
+            _blas.require("SGD")
 
     def _update(self, group: dict[str, Any], params: list[Tensor]) -> None:
         lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
         wd, nesterov = group["weight_decay"], group["nesterov"]
+        fused = group.get("fused", False)
         for p in params:
             w = p.data
             g = self._grad(p, group["maximize"])
@@ -63,6 +75,8 @@ class SGD(Optimizer):
                 buf = state.get("momentum_buffer")
                 if buf is None:  # the first step starts the buffer at g, undamped
                     buf = state["momentum_buffer"] = g.copy()
+                elif fused and _blas.scal(mom, buf):
+                    _blas.axpy(1 - damp, g, buf)
                 else:
                     buf *= mom
                     if damp != 0:
@@ -78,6 +92,8 @@ class SGD(Optimizer):
                     g = t
                 else:
                     g = buf
+            if fused and _blas.axpy(-lr, g, w):
+                continue
             t = self._buf(w, 3)
             np.multiply(g, -lr, out=t)
             w += t
