@@ -118,6 +118,18 @@ NOTES = """
   own. `--env OPENBLAS_CORETYPE=` removes the variable for a run, so that
   OpenBLAS picks the kernels for this CPU; the roofline and the hand-written
   NumPy step move with it, so read chainrule against those in the same run.
+- **Spinning BLAS threads slow the work between products.** After each
+  matrix product OpenBLAS keeps its worker threads spinning for about 0.1 s
+  (its default `OPENBLAS_THREAD_TIMEOUT`). On this two-vCPU virtual machine
+  that slows the NumPy elementwise work the main thread does in between: the
+  SGD update of the 784-256-256-10 model took 55 us with the workers asleep
+  and 130 us with them spinning (B = 128). Measured standalone, one framework
+  per process: `OPENBLAS_THREAD_TIMEOUT=1` in the environment (read when
+  NumPy loads) took chainrule's compiled step from 1,678 / 818 / 149 to
+  2,216 / 990 / 168 steps/s at B = 32 / 128 / 1024, and left the GEMM-only
+  roofline as it was (3,281 / 1,223 / 179 and 3,102 / 1,160 / 175). The
+  tables here keep OpenBLAS's default, as a user gets it; try the variable on
+  your machine (`--env OPENBLAS_THREAD_TIMEOUT=1`).
 - **What `chainrule compiled` does.** `cr.compile(step)` records the whole
   step once as a tape (every op, the backward program, the zero_grad and
   optimizer-step calls, random draws), checks one replay against an eager run
@@ -126,7 +138,20 @@ NOTES = """
   `docs/compile.md`). What remains is NumPy's own work, so at large batches it
   converges on eager mode and on the hand-written NumPy step.
 - **Per-op overhead** on shape (1,) is pure framework cost; on (64, 64) the
-  NumPy arithmetic and allocation of each op start to dominate.
+  NumPy arithmetic and allocation of each op start to dominate, and in a
+  fresh process most of chainrule's time there is page faults. The chain
+  keeps its 1,000 intermediate 16 KiB arrays for the backward pass; glibc's
+  allocator takes them from fresh heap pages and hands the pages back to the
+  system when backward frees them, so every run faults them in again (3.6
+  minor faults per op; PyTorch 0.03). glibc stops handing them back once the
+  process has freed one large array (it then raises its own trim threshold),
+  as a program that loads data soon does: after freeing a 32 MB array, or
+  with `MALLOC_TRIM_THRESHOLD_=268435456` in the environment, chainrule took
+  3.7-4.9 us per op against PyTorch's 5.1-5.3 (11.0 us in the fresh
+  process). The suite measures the fresh process and leaves the allocator's
+  settings alone, as chainrule does. An MLP's training step does not meet
+  this: its few large arrays are reused from step to step (0.01 faults per
+  step).
 - **Peak memory.** Bytes allocated during one step beyond what was live
   before it. `nn.Sequential` fuses each Linear + ReLU into one `linear_relu`
   node, so the pre-activation z never exists as a separate array, and the
