@@ -238,12 +238,19 @@ def test_the_bundled_blas_is_found_and_checked_against_numpy():
         y = np.arange(300_000, dtype=dtype).reshape(600, 500)
         x = np.ones_like(y)
         want = y + (-0.25) * x
-        assert _blas.axpy(-0.25, x, y)
+        assert _blas.supports(y)
+        _blas.axpy(-0.25, x, y)
         np.testing.assert_array_equal(y, want)  # exact: small integers and quarters
-        assert _blas.scal(2.0, y)
+        _blas.scal(2.0, y)
         np.testing.assert_array_equal(y, 2 * want)
-    assert not _blas.axpy(1.0, np.ones(3, np.float16), np.ones(3, np.float16))
-    assert not _blas.scal(1.0, np.ones((3, 4)).T)  # not C-contiguous
+        _blas.axpy(1.0, x.T.copy().T, y)  # an F-ordered x is read in y's order
+        np.testing.assert_array_equal(y, 2 * want + 1)
+    assert not _blas.supports(np.ones(3, np.float16))
+    assert not _blas.supports(np.ones((3, 4)).T)  # not C-contiguous
+    assert not _blas.supports(np.ones(0, np.float32))
+    ro = np.ones(3)
+    ro.flags.writeable = False
+    assert not _blas.supports(ro)
 
 
 def test_fused_is_a_group_setting_saved_with_the_state():

@@ -112,28 +112,22 @@ def require(who: str) -> None:
         )
 
 
-def _target(y: np.ndarray) -> tuple[Any, Any] | None:
+def supports(y: np.ndarray) -> bool:
+    """Whether :func:`axpy` and :func:`scal` can update ``y`` in place: a
+    float32/float64, C-contiguous, writeable, non-empty array."""
     funcs = _load()
-    if funcs is None or not y.flags.c_contiguous or not y.flags.writeable or not y.size:
-        return None
-    return funcs.get(y.dtype.str)
+    return (funcs is not None and y.dtype.str in funcs and y.flags.c_contiguous
+            and y.flags.writeable and y.size > 0)
 
 
-def axpy(a: float, x: np.ndarray, y: np.ndarray) -> bool:
-    """``y += a * x`` in place with BLAS; False (and nothing done) when y's dtype
-    or layout does not allow it, so that the caller does it with NumPy."""
-    f = _target(y)
-    if f is None or x.shape != y.shape:
-        return False
+def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
+    """``y += a * x`` in place, for a ``y`` that :func:`supports` and an ``x`` of its shape."""
+    if x.shape != y.shape:
+        raise ValueError(f"axpy: x has shape {x.shape}, y has shape {y.shape}")
     x = np.ascontiguousarray(x, dtype=y.dtype)
-    f[0](y.size, a, x.ctypes.data, 1, y.ctypes.data, 1)
-    return True
+    _FUNCS[y.dtype.str][0](y.size, a, x.ctypes.data, 1, y.ctypes.data, 1)
 
 
-def scal(a: float, y: np.ndarray) -> bool:
-    """``y *= a`` in place with BLAS; False when it cannot (see :func:`axpy`)."""
-    f = _target(y)
-    if f is None:
-        return False
-    f[1](y.size, a, y.ctypes.data, 1)
-    return True
+def scal(a: float, y: np.ndarray) -> None:
+    """``y *= a`` in place, for a ``y`` that :func:`supports`."""
+    _FUNCS[y.dtype.str][1](y.size, a, y.ctypes.data, 1)

@@ -64,6 +64,7 @@ class SGD(Optimizer):
         fused = group.get("fused", False)
         for p in params:
             w = p.data
+            blas = fused and _blas.supports(w)
             g = self._grad(p, group["maximize"])
             if wd != 0:
                 t = self._buf(w, 1)
@@ -75,7 +76,8 @@ class SGD(Optimizer):
                 buf = state.get("momentum_buffer")
                 if buf is None:  # the first step starts the buffer at g, undamped
                     buf = state["momentum_buffer"] = g.copy()
-                elif fused and _blas.scal(mom, buf):
+                elif blas and _blas.supports(buf):
+                    _blas.scal(mom, buf)
                     _blas.axpy(1 - damp, g, buf)
                 else:
                     buf *= mom
@@ -92,7 +94,8 @@ class SGD(Optimizer):
                     g = t
                 else:
                     g = buf
-            if fused and _blas.axpy(-lr, g, w):
+            if blas:
+                _blas.axpy(-lr, g, w)
                 continue
             t = self._buf(w, 3)
             np.multiply(g, -lr, out=t)
