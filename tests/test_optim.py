@@ -163,59 +163,89 @@ FUSED_CASES = [dict(lr=0.1), dict(lr=0.1, momentum=0.9), dict(lr=0.1, momentum=0
                dict(lr=0.1, momentum=0.5, maximize=True)]
 
 
+BIG_W0 = RNG.standard_normal((160, 120))  # above _blas.MIN_SIZE: the BLAS path runs
+BIG_GRADS = [RNG.standard_normal((160, 120)) for _ in range(10)]
+
+
+def _sgd_rule(kw):
+    """The update rule in float64, written out (as _sgd_ref, on the big arrays)."""
+    lr, mom, damp = kw["lr"], kw.get("momentum", 0.0), kw.get("dampening", 0.0)
+    wd, nest = kw.get("weight_decay", 0.0), kw.get("nesterov", False)
+    w, b, out = BIG_W0.copy(), None, []
+    for g in BIG_GRADS:
+        g = (-g if kw.get("maximize") else g) + wd * w
+        if mom:
+            b = g.copy() if b is None else mom * b + (1 - damp) * g
+            g = g + mom * b if nest else b
+        w = w - lr * g
+        out.append(w)
+    return out
+
+
 @pytest.mark.parametrize("kw", FUSED_CASES, ids=str)
-def test_fused_sgd_follows_the_rule_to_rounding(kw):
+def test_fused_sgd_follows_the_rule_to_rounding(kw, monkeypatch):
     _need_blas()
-    got = _run(optim.SGD, 20, fused=True, **kw)
-    for a, b in zip(got, _sgd_ref(20, **kw)):
-        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
-    # and to the unfused update within a float32 ulp or so
-    p32, q32 = (nn.Parameter(W0.astype(np.float32)) for _ in range(2))
+    from chainrule.optim import _blas
+
+    calls = []
+    real = _blas.axpy
+    monkeypatch.setattr(_blas, "axpy", lambda *a: (calls.append(a[2].shape), real(*a)))
+    p = nn.Parameter(BIG_W0.copy())
+    opt = optim.SGD([p], fused=True, **kw)
+    for g, want in zip(BIG_GRADS, _sgd_rule(kw)):
+        p.grad = g.copy()
+        opt.step()
+        np.testing.assert_allclose(p.data, want, rtol=1e-12, atol=1e-13)
+    assert calls and all(s == BIG_W0.shape for s in calls)  # BLAS did the updates
+    # in float32, equal to the unfused update to rounding
+    p32, q32 = (nn.Parameter(BIG_W0.astype(np.float32)) for _ in range(2))
     fused, plain = optim.SGD([p32], fused=True, **kw), optim.SGD([q32], **kw)
-    for g in GRADS:
+    for g in BIG_GRADS:
         p32.grad, q32.grad = g.astype(np.float32), g.astype(np.float32)
         fused.step()
         plain.step()
     assert p32.data.dtype == np.float32
-    np.testing.assert_allclose(p32.data, q32.data, rtol=1e-5, atol=1e-6)
-    assert not np.array_equal(W0.astype(np.float32), p32.data)  # it did update
+    np.testing.assert_allclose(p32.data, q32.data, rtol=1e-4, atol=1e-5)
 
 
 def test_fused_sgd_matches_torch_fused_sgd():
     _need_blas()
     torch = pytest.importorskip("torch")
     kw = dict(lr=0.1, momentum=0.9, dampening=0.1)
-    p = nn.Parameter(W0.copy())
-    tp = torch.tensor(W0.copy(), requires_grad=True)
+    p = nn.Parameter(BIG_W0.copy())
+    tp = torch.tensor(BIG_W0.copy(), requires_grad=True)
     opt, topt = optim.SGD([p], fused=True, **kw), torch.optim.SGD([tp], fused=True, **kw)
-    for g in GRADS:
+    for g in BIG_GRADS:
         p.grad = g.copy()
         tp.grad = torch.tensor(g)
         opt.step()
         topt.step()
-    np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-13)
 
 
 def test_fused_sgd_falls_back_where_blas_cannot_update_in_place():
     _need_blas()
-    # float16 has no BLAS routine; a transposed view is not contiguous: both take
-    # the NumPy path and must still be updated in place, exactly as unfused
-    half = nn.Parameter(W0.astype(np.float16))
-    base = np.asfortranarray(W0.copy())
-    view = nn.Parameter(W0.copy())
-    view.data = base.T.T  # same values, F-ordered storage
-    ref_half = nn.Parameter(W0.astype(np.float16))
-    ref_view = nn.Parameter(W0.copy())
-    fused = optim.SGD([half, view], lr=0.1, momentum=0.9, fused=True)
-    plain = optim.SGD([ref_half, ref_view], lr=0.1, momentum=0.9)
-    for g in GRADS[:5]:
-        half.grad, ref_half.grad = g.astype(np.float16), g.astype(np.float16)
-        view.grad, ref_view.grad = g.copy(), g.copy()
+    # float16 has no BLAS routine, an F-ordered array is not C-contiguous, a
+    # small one is quicker in NumPy: all take the NumPy path and must still be
+    # updated in place, exactly as unfused
+    half = nn.Parameter(BIG_W0.astype(np.float16))
+    base = np.asfortranarray(BIG_W0.copy())
+    view = nn.Parameter(BIG_W0.copy())
+    view.data = base  # same values, F-ordered storage
+    small = nn.Parameter(W0.copy())
+    refs = [nn.Parameter(BIG_W0.astype(np.float16)), nn.Parameter(BIG_W0.copy()),
+            nn.Parameter(W0.copy())]
+    mine = [half, view, small]
+    fused = optim.SGD(mine, lr=0.1, momentum=0.9, fused=True)
+    plain = optim.SGD(refs, lr=0.1, momentum=0.9)
+    for g, gs in zip(BIG_GRADS[:5], GRADS):
+        for p, q, grad in zip(mine, refs, (g.astype(np.float16), g, gs)):
+            p.grad, q.grad = grad.copy(), grad.copy()
         fused.step()
         plain.step()
     assert half.data.dtype == np.float16
-    np.testing.assert_array_equal(half.data, ref_half.data)
-    np.testing.assert_allclose(view.data, ref_view.data, rtol=1e-13)
+    for p, q in zip(mine, refs):
+        np.testing.assert_array_equal(p.data, q.data)
     assert np.shares_memory(view.data, base)
 
 
@@ -245,10 +275,11 @@ def test_the_bundled_blas_is_found_and_checked_against_numpy():
         np.testing.assert_array_equal(y, 2 * want)
         _blas.axpy(1.0, x.T.copy().T, y)  # an F-ordered x is read in y's order
         np.testing.assert_array_equal(y, 2 * want + 1)
-    assert not _blas.supports(np.ones(3, np.float16))
-    assert not _blas.supports(np.ones((3, 4)).T)  # not C-contiguous
-    assert not _blas.supports(np.ones(0, np.float32))
-    ro = np.ones(3)
+    n = _blas.MIN_SIZE
+    assert not _blas.supports(np.ones(n, np.float16))
+    assert not _blas.supports(np.ones((n, 4)).T)  # not C-contiguous
+    assert not _blas.supports(np.ones(n - 1, np.float32))  # quicker in NumPy
+    ro = np.ones(n)
     ro.flags.writeable = False
     assert not _blas.supports(ro)
 

@@ -36,6 +36,7 @@ class SGD(Optimizer):
         pass over memory instead of two, spread over the BLAS threads, and each
         multiply-add rounded once, as in PyTorch's ``fused=True``. Same update
         rule; results equal the unfused ones to rounding. Parameters that are
+        small (under 16,384 elements, where NumPy is quicker than the call),
         not float32/float64 or not contiguous are updated the unfused way. A
         NumPy built against another BLAS raises a RuntimeError that says so.
 
