@@ -118,18 +118,19 @@ NOTES = """
   own. `--env OPENBLAS_CORETYPE=` removes the variable for a run, so that
   OpenBLAS picks the kernels for this CPU; the roofline and the hand-written
   NumPy step move with it, so read chainrule against those in the same run.
-- **Spinning BLAS threads slow the work between products.** After each
+- **Spinning BLAS threads and the work between products.** After each
   matrix product OpenBLAS keeps its worker threads spinning for about 0.1 s
-  (its default `OPENBLAS_THREAD_TIMEOUT`). On this two-vCPU virtual machine
-  that slows the NumPy elementwise work the main thread does in between: the
-  SGD update of the 784-256-256-10 model took 55 us with the workers asleep
-  and 130 us with them spinning (B = 128). Measured standalone, one framework
-  per process: `OPENBLAS_THREAD_TIMEOUT=1` in the environment (read when
-  NumPy loads) took chainrule's compiled step from 1,678 / 818 / 149 to
-  2,216 / 990 / 168 steps/s at B = 32 / 128 / 1024, and left the GEMM-only
-  roofline as it was (3,281 / 1,223 / 179 and 3,102 / 1,160 / 175). The
-  tables here keep OpenBLAS's default, as a user gets it; try the variable on
-  your machine (`--env OPENBLAS_THREAD_TIMEOUT=1`).
+  (its default `OPENBLAS_THREAD_TIMEOUT`), ready for the next one. On this
+  shared two-vCPU machine that helps or hurts depending on the host's load.
+  Measured standalone, one framework per process, the compiled step with
+  `OPENBLAS_THREAD_TIMEOUT=1` (threads sleep at once; read when NumPy
+  loads) went from 1,678 / 818 / 149 to 2,216 / 990 / 168 steps/s at
+  B = 32 / 128 / 1024 on a busy spell (the spinning slowed the elementwise
+  work between products, e.g. the SGD update from 55 to 130 us at B = 128),
+  and from 3,494-3,517 / 1,291-1,298 / 190-197 to 2,279-2,387 / 1,058-1,091 /
+  185 on a quiet one (every product then pays for waking the threads). The
+  tables here keep OpenBLAS's default, as a user gets it; try both on your
+  machine (`--env OPENBLAS_THREAD_TIMEOUT=1`).
 - **What `chainrule compiled` does.** `cr.compile(step)` records the whole
   step once as a tape (every op, the backward program, the zero_grad and
   optimizer-step calls, random draws), checks one replay against an eager run
