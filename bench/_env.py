@@ -176,7 +176,11 @@ def interleaved(
         for _ in range(reps):
             for name, (_proc, conn) in workers.items():
                 conn.send((inner, settle))
-                out[name].append(conn.recv())
+                try:
+                    out[name].append(conn.recv())
+                except EOFError:
+                    raise RuntimeError(f"the worker timing {name!r} died; its traceback "
+                                       "is printed above") from None
         return out, skipped
     finally:
         for proc, conn in workers.values():

@@ -31,6 +31,13 @@ def test_interleaved_times_each_runner_in_its_own_process_and_names_what_it_skip
     assert "ValueError" in skipped["broken"] and "no such framework" in skipped["broken"]
 
 
+def test_a_worker_that_dies_while_timing_is_named():
+    # iter([]) builds fine but is not callable: the worker dies at its first call
+    makers = {"not callable": ("builtins", "iter", ([],))}
+    with pytest.raises(RuntimeError, match="'not callable' died"):
+        _env.interleaved(makers, reps=1, settle=0.0)
+
+
 def test_in_process_returns_the_result_of_a_call_in_a_fresh_interpreter():
     assert _env.in_process(("bench.mlp_step", "inner_calls", (32,))) == 64
     # the child sees the parent's environment (thread settings reach the workers)
