@@ -125,9 +125,9 @@ NOTES = """
   Measured standalone, one framework per process, the compiled step with
   `OPENBLAS_THREAD_TIMEOUT=1` (threads sleep at once; read when NumPy
   loads) went from 1,678 / 818 / 149 to 2,216 / 990 / 168 steps/s at
-  B = 32 / 128 / 1024 on a busy spell (the spinning slowed the elementwise
-  work between products, e.g. the SGD update from 55 to 130 us at B = 128),
-  and from 3,494-3,517 / 1,291-1,298 / 190-197 to 2,279-2,387 / 1,058-1,091 /
+  B = 32 / 128 / 1024 on a busy spell, before SGD(fused=True) (the spinning
+  slowed the elementwise work between products, e.g. the SGD update from 55
+  to 130 us at B = 128), and from 3,494-3,517 / 1,291-1,298 / 190-197 to 2,279-2,387 / 1,058-1,091 /
   185 on a quiet one (every product then pays for waking the threads). The
   tables here keep OpenBLAS's default, as a user gets it; try both on your
   machine (`--env OPENBLAS_THREAD_TIMEOUT=1`).
