@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ _NAMES = (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_in
 
 _FUNCS: dict[str, tuple[Any, Any]] | None = None
 _WHY = ""
+_LOCK = threading.Lock()
 
 
 def _libraries() -> list[str]:
@@ -81,19 +83,21 @@ def _works(funcs: dict[str, tuple[Any, Any]]) -> bool:
 def _load() -> dict[str, tuple[Any, Any]] | None:
     global _FUNCS, _WHY
     if _FUNCS is None:
-        _FUNCS = {}
-        paths = _libraries()
-        for path in paths:
-            try:
-                funcs = _bind(ctypes.CDLL(path))
-            except OSError:
-                continue
-            if funcs:
-                _FUNCS = funcs
-                break
-        if not _FUNCS:
-            _WHY = ("this NumPy does not carry OpenBLAS as a library chainrule can call "
-                    f"(looked for {'numpy.libs/libscipy_openblas*' if not paths else paths})")
+        with _LOCK:  # two threads starting at once must both see the finished table
+            if _FUNCS is None:
+                found: dict[str, tuple[Any, Any]] = {}
+                paths = _libraries()
+                for path in paths:
+                    try:
+                        found = _bind(ctypes.CDLL(path)) or {}
+                    except OSError:
+                        continue
+                    if found:
+                        break
+                if not found:
+                    _WHY = ("this NumPy does not carry OpenBLAS as a library chainrule can "
+                            f"call (looked for {paths or 'numpy.libs/libscipy_openblas*'})")
+                _FUNCS = found
     return _FUNCS or None
 
 
