@@ -34,10 +34,10 @@ def _run(opt_cls, steps, **kw):
 
 
 def _sgd_ref(steps, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-             maximize=False):
-    w, b, out = W0.copy(), None, []
+             maximize=False, w0=W0, grads=GRADS):
+    w, b, out = w0.copy(), None, []
     for t in range(steps):
-        g = -GRADS[t] if maximize else GRADS[t]
+        g = -grads[t] if maximize else grads[t]
         g = g + weight_decay * w
         if momentum:
             b = g.copy() if b is None else momentum * b + (1 - dampening) * g
@@ -167,21 +167,6 @@ BIG_W0 = RNG.standard_normal((160, 120))  # above _blas.MIN_SIZE: the BLAS path 
 BIG_GRADS = [RNG.standard_normal((160, 120)) for _ in range(10)]
 
 
-def _sgd_rule(kw):
-    """The update rule in float64, written out (as _sgd_ref, on the big arrays)."""
-    lr, mom, damp = kw["lr"], kw.get("momentum", 0.0), kw.get("dampening", 0.0)
-    wd, nest = kw.get("weight_decay", 0.0), kw.get("nesterov", False)
-    w, b, out = BIG_W0.copy(), None, []
-    for g in BIG_GRADS:
-        g = (-g if kw.get("maximize") else g) + wd * w
-        if mom:
-            b = g.copy() if b is None else mom * b + (1 - damp) * g
-            g = g + mom * b if nest else b
-        w = w - lr * g
-        out.append(w)
-    return out
-
-
 @pytest.mark.parametrize("kw", FUSED_CASES, ids=str)
 def test_fused_sgd_follows_the_rule_to_rounding(kw, monkeypatch):
     _need_blas()
@@ -192,7 +177,7 @@ def test_fused_sgd_follows_the_rule_to_rounding(kw, monkeypatch):
     monkeypatch.setattr(_blas, "axpy", lambda *a: (calls.append(a[2].shape), real(*a)))
     p = nn.Parameter(BIG_W0.copy())
     opt = optim.SGD([p], fused=True, **kw)
-    for g, want in zip(BIG_GRADS, _sgd_rule(kw)):
+    for g, want in zip(BIG_GRADS, _sgd_ref(len(BIG_GRADS), w0=BIG_W0, grads=BIG_GRADS, **kw)):
         p.grad = g.copy()
         opt.step()
         np.testing.assert_allclose(p.data, want, rtol=1e-12, atol=1e-13)
