@@ -92,9 +92,11 @@ def numpy_hand(params, x, y) -> Callable[[], float]:
 def numpy_gemm_only(params, x, y) -> Callable[[], None]:
     """Only the 8 matrix products of a step, into preallocated outputs.
 
-    A forward product is computed in whichever orientation BLAS runs faster,
-    as chainrule's ``linear`` does: ``x @ w.T`` with B rows, or ``w @ x.T``
-    (its transpose, out rows) when the batch is the shorter side.
+    A forward product is computed in whichever orientation BLAS runs faster:
+    ``x @ w.T`` with B rows, or ``w @ x.T`` (its transpose, out rows) when the
+    batch is the shorter side. Written straight into a transposed buffer, the
+    second form costs nothing more here, so unlike chainrule's ``linear``
+    (which must turn the result into C order) it is used at any such batch.
     """
     import numpy as np
 

@@ -28,6 +28,17 @@ def _chain(y):  # works for chainrule, torch and autograd values alike
 NAMES = ("chainrule", "PyTorch eager", "HIPS autograd", "pure-Python scalars")
 
 
+def _tape_runner(x):
+    """The chain, forward + backward, for a framework whose tensors have .grad
+    and .backward() (chainrule and PyTorch alike)."""
+
+    def run() -> None:
+        x.grad = None
+        _chain(x).backward()
+
+    return run
+
+
 def make_runner(name: str, shape: tuple[int, ...]):
     """A zero-argument callable running the chain forward + backward in one
     framework, or None when that framework is not installed (or, for the
@@ -37,25 +48,13 @@ def make_runner(name: str, shape: tuple[int, ...]):
     if name == "chainrule":
         import chainrule as cr
 
-        x = cr.tensor(np.ones(shape, dtype=np.float32), requires_grad=True)
-
-        def run_chainrule() -> None:
-            x.grad = None
-            _chain(x).backward()
-
-        return run_chainrule
+        return _tape_runner(cr.tensor(np.ones(shape, dtype=np.float32), requires_grad=True))
     if name == "PyTorch eager":
         try:
             import torch
         except ImportError:
             return None
-        xt = torch.ones(shape, dtype=torch.float32, requires_grad=True)
-
-        def run_torch() -> None:
-            xt.grad = None
-            _chain(xt).backward()
-
-        return run_torch
+        return _tape_runner(torch.ones(shape, dtype=torch.float32, requires_grad=True))
     if name == "HIPS autograd":
         try:
             import autograd

@@ -56,13 +56,13 @@ class SGD(Optimizer):
             _check_number(k, group[k], "SGD")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("SGD: nesterov=True needs momentum > 0 and dampening = 0")
-        if group.get("fused"):
+        if group["fused"]:
             _blas.require("SGD")
 
     def _update(self, group: dict[str, Any], params: list[Tensor]) -> None:
         lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
         wd, nesterov = group["weight_decay"], group["nesterov"]
-        fused = group.get("fused", False)
+        fused = group["fused"]
         for p in params:
             w = p.data
             blas = fused and _blas.supports(w)
