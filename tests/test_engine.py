@@ -266,6 +266,76 @@ def test_a_node_whose_vjp_needs_no_output_is_freed_before_its_vjp_runs():
     np.testing.assert_array_equal(y.numpy(), 3.0)
 
 
+def _mask_spy(monkeypatch):
+    """Weak references to every mask linear_relu's forward keeps, and, at each
+    call of linear's VJP, how many of them are still alive."""
+    masks, alive = [], []
+    fwd, vjp = cr.RULES["linear_relu"].forward, cr.RULES["linear"].vjp
+
+    def forward(*args):
+        out, mask = fwd(*args)
+        masks.append(weakref.ref(mask))
+        return out, mask
+
+    def linear_vjp(*args):
+        alive.append(sum(r() is not None for r in masks[-2:]))
+        return vjp(*args)
+
+    monkeypatch.setattr(cr.RULES["linear_relu"], "forward", forward)
+    monkeypatch.setattr(cr.RULES["linear"], "vjp", linear_vjp)
+    return alive
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_split_vjp_frees_its_mask_before_the_weight_gradient_is_allocated(
+        monkeypatch, compiled):
+    # linear_relu's VJP is delta = g * mask, then linear's VJP: the mask must be
+    # gone by the time linear's VJP allocates dW, eager and compiled alike
+    rng = np.random.default_rng(0)
+    model = cr.nn.Sequential(cr.nn.Linear(5, 8), cr.nn.ReLU(), cr.nn.Linear(8, 8),
+                             cr.nn.ReLU(), cr.nn.Linear(8, 3))
+    x, y = rng.standard_normal((4, 5)), np.array([0, 1, 2, 0])
+
+    def step(xb, yb):
+        model.zero_grad()
+        loss = cr.nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        return loss
+
+    run = cr.compile(step) if compiled else step
+    for _ in range(2):
+        run(x, y)  # compiled: record, then replay
+    alive = _mask_spy(monkeypatch)
+    run(x, y)
+    # the last Linear (both masks alive), then layer 2 (its own mask freed),
+    # then layer 1 (both freed)
+    assert alive == [2, 1, 0]
+    grads = [p.grad.numpy().copy() for p in model.parameters()]
+    monkeypatch.undo()
+    run(x, y)
+    for g, p in zip(grads, model.parameters()):
+        np.testing.assert_array_equal(g, p.grad.numpy())
+
+
+def test_retain_graph_keeps_a_split_vjps_mask_for_the_second_pass(monkeypatch):
+    rng = np.random.default_rng(1)
+    ts = [cr.tensor(rng.standard_normal(s), requires_grad=True) for s in [(6, 3), (4, 3), (4,)]]
+    alive = _mask_spy(monkeypatch)
+    loss = (cr.ops.linear_relu(*ts) * 2.0).sum()
+    loss.backward(retain_graph=True)
+    first = [t.grad.numpy().copy() for t in ts]
+    loss.backward()
+    assert alive == [1, 0]  # kept for the second pass, which frees it
+    for f, t in zip(first, ts):
+        np.testing.assert_array_equal(2 * f, t.grad.numpy())
+
+
+def test_defsplit_needs_an_inner_vjp_that_reads_no_output():
+    r = cr.ops.Rule("probe_split", lambda x: (x, None))
+    with pytest.raises(ValueError, match="'exp' must have a VJP that does not read out"):
+        r.defsplit(cr.RULES["exp"])
+
+
 def test_an_inplace_vjp_never_writes_into_a_gradient_someone_else_sees():
     x = cr.tensor(np.array([[-1.0, 2.0]]), requires_grad=True)
     w = cr.tensor(np.eye(2), requires_grad=True)

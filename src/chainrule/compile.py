@@ -582,17 +582,24 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
         ins = get(env)
         # the same choices as run_backward: an in-place VJP when g is ours
         # alone; the output dropped before the VJP when the rule never reads it
-        vjp = rule.vjp_inplace if owned[out] and rule.vjp_inplace is not None else rule.vjp
+        inplace = owned[out] and rule.vjp_inplace is not None
+        vjp = rule.vjp_inplace if inplace else rule.vjp
         value = env[out] if rule.uses_out else None
         if free:
             env[out] = None  # as in eager mode, let the value go once nothing needs it
+        ctx = ctxs[j]
+        ctxs[j] = None
+        if rule.split is not None:  # as in eager mode: ctx is freed between the steps
+            step, inner = rule.split
+            g = step(g, value, ctx, inplace)
+            ctx = value = None
+            vjp = inner.vjp
         if single:
-            pgs = vjp(g, value, ctxs[j], needs, xp, ins)
+            pgs = vjp(g, value, ctx, needs, xp, ins)
             ins = (ins,)
         else:
-            pgs = vjp(g, value, ctxs[j], needs, xp, *ins)
-        value = None
-        ctxs[j] = None
+            pgs = vjp(g, value, ctx, needs, xp, *ins)
+        value = ctx = None
         for i, d, leaf in dests:
             pg = pgs[i]
             if pg is None:

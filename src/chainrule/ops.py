@@ -21,6 +21,9 @@ A few rules also give ``vjp_inplace``, the same VJP allowed to overwrite
 ``g`` instead of allocating its result. The engine calls it only when it owns
 ``g`` outright (a fresh array that no other table entry, ``.grad``, hook or
 observer can see), so the saving is invisible; see :meth:`Rule.defvjp_inplace`.
+A fused rule may give its VJP in two steps (an elementwise step, then another
+rule's VJP) so that what the first step reads is freed before the second
+allocates; see :meth:`Rule.defsplit`.
 
 Broadcasting is undone in exactly one place, :func:`sum_to_shape`.
 All rules live in :data:`RULES`, which the tests enumerate.
@@ -64,10 +67,12 @@ class Rule:
     VJP never reads ``out``: a plain backward pass then passes ``out=None``
     and lets go of the node before calling the VJP, so that the node's value,
     when nothing else holds it (an activation inside a model), is freed
-    before the VJP allocates its gradients.
+    before the VJP allocates its gradients. ``split`` (optional, set by
+    :meth:`defsplit`) is the VJP in two steps, so that ``ctx`` can be freed
+    between them.
     """
 
-    __slots__ = ("name", "forward", "vjp", "vjp_inplace", "check", "doc", "uses_out")
+    __slots__ = ("name", "forward", "vjp", "vjp_inplace", "check", "doc", "uses_out", "split")
 
     def __init__(self, name: str, forward: Callable, uses_out: bool = True) -> None:
         self.name = name
@@ -76,6 +81,7 @@ class Rule:
         self.vjp: Callable | None = None
         self.vjp_inplace: Callable | None = None
         self.check: Callable | None = None
+        self.split: tuple[Callable, Rule] | None = None
         self.doc = forward.__doc__
 
     def defvjp(self, fn: Callable) -> Callable:
@@ -93,6 +99,36 @@ class Rule:
         """
         self.vjp_inplace = fn
         return fn
+
+    def defsplit(self, inner: Rule) -> Callable[[Callable], Callable]:
+        """Give the VJP as an elementwise step followed by ``inner``'s VJP.
+
+        ``step(g, out, ctx, inplace) -> delta`` turns dL/d(out) into the
+        gradient that ``inner``'s VJP takes on the same inputs (linear_relu:
+        delta = g * relu', then linear's VJP); with ``inplace=True`` it may
+        write into ``g``. ``inner`` must read neither ``out`` nor ``ctx``.
+
+        Why split: a plain backward pass (eager or compiled) then lets go of
+        ``ctx`` between the two steps, so a mask the first step read is freed
+        before the second allocates its results (a weight gradient). ``vjp``
+        and ``vjp_inplace`` are set to the composition, for every other caller
+        (``create_graph``, an observer, detect_anomaly).
+        """
+        if inner.uses_out or inner.vjp is None:
+            raise ValueError(f"defsplit: {inner.name!r} must have a VJP that does not read out")
+
+        def register(step: Callable) -> Callable:
+            def vjp(g, out, ctx, needs, xp, *ins):
+                return inner.vjp(step(g, out, ctx, False), None, None, needs, xp, *ins)
+
+            def vjp_inplace(g, out, ctx, needs, xp, *ins):
+                return inner.vjp(step(g, out, ctx, True), None, None, needs, xp, *ins)
+
+            self.split = (step, inner)
+            self.vjp, self.vjp_inplace = vjp, vjp_inplace
+            return step
+
+        return register
 
     def defcheck(self, fn: Callable) -> Callable:
         self.check = fn
@@ -1027,6 +1063,9 @@ def LINEAR_RELU(x, w, b):
     output's size in float32), not from the output itself, so the rule is
     ``uses_out=False``: the backward walk can free the output as soon as the
     next layer's VJP is done with it, before this VJP allocates its gradients.
+    The VJP is split (:meth:`Rule.defsplit`): delta = g * relu' first, then
+    linear's VJP, with the mask freed in between, so neither the output nor
+    the mask is alive when the weight gradient is allocated.
     ``nn.Sequential`` uses this rule for Linear + ReLU pairs.
     """
     out = _affine(x, w, b)
@@ -1037,17 +1076,13 @@ def LINEAR_RELU(x, w, b):
 LINEAR_RELU.defcheck(lambda arrays, params, exc: LINEAR.check(arrays, params, exc))
 
 
-@LINEAR_RELU.defvjp
-def _(g, out, ctx, needs, xp, x, w, b):
-    # delta = dL/dz = g * relu'(z); then the Linear VJP with delta as its
+@LINEAR_RELU.defsplit(LINEAR)
+def _(g, out, ctx, inplace):
+    # delta = dL/dz = g * relu'(z): the Linear VJP takes it as its
     # backpropagated gradient
-    return LINEAR.vjp(g * ctx, None, None, needs, xp, x, w, b)
-
-
-@LINEAR_RELU.defvjp_inplace
-def _(g, out, ctx, needs, xp, x, w, b):
-    np.multiply(g, ctx, out=g)  # g is ours: turn it into delta in place
-    return LINEAR.vjp(g, None, None, needs, xp, x, w, b)
+    if inplace:
+        return np.multiply(g, ctx, out=g)  # g is ours: turn it into delta in place
+    return g * ctx
 
 
 # ==========================================================================

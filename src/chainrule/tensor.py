@@ -1026,7 +1026,8 @@ def run_backward(
                 out = node.data
                 vjp = op.vjp
                 if reuse:
-                    if mine and op.vjp_inplace is not None:
+                    inplace = mine and op.vjp_inplace is not None
+                    if inplace:
                         vjp = op.vjp_inplace  # g is ours alone: the rule may write into it
                     if not op.uses_out:
                         # Nothing below needs the node itself: let go of it now,
@@ -1037,6 +1038,15 @@ def run_backward(
                             node._ctx = _RELEASED
                             node._parents = ()
                         node = None
+                    if op.split is not None:
+                        # the VJP's elementwise step, then let go of ctx (a mask)
+                        # before the second step allocates its results
+                        step, inner = op.split
+                        g = step(g, out, ctx, inplace)
+                        if node is not None and not retain_graph:
+                            node._ctx = _RELEASED
+                        ctx = out = None
+                        vjp = inner.vjp
                 if len(parents) == 2:
                     pgs = vjp(g, out, ctx, needs, xp, parents[0].data, parents[1].data)
                 elif len(parents) == 1:
