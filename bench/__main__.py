@@ -156,10 +156,17 @@ NOTES = """
 - **Peak memory.** Bytes allocated during one step beyond what was live
   before it. `nn.Sequential` fuses each Linear + ReLU into one `linear_relu`
   node, so the pre-activation z never exists as a separate array, and the
-  backward walk drops an activation before the VJP that no longer needs it.
-  What remains above PyTorch's figure at small batches is the ReLU masks and
-  a few KiB of Python objects that `tracemalloc` counts and the torch profiler
-  does not. The profiler's figure is itself unsteady: within one process it
+  backward walk drops an activation before the VJP that no longer needs it;
+  `linear_relu` forms delta = g * mask and frees the mask before it allocates
+  the weight gradient. The peak comes as the first layer's weight gradient is
+  allocated; the arrays alive then are PyTorch's too: every parameter's
+  gradient and the first layer's delta (at B = 32, 1,052 + 32 KiB). What
+  chainrule shows above PyTorch's figure at small batches, about 4.5 KiB, is
+  Python objects (the backward walk's table and heap, the graph's Tensor
+  objects): `tracemalloc` counts them, the torch profiler counts only tensor
+  storage (PyTorch's own graph nodes are C++ allocations it does not see).
+  A `tracemalloc` snapshot at that moment, split by NumPy's tracemalloc
+  domain, shows the two parts. The profiler's figure is itself unsteady: within one process it
   sometimes counts the previous step's gradients being freed and sometimes
   not (e.g. 1.21 or 0.41 MB at B = 128), and now and then it reports 0; treat
   a 0.00 as "not measured".
@@ -209,11 +216,16 @@ def _memory_table(mem: dict[int, dict[str, float]]) -> str:
     names: list[str] = []
     for r in mem.values():
         names += [n for n in r if n not in names]
-    lines = ["| peak MiB per step | " + " | ".join(f"B={b}" for b in mem) + " |",
+    # KiB, not MiB: at small batches the differences are a few KiB
+    lines = ["| peak KiB per step | " + " | ".join(f"B={b}" for b in mem) + " |",
              "|---|" + "---:|" * len(mem)]
     for n in names:
         lines.append(f"| {n} | " + " | ".join(
-            f"{r[n] / 2**20:.2f}" if n in r else "n/a" for r in mem.values()) + " |")
+            f"{r[n] / 1024:,.1f}" if n in r else "n/a" for r in mem.values()) + " |")
+    ours, peer = "chainrule eager", "PyTorch eager"
+    if all(ours in r and r.get(peer) for r in mem.values()):
+        lines.append(f"| {ours} / {peer} | " + " | ".join(
+            f"{r[ours] / r[peer]:.3f}x" for r in mem.values()) + " |")
     return "\n".join(lines)
 
 

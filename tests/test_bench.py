@@ -92,3 +92,16 @@ def test_gemm_roofline_computes_the_products_of_the_step(batch):
     for w, got in zip(params[0::2], step.acts[1:]):
         a = a @ w.T
         np.testing.assert_allclose(got, a, rtol=1e-5, atol=1e-5)
+
+
+def test_memory_table_reports_kib_and_the_ratio_to_pytorch():
+    from bench.__main__ import _memory_table
+
+    mem = {32: {"chainrule eager": 1088.5 * 1024, "PyTorch eager": 1084.0 * 1024},
+           128: {"chainrule eager": 1184.5 * 1024, "PyTorch eager": 1180.0 * 1024}}
+    lines = _memory_table(mem).splitlines()
+    assert lines[0] == "| peak KiB per step | B=32 | B=128 |"
+    assert lines[2] == "| chainrule eager | 1,088.5 | 1,184.5 |"
+    assert lines[4] == "| chainrule eager / PyTorch eager | 1.004x | 1.004x |"
+    # without PyTorch there is no ratio row
+    assert len(_memory_table({32: {"chainrule eager": 1.0}}).splitlines()) == 3
