@@ -104,13 +104,11 @@ Maker = tuple[str, str, tuple]
 
 def _serve(conn, maker: Maker) -> None:
     """Worker process: build one runner, then time it whenever the parent asks."""
-    import importlib
     import warnings
 
     warnings.simplefilter("ignore")
-    mod, func, args = maker
     try:
-        fn = getattr(importlib.import_module(mod), func)(*args)
+        fn = _call(maker)
     except Exception as exc:  # a peer that fails to set up is skipped, not fatal
         conn.send(("skip", f"{type(exc).__name__}: {exc}"))
         return

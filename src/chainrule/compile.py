@@ -583,7 +583,6 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
         # the same choices as run_backward: an in-place VJP when g is ours
         # alone; the output dropped before the VJP when the rule never reads it
         inplace = owned[out] and rule.vjp_inplace is not None
-        vjp = rule.vjp_inplace if inplace else rule.vjp
         value = env[out] if rule.uses_out else None
         if free:
             env[out] = None  # as in eager mode, let the value go once nothing needs it
@@ -594,6 +593,8 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
             g = step(g, value, ctx, inplace)
             ctx = value = None
             vjp = inner.vjp
+        else:
+            vjp = rule.vjp_inplace if inplace else rule.vjp
         if single:
             pgs = vjp(g, value, ctx, needs, xp, ins)
             ins = (ins,)

@@ -1026,9 +1026,7 @@ def run_backward(
                 out = node.data
                 vjp = op.vjp
                 if reuse:
-                    inplace = mine and op.vjp_inplace is not None
-                    if inplace:
-                        vjp = op.vjp_inplace  # g is ours alone: the rule may write into it
+                    inplace = mine and op.vjp_inplace is not None  # g is ours alone
                     if not op.uses_out:
                         # Nothing below needs the node itself: let go of it now,
                         # so that if nothing else holds it (an activation inside
@@ -1047,6 +1045,8 @@ def run_backward(
                             node._ctx = _RELEASED
                         ctx = out = None
                         vjp = inner.vjp
+                    elif inplace:
+                        vjp = op.vjp_inplace  # the rule may write into g
                 if len(parents) == 2:
                     pgs = vjp(g, out, ctx, needs, xp, parents[0].data, parents[1].data)
                 elif len(parents) == 1:
