@@ -151,10 +151,15 @@ def test_order_is_deterministic_and_topological():
         for o in outs[1:]:
             s = s + o * s
         order = []
-        run_backward(
-            (s.sum(),), (None,), retain_graph=True,
-            observer=lambda node, g, p, c: order.append(node),
-        )
+
+        class Obs:
+            def visit(self, node, g):
+                pass
+
+            def term(self, node, slot, p, c):
+                order.append(node)
+
+        run_backward((s.sum(),), (None,), retain_graph=True, observer=Obs())
         return [t.op for t in dict.fromkeys(order)], order
 
     first, order = visits()
@@ -442,6 +447,60 @@ def test_hooks_can_read_and_replace_gradients():
     x.grad = None
     (x * 2.0).sum().backward()
     assert x.grad.numpy().tolist() == [2.0, 2.0]
+
+
+def test_hook_handles_remove_with_remove_method():
+    x = cr.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    handle = x.register_hook(lambda g: g * 10.0)
+    handle.remove()
+    handle.remove()  # twice is harmless
+    (x * 2.0).sum().backward()
+    assert x.grad.numpy().tolist() == [2.0, 2.0]
+
+
+def test_post_accumulate_grad_hook_sees_the_accumulated_grad_in_walk_order():
+    # w1 is used after w2, so the walk reaches w2's gradient first... and each
+    # hook runs right after its own accumulation, with the running .grad
+    w1 = cr.tensor(np.array([1.0, 2.0]), requires_grad=True, name="w1")
+    w2 = cr.tensor(np.array([3.0]), requires_grad=True, name="w2")
+    seen = []
+    h1 = w1.register_post_accumulate_grad_hook(
+        lambda t: seen.append((t.name, t.grad.numpy().tolist())))
+    w2.register_post_accumulate_grad_hook(
+        lambda t: seen.append((t.name, t.grad.numpy().tolist())))
+    ((w1 * 2.0).sum() * w2).sum().backward()
+    assert sorted(seen) == [("w1", [6.0, 6.0]), ("w2", [6.0])]
+    (w1 * 1.0).sum().backward()  # accumulates: the hook sees the sum
+    assert seen[-1] == ("w1", [7.0, 7.0])
+    h1.remove()
+    n = len(seen)
+    (w1 * 1.0).sum().backward()
+    assert len(seen) == n
+    cr.grad(lambda a: (a * a).sum())(np.array([1.0]))  # no accumulation, no hook
+    with pytest.raises(RuntimeError, match="only leaf tensors"):
+        (w1 * 2.0).register_post_accumulate_grad_hook(lambda t: None)
+
+
+def test_backward_observer_sees_visits_and_one_term_per_operand_slot():
+    b = cr.tensor(1.0, dtype=np.float64, requires_grad=True, name="b")
+    x = b * b
+    f = x * 3.0
+    events = []
+
+    class Obs:
+        def visit(self, node, g):
+            events.append(("visit", node, float(np.asarray(g))))
+
+        def term(self, node, slot, parent, contribution):
+            events.append(("term", node, slot, parent, float(np.asarray(contribution))))
+
+    from chainrule.tensor import run_backward
+    run_backward((f,), (None,), retain_graph=True, inputs=[b], observer=Obs())
+    assert events[0] == ("visit", f, 1.0)
+    assert events[1] == ("term", f, 0, x, 3.0)
+    assert events[2] == ("visit", x, 3.0)
+    assert events[3:5] == [("term", x, 0, b, 3.0), ("term", x, 1, b, 3.0)]
+    assert events[5] == ("visit", b, 6.0)
 
 
 def test_no_grad_detach_and_thread_locality():

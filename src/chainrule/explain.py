@@ -264,16 +264,9 @@ def explain(
         names[id(t)] = "L"  # the notes' name for the output being differentiated
     grads, observed = _trace_backward(t, seed, order)
 
-    # which parent slot each observed term belongs to (a node may appear twice: b * b)
-    next_slot: dict[tuple[int, int], int] = {}
     terms_of: dict[int, list[Term]] = {}
     local_cache: dict[int, list[np.ndarray | None]] = {}
-    for succ, g, parent, contribution in observed:
-        start = next_slot.get((id(succ), id(parent)), 0)
-        slot = next(
-            (j for j in range(start, len(succ._parents)) if succ._parents[j] is parent), start
-        )
-        next_slot[(id(succ), id(parent))] = slot + 1
+    for succ, g, parent, contribution, slot in observed:
         terms_of.setdefault(id(parent), []).append(
             _make_term(succ, slot, g, parent, contribution, names, local_cache)
         )
@@ -282,9 +275,9 @@ def explain(
     # terms together, so the successors' first appearances give the order of
     # the op nodes; leaves are visited last, in the order gradients reached them.
     visit: dict[int, Tensor] = {id(t): t}
-    for succ, _, _, _ in observed:
+    for succ, *_ in observed:
         visit.setdefault(id(succ), succ)
-    for _, _, parent, _ in observed:
+    for _, _, parent, _, _ in observed:
         if parent._op is None:
             visit.setdefault(id(parent), parent)
     for n in reversed(order):

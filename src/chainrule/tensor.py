@@ -46,6 +46,7 @@ __all__ = [
     "run_backward",
     "GraphReleasedError",
     "AnomalyError",
+    "RemovableHandle",
 ]
 
 
@@ -284,6 +285,7 @@ class Tensor:
     _version = 0  # the clock value of the last in-place change (0: never changed)
     _retains = False
     _hooks: list[Callable] | None = None
+    _post_hooks: list[Callable] | None = None  # run after .grad is accumulated (leaves)
     _meta: Any = None
     name: str | None = None
 
@@ -545,10 +547,10 @@ class Tensor:
     def retains_grad(self) -> bool:
         return self._retains
 
-    def register_hook(self, fn: Callable[[Tensor], Tensor | None]) -> Callable[[], None]:
+    def register_hook(self, fn: Callable[[Tensor], Tensor | None]) -> RemovableHandle:
         """Call ``fn(grad)`` when dL/dself is computed; a returned tensor replaces it.
 
-        Returns a function that removes the hook.
+        Returns a handle: ``handle.remove()`` (or ``handle()``) removes the hook.
         """
         if not self._requires_grad:
             raise RuntimeError(
@@ -557,13 +559,28 @@ class Tensor:
         if self._hooks is None:
             self._hooks = []
         self._hooks.append(fn)
-        hooks = self._hooks
+        return RemovableHandle(self._hooks, fn)
 
-        def remove() -> None:
-            if fn in hooks:
-                hooks.remove(fn)
+    def register_post_accumulate_grad_hook(
+        self, fn: Callable[[Tensor], None]
+    ) -> RemovableHandle:
+        """Call ``fn(self)`` each time ``backward()`` has added into ``self.grad``.
 
-        return remove
+        Only for leaves (PyTorch's rule): the hook runs right after the
+        accumulation, while the rest of the backward walk is still to come, so
+        it can start work on a finished gradient early (data-parallel training
+        starts its all-reduce there). Its return value is ignored. Not called
+        by ``cr.grad``/``cr.vjp``, which do not accumulate into ``.grad``.
+        """
+        if not self._requires_grad or self._op is not None:
+            raise RuntimeError(
+                "register_post_accumulate_grad_hook: only leaf tensors that require "
+                "grad accumulate into .grad, so the hook would never run on this one"
+            )
+        if self._post_hooks is None:
+            self._post_hooks = []
+        self._post_hooks.append(fn)
+        return RemovableHandle(self._post_hooks, fn)
 
     # ----- in-place updates (outside the graph only) ----------------------
 
@@ -816,6 +833,32 @@ class Tensor:
         return Tensor._const(np.argmin(self.data, axis=axis, keepdims=keepdims))
 
 
+class RemovableHandle:
+    """What ``register_*hook`` returns: ``handle.remove()`` takes the hook out.
+
+    Calling the handle does the same (the older spelling). Removing twice is
+    harmless.
+    """
+
+    __slots__ = ("_hooks", "_fn")
+
+    def __init__(self, hooks: list, fn: Callable) -> None:
+        self._hooks = hooks
+        self._fn = fn
+
+    def remove(self) -> None:
+        if self._fn in self._hooks:
+            self._hooks.remove(self._fn)
+
+    __call__ = remove
+
+    def __enter__(self) -> RemovableHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
 class GradFn:
     """A read-only view of the op that produced a tensor (``t.grad_fn``)."""
 
@@ -919,7 +962,7 @@ def run_backward(
     retain_graph: bool | None = None,
     create_graph: bool = False,
     inputs: Sequence[Tensor] | None = None,
-    observer: Callable[[Tensor, Any, Tensor, Any], None] | None = None,
+    observer: Any = None,
 ) -> list[Any] | None:
     """The chain rule over the recorded graph, in reverse topological order.
 
@@ -927,8 +970,11 @@ def run_backward(
     scalar). With ``inputs=None`` gradients are accumulated into ``.grad`` of
     leaves (``Tensor.backward``); otherwise the gradients w.r.t. ``inputs``
     are returned and no ``.grad`` is touched (``cr.grad``/``cr.vjp``).
-    ``observer(node, g, parent, contribution)`` sees every term of every sum
-    over successors (used by ``cr.explain``). ``retain_graph`` defaults to
+    ``observer`` (used by ``cr.explain``) sees the walk: ``observer.visit(node,
+    g)`` when the walk reaches a node with its backpropagated gradient ``g``
+    (hooks applied), then ``observer.term(node, slot, parent, contribution)``
+    for every operand slot of that node whose parent gets a gradient: the
+    term dL/dnode x dnode/dparent of the parent's sum over successors. ``retain_graph`` defaults to
     ``create_graph``, since a recorded backward pass refers to the graph.
     """
     if retain_graph is None:
@@ -1000,6 +1046,8 @@ def run_backward(
                 mine = False  # a hook may have kept the tensor it was shown
             if anomaly:
                 _check_finite_grad(node, g)
+            if observer is not None:
+                observer.visit(node, g)
 
             op = node._op
             if wanted is not None:
@@ -1009,6 +1057,9 @@ def run_backward(
             elif op is None or node._retains:
                 _store_grad(node, g, mine, create_graph)
                 mine = False
+                if node._post_hooks:
+                    for hook in list(node._post_hooks):
+                        hook(node)
             if op is None:
                 continue
 
@@ -1060,12 +1111,12 @@ def run_backward(
                 node._parents = ()
 
             # ---- the sum over successors: add into each parent's entry ----
-            for p, pg in zip(parents, pgs):
+            for slot, (p, pg) in enumerate(zip(parents, pgs)):
                 if pg is None or not p._requires_grad:
                     continue
                 pg = conform_grad(op, pg, p.data, not create_graph)
                 if observer is not None:
-                    observer(node, g, p, pg)
+                    observer.term(node, slot, p, pg)
                 old = table.get(p)
                 if old is None:
                     table[p] = pg

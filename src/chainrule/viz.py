@@ -148,7 +148,7 @@ def is_released(t: Tensor) -> bool:
 
 def _trace_backward(
     root: Tensor, seed: Any, order: Sequence[Tensor]
-) -> tuple[dict[int, np.ndarray], list[tuple[Tensor, np.ndarray, Tensor, np.ndarray]]]:
+) -> tuple[dict[int, np.ndarray], list[tuple[Tensor, np.ndarray, Tensor, np.ndarray, int]]]:
     """dL/dnode for every node that requires grad, plus every term of every sum.
 
     Uses ``run_backward(inputs=...)`` so that no ``.grad`` is touched and the
@@ -156,12 +156,19 @@ def _trace_backward(
     effects (counters, logging) that a look at the graph must not trigger.
     """
     nodes = [t for t in order if t._requires_grad]
-    terms: list[tuple[Tensor, np.ndarray, Tensor, np.ndarray]] = []
+    terms: list[tuple[Tensor, np.ndarray, Tensor, np.ndarray, int]] = []
 
-    def observe(node: Tensor, g: Any, parent: Tensor, contribution: Any) -> None:
-        # copies: the engine may add later terms into the same buffer in place
-        terms.append((node, np.array(g, copy=True), parent, np.array(contribution, copy=True)))
+    class _Observe:
+        g: Any = None
 
+        def visit(self, node: Tensor, g: Any) -> None:
+            # a copy: the engine may add later terms into the same buffer in place
+            self.g = np.array(g, copy=True)
+
+        def term(self, node: Tensor, slot: int, parent: Tensor, contribution: Any) -> None:
+            terms.append((node, self.g, parent, np.array(contribution, copy=True), slot))
+
+    observe = _Observe()
     saved_hooks = {id(t): t._hooks for t in nodes if t._hooks}
     for t in nodes:
         if t._hooks:
