@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .capture import effect
 from .tensor import Tensor
 
 __all__ = [
@@ -53,7 +54,17 @@ def full(shape: Any, fill_value: float, dtype: Any = np.float32,
 
 
 def _like(t: Any) -> np.ndarray:
-    return t.data if isinstance(t, Tensor) else np.asarray(t)
+    # a plain array: only the shape and dtype are used, never the values
+    arr = t.data if isinstance(t, Tensor) else np.asarray(t)
+    return arr if type(arr) is np.ndarray else arr.view(np.ndarray)
+
+
+def _fresh_entropy(*shape: Any, seed: int | None = None, **kwargs: Any) -> str | None:
+    """Why a compiled step cannot replay this draw (None: it can)."""
+    if seed is None:
+        return ("it draws from fresh OS entropy (no seed=), so no two runs agree; "
+                "use a seed, or chainrule's generators (cr.manual_seed, Dropout)")
+    return None
 
 
 def zeros_like(t: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
@@ -68,6 +79,7 @@ def full_like(t: Any, fill_value: float, dtype: Any = None, requires_grad: bool 
     return _make(np.full_like(_like(t), fill_value, dtype=dtype), requires_grad)
 
 
+@effect(touches=lambda *a, **k: (), refuse=_fresh_entropy)
 def randn(*shape: Any, seed: int | None = None, dtype: Any = np.float32,
           requires_grad: bool = False) -> Tensor:
     """Standard normal samples; ``seed`` makes them reproducible."""
@@ -75,6 +87,7 @@ def randn(*shape: Any, seed: int | None = None, dtype: Any = np.float32,
     return _make(rng.standard_normal(_shape(shape, "randn")).astype(dtype), requires_grad)
 
 
+@effect(touches=lambda *a, **k: (), refuse=_fresh_entropy)
 def rand(*shape: Any, seed: int | None = None, dtype: Any = np.float32,
          requires_grad: bool = False) -> Tensor:
     """Uniform samples in [0, 1); ``seed`` makes them reproducible."""

@@ -210,6 +210,8 @@ def apply(rule: Rule, *args: Any, **params: Any) -> Tensor:
     Tensors and array-likes are operands; ``params`` are settings (axis, ...).
     An op is recorded only when grad mode is on and some operand requires grad.
     """
+    if _mode.tracer is not None:  # cr.compile is capturing a step: it runs and records the op
+        return _mode.tracer.op(apply, rule, args, params)
     arrays = []
     needs = []
     constants = False  # some operand is not a Tensor: it gets a constant parent node
@@ -234,8 +236,6 @@ def apply(rule: Rule, *args: Any, **params: Any) -> Tensor:
         t = _record(out, rule, parents, ctx, tuple(needs), arrays)
     else:
         t = _const(out)
-    if _mode.tracer is not None:  # cr.compile is capturing a step
-        _mode.tracer.op(rule, args, arrays, params, t)
     return t
 
 
@@ -251,7 +251,7 @@ def _record(out: np.ndarray, rule: Rule, parents: tuple, ctx: Any, needs: tuple,
 
 
 def _unary(rule: Rule, x: Any, **params: Any) -> Tensor:
-    if not isinstance(x, Tensor):
+    if not isinstance(x, Tensor) or _mode.tracer is not None:
         return apply(rule, x, **params)
     xd = x.data
     try:
@@ -264,12 +264,12 @@ def _unary(rule: Rule, x: Any, **params: Any) -> Tensor:
         t = _record(out, rule, (x,), ctx, _NEEDS1, (xd,))
     else:
         t = _const(out)
-    if _mode.tracer is not None:
-        _mode.tracer.op(rule, (x,), (xd,), params, t)
     return t
 
 
 def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
+    if _mode.tracer is not None:
+        return apply(rule, a, b)
     if isinstance(a, Tensor):
         ad = a.data
         ra = a._requires_grad
@@ -296,8 +296,6 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
             t._meta = check_forward_anomaly(rule.name, out, (ad, bd))
     else:
         t = _const(out)
-    if _mode.tracer is not None:
-        _mode.tracer.op(rule, (a, b), (ad, bd), _NO_PARAMS, t)
     return t
 
 
@@ -1422,6 +1420,42 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
     if c.dtype != np.bool_:
         c = c.astype(bool)
     return apply(WHERE, a, b, cond=c)
+
+
+# Comparisons and arg-max/min give values outside the graph (booleans, indices),
+# but they are ops all the same, so that cr.compile recomputes a mask such as
+# ``yb > -1`` on every replay instead of freezing it. Not differentiable, so
+# they are kept out of RULES (the registry of differentiable rules).
+def _comparison(name: str, ufunc: np.ufunc) -> Rule:
+    return Rule(name, lambda a, b: (ufunc(a, b), None))
+
+
+_COMPARISONS = {
+    name: _comparison(name, f)
+    for name, f in (("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
+                    ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal))
+}
+_ARGMAX = Rule("argmax", lambda x, *, axis, keepdims: (
+    np.argmax(x, axis=axis, keepdims=keepdims), None))
+_ARGMIN = Rule("argmin", lambda x, *, axis, keepdims: (
+    np.argmin(x, axis=axis, keepdims=keepdims), None))
+
+
+def compare(name: str, a: Any, b: Any) -> Tensor:
+    """``a <name> b`` elementwise (eq, ne, lt, le, gt, ge): a boolean tensor, no graph."""
+    if isinstance(b, (Tensor, np.ndarray, *_SCALARS)):
+        return _binary(_COMPARISONS[name], a, b)
+    return Tensor._const(_COMPARISONS[name].forward(value(a), value(b))[0])
+
+
+def argmax(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Indices of the maxima (not differentiable)."""
+    return _unary(_ARGMAX, a, axis=axis, keepdims=keepdims)
+
+
+def argmin(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Indices of the minima (not differentiable)."""
+    return _unary(_ARGMIN, a, axis=axis, keepdims=keepdims)
 
 
 def maximum(a: Any, b: Any) -> Tensor:

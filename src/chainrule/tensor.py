@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from . import capture as _capture
+
 __all__ = [
     "Tensor",
     "tensor",
@@ -59,13 +61,16 @@ class _Mode(threading.local):
     def __init__(self) -> None:
         self.grad = True
         self.anomaly = False
-        # cr.compile's recorder (compile.py) while it captures or checks a
-        # step: told of every op, backward() call, optimizer step, random
-        # draw and module call (see compile.py for the protocol); else None
+        # cr.compile's recorder (compile.py) while it captures a step: the
+        # capture points (ops.apply, run_backward, Module.__call__, Tensor(),
+        # and every call declared with chainrule.capture.effect) hand it the
+        # call; else None
         self.tracer: Any = None
 
 
 _mode = _Mode()
+_capture._mode = _mode  # the effect decorator reads the capture in progress from it
+effect = _capture.effect
 
 
 def is_grad_enabled() -> bool:
@@ -308,6 +313,8 @@ class Tensor:
         self._requires_grad = False
         if requires_grad:
             self.requires_grad = True
+        if _mode.tracer is not None:  # cr.compile: a tensor made from the step's values
+            _mode.tracer.made(self, data, dtype)
 
     # ----- graph construction (used by ops.apply) -------------------------
 
@@ -348,6 +355,7 @@ class Tensor:
         return self._requires_grad
 
     @requires_grad.setter
+    @effect
     def requires_grad(self, flag: bool) -> None:
         flag = bool(flag)
         if flag and self.data.dtype.kind not in _FLOAT_KINDS:
@@ -384,6 +392,7 @@ class Tensor:
         return self._grad
 
     @grad.setter
+    @effect
     def grad(self, value: Any) -> None:
         if value is None:
             self._grad = None
@@ -599,6 +608,7 @@ class Tensor:
         _bump(self)
         return self
 
+    @effect
     def add_(self, other: Any, alpha: float = 1.0) -> Tensor:
         o = other.data if isinstance(other, Tensor) else other
         self._check_inplace("add_")
@@ -609,10 +619,12 @@ class Tensor:
         _bump(self)
         return self
 
+    @effect
     def sub_(self, other: Any, alpha: float = 1.0) -> Tensor:
         o = other.data if isinstance(other, Tensor) else other
         return self.add_(-np.asarray(o, dtype=self.data.dtype), alpha)
 
+    @effect
     def mul_(self, other: Any) -> Tensor:
         o = other.data if isinstance(other, Tensor) else other
         self._check_inplace("mul_")
@@ -620,18 +632,21 @@ class Tensor:
         _bump(self)
         return self
 
+    @effect
     def zero_(self) -> Tensor:
         self._check_inplace("zero_")
         self.data.fill(0)
         _bump(self)
         return self
 
+    @effect
     def fill_(self, value: float) -> Tensor:
         self._check_inplace("fill_")
         self.data.fill(value)
         _bump(self)
         return self
 
+    @effect
     def copy_(self, src: Any) -> Tensor:
         s = src.data if isinstance(src, Tensor) else np.asarray(src)
         if s.shape != self.shape and np.broadcast_shapes(s.shape, self.shape) != self.shape:
@@ -640,6 +655,7 @@ class Tensor:
             )
         return self._inplace("copy_", s)
 
+    @effect
     def __setitem__(self, index: Any, value: Any) -> None:
         self._check_inplace("__setitem__")
         self.data[_ops._raw_index(index)] = value.data if isinstance(value, Tensor) else value
@@ -703,22 +719,22 @@ class Tensor:
 
     # comparisons give boolean tensors outside the graph
     def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return Tensor._const(self.data == _ops.value(other))
+        return _ops.compare("eq", self, other)
 
     def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return Tensor._const(self.data != _ops.value(other))
+        return _ops.compare("ne", self, other)
 
     def __lt__(self, other: Any) -> Tensor:
-        return Tensor._const(self.data < _ops.value(other))
+        return _ops.compare("lt", self, other)
 
     def __le__(self, other: Any) -> Tensor:
-        return Tensor._const(self.data <= _ops.value(other))
+        return _ops.compare("le", self, other)
 
     def __gt__(self, other: Any) -> Tensor:
-        return Tensor._const(self.data > _ops.value(other))
+        return _ops.compare("gt", self, other)
 
     def __ge__(self, other: Any) -> Tensor:
-        return Tensor._const(self.data >= _ops.value(other))
+        return _ops.compare("ge", self, other)
 
     # ----- methods: one-line calls into ops.py ----------------------------
 
@@ -826,11 +842,11 @@ class Tensor:
 
     def argmax(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         """Indices of the maxima (not differentiable)."""
-        return Tensor._const(np.argmax(self.data, axis=axis, keepdims=keepdims))
+        return _ops.argmax(self, axis, keepdims)
 
     def argmin(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         """Indices of the minima (not differentiable)."""
-        return Tensor._const(np.argmin(self.data, axis=axis, keepdims=keepdims))
+        return _ops.argmin(self, axis, keepdims)
 
 
 class RemovableHandle:
@@ -979,10 +995,9 @@ def run_backward(
     """
     if retain_graph is None:
         retain_graph = create_graph
-    tracer = _mode.tracer
-    if tracer is not None and tracer.backward(roots, seeds, retain_graph, create_graph,
-                                              inputs, observer):
-        return None  # cr.compile ran its recorded backward program instead
+    if _mode.tracer is not None:  # cr.compile: record this backward pass, then run it
+        return _mode.tracer.backward(run_backward, roots, seeds, retain_graph, create_graph,
+                                     inputs, observer)
     for r in roots:
         if not r._requires_grad:
             raise RuntimeError(

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from .. import ops
+from ..capture import effect
 from ..ops import rule, value
 from ..random import _resolve
-from ..tensor import Tensor, _mode
+from ..tensor import Tensor
 
 __all__ = [
     "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "softplus",
@@ -111,15 +112,14 @@ def dropout(input: Any, p: float = 0.5, training: bool = True,  # noqa: A002
         return input if isinstance(input, Tensor) else Tensor(input)
     x = value(input) if isinstance(input, Tensor) else np.asarray(input)
     dt = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-    if p == 1.0:
-        mask = np.zeros(x.shape, dtype=dt)
-    else:
-        mask = _dropout_mask(generator, x.shape, dt, p)
-        if _mode.tracer is not None:  # cr.compile: draw a fresh mask on every replay
-            _mode.tracer.produced(mask, _dropout_mask, (generator, x.shape, dt, p))
-    return ops.mul(input, mask)
+    if p == 1.0:  # everything dropped: input * 0 (what an all-zero mask gives)
+        return ops.mul(input, dt.type(0))
+    return ops.mul(input, _dropout_mask(generator, x.shape, dt, p))
 
 
+# Declared an effect: a compiled step draws a fresh mask, from the same
+# generator, on every replay (the draw advances the generator's state).
+@effect(touches=lambda generator, shape, dt, p: _resolve(generator))
 def _dropout_mask(generator: np.random.Generator | None, shape: tuple, dt: np.dtype,
                   p: float) -> np.ndarray:
     """Entries 1/(1-p) with probability 1-p, else 0 (from ``generator`` or the global one)."""
@@ -510,6 +510,14 @@ _DENOM_FLOOR = 1e-12  # and keeps p (1 - p) away from 0 in the gradient
 @rule("binary_cross_entropy")
 def BCE(p, y, *, reduction):
     """-(y log p + (1 - y) log(1 - p)), each log clamped at -100."""
+    # checked here, not in the wrapper, so that a step replayed by cr.compile checks it too
+    if p.size and not ((p >= 0).all() and (p <= 1).all()):
+        bad = int(np.flatnonzero(~((p >= 0) & (p <= 1)))[0])
+        raise ValueError(
+            f"binary_cross_entropy: input must hold probabilities in [0, 1], found "
+            f"{p.flat[bad]!r} at flat index {bad} (shape {p.shape}); pass logits to "
+            "binary_cross_entropy_with_logits"
+        )
     with np.errstate(divide="ignore"):
         logp = np.maximum(np.log(p), _LOG_FLOOR)
         log1mp = np.maximum(np.log1p(-p), _LOG_FLOOR)
@@ -549,14 +557,8 @@ def binary_cross_entropy(input: Any, target: Any, reduction: str = "mean") -> Te
     """
     who = "binary_cross_entropy"
     _check_reduction(reduction, who)
-    x = _floating(input, who)
+    _floating(input, who)
     tgt = _same_shape_target(input, target, who)
-    if x.size and not ((x >= 0).all() and (x <= 1).all()):
-        bad = int(np.flatnonzero(~((x >= 0) & (x <= 1)))[0])
-        raise ValueError(
-            f"{who}: input must hold probabilities in [0, 1], found {x.flat[bad]!r} at flat "
-            f"index {bad} (shape {x.shape}); pass logits to binary_cross_entropy_with_logits"
-        )
     return ops.apply(BCE, input, tgt, reduction=reduction)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from .. import ops
 from . import functional as F
 from . import init
-from .module import STRUCTURE, Module, Parameter
+from .module import Module, Parameter
 
 __all__ = [
     "Linear", "Sequential", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
@@ -171,7 +171,6 @@ class Sequential(Module):
         if not isinstance(layer, Module):
             raise TypeError(f"Sequential.append: expected a Module, got {type(layer).__name__}")
         self._layers.append(layer)
-        STRUCTURE[0] += 1  # cr.compile captures steps through this model again
         return self
 
     def get_config(self) -> list[Any]:

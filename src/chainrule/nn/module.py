@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..capture import effect
 from ..tensor import Tensor, _bump, _mode
 
 __all__ = ["Parameter", "Module", "IncompatibleKeys", "zero_grad_params"]
@@ -59,11 +60,9 @@ class Parameter(Tensor):
         return f"Parameter({body}, dtype={self.data.dtype}, requires_grad={self.requires_grad})"
 
 
+@effect
 def zero_grad_params(params: Any, set_to_none: bool = True) -> None:
     """Reset the gradients of ``params``: drop them, or fill them with zeros in place."""
-    if _mode.tracer is not None:  # cr.compile: replay this call on later steps
-        params = list(params)
-        _mode.tracer.call(zero_grad_params, (params, set_to_none), state=params)
     for p in params:
         g = p._grad
         if g is None:
@@ -81,11 +80,6 @@ class IncompatibleKeys(NamedTuple):
 
     missing_keys: list[str]
     unexpected_keys: list[str]
-
-
-# Bumped whenever a module gains, loses or swaps a sub-module, parameter or
-# container of them: a step captured by cr.compile is captured again after it.
-STRUCTURE = [0]
 
 
 class Module:
@@ -111,17 +105,8 @@ class Module:
             "must implement forward(self, ...)"
         )
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, (Tensor, Module, list, tuple, dict)):
-            STRUCTURE[0] += 1
-        object.__setattr__(self, name, value)
-
-    def __delattr__(self, name: str) -> None:
-        STRUCTURE[0] += 1
-        object.__delattr__(self, name)
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if _mode.tracer is not None:  # cr.compile notes the mode the step ran in
+        if _mode.tracer is not None:  # cr.compile guards this module's settings
             _mode.tracer.module(self)
         return self.forward(*args, **kwargs)
 
@@ -212,6 +197,9 @@ class Module:
 
     # ----- modes and gradients --------------------------------------------
 
+    # touches the modules (restored by a failed verification) but does not own
+    # them: their settings stay guarded, as forward reads them
+    @effect(touches=lambda self, mode=True: list(self.modules()), owns=lambda self, mode=True: ())
     def train(self, mode: bool = True) -> Module:
         """Switch this module and all below it to training mode (Dropout active)."""
         for m in self.modules():
@@ -222,10 +210,12 @@ class Module:
         """Switch to evaluation mode (Dropout becomes the identity)."""
         return self.train(False)
 
+    @effect(touches=lambda self, set_to_none=True: list(self.parameters()))
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset every parameter's gradient (None by default, as in PyTorch)."""
         zero_grad_params(self.parameters(), set_to_none)
 
+    @effect(touches=lambda self, requires_grad=True: list(self.parameters()))
     def requires_grad_(self, requires_grad: bool = True) -> Module:
         for p in self.parameters():
             p.requires_grad = requires_grad
@@ -250,6 +240,8 @@ class Module:
             (name, t.data.copy()) for name, t in self._named_tensors(dedupe=False, buffers=True)
         )
 
+    @effect(touches=lambda self, state_dict, strict=True: [
+        t for _, t in self._named_tensors(dedupe=False, buffers=True)])
     def load_state_dict(self, state_dict: Any, strict: bool = True) -> IncompatibleKeys:
         """Copy values from ``state_dict`` (arrays or Tensors) into the parameters.
 
