@@ -785,3 +785,47 @@ def test_functional_leaves_grad_untouched():
     g = cr.grad(lambda x: (x * w).sum())(np.array([3.0, 4.0]))
     np.testing.assert_allclose(g, [1.0, 2.0])
     assert w._grad is None
+
+
+def test_two_threads_accumulating_into_one_leaf_lose_no_update():
+    # .grad accumulation is a read-modify-write: without the lock, two threads
+    # running backward() on graphs that share a leaf lose updates
+    import threading
+
+    w = cr.tensor(np.zeros((512, 512)), requires_grad=True)
+    x = np.ones((512, 512))
+    n_threads, per_thread = 4, 40
+    start = threading.Barrier(n_threads)
+
+    def work():
+        start.wait()
+        for _ in range(per_thread):
+            (w * x).sum().backward()
+
+    threads = [threading.Thread(target=work) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_array_equal(w.grad.numpy(), n_threads * per_thread)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("op", ["+", "-", "*", "/"])
+def test_python_scalars_give_numpys_own_values_bit_for_bit(dtype, op):
+    # a Python number beside a tensor reaches NumPy as a cached 0-d array of
+    # the tensor's dtype (faster); the values must be NumPy's with the number
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal(64) * 100).astype(dtype)
+    scalars = [0.1, 1e-3, 2.5, -7, 3, 2 ** 24 + 1, 1e30, -0.0, 0.0, float("nan"), 1e-40]
+    fn = {"+": lambda u, v: u + v, "-": lambda u, v: u - v,
+          "*": lambda u, v: u * v, "/": lambda u, v: u / v}[op]
+    with np.errstate(all="ignore"):
+        for s in scalars:
+            for t in (cr.tensor(a), cr.tensor(a, requires_grad=True)):
+                got, want = fn(t, s).numpy(), fn(a, s)
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+                got, want = fn(s, t).numpy(), fn(s, a)
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
