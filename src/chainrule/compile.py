@@ -72,11 +72,12 @@ import numpy as np
 
 from .capture import Effect
 from .nn.module import Module
-from .ops import GETITEM, NUMPY_NS, Rule, _op_error
+from .ops import GETITEM, NUMPY_NS, Rule, _op_error, _scalar_array
 from .optim.optimizer import Optimizer
 from .random import default_generator
 from .tensor import (
     _RELEASED,
+    Node,
     Tensor,
     _as_array,
     _mode,
@@ -131,31 +132,32 @@ _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__)) + os.sep
 
 def _node_rule(t: Tensor) -> Any:
     """The rule that computed ``t``, or None for a leaf / an unrecorded result."""
-    return t._op
+    node = t._node
+    return None if node is None else node.op
 
 
 def _node_needs(t: Tensor) -> tuple:
-    return t._needs
-
-
-def _node_parents(t: Tensor) -> tuple:
-    return t._parents
+    return t._node.needs
 
 
 def _node_hooked(t: Tensor) -> bool:
     """Gradient hooks or retain_grad() on a recorded node."""
-    return bool(t._hooks) or t._retains
+    node = t._node
+    return bool(node._hooks) or node._retain is not None
 
 
 def _released_result(data: np.ndarray, rule: Any) -> Tensor:
     """What eager mode returns after backward(): a tensor whose graph was freed."""
-    t = Tensor._const(data)
-    t._requires_grad = True
-    t._op = rule
-    t._ctx = _RELEASED
-    t._needs = ()
-    t._stamp = _tick()
-    return t
+    node = object.__new__(Node)
+    node.op = rule
+    node.parents = node.inputs = node.needs = ()
+    node.out = None
+    node.ctx = _RELEASED
+    node.stamp = _tick()
+    node.shape = data.shape
+    node.dtype = data.dtype
+    node.params = {}
+    return Tensor._of(data, node)
 
 
 # ---------------------------------------------------------------------------
@@ -188,8 +190,9 @@ def _user_line() -> str:
 
 
 def _recorder() -> _Recorder | None:
+    """The capture in progress, unless it has already refused the step."""
     rec = _mode.tracer
-    return rec if isinstance(rec, _Recorder) else None
+    return rec if isinstance(rec, _Recorder) and rec.error is None else None
 
 
 def _use(how: str) -> None:
@@ -881,7 +884,7 @@ def _made_forward(x: np.ndarray, *, dtype: Any) -> tuple[np.ndarray, None]:
     return _as_array(x, dtype), None
 
 
-_MADE = Rule("tensor", _made_forward, uses_out=False)
+_MADE = Rule("tensor", _made_forward)
 
 
 class _Tape:
@@ -985,8 +988,7 @@ class _Recorder:
             self.data_owner = {id(t.data): t for t in self.reach.tensors()}
             self.fp = self.reach.fingerprints()
             self.guard_entries = self.reach.guard_entries()
-        if self.error is None:
-            _mode.tracer = self
+        _mode.tracer = self  # attached even after a refusal: see refuse()
         try:
             out = self.fn(*targs, **tkwargs)
             self._boundary("the end of the step")
@@ -1027,13 +1029,23 @@ class _Recorder:
         return tuple(taint(a) for a in args), {k: taint(v) for k, v in kwargs.items()}
 
     def refuse(self, why: str, retry: bool = False) -> None:
+        """Give up on this capture: the rest of the step runs eagerly, unrecorded.
+
+        The recorder stays attached, passing every call straight through: the
+        step's values are still traced arrays, which the engine's fast paths
+        must not see (ops.apply handles them)."""
         if self.error is None:
             self.error = why
             self.retry = retry
-        _mode.tracer = None  # the rest of the step runs eagerly, unrecorded
 
     def _attach(self) -> None:
-        _mode.tracer = self if self.error is None else None
+        _mode.tracer = self
+
+    def untaint(self) -> None:
+        """Give the tensors made during the capture plain arrays again."""
+        for obj in self.keepalive:
+            if isinstance(obj, Tensor) and isinstance(obj.data, _Traced):
+                obj.data = obj.data.view(np.ndarray)
 
     # ----- where values come from ---------------------------------------------
 
@@ -1124,6 +1136,7 @@ class _Recorder:
         finally:
             self._attach()
         if self.error is not None:
+            self.keepalive.append(t)  # untainted at the end
             return t
         try:
             fwd = tuple(self._source(a) for a in args)
@@ -1146,11 +1159,12 @@ class _Recorder:
         tape.recorded.append(recorded)
         if recorded:
             tape.needs.append(_node_needs(t))
-            # The VJP sees each parent's array: for a Python-scalar operand that
-            # is the 0-d array ops.apply wrapped it in, not the scalar itself.
+            # The VJP sees each operand as an array: for a Python-scalar operand
+            # that is the 0-d array of the output's dtype the node keeps.
             tape.bwd_refs.append(tuple(
-                ref if ref[0] != _CONST or isinstance(ref[1], np.ndarray) else (_CONST, p.data)
-                for ref, p in zip(fwd, _node_parents(t))
+                ref if ref[0] != _CONST or isinstance(ref[1], np.ndarray)
+                else (_CONST, _scalar_array(ref[1], t.data.dtype))
+                for ref in fwd
             ))
         else:
             tape.needs.append(())
@@ -1235,24 +1249,26 @@ class _Recorder:
 
     def effect(self, spec: Effect, args: tuple, kwargs: dict) -> Any:
         """A declared state-changing call: run it, record it, replay it every step."""
+        if self.error is not None:
+            return self._plain_call(spec.fn, args, kwargs)
         line = _frame_line()
         if spec.refuse is not None:
             reason = spec.refuse(*args, **kwargs)
             if reason is not None:
                 self.refuse(f"{spec.name}() at {_fmt_line(line)}: {reason}")
-                return spec.fn(*args, **kwargs)
+                return self._plain_call(spec.fn, args, kwargs)
         args = tuple(list(a) if _is_iterator(a) else a for a in args)
         kwargs = {k: (list(v) if _is_iterator(v) else v) for k, v in kwargs.items()}
         where = f"the call {spec.name}() at {_fmt_line(line)}"
         self._boundary(where)
         if self.error is not None:
-            return spec.fn(*args, **kwargs)
+            return self._plain_call(spec.fn, args, kwargs)
         try:
             aspec = tuple(self._fx_arg(a) for a in args)
             kspec = {k: self._fx_arg(v) for k, v in kwargs.items()}
         except _Refuse as exc:
             self.refuse(f"{exc}: it is passed to {spec.name}() at {_fmt_line(line)}")
-            return spec.fn(*args, **kwargs)
+            return self._plain_call(spec.fn, args, kwargs)
         for o in spec.touched(args, kwargs):
             ref = self._slot(o) if isinstance(o, (Tensor, np.ndarray)) else None
             if ref is None:
@@ -1285,6 +1301,13 @@ class _Recorder:
         self._baseline(where)
         return res
 
+    def _plain_call(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        _mode.tracer = None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._attach()
+
     def _fx_arg(self, a: Any) -> tuple:
         """How a replay rebuilds an argument of a declared call."""
         if isinstance(a, Tensor):
@@ -1313,6 +1336,9 @@ class _Recorder:
     def backward(self, walk: Callable, roots: Any, seeds: Any, retain_graph: Any,
                  create_graph: bool, inputs: Any, observer: Any) -> Any:
         """run_backward: checked, planned, then run eagerly."""
+        if self.error is not None:
+            return self._plain_call(walk, (roots, seeds, retain_graph, create_graph, inputs,
+                                           observer), {})
         line = _frame_line()
         tape = self.tape
         why = None
@@ -1336,7 +1362,8 @@ class _Recorder:
             tape.root = src[1]
             self._plan()
         if self.error is not None:
-            return walk(roots, seeds, retain_graph, create_graph, inputs, observer)
+            return self._plain_call(walk, (roots, seeds, retain_graph, create_graph, inputs,
+                                           observer), {})
         tape.instrs.append((_I_BACKWARD,))
         tape.lines.append(line)
         _mode.tracer = None
@@ -1909,7 +1936,7 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
         # the same choices as run_backward: an in-place VJP when g is ours
         # alone; the output dropped before the VJP when the rule never reads it
         inplace = owned[out] and rule.vjp_inplace is not None
-        value = env[out] if rule.uses_out else None
+        value = env[out] if rule.plan(needs)[1] else None
         if free:
             env[out] = None  # as in eager mode, let the value go once nothing needs it
         ctx = ctxs[j]
@@ -2049,7 +2076,7 @@ class _Snapshot:
                 self.items.append(("t", o, o.data, o.data.copy(), g,
                                    None if g is None else (g.data, g.data.copy(),
                                                            dict(g.__dict__)),
-                                   o._version, o._requires_grad))
+                                   o._requires_grad))
             elif isinstance(o, np.ndarray):
                 self.items.append(("a", o, o.copy()))
             elif isinstance(o, np.random.Generator):
@@ -2061,7 +2088,7 @@ class _Snapshot:
         for it in self.items:
             kind, o = it[0], it[1]
             if kind == "t":
-                _, t, data, saved, g, gsaved, version, rg = it
+                _, t, data, saved, g, gsaved, rg = it
                 if data.flags.writeable:
                     data[...] = saved
                 t.data = data
@@ -2071,7 +2098,6 @@ class _Snapshot:
                     g.data[...] = gsaved[1]
                     g.__dict__.clear()
                     g.__dict__.update(gsaved[2])
-                t._version = version
                 t._requires_grad = rg
             elif kind == "a":
                 o[...] = it[2]
@@ -2085,7 +2111,7 @@ class _Snapshot:
         for it in self.items:
             kind, o = it[0], it[1]
             if kind == "t":
-                _, t, _, saved, _, gsaved, _, rg = it
+                _, t, _, saved, _, gsaved, rg = it
                 name = t.name or f"a tensor of shape {t.shape}"
                 if not _same_array(t.data, saved):
                     return f"the values of {name}"
@@ -2341,14 +2367,17 @@ class CompiledStep:
 
     def _trace(self, args: tuple, kwargs: dict, flat: list) -> tuple[_Recorder, Any]:
         rec = _Recorder(self.fn, flat, self._roots(args, kwargs))
-        out = rec.run(args, kwargs)
-        rec.finish(out) if rec.error is None else None
-        return rec, out
+        try:
+            out = rec.run(args, kwargs)
+            if rec.error is None:
+                rec.finish(out)
+        finally:
+            rec.untaint()
+        return rec, _plain_result(out)
 
     def _capture(self, entry: _Entry, args: tuple, kwargs: dict, flat: list) -> Any:
         self.stats["captured"] += 1
         rec, out = self._trace(args, kwargs, flat)
-        out = _plain_result(out)
         if rec.error is not None:
             self._refused(entry, rec.error, rec.retry)
         else:
@@ -2364,7 +2393,6 @@ class CompiledStep:
         self.stats["verified"] += 1
         before = _Snapshot(prog.tape, flat)
         rec, out = self._trace(args, kwargs, flat)
-        out = _plain_result(out)
         why = rec.error
         retry = rec.retry
         if why is None:
