@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as _np
 
 from . import data, nn, ops, optim, random, training, viz
-from .compile import compile  # noqa: A004  (cr.compile, as torch.compile)
+from .compile import CompileError, CompileWarning, compile  # noqa: A004  (cr.compile, as torch.compile)
 from .custom import Function, check_graph
 from .explain import explain
 from .factories import (

@@ -55,6 +55,7 @@ strict=True)`` raises :class:`CompileError` instead of running eagerly.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import functools
 import linecache
@@ -668,24 +669,40 @@ class _Reach:
     objects in ``stop`` (those the step's declared calls manage).
     """
 
-    def __init__(self, roots: list[tuple[str, Any]], stop: set[int] | frozenset = frozenset()
-                 ) -> None:
+    def __init__(self, roots: list[tuple[str, Any]], stop: set[int] | frozenset = frozenset(),
+                 live: bool = False) -> None:
         self.objs: list[Any] = []
         self.paths: dict[int, str] = {}
         self.incomplete: str | None = None
-        stack = [(p, v) for p, v in reversed(roots)]
+        # objects whose plain values are read live (an optimizer's settings): only
+        # which objects they hold is guarded, not their numbers
+        self.structural: set[int] = set()
+        stack = [(p, v, False) for p, v in reversed(roots)]
         while stack:
-            path, v = stack.pop()
-            if not _walkable(v) or id(v) in self.paths or id(v) in stop:
+            path, v, structural = stack.pop()
+            if not _walkable(v) or id(v) in self.paths:
                 continue
             if len(self.objs) >= _MAX_REACH:
                 self.incomplete = path
                 break
+            owned = id(v) in stop
+            if owned and not (live and hasattr(type(v), "_compile_structure")):
+                continue
+            if live and (owned or getattr(type(v), "_compile_live_state", False)):
+                # read by its declared methods only (an optimizer, a scheduler): follow
+                # just the attributes a step may list, as structure
+                for name in reversed(getattr(type(v), "_compile_structure", ())):
+                    if name in vars(v):
+                        stack.append((_extend(path, f".{name}"), vars(v)[name], True))
+                continue
             self.paths[id(v)] = path
             self.objs.append(v)
+            if structural:
+                self.structural.add(id(v))
             kids = _children(v)
             for label, c in reversed(kids):
-                stack.append((label[1:] if label[:1] == "=" else _extend(path, label), c))
+                stack.append((label[1:] if label[:1] == "=" else _extend(path, label), c,
+                              structural))
 
     def tensors(self) -> list[Tensor]:
         return [o for o in self.objs if isinstance(o, Tensor)]
@@ -732,11 +749,15 @@ class _Reach:
                 out.append(["attr", o, "args", o.args, at(".args"), o])
                 out.append(["attr", o, "keywords", o.keywords, at(".keywords"), o])
             elif isinstance(o, list):
+                plain = id(o) in self.structural  # numbers in it are read live
                 out.append(["len", o, None, len(o), at(""), o])
-                out += [["item", o, i, v, at(f"[{i}]"), o] for i, v in enumerate(o)]
+                out += [["item", o, i, v, at(f"[{i}]"), o] for i, v in enumerate(o)
+                        if not (plain and _is_plain(v))]
             elif isinstance(o, dict):
+                plain = id(o) in self.structural
                 out.append(["len", o, None, len(o), at(""), o])
-                out += [["dget", o, k, v, at(f"[{k!r}]"), o] for k, v in o.items()]
+                out += [["dget", o, k, v, at(f"[{k!r}]"), o] for k, v in o.items()
+                        if not (plain and _is_plain(v))]
             elif isinstance(o, set):
                 out.append(["eq", o, None, frozenset(o), at(""), o])
             else:
@@ -750,6 +771,11 @@ class _Reach:
                         out.append(["attr", cls, attr, getattr(cls, attr),
                                     f"{cls.__name__}.{attr}", o])
         return out
+
+
+def _is_plain(v: Any) -> bool:
+    return isinstance(v, (_ATOMS, np.generic)) or (
+        isinstance(v, tuple) and all(_is_plain(e) for e in v))
 
 
 def _describe_change(o: Any, raw: str, before: Any, now: Any) -> str:
@@ -788,6 +814,11 @@ def _describe_change(o: Any, raw: str, before: Any, now: Any) -> str:
     return path
 
 
+# Compiled guard functions by the shape of their entries (a capture of the same
+# step has the same shape): compiling a long expression costs milliseconds.
+_GUARD_CODE: dict[tuple, Any] = {}
+
+
 class _Guard:
     """Identity checks, compiled into one Python expression.
 
@@ -804,28 +835,36 @@ class _Guard:
         self._build()
 
     def _build(self) -> None:
-        ns: dict[str, Any] = {"M": _MISSING}
-        terms = []
+        ns: dict[str, Any] = {"M": _MISSING, "e": [ent[3] for ent in self.entries]}
+        shape = []
         for i, (kind, obj, key, _exp, _path, _owner) in enumerate(self.entries):
             ns[f"o{i}"] = obj
-            e = f"e[{i}]"
-            if kind == "cell":
-                terms.append(f"o{i}.cell_contents is {e}")
-            elif kind == "dget":
-                ns[f"k{i}"] = key
-                terms.append(f"o{i}.get(k{i}, M) is {e}")
-            elif kind == "len":
-                terms.append(f"len(o{i}) == {e}")
-            elif kind == "item":
-                terms.append(f"o{i}[{int(key)}] is {e}")
-            elif kind == "attr":
-                terms.append(f"getattr(o{i}, {key!r}, M) is {e}")
-            else:  # "eq"
-                terms.append(f"o{i} == {e}")
-        expected = [ent[3] for ent in self.entries]
-        ns["e"] = expected
-        body = " and\n            ".join(terms) if terms else "True"
-        exec(f"def guard():\n    return ({body})\n", ns)  # noqa: S102  (our own code)
+            ns[f"k{i}"] = key
+            shape.append((kind, key if kind in ("item", "attr") else None))
+        shape_key = tuple(shape)
+        code = _GUARD_CODE.get(shape_key)
+        if code is None:
+            terms = []
+            for i, (kind, key) in enumerate(shape):
+                e = f"e[{i}]"
+                if kind == "cell":
+                    terms.append(f"o{i}.cell_contents is {e}")
+                elif kind == "dget":
+                    terms.append(f"o{i}.get(k{i}, M) is {e}")
+                elif kind == "len":
+                    terms.append(f"len(o{i}) == {e}")
+                elif kind == "item":
+                    terms.append(f"o{i}[{int(key)}] is {e}")
+                elif kind == "attr":
+                    terms.append(f"getattr(o{i}, {key!r}, M) is {e}")
+                else:  # "eq"
+                    terms.append(f"o{i} == {e}")
+            body = " and\n            ".join(terms) if terms else "True"
+            code = builtins.compile(f"def guard():\n    return ({body})\n", "<cr.compile guard>", "exec")
+            if len(_GUARD_CODE) >= 256:
+                _GUARD_CODE.clear()
+            _GUARD_CODE[shape_key] = code
+        exec(code, ns)  # noqa: S102  (our own code)
         self.fast = ns["guard"]
 
     def check(self) -> str | None:
@@ -950,8 +989,10 @@ class _Recorder:
     at the first thing a replay could not reproduce.
     """
 
-    def __init__(self, fn: Callable, flat: list[Any], roots: list[tuple[str, Any]]) -> None:
+    def __init__(self, fn: Callable, flat: list[Any], roots: list[tuple[str, Any]],
+                 locate: bool = False) -> None:
         self.fn = fn
+        self.locate = locate  # check for state changes around every declared call
         self.tape = _Tape(len(flat))
         self.error: str | None = None
         self.retry = False  # the refusal may not happen again (a one-time initialisation)
@@ -987,7 +1028,7 @@ class _Recorder:
         else:
             self.data_owner = {id(t.data): t for t in self.reach.tensors()}
             self.fp = self.reach.fingerprints()
-            self.guard_entries = self.reach.guard_entries()
+            self.guard_entries = _Reach(self.roots, live=True).guard_entries()
         _mode.tracer = self  # attached even after a refusal: see refuse()
         try:
             out = self.fn(*targs, **tkwargs)
@@ -1385,8 +1426,10 @@ class _Recorder:
                 continue
             node = self.nodes[j]
             if _node_hooked(node):
-                self.refuse("gradient hooks or retain_grad() on a tensor inside the step "
-                            f"(at {_fmt_line(tape.lines[self._op_instr(j)])})")
+                self.refuse(f"gradient hooks or retain_grad() on the output of "
+                            f"'{tape.rules[j].name}' (computed at "
+                            f"{_fmt_line(tape.lines[self._op_instr(j)])}); a replay "
+                            "would not run them")
                 return
             tape.order.append(j)
             for (kind, ref), need in zip(tape.bwd_refs[j], tape.needs[j]):
@@ -1415,22 +1458,45 @@ class _Recorder:
     # ----- state the step changes outside declared calls ---------------------
 
     def _boundary(self, where: str) -> None:
-        """Nothing the step can reach may have changed since the last declared call."""
+        """Nothing the step can reach may have changed outside its declared calls.
+
+        The cheap check compares the state at the end of the step with the state
+        at its start, except what the declared calls touch (a failed verification
+        finds a change there that a replay would not repeat). When it finds
+        something, the capture refuses and the next one (``locate``) checks
+        before and after every declared call, to say where the change happens.
+        """
         if self.error is not None or self.reach is None:
             return
+        end = where == "the end of the step"
+        if not (self.locate or end):
+            return
         reach = _Reach(self.roots)
-        what = reach.changed(self.fp, reach.fingerprints())
+        now = reach.fingerprints()
+        if self.locate:
+            what = reach.changed(self.fp, now)
+        else:
+            allowed = self._allowed()
+            what = reach.changed({i: f for i, f in self.fp.items() if i not in allowed}, now)
         if what is not None:
+            between = f" between {self.since} and {where}" if self.locate else ""
             self.refuse(
-                f"the step changes {what} between {self.since} and {where}, outside "
-                "chainrule's declared calls; a replay would not repeat it (make the change "
-                "with an optimizer, scheduler or in-place tensor method, or outside the step)",
+                f"the step changes {what}{between}, outside chainrule's declared calls; a "
+                "replay would not repeat it (make the change with an optimizer, scheduler or "
+                "in-place tensor method, or outside the step)",
                 retry=True,
             )
 
+    def _allowed(self) -> set[int]:
+        """Objects the declared calls and backward() may change (and all they hold)."""
+        roots = [("", t) for t in self.tape.leaves]
+        for kind, v in self.tape.touched:
+            roots.append(("", self.flat[v] if kind == _ARG else v))
+        return set(_Reach(roots).paths)
+
     def _baseline(self, where: str) -> None:
         """After a declared call: what it changed is the new starting point."""
-        if self.error is not None:
+        if self.error is not None or not self.locate:
             return
         self.reach = _Reach(self.roots)
         self.fp = self.reach.fingerprints()
@@ -1476,14 +1542,14 @@ class _Recorder:
     def _guard_entries(self) -> list[list]:
         """The start-of-step state the step's Python reads: everything it reaches,
         except what its declared calls manage (read live by them)."""
-        keep = _Reach(self.roots, stop=self.owned)
+        keep = _Reach(self.roots, stop=self.owned, live=True)
         ok = {id(o) for o in keep.objs}
         entries = [e for e in self.guard_entries if id(_entry_owner(e)) in ok]
         seen = set(keep.paths)
         for m in self.called:  # modules reached only through the call
             if id(m) not in seen and id(m) not in self.owned:
                 extra = _Reach([(f"the module {type(m).__name__}", m)],
-                               stop=self.owned | set(seen))
+                               stop=self.owned | set(seen), live=True)
                 entries += extra.guard_entries()
                 seen.update(extra.paths)
         for t in self.tape.leaves:
@@ -2365,8 +2431,9 @@ class CompiledStep:
         roots.append(("NumPy's global generator (np.random.*)", np.random.mtrand._rand))
         return roots
 
-    def _trace(self, args: tuple, kwargs: dict, flat: list) -> tuple[_Recorder, Any]:
-        rec = _Recorder(self.fn, flat, self._roots(args, kwargs))
+    def _trace(self, args: tuple, kwargs: dict, flat: list,
+               locate: bool = False) -> tuple[_Recorder, Any]:
+        rec = _Recorder(self.fn, flat, self._roots(args, kwargs), locate)
         try:
             out = rec.run(args, kwargs)
             if rec.error is None:
@@ -2377,7 +2444,7 @@ class CompiledStep:
 
     def _capture(self, entry: _Entry, args: tuple, kwargs: dict, flat: list) -> Any:
         self.stats["captured"] += 1
-        rec, out = self._trace(args, kwargs, flat)
+        rec, out = self._trace(args, kwargs, flat, locate=entry.retried)
         if rec.error is not None:
             self._refused(entry, rec.error, rec.retry)
         else:

@@ -33,6 +33,10 @@ class LRScheduler:
     numbers only (JSON-serialisable).
     """
 
+    # cr.compile: this object's state is read by its own (declared) methods only,
+    # live on every replay, so the replay's guards do not watch it
+    _compile_live_state = True
+
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
@@ -214,6 +218,10 @@ class ReduceLROnPlateau:
     >>> sched = ReduceLROnPlateau(opt, patience=3)
     >>> sched.step(val_loss)
     """
+
+    # cr.compile: this object's state is read by its own (declared) methods only,
+    # live on every replay, so the replay's guards do not watch it
+    _compile_live_state = True
 
     def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1,
                  patience: int = 10, threshold: float = 1e-4, threshold_mode: str = "rel",

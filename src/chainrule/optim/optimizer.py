@@ -68,6 +68,13 @@ class Optimizer:
     >>> opt.zero_grad(); loss.backward(); opt.step()
     """
 
+    # cr.compile: this object's settings are read by its own (declared) methods,
+    # live on every replay, so the replay's guards do not watch them; only the
+    # structure of param_groups (which parameters, in which groups) is guarded,
+    # as a step may list them (clip_grad_norm_ over the optimizer's parameters)
+    _compile_live_state = True
+    _compile_structure = ("param_groups",)
+
     #: warn once when step() sees gradients that were never zeroed
     warn_unzeroed_grad: bool = True
 
