@@ -860,7 +860,8 @@ class _Guard:
                 else:  # "eq"
                     terms.append(f"o{i} == {e}")
             body = " and\n            ".join(terms) if terms else "True"
-            code = builtins.compile(f"def guard():\n    return ({body})\n", "<cr.compile guard>", "exec")
+            code = builtins.compile(f"def guard():\n    return ({body})\n", "<cr.compile guard>",
+                                    "exec")
             if len(_GUARD_CODE) >= 256:
                 _GUARD_CODE.clear()
             _GUARD_CODE[shape_key] = code
@@ -2378,7 +2379,7 @@ class CompiledStep:
                 entry = self._entries[key] = _Entry(others)
             if entry.eager_only:
                 return self._eager(entry.why, args, kwargs)
-            why = None
+            first = None  # what failed in the newest variant
             for prog in entry.progs:
                 why = prog.tape.guard.check()
                 if why is None:
@@ -2386,8 +2387,9 @@ class CompiledStep:
                         self.stats["replayed"] += 1
                         return _replay(prog, flat)
                     return self._verify(entry, prog, args, kwargs, flat)
-            if why is not None:
-                self.last_guard_failure = why
+                first = first or why
+            if first is not None:
+                self.last_guard_failure = first
             if entry.captures >= _MAX_CAPTURES:
                 entry.eager_only = True
                 entry.why = self.unsupported = (
