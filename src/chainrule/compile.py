@@ -85,6 +85,7 @@ from .tensor import (
     _store_grad,
     _tick,
     conform_grad,
+    vjp_step,
 )
 
 __all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]
@@ -1891,7 +1892,9 @@ def _lower(tape: _Tape) -> _Program:
             for i, need in enumerate(tape.needs[j]) if need
         )
         out = op0 + j
-        bwd.append((tape.rules[j], get, single, out, j, tape.needs[j], dests, out not in keep))
+        rule = tape.rules[j]
+        bwd.append((rule, get, single, out, j, tape.needs[j], dests, out not in keep,
+                    rule.plan(tape.needs[j])[1]))
     prog.template = template
     prog.leaf_slots = leaf_slots
     prog.leaf_of = dict(leaf_slots)  # slot -> parameter, for storing gradients
@@ -1978,13 +1981,20 @@ def _replay(prog: _Program, flat: list) -> Any:
     return _build(prog.ret, env)
 
 
+class _VjpNode:
+    """What ``vjp_step`` reads of a node, for one op of a replay."""
+
+    __slots__ = ("op", "out", "ctx", "needs", "inputs")
+
+
 def _backward(prog: _Program, env: list, ctxs: list) -> None:
     """``run_backward`` with every structural decision made in advance.
 
-    Mirrors the eager walk step for step (the same VJP calls in the same
-    order, the same in-place accumulation rule, the same dtype casts, leaves
-    stored in the order their first gradient arrived, then their
-    post-accumulate hooks), so gradients are bit-identical to eager mode.
+    Each op's local step is ``tensor.vjp_step``, the function the eager walk
+    calls (the same VJP, in-place variant and split); around it, the same
+    accumulation rule, the same dtype casts, leaves stored in the order their
+    first gradient arrived, then their post-accumulate hooks: gradients are
+    bit-identical to eager mode.
     """
     n = len(env)
     table: list[Any] = [None] * n  # dL/d(slot), for op outputs and parameters
@@ -1993,34 +2003,26 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
     root = prog.root
     table[root] = np.ones_like(env[root])
     owned[root] = True
-    xp = NUMPY_NS
-    for rule, get, single, out, j, needs, dests, free in prog.bwd:
+    new = object.__new__
+    for rule, get, single, out, j, needs, dests, free, keep_out in prog.bwd:
         g = table[out]
         if g is None:
             continue
         table[out] = None
         ins = get(env)
-        # the same choices as run_backward: an in-place VJP when g is ours
-        # alone; the output dropped before the VJP when the rule never reads it
-        inplace = owned[out] and rule.vjp_inplace is not None
-        value = env[out] if rule.plan(needs)[1] else None
+        if single:
+            ins = (ins,)
+        node = new(_VjpNode)
+        node.op = rule
+        node.needs = needs
+        node.inputs = ins
+        node.out = env[out] if keep_out else None
         if free:
             env[out] = None  # as in eager mode, let the value go once nothing needs it
-        ctx = ctxs[j]
+        node.ctx = ctxs[j]
         ctxs[j] = None
-        if rule.split is not None:  # as in eager mode: ctx is freed between the steps
-            step, inner = rule.split
-            g = step(g, value, ctx, inplace)
-            ctx = value = None
-            vjp = inner.vjp
-        else:
-            vjp = rule.vjp_inplace if inplace else rule.vjp
-        if single:
-            pgs = vjp(g, value, ctx, needs, xp, ins)
-            ins = (ins,)
-        else:
-            pgs = vjp(g, value, ctx, needs, xp, *ins)
-        value = ctx = None
+        pgs = vjp_step(node, g, owned[out], True)
+        node = None
         for i, d, leaf in dests:
             pg = pgs[i]
             if pg is None:

@@ -1310,40 +1310,18 @@ def run_backward(
 
             # ---- the local step: backpropagated gradient x local gradient ----
             op = node.op
-            ctx = node.ctx
-            if ctx is _RELEASED:
+            if node.ctx is _RELEASED:
                 raise _released_error(node)
             if _CLOCK[0] > node.stamp:  # something changed in place since this op ran
                 _check_versions(node)
-            needs = node.needs
             parents = node.parents
-            ins = node.inputs
             if create_graph:
                 out = node.out
-                pgs = op.vjp(g, None if out is None else Tensor._of(out, node), ctx, needs, xp,
-                             *[_graph_operand(a, p) for a, p in zip(ins, parents)])
+                pgs = op.vjp(g, None if out is None else Tensor._of(out, node), node.ctx,
+                             node.needs, xp, *[_graph_operand(a, p)
+                                               for a, p in zip(node.inputs, parents)])
             else:
-                out = node.out
-                vjp = op.vjp
-                if reuse:
-                    inplace = mine and op.vjp_inplace is not None  # g is ours alone
-                    if op.split is not None:
-                        # the VJP's elementwise step, then let go of ctx (a mask)
-                        # before the second step allocates its results
-                        step, inner = op.split
-                        g = step(g, out, ctx, inplace)
-                        if not retain_graph:
-                            node.ctx = _RELEASED
-                        ctx = out = None
-                        vjp = inner.vjp
-                    elif inplace:
-                        vjp = op.vjp_inplace  # the rule may write into g
-                if len(ins) == 2:
-                    pgs = vjp(g, out, ctx, needs, xp, ins[0], ins[1])
-                elif len(ins) == 1:
-                    pgs = vjp(g, out, ctx, needs, xp, ins[0])
-                else:
-                    pgs = vjp(g, out, ctx, needs, xp, *ins)
+                pgs = vjp_step(node, g, mine and reuse, not retain_graph, reuse)
             if anomaly:
                 _check_finite_vjp(node, g, pgs)
             if not retain_graph:  # free what was saved, and the graph behind it
@@ -1383,6 +1361,46 @@ def run_backward(
         errstate.__exit__(None, None, None)
         _mode.grad = prev_mode
     return results if inputs is not None else None
+
+
+def vjp_step(node: Any, g: np.ndarray, inplace_ok: bool, release: bool,
+             split_ok: bool = True) -> Sequence[Any]:
+    """The local step of the chain rule at one node, on NumPy arrays: the gradients
+    for its operands, ``g`` x d(out)/d(operand), from its rule's VJP.
+
+    The one place that chooses how a VJP runs, for ``run_backward`` and for the
+    replay of a compiled step (``chainrule.compile``), which calls it with a node
+    of its own holding ``op``, ``out``, ``ctx``, ``needs`` and ``inputs``:
+
+    * ``inplace_ok``: the caller alone holds ``g`` (no table entry, ``.grad``,
+      hook or observer sees it), so a rule with ``vjp_inplace`` may write into it;
+    * a rule given in two steps (``Rule.defsplit``) runs its elementwise step,
+      then -- when ``release`` -- lets go of ``node.ctx`` (a mask) before the
+      second step allocates its results (``split_ok=False``: the composed VJP,
+      for callers that show every intermediate, such as an observer).
+
+    The caller must not hold ``node.ctx`` itself, or the release frees nothing.
+    """
+    op = node.op
+    ins = node.inputs
+    needs = node.needs
+    split = op.split if split_ok else None
+    if split is not None:
+        step, inner = split
+        g = step(g, node.out, node.ctx, inplace_ok and op.vjp_inplace is not None)
+        if release:
+            node.ctx = _RELEASED
+        out = ctx = None
+        vjp = inner.vjp
+    else:
+        out = node.out
+        ctx = node.ctx
+        vjp = op.vjp_inplace if inplace_ok and op.vjp_inplace is not None else op.vjp
+    if len(ins) == 2:
+        return vjp(g, out, ctx, needs, _NUMPY_NS, ins[0], ins[1])
+    if len(ins) == 1:
+        return vjp(g, out, ctx, needs, _NUMPY_NS, ins[0])
+    return vjp(g, out, ctx, needs, _NUMPY_NS, *ins)
 
 
 def conform_grad(op: Any, pg: Any, parent: Any, arrays: bool = True) -> Any:
@@ -1475,3 +1493,5 @@ def check_forward_anomaly(op_name: str, out: np.ndarray, arrays: Sequence[Any]) 
 
 
 from . import ops as _ops  # noqa: E402  (ops needs Tensor, defined above)
+
+_NUMPY_NS = _ops.NUMPY_NS  # the array namespace of a plain backward pass
