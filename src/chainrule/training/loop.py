@@ -637,7 +637,7 @@ def _seed_epoch(seed: int, epoch: int) -> None:
 
 
 def _dataset_size(loader: Any) -> int | None:
-    dataset = getattr(loader, "dataset", None)
+    dataset = getattr(loader, "sampler", None) or getattr(loader, "dataset", None)
     try:
         return len(dataset) if dataset is not None else None
     except TypeError:
