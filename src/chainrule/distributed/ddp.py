@@ -197,6 +197,7 @@ class _Reducer:
         for b, bucket in enumerate(self.buckets):
             for j, i in enumerate(bucket.members):
                 self.bucket_of[i] = (b, j)
+        self.scale = 1.0  # this rank's gradient weight (fit: its share of a short batch)
         self.require_sync = True  # False inside no_sync()
         self.forward_sync: bool | None = None  # what the last forward decided
         self.declared_to: Any = None  # the cr.compile capture told about the reduction
@@ -268,8 +269,10 @@ class _Reducer:
         g = self.params[i].grad
         if g is None:
             bucket.views[j].fill(0)
-        else:
+        elif self.scale == 1.0:
             np.copyto(bucket.views[j], g.data)
+        else:
+            np.multiply(g.data, self.scale, out=bucket.views[j], casting="unsafe")
         bucket.pending -= 1
         if bucket.pending == 0:
             self._launch_ready_buckets()
@@ -303,9 +306,12 @@ class _Reducer:
         self.reset()
 
     def reduce_replayed(self) -> None:
-        """The whole reduction at once: what a ``cr.compile`` replay runs after its backward."""
-        if not self.require_sync:
-            return
+        """What a ``cr.compile`` replay runs after its backward (no hooks ran)."""
+        if self.require_sync:
+            self.reduce_all()
+
+    def reduce_all(self) -> None:
+        """Average every parameter's current ``.grad`` now (None counts as zeros)."""
         self.reset()
         self.forward_sync = True
         for i in range(len(self.params)):
@@ -362,7 +368,8 @@ class DistributedDataParallel(Module):
         a parameter the outputs do not depend on is an error at the first
         forward.
     broadcast_buffers : bool, default True
-        Copy rank 0's buffers to every rank at every forward, as PyTorch does.
+        Copy rank 0's buffers to every rank at every training forward (with
+        gradients enabled), as PyTorch does.
     process_group : Communicator, optional
         The ranks to average over (default: all of them).
 
@@ -442,7 +449,8 @@ class DistributedDataParallel(Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         r = self._reducer
-        if self.broadcast_buffers and r.comm.size > 1:
+        # training forwards only: evaluation may run a different number of batches per rank
+        if self.broadcast_buffers and r.comm.size > 1 and is_grad_enabled():
             buffers = [b for _, b in self.module.named_buffers()]
             if buffers:
                 _copy_from_rank0(r.comm, buffers)
