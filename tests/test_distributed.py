@@ -419,3 +419,10 @@ def test_blas_threads_per_rank_from_the_launcher_environment():
     assert _rank_env.local_ranks({"SLURM_PROCID": "0", "PMIX_RANK": "0",
                                   "SLURM_STEP_TASKS_PER_NODE": "4(x2)"}) == 4
     assert _rank_env.launcher_world_size({"OMPI_COMM_WORLD_SIZE": "8"}) == 8
+
+
+def test_mpi4py_is_imported_by_one_module_only():
+    src = HERE.parent / "src" / "chainrule"
+    importers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                       if "import mpi4py" in p.read_text() or "from mpi4py" in p.read_text())
+    assert importers == ["distributed/comm.py"]
