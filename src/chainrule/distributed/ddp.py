@@ -64,9 +64,32 @@ _MB = 1024 * 1024
 # ---------------------------------------------------------------------------
 
 
-def _graph_parents(t: Tensor) -> tuple[Tensor, ...]:
-    """The tensors ``t`` was computed from (the one place that knows the graph's layout)."""
-    return t._parents
+def _leaves_reached(outputs: Any) -> set[int]:
+    """ids of the leaf tensors the outputs were computed from (a loop, no recursion).
+
+    The one place that knows the graph's layout: a tensor's ``_node`` is the
+    op that computed it (None for a leaf), and a node's ``parents`` are the
+    nodes of its operands, the leaf tensors themselves, or None.
+    """
+    stack: list[Any] = []
+    leaves: set[int] = set()
+    for t in _tensors_in(outputs):
+        if t._node is not None:
+            stack.append(t._node)
+        elif t.requires_grad:
+            leaves.add(id(t))
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for p in node.parents:
+            if isinstance(p, Tensor):
+                leaves.add(id(p))
+            elif p is not None:
+                stack.append(p)
+    return leaves
 
 
 def _tensors_in(value: Any) -> Iterator[Tensor]:
@@ -78,19 +101,6 @@ def _tensors_in(value: Any) -> Iterator[Tensor]:
     elif isinstance(value, dict):
         for v in value.values():
             yield from _tensors_in(v)
-
-
-def _leaves_reached(outputs: Any) -> set[int]:
-    """ids of every tensor the outputs were computed from (a loop, no recursion)."""
-    stack = [t for t in _tensors_in(outputs) if t.requires_grad]
-    seen: set[int] = set()
-    while stack:
-        t = stack.pop()
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        stack.extend(_graph_parents(t))
-    return seen
 
 
 # ---------------------------------------------------------------------------
