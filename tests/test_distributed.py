@@ -426,3 +426,29 @@ def test_mpi4py_is_imported_by_one_module_only():
     importers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
                        if "import mpi4py" in p.read_text() or "from mpi4py" in p.read_text())
     assert importers == ["distributed/comm.py"]
+
+
+def test_bench_alpha_beta_fit_and_report():
+    root = str(HERE.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench import distributed as bd
+
+    sizes = [1e3, 1e4, 1e5, 1e6, 1e8]
+    a, b = bd._fit_line(sizes, [5e-6 + 1e-9 * m for m in sizes])
+    assert a == pytest.approx(5e-6) and b == pytest.approx(1e-9)
+    ar = {"rows": [{"bytes": m, "allreduce": 2 * (5e-6 + 1e-9 * m), "best": 5e-6 + 1e-9 * m,
+                    "copy": 5e-10 * m} for m in (1024, 1 << 20)]}
+    run = {"cap_mb": 25.0, "compiled": False, "buckets": 1, "step": 0.02, "local": 0.018,
+           "allreduce_alone": 0.004, "best_step": 0.015, "best_local": 0.014,
+           "best_alone": 0.002, "grad_bytes": 1_077_288}
+    one = {"runs": [dict(run, cap_mb=None, step=0.03, best_step=0.025)],
+           "fit": [{"batch": bt, "step": 1e-3 + 3e-5 * bt, "best": 1e-3 + 2.5e-5 * bt}
+                   for bt in (128, 1024)], "blas": "test"}
+    text = bd.report(ar, one, {"runs": [run]}, 2)
+    # hidden = 1 - (0.015 - 0.014) / 0.002 = 50 %; efficiency 0.025 / (2 * 0.015)
+    assert "| 2 | 25 MB | 1 | eager | 20.00 / 15.00 ms |" in text
+    assert "50 %" not in text and "| 50% |" not in text and "0% / 50%" in text
+    assert "1.00 / 0.83" not in text and "0.75 / 0.83" in text
+    assert "t0 = 1.000 ms, c = 25.00 µs per sample" in text
+    assert "**100 Gb/s**" in text and "| 64 |" in text
