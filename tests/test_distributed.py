@@ -241,6 +241,7 @@ def test_a_rank_that_never_starts_mpi_does_not_hang_the_others(tmp_path):
                           timeout=60)
     assert res.returncode != 0
     assert "chainrule.distributed: rank 0" in res.stderr
+    assert "never started MPI" in res.stderr
     assert seconds < 30
 
 

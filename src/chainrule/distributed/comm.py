@@ -158,9 +158,10 @@ class _Watchdog:
         who = f"rank {world.rank} of {world.size}" if world is not None else "this rank"
         abort(
             f"{who} waited {waited:.0f} s in {what} without the other ranks joining "
-            f"(timeout {self._timeout:g} s). Another rank has probably failed, exited, or "
-            "is running a different sequence of collectives; aborting the job. (Set the "
-            "limit with chainrule.distributed.init(timeout=...) or CHAINRULE_DIST_TIMEOUT.)"
+            f"(timeout {self._timeout:g} s). Another rank has probably failed, exited, never "
+            "started MPI, or is running a different sequence of collectives; aborting the "
+            "job. (Set the limit with chainrule.distributed.init(timeout=...) or "
+            "CHAINRULE_DIST_TIMEOUT.)"
         )
 
 
