@@ -453,3 +453,19 @@ def test_bench_alpha_beta_fit_and_report():
     assert "1.00 / 0.83" not in text and "0.75 / 0.83" in text
     assert "t0 = 1.000 ms, c = 25.00 µs per sample" in text
     assert "**100 Gb/s**" in text and "| 64 |" in text
+
+
+@pytest.mark.skipif(sampler_mod is None, reason="needs mpi4py")
+def test_model_mismatch_messages_name_the_first_difference():
+    from chainrule.distributed.ddp import _first_difference
+
+    ref = ["parameter 0.weight (8, 4) float32 1", "parameter 0.bias (8,) float32 1"]
+    assert _first_difference(ref, ["parameter 0.weight (8, 4) float64 1", ref[1]], 2) == (
+        "parameter '0.weight' is '(8, 4) float32 1' on rank 0 but '(8, 4) float64 1' on "
+        "rank 2 (shape dtype requires_grad)")
+    assert _first_difference(ref, ["parameter 1.weight (8, 4) float32 1", ref[1]], 1) == (
+        "rank 0 has parameter '0.weight' where rank 1 has parameter '1.weight'")
+    assert _first_difference(ref, ref[:1], 1) == (
+        "rank 0 has 1 more tensor(s), starting with parameter '0.bias'")
+    assert _first_difference(ref[:1], ref, 3) == (
+        "rank 3 has 1 more tensor(s), starting with parameter '0.bias'")
