@@ -73,7 +73,7 @@ import numpy as np
 
 from .capture import Effect
 from .nn.module import Module
-from .ops import GETITEM, NUMPY_NS, Rule, _op_error, _scalar_array
+from .ops import GETITEM, Rule, _op_error, _scalar_array
 from .optim.optimizer import Optimizer
 from .random import default_generator
 from .tensor import (
@@ -2338,6 +2338,9 @@ class CompiledStep:
         ``"replayed"``.
     unsupported : str or None
         Why the step (or one of its signatures) runs eagerly, once it does.
+    last_refusal : str or None
+        The last reason a capture was refused (a refusal that may not repeat, such
+        as a one-time set-up inside the step, is tried once more).
     last_guard_failure : str or None
         What changed the last time a guard sent a call back to capture.
     strict : bool
@@ -2351,6 +2354,8 @@ class CompiledStep:
         self.stats = {"eager": 0, "captured": 0, "verified": 0, "replayed": 0}
         self.unsupported: str | None = None
         self.last_guard_failure: str | None = None
+        self.last_refusal: str | None = None
+        self._locate = False  # check state around every declared call (after a refusal)
         self._gave_up = False
         self._lock = threading.RLock()
         functools.update_wrapper(self, fn)
@@ -2415,11 +2420,13 @@ class CompiledStep:
 
     def _refused(self, entry: _Entry, why: str, retry: bool) -> None:
         """A capture or verification found the step not replayable."""
-        self.unsupported = why
+        self.last_refusal = why
         entry.captures += 1
         if not retry or entry.retried or entry.captures >= _MAX_CAPTURES:
             entry.eager_only = True
-            entry.why = why
+            entry.why = self.unsupported = why
+        else:  # it may not happen again (a one-time set-up): capture once more, checking
+            self._locate = True  # around every declared call, to say where if it does
         entry.retried = True
         if self.strict:
             raise CompileError(
@@ -2448,7 +2455,7 @@ class CompiledStep:
 
     def _capture(self, entry: _Entry, args: tuple, kwargs: dict, flat: list) -> Any:
         self.stats["captured"] += 1
-        rec, out = self._trace(args, kwargs, flat, locate=entry.retried)
+        rec, out = self._trace(args, kwargs, flat, locate=self._locate)
         if rec.error is not None:
             self._refused(entry, rec.error, rec.retry)
         else:
@@ -2463,7 +2470,7 @@ class CompiledStep:
         both must record the same program and end in the same state, bit for bit."""
         self.stats["verified"] += 1
         before = _Snapshot(prog.tape, flat)
-        rec, out = self._trace(args, kwargs, flat)
+        rec, out = self._trace(args, kwargs, flat, locate=self._locate)
         why = rec.error
         retry = rec.retry
         if why is None:
