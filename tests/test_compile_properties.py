@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import chainrule as cr
@@ -364,6 +364,8 @@ def test_compiled_step_matches_eager_or_refuses(spec):
         # why (with gradient accumulation, the calls that skip the update may replay)
         assert isinstance(step.unsupported, str) and step.unsupported, step.stats
     else:
-        assert step.unsupported is None or step.stats["replayed"] > 0 or "guards" in \
-            step.unsupported, step.unsupported
-        assert step.stats["replayed"] > 0, (step.stats, step.unsupported)
+        assert step.unsupported is None, step.unsupported
+        event(f"replayed {min(step.stats['replayed'], 10)}+ of {STEPS}")
+        if not (spec["events"] or spec["accumulate"] or spec["scalar"]):
+            # at most three batch shapes, each called six times or more: replays
+            assert step.stats["replayed"] >= 8, step.stats

@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from .capture import Effect
-from .nn.module import Module
+from .nn.module import SETTINGS_EPOCH, STEP_MARK, Module
 from .ops import GETITEM, Rule, _op_error, _scalar_array
 from .optim.optimizer import Optimizer
 from .random import default_generator
@@ -81,6 +81,7 @@ from .tensor import (
     Node,
     Tensor,
     _as_array,
+    _bump,
     _mode,
     _store_grad,
     _tick,
@@ -89,6 +90,9 @@ from .tensor import (
 )
 
 __all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]
+
+_OPT_STEP = Optimizer.step.__effect__.fn  # the undecorated step: what a tape records
+_OPT_ZERO = Optimizer.zero_grad.__effect__.fn
 
 
 class CompileError(RuntimeError):
@@ -829,40 +833,49 @@ class _Guard:
     shape and dtype, updates the entry; anything else is reported.
     """
 
-    __slots__ = ("entries", "fast")
+    __slots__ = ("entries", "fast", "epoch")
 
     def __init__(self, entries: list[list]) -> None:
         self.entries = entries
+        self.epoch = [SETTINGS_EPOCH[0]]  # module attributes last checked at this count
         self._build()
 
     def _build(self) -> None:
-        ns: dict[str, Any] = {"M": _MISSING, "e": [ent[3] for ent in self.entries]}
+        ns: dict[str, Any] = {"M": _MISSING, "e": [ent[3] for ent in self.entries],
+                              "E": self.epoch, "EPOCH": SETTINGS_EPOCH}
         shape = []
-        for i, (kind, obj, key, _exp, _path, _owner) in enumerate(self.entries):
+        for i, (kind, obj, key, _exp, _path, owner) in enumerate(self.entries):
             ns[f"o{i}"] = obj
             ns[f"k{i}"] = key
-            shape.append((kind, key if kind in ("item", "attr") else None))
+            # a module's own attributes: skipped while no module attribute was set
+            group = isinstance(owner, Module) and (obj is vars(owner) or key == "__class__")
+            shape.append((kind, key if kind in ("item", "attr") else None, group))
         shape_key = tuple(shape)
         code = _GUARD_CODE.get(shape_key)
         if code is None:
-            terms = []
-            for i, (kind, key) in enumerate(shape):
+            settings, rest = [], []
+            for i, (kind, key, group) in enumerate(shape):
                 e = f"e[{i}]"
                 if kind == "cell":
-                    terms.append(f"o{i}.cell_contents is {e}")
+                    term = f"o{i}.cell_contents is {e}"
                 elif kind == "dget":
-                    terms.append(f"o{i}.get(k{i}, M) is {e}")
+                    term = f"o{i}.get(k{i}, M) is {e}"
                 elif kind == "len":
-                    terms.append(f"len(o{i}) == {e}")
+                    term = f"len(o{i}) == {e}"
                 elif kind == "item":
-                    terms.append(f"o{i}[{int(key)}] is {e}")
+                    term = f"o{i}[{int(key)}] is {e}"
                 elif kind == "attr":
-                    terms.append(f"getattr(o{i}, {key!r}, M) is {e}")
+                    term = f"o{i}.{key} is {e}"
                 else:  # "eq"
-                    terms.append(f"o{i} == {e}")
-            body = " and\n            ".join(terms) if terms else "True"
-            code = builtins.compile(f"def guard():\n    return ({body})\n", "<cr.compile guard>",
-                                    "exec")
+                    term = f"o{i} == {e}"
+                (settings if group else rest).append(term)
+            joint = " and\n                ".join
+            body = f"(E[0] == EPOCH[0] or ({joint(settings) or 'True'}))"
+            if rest:
+                body += f" and\n            {joint(rest)}"
+            src = (f"def guard():\n    try:\n        return ({body})\n"
+                   "    except (AttributeError, IndexError, ValueError):\n        return False\n")
+            code = builtins.compile(src, "<cr.compile guard>", "exec")
             if len(_GUARD_CODE) >= 256:
                 _GUARD_CODE.clear()
             _GUARD_CODE[shape_key] = code
@@ -872,6 +885,7 @@ class _Guard:
     def check(self) -> str | None:
         """None when every entry holds (after refreshing equal plain values)."""
         if self.fast():
+            self.epoch[0] = SETTINGS_EPOCH[0]
             return None
         refreshed = False
         for ent in self.entries:
@@ -901,6 +915,7 @@ class _Guard:
             return f"{path} changed ({_short(exp)} -> {_short(now)})"
         if refreshed:
             self._build()
+        self.epoch[0] = SETTINGS_EPOCH[0]
         return None
 
 
@@ -1802,13 +1817,15 @@ class _Program:
     """
 
     __slots__ = ("nargs", "template", "leaf_slots", "leaf_of", "steps", "bwd", "root", "n_ops",
-                 "ret", "tape", "verified", "post_hooks")
+                 "ret", "tape", "verified", "post_hooks", "fused", "fused_groups")
 
 
-def _lower(tape: _Tape) -> _Program:
+def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
     prog = _Program()
     prog.tape = tape
     prog.verified = False
+    prog.fused = _fusable(tape) if fused_update else {}
+    prog.fused_groups: dict[int, dict] = {}  # the SGD group of each fused op, found once
     nargs = prog.nargs = tape.nargs
     prog.n_ops = tape.n_ops
     op0 = nargs
@@ -1874,6 +1891,10 @@ def _lower(tape: _Tape) -> _Program:
             steps.append((_I_OP, rule, get, single, settings, dyn_slots, op0 + j, j, recorded))
         elif kind == _I_FX:
             _, k, spec, aspec, kspec = ins
+            plan = _update_plan(tape, ins)
+            if plan is not None:  # optimizer.step() as a precompiled update
+                steps.append((_I_FX, plan, (), {}, None))
+                continue
             steps.append((_I_FX, spec.fn, tuple(fx_arg(a) for a in aspec),
                           {key: fx_arg(a) for key, a in kspec.items()},
                           None if k is None else fx0 + k))
@@ -1893,7 +1914,10 @@ def _lower(tape: _Tape) -> _Program:
         )
         out = op0 + j
         rule = tape.rules[j]
-        bwd.append((rule, get, single, out, j, tape.needs[j], dests, out not in keep,
+        node = _VjpNode()  # what vjp_step reads, filled in for each replay (calls are serial)
+        node.op = rule
+        node.needs = tape.needs[j]
+        bwd.append((node, get, single, out, j, dests, out not in keep,
                     rule.plan(tape.needs[j])[1]))
     prog.template = template
     prog.leaf_slots = leaf_slots
@@ -1942,8 +1966,10 @@ def _fx_value(spec: tuple, env: list) -> Any:
     return {k: _fx_value(e, env) for k, e in zip(spec[1], spec[2])}
 
 
-def _replay(prog: _Program, flat: list) -> Any:
-    """Run the program on new arguments; returns what the step returns."""
+def _replay(prog: _Program, flat: list, fuse: bool = False) -> Any:
+    """Run the program on new arguments; returns what the step returns.
+
+    ``fuse``: apply the opt-in fused update (see :func:`_fusable`) where it holds."""
     env = prog.template.copy()
     for i, a in enumerate(flat):
         env[i] = a.data if isinstance(a, Tensor) else a
@@ -1977,7 +2003,7 @@ def _replay(prog: _Program, flat: list) -> Any:
             env[st[2]] = env[st[1]].item()
         else:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                _backward(prog, env, ctxs)
+                _backward(prog, env, ctxs, _fused_now(prog) if fuse and prog.fused else None)
     return _build(prog.ret, env)
 
 
@@ -1987,7 +2013,7 @@ class _VjpNode:
     __slots__ = ("op", "out", "ctx", "needs", "inputs")
 
 
-def _backward(prog: _Program, env: list, ctxs: list) -> None:
+def _backward(prog: _Program, env: list, ctxs: list, fused: dict | None = None) -> None:
     """``run_backward`` with every structural decision made in advance.
 
     Each op's local step is ``tensor.vjp_step``, the function the eager walk
@@ -2003,8 +2029,7 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
     root = prog.root
     table[root] = np.ones_like(env[root])
     owned[root] = True
-    new = object.__new__
-    for rule, get, single, out, j, needs, dests, free, keep_out in prog.bwd:
+    for node, get, single, out, j, dests, free, keep_out in prog.bwd:
         g = table[out]
         if g is None:
             continue
@@ -2012,17 +2037,18 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
         ins = get(env)
         if single:
             ins = (ins,)
-        node = new(_VjpNode)
-        node.op = rule
-        node.needs = needs
         node.inputs = ins
         node.out = env[out] if keep_out else None
         if free:
             env[out] = None  # as in eager mode, let the value go once nothing needs it
         node.ctx = ctxs[j]
         ctxs[j] = None
-        pgs = vjp_step(node, g, owned[out], True)
-        node = None
+        if fused is not None and j in fused:
+            pgs = _fused_vjp(node, g, owned[out], fused[j])
+        else:
+            pgs = vjp_step(node, g, owned[out], True)
+        node.inputs = node.out = node.ctx = None
+        rule = node.op
         for i, d, leaf in dests:
             pg = pgs[i]
             if pg is None:
@@ -2047,6 +2073,209 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
         if d in hooked and leaf._post_hooks:
             for hook in list(leaf._post_hooks):
                 hook(leaf)
+
+
+# ---------------------------------------------------------------------------
+# The optimizer's step as a precompiled update
+# ---------------------------------------------------------------------------
+
+
+def _update_plan(tape: _Tape, ins: tuple) -> _SGDPlan | None:
+    """A plan for an ``SGD.step()`` instruction of the tape, or None (replayed as is)."""
+    from .optim.sgd import SGD
+
+    _, k, spec, aspec, kspec = ins
+    if spec.fn is not _OPT_STEP or kspec or len(aspec) != 1 or aspec[0][0] != "obj":
+        return None
+    opt = aspec[0][1]
+    if type(opt) is not SGD or k is not None:
+        return None
+    # zeroed before this step in the same program: no gradient can be stale
+    zeroed = False
+    for other in tape.instrs:
+        if other is ins:
+            break
+        if other[0] == _I_FX and other[2].fn is _OPT_ZERO and other[3][:1] == (("obj", opt),):
+            zeroed = True
+    return _SGDPlan(opt, check=not zeroed)
+
+
+class _SGDPlan:
+    """``SGD.step()`` in a replay: the same arithmetic as ``SGD._update``, in the same
+    order, with what does not change from step to step worked out once (which
+    parameters take BLAS, their scratch buffers), and the settings read live at
+    every replay. A group with momentum, weight decay or maximize runs the
+    optimizer's own update. The stale-gradient check is skipped when the step
+    zeroes this optimizer's gradients before (nothing can be stale then); the
+    step marks and version bumps of ``Optimizer.step`` are kept."""
+
+    __slots__ = ("opt", "check", "cache")
+
+    def __init__(self, opt: Optimizer, check: bool) -> None:
+        self.opt = opt
+        self.check = check
+        self.cache: dict[int, tuple] = {}  # id(param) -> (array, fused, blas, scratch)
+
+    def __call__(self) -> None:
+        from .optim import _blas
+
+        opt = self.opt
+        if self.check and opt.warn_unzeroed_grad and not opt._warned:
+            opt._check_stale_grads()
+        cache = self.cache
+        for group in opt.param_groups:
+            params = [p for p in group["params"] if p._grad is not None]
+            if not params:
+                continue
+            if group["momentum"] != 0 or group["weight_decay"] != 0 or group["maximize"]:
+                opt._update(group, params)
+            else:
+                neg = -group["lr"]
+                fused = group["fused"]
+                for p in params:
+                    w = p.data
+                    c = cache.get(id(p))
+                    if c is None or c[0] is not w or c[1] is not fused:
+                        blas = fused and _blas.supports(w)
+                        c = cache[id(p)] = (w, fused, blas, None if blas else opt._buf(w, 3))
+                    g = opt._grad(p, False)
+                    if c[2]:
+                        _blas.axpy(neg, g, w)
+                    else:
+                        t = c[3]
+                        np.multiply(g, neg, out=t)
+                        w += t
+            for p in params:
+                _bump(p)  # graphs recorded with the old values must not backpropagate
+                gt = p._grad
+                gt.__dict__[STEP_MARK] = gt._version
+
+
+# ---------------------------------------------------------------------------
+# The opt-in fused update: W -= lr * delta^T a as one BLAS product
+# ---------------------------------------------------------------------------
+
+_FUSABLE_RULES = ("linear", "linear_relu", "linear_nobias")
+
+
+def _fusable(tape: _Tape) -> dict[int, tuple]:
+    """The Linear ops whose parameters a plain SGD step updates right after backward:
+    ``{op index: (weight, bias or None, optimizer)}``.
+
+    Conditions, checked on the tape: the step calls an ``SGD`` optimizer's
+    ``step()`` after ``backward()`` with nothing in between that reads or changes
+    parameters (no op on them, no declared call); the weight and bias are that
+    optimizer's, each reached by this op alone in backward, with no gradient
+    hooks. At each replay :func:`_fused_now` checks what can change: the group's
+    settings (no momentum, no weight decay, not maximize), gradients not already
+    accumulated, and array layouts BLAS takes.
+    """
+    from .optim import _blas
+    from .optim.sgd import SGD
+
+    kinds = [ins[0] for ins in tape.instrs]
+    if _I_BACKWARD not in kinds:
+        return {}
+    after = tape.instrs[kinds.index(_I_BACKWARD) + 1:]
+    opt = None
+    for ins in after:
+        if ins[0] == _I_FX:
+            a = ins[3]
+            if (ins[2].fn is _OPT_STEP and len(a) == 1 and not ins[4] and a[0][0] == "obj"
+                    and type(a[0][1]) is SGD):
+                opt = a[0][1]
+            break
+        if ins[0] == _I_OP and any(r[0] == _LEAF for r in ins[3]):
+            return {}  # an op reads a parameter between backward and the update
+    if opt is None:
+        return {}
+    ours = {id(p) for g in opt.param_groups for p in g["params"]}
+    uses: dict[int, int] = {}
+    for j in tape.order:
+        for (kind, ref), need in zip(tape.bwd_refs[j], tape.needs[j]):
+            if need and kind == _LEAF:
+                uses[id(ref)] = uses.get(id(ref), 0) + 1
+    hooked = {id(t) for t in tape.post_hooks}
+    out = {}
+    for j in tape.order:
+        if tape.rules[j].name not in _FUSABLE_RULES:
+            continue
+        refs, needs = tape.bwd_refs[j], tape.needs[j]
+        params = [r[1] for r in refs[1:]]
+        if not all(r[0] == _LEAF for r in refs[1:]) or not all(needs[1:]):
+            continue
+        if any(id(p) not in ours or uses.get(id(p)) != 1 or id(p) in hooked for p in params):
+            continue
+        if params[0].data.size < _blas.MIN_SIZE:
+            continue  # a small layer: a ctypes call costs more than it saves
+        out[j] = (params[0], params[1] if len(params) > 1 else None, opt)
+    return out
+
+
+def _group_of(opt: Any, p: Tensor) -> dict | None:
+    for g in opt.param_groups:
+        if any(q is p for q in g["params"]):
+            return g
+    return None
+
+
+def _fused_now(prog: _Program) -> dict[int, tuple]:
+    """The fusable ops whose update can be fused in this replay, with their lr."""
+    from .optim import _blas
+
+    now = {}
+    for j, (w, b, opt) in prog.fused.items():
+        g = prog.fused_groups.get(j)
+        if g is None or all(g is not h for h in opt.param_groups):
+            g = prog.fused_groups[j] = _group_of(opt, w)
+        if g is None or (b is not None and all(q is not b for q in g["params"])):
+            continue
+        if g["momentum"] != 0 or g["weight_decay"] != 0 or g["maximize"]:
+            continue
+        if w._grad is not None or (b is not None and b._grad is not None):
+            continue  # gradients accumulate across calls: the update needs them whole
+        if w.data.size < _blas.MIN_SIZE or not _blas.fits(w.data) or (
+                b is not None and not _blas.fits(b.data)):
+            continue  # a small layer: a ctypes call costs more than it saves
+        now[j] = (w, b, g["lr"])
+    return now
+
+
+def _fused_vjp(node: Any, g: np.ndarray, inplace: bool, fused: tuple) -> tuple:
+    """Linear's VJP with the weight and bias updated in place instead of returning
+    their gradients: ``W += -lr * delta^T x`` (one GEMM, beta = 1) and ``b +=
+    -lr * delta^T 1`` (one GEMV), after ``delta @ W`` has used the old weight."""
+    from .ops import _ones
+    from .optim import _blas
+
+    w, b, lr = fused
+    rule = node.op
+    x = node.inputs[0]
+    if rule.split is not None:  # linear_relu: delta = g * relu' first, as eager mode does
+        step, _ = rule.split
+        g = step(g, None, node.ctx, inplace)
+        node.ctx = None
+    if x.ndim != 2 or not _blas.fits(g, x, w.data):
+        return vjp_step(_linear_node(node, g), g, False, True)  # as an unfused VJP
+    gx = g @ w.data if node.needs[0] else None
+    _blas.gemm_update(-lr, g, x, w.data)
+    _bump(w)
+    if b is not None:
+        _blas.gemv_update(-lr, g, _ones(g.shape[0], g.dtype.str), b.data)
+        _bump(b)
+    return (gx, None, None) if b is not None else (gx, None)
+
+
+def _linear_node(node: Any, g: np.ndarray) -> Any:
+    """The node of linear's VJP for a delta already formed (a layout BLAS refused)."""
+    from .ops import RULES
+
+    n = object.__new__(_VjpNode)
+    n.op = RULES["linear"] if len(node.inputs) == 3 else RULES["linear_nobias"]
+    n.out = n.ctx = None
+    n.needs = node.needs
+    n.inputs = node.inputs
+    return n
 
 
 def _build(ret: tuple, env: list) -> Any:
@@ -2345,11 +2574,35 @@ class CompiledStep:
         What changed the last time a guard sent a call back to capture.
     strict : bool
         Raise :class:`CompileError` instead of running a call eagerly.
+    fused_update : bool
+        Replay plain-SGD steps of Linear layers as one BLAS product per layer
+        (see :func:`compile`).
     """
 
-    def __init__(self, fn: Callable[..., Any], strict: bool = False) -> None:
+    @property
+    def fused_params(self) -> list[Tensor]:
+        """The parameters the fused update applies to (in the programs captured so far)."""
+        out: list[Tensor] = []
+        for entry in self._entries.values():
+            for prog in entry.progs:
+                for w, b, _ in prog.fused.values():
+                    out += [p for p in (w, b) if p is not None and all(p is not q for q in out)]
+        return out
+
+    def __init__(self, fn: Callable[..., Any], strict: bool = False,
+                 fused_update: bool = False) -> None:
+        if fused_update:
+            from .optim import _blas
+
+            if not _blas.matrix_available():
+                _blas.require("cr.compile(fused_update=True)")
+                raise RuntimeError(
+                    "cr.compile(fused_update=True): this NumPy's OpenBLAS has no gemm/gemv "
+                    "chainrule can call"
+                )
         self.fn = fn
         self.strict = strict
+        self.fused_update = fused_update
         self._entries: dict[tuple, _Entry] = {}
         self.stats = {"eager": 0, "captured": 0, "verified": 0, "replayed": 0}
         self.unsupported: str | None = None
@@ -2392,7 +2645,7 @@ class CompiledStep:
                 if why is None:
                     if prog.verified:
                         self.stats["replayed"] += 1
-                        return _replay(prog, flat)
+                        return _replay(prog, flat, self.fused_update)
                     return self._verify(entry, prog, args, kwargs, flat)
                 first = first or why
             if first is not None:
@@ -2460,7 +2713,7 @@ class CompiledStep:
             self._refused(entry, rec.error, rec.retry)
         else:
             entry.captures += 1
-            entry.progs.insert(0, _lower(rec.tape))
+            entry.progs.insert(0, _lower(rec.tape, self.fused_update))
             del entry.progs[_MAX_VARIANTS:]
         return out
 
@@ -2504,7 +2757,8 @@ class CompiledStep:
         return out
 
 
-def compile(fn: Callable[..., Any], *, strict: bool = False) -> CompiledStep:  # noqa: A001
+def compile(fn: Callable[..., Any], *, strict: bool = False,  # noqa: A001
+            fused_update: bool = False) -> CompiledStep:
     """Capture a training step once and replay it on later batches of the same shape.
 
     Parameters
@@ -2517,6 +2771,16 @@ def compile(fn: Callable[..., Any], *, strict: bool = False) -> CompiledStep:  #
         Raise :class:`CompileError` whenever a call cannot be replayed, instead of
         running it eagerly (capture and verification calls still run eagerly:
         that is how a step is captured).
+    fused_update : bool
+        Opt in to a faster replay that is **not bit-identical** to eager mode: a
+        Linear layer whose weight and bias a plain SGD step (no momentum, no
+        weight decay) updates right after ``backward()`` is updated inside the
+        backward pass, ``W -= lr * delta^T a`` as one BLAS matrix product with
+        beta = 1 and the bias by a matrix-vector product, instead of writing the
+        gradient and then reading it again. The results agree with eager mode to
+        rounding; those parameters' ``.grad`` stay empty (None); the
+        verification call still checks the unfused replay bit for bit.
+        ``step.fused_params`` lists the parameters it applies to.
 
     Returns
     -------
@@ -2529,4 +2793,4 @@ def compile(fn: Callable[..., Any], *, strict: bool = False) -> CompiledStep:  #
     >>> step = cr.compile(step_fn)
     >>> loss = step(xb, yb)
     """
-    return CompiledStep(fn, strict=strict)
+    return CompiledStep(fn, strict=strict, fused_update=fused_update)

@@ -82,6 +82,12 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
+# Counts attribute assignments on modules (a setting, a layer, a parameter, the
+# training flag): a compiled step re-checks its module guards only after one.
+# Containers changed in place (a list of layers) are checked on every call.
+SETTINGS_EPOCH = [0]
+
+
 class Module:
     """Base class of layers and models: subclass it and define ``forward``.
 
@@ -96,6 +102,14 @@ class Module:
 
     def __init__(self) -> None:
         self.training = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        SETTINGS_EPOCH[0] += 1
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        SETTINGS_EPOCH[0] += 1
+        object.__delattr__(self, name)
 
     # ----- the forward pass -----------------------------------------------
 
