@@ -247,6 +247,37 @@ def _retaint(res: Any) -> Any:
     return res
 
 
+def _plain_call_args(args: tuple, kwargs: dict) -> tuple[tuple, dict, list]:
+    """``args`` and ``kwargs`` with the capture's traced arrays and numbers made plain,
+    so that ops and declared calls compute exactly as in eager mode (NumPy code
+    that tests ``type(a) is np.ndarray`` must see plain arrays). Tensors holding
+    traced arrays get plain ones for the call: the returned list puts them back."""
+    swapped: list[tuple[Tensor, np.ndarray]] = []
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Tensor):
+            d = v.data
+            if isinstance(d, _Traced):
+                swapped.append((v, d))
+                v.data = d.view(np.ndarray)
+            return v
+        if isinstance(v, _Traced):
+            return v.view(np.ndarray)
+        if isinstance(v, (_TracedFloat, _TracedInt)):
+            return _plain_number(v)
+        if type(v) in (tuple, list):
+            return type(v)(plain(e) for e in v)
+        return v
+
+    return (tuple(plain(a) for a in args), {k: plain(v) for k, v in kwargs.items()}, swapped)
+
+
+def _restore_data(swapped: list[tuple[Tensor, np.ndarray]]) -> None:
+    for t, d in reversed(swapped):
+        if t.data.base is d.base or t.data.base is d:  # untouched by the call
+            t.data = d
+
+
 def _plain_array(a: Any) -> Any:
     return a.view(np.ndarray) if isinstance(a, _Traced) else a
 
@@ -1187,11 +1218,13 @@ class _Recorder:
     # ----- the capture points -------------------------------------------------
 
     def op(self, fn: Callable, rule: Any, args: tuple, params: dict) -> Tensor:
-        """ops.apply: run the op eagerly, then record it."""
+        """ops.apply: run the op eagerly (on plain arrays), then record it."""
         _mode.tracer = None
+        pargs, pparams, swapped = _plain_call_args(args, params)
         try:
-            t = fn(rule, *args, **params)
+            t = fn(rule, *pargs, **pparams)
         finally:
+            _restore_data(swapped)
             self._attach()
         if self.error is not None:
             self.keepalive.append(t)  # untainted at the end
@@ -1337,11 +1370,7 @@ class _Recorder:
         for o in spec.owned(args, kwargs):
             self.owned.add(id(o))
             self.keepalive.append(o)
-        _mode.tracer = None
-        try:
-            res = spec.fn(*args, **kwargs)
-        finally:
-            self._attach()
+        res = self._plain_call(spec.fn, args, kwargs)
         if self.error is not None:
             return res
         k = None
@@ -1360,10 +1389,13 @@ class _Recorder:
         return res
 
     def _plain_call(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        """Call ``fn`` with the capture detached and the arguments' traced arrays plain."""
         _mode.tracer = None
+        pargs, pkwargs, swapped = _plain_call_args(args, kwargs)
         try:
-            return fn(*args, **kwargs)
+            return fn(*pargs, **pkwargs)
         finally:
+            _restore_data(swapped)
             self._attach()
 
     def _fx_arg(self, a: Any) -> tuple:
@@ -1424,11 +1456,8 @@ class _Recorder:
                                            observer), {})
         tape.instrs.append((_I_BACKWARD,))
         tape.lines.append(line)
-        _mode.tracer = None
-        try:
-            res = walk(roots, seeds, retain_graph, create_graph, inputs, observer)
-        finally:
-            self._attach()
+        res = self._plain_call(walk, (roots, seeds, retain_graph, create_graph, inputs,
+                                      observer), {})
         self._baseline(where)
         return res
 
