@@ -1046,3 +1046,84 @@ def test_the_capture_call_computes_exactly_what_eager_mode_computes(dtype):
         assert compiled.stats["replayed"] == 4, (compiled.stats, compiled.unsupported)
         for p, q in zip(a["params"], b["params"]):
             assert np.array_equal(p.grad.data, q.grad.data)
+
+
+def test_fan_out_accumulates_as_in_eager_mode():
+    """A value used twice (a residual connection, a shared layer): the replay adds the
+    gradient contributions in eager mode's order, with its in-place rule."""
+    x, y = _data()
+
+    def make():
+        cr.manual_seed(0)
+        lin = cr.nn.Linear(N_FEATURES, N_FEATURES)
+        head = cr.nn.Linear(N_FEATURES, N_CLASSES)
+        opt = cr.optim.SGD([*lin.parameters(), *head.parameters()], lr=0.05)
+
+        def step(xb, yb):
+            opt.zero_grad()
+            h = cr.tanh(lin(xb))
+            h = h + lin(h) * 0.5 + h * h  # h used three times, lin twice
+            loss = F.cross_entropy(head(h), yb)
+            loss.backward()
+            opt.step()
+            return loss
+
+        return {"step": step, "params": [*lin.parameters(), *head.parameters()]}
+
+    step, a, b = _pair(make, 8, lambda i: (x[8 * i:8 * i + 8], y[8 * i:8 * i + 8]))
+    assert step.stats["replayed"] == 6
+    for p, q in zip(a["params"], b["params"]):
+        assert np.array_equal(p.grad.data, q.grad.data)
+
+
+def test_fused_update_is_close_to_eager_and_leaves_grad_empty():
+    from chainrule.optim import _blas
+
+    if not _blas.matrix_available():
+        pytest.skip("this NumPy carries no OpenBLAS chainrule can call")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 300)).astype(np.float32)
+    y = rng.integers(0, 5, 32)
+
+    def make(momentum=0.0):
+        cr.manual_seed(0)
+        model = cr.nn.Sequential(cr.nn.Linear(300, 64), cr.nn.ReLU(), cr.nn.Linear(64, 5))
+        opt = cr.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
+
+        def step(xb, yb):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            return loss
+
+        return model, opt, step
+
+    m1, o1, s1 = make()
+    m2, o2, s2 = make()
+    step = cr.compile(s2, fused_update=True)
+    for i in range(8):
+        if i == 5:  # a new rate is read live by the fused update too
+            o1.param_groups[0]["lr"] = o2.param_groups[0]["lr"] = 0.01
+        a, b = s1(x, y).item(), step(x, y).item()
+        assert a == pytest.approx(b, rel=1e-5)
+    assert step.stats["replayed"] == 6
+    big = m2[0]
+    assert [id(p) for p in step.fused_params] == [id(big.weight), id(big.bias)]
+    assert big.weight.grad is None and big.bias.grad is None  # fused: never written
+    assert m2[2].weight.grad is not None  # a small layer: updated as usual
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-5, atol=1e-6)
+    assert not all(np.array_equal(p.data, q.data) for p, q in zip(m1.parameters(),
+                                                                  m2.parameters()))
+    # momentum (set between steps) is not a plain update: the replay does not fuse,
+    # and from then on matches eager mode bit for bit again
+    m3, o3, s3 = make()
+    m4, o4, s4 = make()
+    step = cr.compile(s4, fused_update=True)
+    for i in range(6):
+        if i == 0:
+            for o in (o3, o4):
+                o.param_groups[0]["momentum"] = 0.9
+        assert s3(x, y).item() == step(x, y).item()
+    _assert_same_params(m3, m4)
