@@ -270,25 +270,32 @@ def _categorical_embedding(g: _Graph, m: Any, x: str) -> str:
     return g.node("Concat", parts, axis=1) if len(parts) > 1 else parts[0]
 
 
+def _layers(model: Any) -> list[Any]:
+    from . import nn
+
+    if isinstance(model, nn.Sequential):
+        return [leaf for m in model for leaf in _layers(m)]
+    return [model]
+
+
 def _n_inputs(model: Any) -> tuple[int, bool]:
     """(input width, whether the input holds integer indices (a bare Embedding))."""
     from . import nn
 
-    first = model[0] if isinstance(model, nn.Sequential) and len(model) else model
-    if isinstance(first, nn.Sequential):
-        return _n_inputs(first)
-    if isinstance(first, nn.Linear):
-        return first.in_features, False
-    if isinstance(first, nn.CategoricalEmbedding):
-        return first.in_features, False
-    if isinstance(first, nn.Embedding):
-        return 0, True
-    if isinstance(first, nn.BatchNorm1d):
-        return first.num_features, False
-    if isinstance(first, nn.LayerNorm):
-        return first.normalized_shape[-1], False
-    raise ONNXExportError(f"onnx.export: cannot tell the input width of a model starting "
-                          f"with {type(first).__name__}; start it with a Linear layer")
+    for first in _layers(model):
+        if isinstance(first, (nn.Linear, nn.CategoricalEmbedding)):
+            return first.in_features, False
+        if isinstance(first, nn.Embedding):
+            return 0, True
+        if isinstance(first, nn.BatchNorm1d):
+            return first.num_features, False
+        if isinstance(first, nn.LayerNorm):
+            return first.normalized_shape[-1], False
+        if type(first).__name__ not in ("Flatten", "Identity", "Dropout", "ReLU", "LeakyReLU",
+                                        "Sigmoid", "Tanh", "GELU", "SiLU", "ELU"):
+            break
+    raise ONNXExportError("onnx.export: cannot tell the model's input width; start it with a "
+                          "Linear layer")
 
 
 def _dtype(model: Any) -> np.dtype:
@@ -481,7 +488,7 @@ def _sample_input(model: Any, width: int, batch: int, rng: np.random.Generator,
     from . import nn
 
     X = rng.standard_normal((batch, width)).astype(dtype)
-    first = model[0] if isinstance(model, nn.Sequential) and len(model) else model
+    first = _layers(model)[0]
     if isinstance(first, nn.CategoricalEmbedding):
         for j, c in enumerate(first.cardinalities):
             X[:, first.numeric_features + j] = rng.integers(0, c, size=batch)

@@ -505,6 +505,14 @@ class Predictor:
             return arr
         return self.preprocessor.transform(rows)
 
+    def encode(self, rows: Any) -> np.ndarray:
+        """Raw rows -> the input of the exported ONNX model: categorical columns
+        encoded, missing cells filled, numeric columns not yet standardised
+        (the ONNX graph standardises them itself)."""
+        if self.preprocessor is None:
+            return self.transform(rows)
+        return self.preprocessor.transform(rows, scale=False)
+
     def raw_outputs(self, rows: Any) -> np.ndarray:
         """The network's outputs (logits / standardised values), in eval mode, no graph."""
         return run_model(self.model, self.transform(rows))

@@ -624,10 +624,17 @@ class TablePreprocessor:
 
     # ----- transforming -----------------------------------------------------
 
-    def transform(self, table: Any) -> np.ndarray:
+    def transform(self, table: Any, scale: bool = True) -> np.ndarray:
         """Rows with the training columns (by name; extra columns are ignored)
-        -> float32 array (n, n_outputs)."""
+        -> float32 array (n, n_outputs). ``scale=False`` leaves the numeric
+        columns unstandardised (what an exported ONNX model takes as input)."""
         self._check_fitted()
+        if not scale and self.scaler is not None:
+            saved, self.scaler = self.scaler, None
+            try:
+                return self.transform(table)
+            finally:
+                self.scaler = saved
         pd = _pandas()
         if not self.categorical and _plain_numbers(table) and np.ndim(table) == 2 and \
                 np.shape(table)[1] == len(self.feature_names):
