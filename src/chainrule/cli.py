@@ -579,9 +579,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             train_idx, val_idx, _, _ = train_test_split(
                 ds.train_idx, ds.train_idx, test_size=args.val_size, seed=args.seed + 1,
                 stratify=strat)
-        except ValueError as e:
-            raise CLIError(f"--val-size {args.val_size}: {e} (use --val-size 0 for tiny "
-                           "tables)") from None
+        except ValueError:
+            # too few rows to hold any out: say so and train on them all
+            say(f"note: {len(ds.train_idx)} training rows are too few for a validation "
+                "split; training on all of them without early stopping")
 
     # -- preprocessing: fitted on the training rows only ---------------------
     prep = TablePreprocessor(categorical=args.categorical, impute=args.impute,

@@ -26,6 +26,7 @@ from .digits import DIGITS_CITATION, load_digits
 from .loader import DataLoader
 from .mnist import DownloadError, default_cache_dir, download_mnist, load_mnist, read_idx
 from .preprocessing import Standardizer, one_hot, standardize, train_test_split
+from .stream import CSVStream
 from .tables import TablePreprocessor, read_table
 from .synthetic import make_encoder, make_moons, make_spirals, make_xor
 
@@ -41,6 +42,7 @@ __all__ = [
     "Standardizer",
     "read_table",
     "TablePreprocessor",
+    "CSVStream",
     "load_digits",
     "DIGITS_CITATION",
     "load_mnist",

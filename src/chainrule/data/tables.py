@@ -213,17 +213,22 @@ def read_table(
         names = _check_names(rows[0], str(path))
     else:
         names = [f"column_{i}" for i in range(ncol)]
-    if ncol < 2 and delimiter == ",":
-        hint = detect_delimiter(text)
-        if hint is None and any(d in text for d in ";\t|"):
+    if ncol < 2:
+        other = detect_delimiter(text)
+        first_line = text.splitlines()[0] if text else ""
+        if (other and other != delimiter) or any(d in first_line for d in ";\t|"):
+            d = other if other and other != delimiter else next(
+                d for d in ";\t|" if d in first_line)
             raise DataFormatError(
-                f"{path}: the first line has a single column; if the file uses another "
-                "delimiter, pass it (--delimiter ';' on the command line, delimiter=';' in "
-                "Python)"
+                f"{path}: with delimiter {delimiter!r} the first line is a single column, "
+                f"but {d!r} splits it; pass the file's delimiter (--delimiter '{d}' on the "
+                f"command line, delimiter='{d}' in Python)"
             )
+    # no skipinitialspace: it costs pandas a third of its time, numbers parse with
+    # leading blanks anyway, and text cells are stripped where they are read
     kwargs = dict(
         sep=delimiter, header=0 if has_header else None, names=names,
-        skipinitialspace=True, encoding=encoding, skip_blank_lines=True,
+        encoding=encoding, skip_blank_lines=True,
         engine="c", low_memory=False, index_col=False,
     )
     meta = {"path": str(path), "header": has_header, "delimiter": delimiter,
@@ -412,8 +417,9 @@ class TablePreprocessor:
     Parameters
     ----------
     categorical : "auto" or list of column names
-        "auto": columns whose (non-missing) cells are all text are
-        categorical. A list declares them; other text columns are then an error.
+        Columns whose (non-missing) cells are all text are categorical; a
+        list adds columns that hold numbers but are categories (codes, zip
+        codes). A column mixing numbers and words is an error naming the cell.
     impute : {"error", "mean", "median", "most-frequent"}
         What to do with missing cells. "error" (the default) refuses them with
         the file, line and column. "mean" / "median" fill numeric columns with
@@ -494,7 +500,9 @@ class TablePreprocessor:
         numeric_cols = []
         for name in names:
             col = df[name]
-            is_cat = name in declared if declared != "auto" else _looks_categorical(col)
+            # declared columns are categorical even when they hold numbers (zip codes);
+            # text columns are categorical whether declared or not
+            is_cat = (declared != "auto" and name in declared) or _looks_categorical(col)
             if is_cat:
                 self._fit_categorical(df, name, col)
             else:
