@@ -27,8 +27,8 @@ from .loader import DataLoader
 from .mnist import DownloadError, default_cache_dir, download_mnist, load_mnist, read_idx
 from .preprocessing import Standardizer, one_hot, standardize, train_test_split
 from .stream import CSVStream
-from .tables import TablePreprocessor, read_table
 from .synthetic import make_encoder, make_moons, make_spirals, make_xor
+from .tables import TablePreprocessor, read_table
 
 __all__ = [
     "Dataset",
