@@ -108,7 +108,7 @@ def _hidden(text: str) -> Any:
     try:
         parse_hidden(text)
     except SpecError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
     return text
 
 

@@ -305,7 +305,7 @@ def _dtype(model: Any) -> np.dtype:
 
 
 def export(model_or_checkpoint: Any, path: str | os.PathLike, opset: int = 17,
-           input_name: str = "input") -> Path:
+           input_name: str = "input", dtype: Any = np.float32) -> Path:
     """Write ``model_or_checkpoint`` as an ONNX model to ``path`` (atomically).
 
     Parameters
@@ -318,6 +318,10 @@ def export(model_or_checkpoint: Any, path: str | os.PathLike, opset: int = 17,
         The ONNX operator set (13 is onnxruntime's oldest well-supported one;
         LayerNormalization is native from 17, Gelu from 20).
     input_name : str
+    dtype : np.float32 (default) or np.float64
+        What the graph computes in. A float64 model (a scikit-learn estimator
+        fitted on float64 data) is exported in float32 unless asked otherwise:
+        float32 is what ONNX runtimes and their users expect.
 
     Returns
     -------
@@ -339,7 +343,9 @@ def export(model_or_checkpoint: Any, path: str | os.PathLike, opset: int = 17,
     target = _resolve(model_or_checkpoint)
     model = target.model
     model.eval()
-    dtype = _dtype(model)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ONNXExportError(f"onnx.export: dtype must be float32 or float64, got {dtype}")
     g = _Graph(helper, opset, dtype)
     width, indices = _n_inputs(model)
     elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
@@ -383,7 +389,8 @@ def export(model_or_checkpoint: Any, path: str | os.PathLike, opset: int = 17,
     # concrete trailing sizes from one probe row through chainrule itself
     from .spec import run_model
 
-    probe = np.zeros((1,) if indices else (1, width), dtype=np.int64 if indices else dtype)
+    probe = np.zeros((1,) if indices else (1, width),
+                     dtype=np.int64 if indices else _dtype(model))
     tail = list(run_model(model, probe).shape[1:])
     outs = []
     for public, _ in outputs:
@@ -442,7 +449,8 @@ def verify(model_or_checkpoint: Any, onnx_path: str | os.PathLike, X: Any = None
     target = _resolve(model_or_checkpoint)
     model = target.model
     width, indices = _n_inputs(model)
-    dtype = _dtype(model)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    dtype = np.float64 if "double" in sess.get_inputs()[0].type else np.float32
     rng = np.random.default_rng(seed)
     if X is None:
         if indices:
@@ -455,10 +463,11 @@ def verify(model_or_checkpoint: Any, onnx_path: str | os.PathLike, X: Any = None
     X = np.asarray(X)
     if not indices:
         X = X.astype(dtype)
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     got = dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: X})))
-    Xin = X if target.mean is None else ((X - target.mean) / target.std).astype(dtype)
+    mdt = _dtype(model)
+    Xin = X.astype(mdt) if target.mean is None or indices else \
+        ((X - target.mean) / target.std).astype(mdt)
     want = run_model(model, Xin)
     pairs = [(got["output"], want)]
     spec = target.spec

@@ -98,7 +98,7 @@ def load_csv(
     ((150, 4), ['setosa', 'versicolor', 'virginica'])
     >>> X, y = data                     # unpacks to (X, y)
     """
-    from .tables import _numeric, missing_or_bad, read_table
+    from .tables import _numeric, missing_or_bad, not_float32, read_table
 
     df = read_table(path, delimiter=delimiter, header=header, encoding=encoding,
                     prefer_header=isinstance(target, str))
@@ -139,8 +139,7 @@ def load_csv(
         if not (np.isfinite(X64).all() and np.abs(X64).max(initial=0) <= _F32_MAX):
             r, j = (int(v) for v in np.argwhere(~np.isfinite(X64) | (np.abs(
                 np.nan_to_num(X64)) > _F32_MAX))[0])
-            raise DataFormatError(missing_or_bad(df, r, feat[j]).rsplit(": ", 1)[0] +
-                                  f": {X64[r, j]!r} is not a finite float32 number")
+            raise DataFormatError(not_float32(df, r, feat[j], X64[r, j]))
         X = X64.astype(np.float32)
         feat_done = True
     else:

@@ -385,10 +385,14 @@ def _numeric(col: Any, name: str, df: Any, what: str = "column") -> np.ndarray:
     big = ~finite | (np.abs(np.where(np.isnan(out), 0, out)) > _F32_MAX)
     if big.any():
         r = int(np.flatnonzero(big)[0])
-        raise DataFormatError(
-            f"{locate(df, r, name)}: {values[r]!r} is not a finite float32 number"
-        )
+        raise DataFormatError(not_float32(df, r, name, out[r]))
     return out
+
+
+def not_float32(df: Any, row: int, column: str, value: float) -> str:
+    """The message for a number outside float32's range, quoting the file's own text."""
+    where, text = _cell(df, row, column)
+    return f"{where}: {text or repr(float(value))!r} is not a finite float32 number"
 
 
 def _looks_categorical(col: Any) -> bool:
