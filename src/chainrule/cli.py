@@ -657,8 +657,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     samples = len(Xtr) * history.epochs
     rate = samples / seconds if seconds > 0 else float("nan")
-    if history.stopped_early and history.stop_reason:
-        say(f"stopped after epoch {history.epochs}: {history.stop_reason}")
     best = getattr(history, "best_epoch", None)
 
     # -- test ----------------------------------------------------------------
