@@ -111,8 +111,21 @@ print(f"statistics pass {t1 - t0:.1f} s; one epoch + validation {t2 - t1:.1f} s;
 """
 
 _NPY_CHILD = r"""
-import resource, sys, time
+import resource, sys, threading, time
 import numpy as np
+
+peak_anon = [0]
+
+
+def sample():  # anonymous memory (what the process allocated), not the mapped file's pages
+    while True:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                peak_anon[0] = max(peak_anon[0], int(line.split()[1]) // 1024)
+        time.sleep(0.2)
+
+
+threading.Thread(target=sample, daemon=True).start()
 import chainrule as cr
 import chainrule.nn.functional as F
 from chainrule.data import DataLoader
@@ -122,26 +135,32 @@ cr.manual_seed(0)
 model = cr.nn.Sequential(cr.nn.Linear(X.shape[1], 64), cr.nn.ReLU(), cr.nn.Linear(64, 2))
 opt = cr.optim.Adam(model.parameters(), lr=1e-3)
 t = time.perf_counter()
+steps = int(sys.argv[3])
 h = cr.fit(model, F.cross_entropy, opt, DataLoader((X, y), batch_size=512, seed=0),
-           epochs=1, progress=False)
+           epochs=1, progress=False, max_steps=steps or None)
+time.sleep(0.5)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(f".npy memory map {X.nbytes / 2**30:.2f} GiB: one epoch {time.perf_counter() - t:.1f} s; "
-      f"accuracy {h.history['accuracy'][-1]:.4f}; peak RSS {rss:.0f} MiB")
+print(f".npy memory map {X.nbytes / 2**30:.2f} GiB: {h.history['steps'][-1]} steps of 512 rows "
+      f"in {time.perf_counter() - t:.1f} s; accuracy {h.history['accuracy'][-1]:.4f}; peak RSS "
+      f"{rss:.0f} MiB (it counts the mapped file's pages, which the kernel can drop); peak "
+      f"anonymous memory {peak_anon[0]} MiB")
 """
 
 
-def bench_stream(size_gb: float, chunk_rows: int) -> None:
+def bench_stream(size_gb: float, chunk_rows: int, npy_steps: int = 0,
+                 csv: bool = True) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.csv"
-        rows = int(size_gb * 1e9 / 300)  # about 300 bytes a row at 31 columns
-        t = time.perf_counter()
-        _write_numeric_csv(path, rows, 31)
-        print(f"generated {path.stat().st_size / 1e9:.2f} GB ({rows:,} rows x 31) in "
-              f"{time.perf_counter() - t:.0f} s")
-        out = subprocess.run([sys.executable, "-c", _STREAM_CHILD, str(path), str(chunk_rows)],
-                             capture_output=True, text=True)
-        print(out.stdout.strip() or out.stderr[-2000:])
-        path.unlink()
+        rows = int(size_gb * 1e9 / 286)  # about 286 bytes a row at 31 columns
+        if csv:
+            t = time.perf_counter()
+            _write_numeric_csv(path, rows, 31)
+            print(f"generated {path.stat().st_size / 1e9:.2f} GB ({rows:,} rows x 31) in "
+                  f"{time.perf_counter() - t:.0f} s")
+            out = subprocess.run([sys.executable, "-c", _STREAM_CHILD, str(path),
+                                  str(chunk_rows)], capture_output=True, text=True)
+            print(out.stdout.strip() or out.stderr[-2000:])
+            path.unlink()
         # the same order of size as a memory-mapped .npy (float32)
         n = int(size_gb * 2**30 / (30 * 4))
         Xp, yp = Path(tmp) / "X.npy", Path(tmp) / "y.npy"
@@ -153,7 +172,8 @@ def bench_stream(size_gb: float, chunk_rows: int) -> None:
             X[s:s + len(block)] = block
             y[s:s + len(block)] = block[:, 0] + block[:, 1] > 0
         del X, y
-        out = subprocess.run([sys.executable, "-c", _NPY_CHILD, str(Xp), str(yp)],
+        out = subprocess.run([sys.executable, "-c", _NPY_CHILD, str(Xp), str(yp),
+                              str(npy_steps)],
                              capture_output=True, text=True)
         print(out.stdout.strip() or out.stderr[-2000:])
     print("target: peak RSS under 1 GB (1024 MiB)")
@@ -205,6 +225,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--size-gb", type=float, default=2.0)
     ap.add_argument("--chunk-rows", type=int, default=65536)
+    ap.add_argument("--npy-steps", type=int, default=0,
+                    help="stream: stop the .npy epoch after this many steps (0: a full epoch)")
+    ap.add_argument("--no-csv", dest="csv", action="store_false",
+                    help="stream: only the .npy memory map")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="set (or with an empty value, unset) a variable for this run")
     args = ap.parse_args()
@@ -218,7 +242,7 @@ def main() -> None:
     if args.what == "load":
         bench_load(args.rows, args.cols, args.reps)
     elif args.what == "stream":
-        bench_stream(args.size_gb, args.chunk_rows)
+        bench_stream(args.size_gb, args.chunk_rows, args.npy_steps, args.csv)
     else:
         bench_onnx(args.reps if args.reps > 5 else 200)
     print(f"this process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"

@@ -826,10 +826,15 @@ def mse_loss(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noq
     >>> F.mse_loss(cr.tensor([1.0, 2.0]), np.array([1.0, 0.0], dtype=np.float32)).item()
     2.0
     """
-    who = "mse_loss"
-    _check_reduction(reduction, who)
-    tgt = _same_shape_target(input, target, who)
-    return ops.apply(MSE, input, tgt, reduction=reduction)
+    return _elementwise_loss(MSE, input, target, reduction)
+
+
+def _elementwise_loss(r: Any, input: Any, target: Any, reduction: str,  # noqa: A002
+                      **params: Any) -> Tensor:
+    """A loss rule over (input, target) of one shape, after the shared checks."""
+    _check_reduction(reduction, r.name)
+    tgt = _same_shape_target(input, target, r.name)
+    return ops.apply(r, input, tgt, reduction=reduction, **params)
 
 
 # ==========================================================================
@@ -856,10 +861,7 @@ def l1_loss(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noqa
     >>> F.l1_loss(cr.tensor([1.0, 2.0]), np.array([0.0, 4.0], dtype=np.float32)).item()
     1.5
     """
-    who = "l1_loss"
-    _check_reduction(reduction, who)
-    tgt = _same_shape_target(input, target, who)
-    return ops.apply(L1, input, tgt, reduction=reduction)
+    return _elementwise_loss(L1, input, target, reduction)
 
 
 @rule("huber_loss", saves=SAVES_INPUTS)
@@ -895,12 +897,9 @@ def huber_loss(input: Any, target: Any, reduction: str = "mean",  # noqa: A002
     >>> F.huber_loss(cr.tensor([0.5, 3.0]), np.zeros(2, np.float32)).item()
     1.3125
     """
-    who = "huber_loss"
-    _check_reduction(reduction, who)
     if not (isinstance(delta, (int, float)) and delta > 0 and np.isfinite(delta)):
-        raise ValueError(f"{who}: delta must be a number > 0, got {delta!r}")
-    tgt = _same_shape_target(input, target, who)
-    return ops.apply(HUBER, input, tgt, reduction=reduction, delta=float(delta))
+        raise ValueError(f"huber_loss: delta must be a number > 0, got {delta!r}")
+    return _elementwise_loss(HUBER, input, target, reduction, delta=float(delta))
 
 
 def smooth_l1_loss(input: Any, target: Any, reduction: str = "mean",  # noqa: A002

@@ -64,11 +64,7 @@ class Adagrad(Optimizer):
                     w, group["initial_accumulator_value"])}
             state["step"] += 1
             clr = lr / (1 + (state["step"] - 1) * decay)
-            if wd != 0:
-                t = self._buf(w, 1)
-                np.multiply(w, wd, out=t)
-                np.add(g, t, out=t)
-                g = t
+            g = self._l2(g, w, wd)
             acc = state["sum"]
             u = self._buf(w, 2)
             np.multiply(g, g, out=u)
