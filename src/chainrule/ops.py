@@ -422,7 +422,9 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
     tb = type(bd)
     if (tb is float or tb is int) and rule.weak_scalars and type(ad) is np.ndarray \
             and ad.dtype.kind == "f":
-        bd = _scalar_array(bd, ad.dtype)
+        cache = _SCALAR_ARRAYS.get(ad.dtype)
+        c = None if cache is None else cache.get(bd)
+        bd = _scalar_array(bd, ad.dtype) if c is None else c
     else:
         ta = type(ad)
         if (ta is float or ta is int) and rule.weak_scalars and tb is np.ndarray \

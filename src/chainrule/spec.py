@@ -362,7 +362,7 @@ class ModelSpec:
 
     def fit(self, model: Any, X: np.ndarray, y: np.ndarray, val: Any = None,
             callbacks: Sequence[Any] = (), progress: bool = True,
-            optimizer: Any = None, loss_fn: Any = None) -> Any:
+            optimizer: Any = None, loss_fn: Any = None, distributed: bool = False) -> Any:
         """Train ``model`` on (X, encoded targets y) with this spec's settings
         through :func:`chainrule.fit`; returns the History."""
         from .training import fit
@@ -374,7 +374,7 @@ class ModelSpec:
         return fit(model, loss_fn or self.loss_fn(), opt, (X, y), epochs=int(t["epochs"]),
                    val=val, callbacks=list(callbacks), metrics=self.metrics(),
                    batch_size=batch, shuffle=True, seed=t["seed"], progress=progress,
-                   compile=t.get("compile", "auto"))
+                   compile=t.get("compile", "auto"), distributed=distributed)
 
 
 def check_version(d: Mapping[str, Any], where: str) -> None:
