@@ -212,7 +212,8 @@ def test_every_rule_declares_what_it_saves():
     for name, (slots, out) in EXPECTED_SAVES.items():
         rule = cr.RULES[name]
         n = 1 + max((*slots, 0, 1 if name in ("add", "sub", "mul", "div", "pow", "where",
-                                               "maximum", "minimum", "matmul", "mse_loss", "l1_loss", "huber_loss",
+                                               "maximum", "minimum", "matmul", "mse_loss",
+                                               "l1_loss", "huber_loss",
                                                "linear_nobias", "cross_entropy_probs",
                                                "binary_cross_entropy",
                                                "binary_cross_entropy_with_logits") else 0,
