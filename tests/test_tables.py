@@ -361,3 +361,55 @@ def test_npy_memory_map_trains_through_a_dataloader(tmp_path):
     h = cr.fit(model, cr.nn.functional.cross_entropy,
                cr.optim.Adam(model.parameters(), lr=0.05), loader, epochs=3, progress=False)
     assert h.history["accuracy"][-1] > 0.9
+
+
+# --------------------------------------------------------------------------
+# The issue's "done means": a scikit-learn table, defaults, raw rows, ONNX
+# --------------------------------------------------------------------------
+
+
+def _sklearn_table(tmp_path: Path, name: str) -> tuple[Path, str]:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from bench.tables import write_tables
+
+    return write_tables(tmp_path)[name]
+
+
+def test_iris_with_string_labels_defaults_predictor_and_onnx(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    path, target = _sklearn_table(tmp_path, "iris")
+    assert main(["train", str(path), "--target", target, "--quiet", "--out",
+                 str(tmp_path / "iris")]) == 0
+    acc = float(capsys.readouterr().out.split("test accuracy: ")[1].split()[0])
+    assert acc >= 0.92  # scikit-learn's grid-searched MLP: 0.947-1.000 over seeds 0-2
+    ckpt = tmp_path / "iris" / "model.safetensors"
+    pred = cr.load_predictor(ckpt)
+    rows = pd.read_csv(path)
+    labels = pred.predict(rows)
+    assert set(labels) <= {"setosa", "versicolor", "virginica"}
+    assert (labels == rows[target].to_numpy()).mean() > 0.9
+    onx = cr.onnx.export(ckpt, tmp_path / "iris.onnx", opset=17)
+    onnx.checker.check_model(onnx.load(str(onx)), full_check=True)
+    sess = ort.InferenceSession(str(onx), providers=["CPUExecutionProvider"])
+    (label,) = sess.run(["label"], {"input": pred.encode(rows.drop(columns=[target]))})
+    np.testing.assert_array_equal(pred.classes_[label], labels)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("CHAINRULE_LONG"),
+                    reason="long profile only: run with CHAINRULE_LONG=1")
+@pytest.mark.parametrize("name, floor", [("iris", 0.93), ("wine", 0.95),
+                                         ("breast_cancer", 0.95), ("diabetes", 0.42)])
+def test_defaults_on_the_four_tables_are_near_scikit_learn(tmp_path, name, floor, capsys):
+    """The figures of docs/cli.md (seed 0): accuracy or R^2 with nothing but the target."""
+    pytest.importorskip("sklearn")
+    path, target = _sklearn_table(tmp_path, name)
+    assert main(["train", str(path), "--target", target, "--quiet", "--out",
+                 str(tmp_path / name)]) == 0
+    text = capsys.readouterr().out
+    key = "test R^2: " if name == "diabetes" else "test accuracy: "
+    assert float(text.split(key)[1].split()[0]) >= floor
