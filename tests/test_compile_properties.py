@@ -35,8 +35,9 @@ LONG = os.environ.get("CHAINRULE_LONG") == "1"
 EXAMPLES = 3000 if LONG else 300
 STEPS = 20
 
-ACTS = ("relu", "leaky", "tanh", "sigmoid", "identity")
-LOSSES = ("ce", "ce_module", "nll", "mse", "mse_module", "bce_logits", "masked_ce")
+ACTS = ("relu", "leaky", "tanh", "sigmoid", "identity", "gelu", "silu", "elu")
+LOSSES = ("ce", "ce_module", "nll", "mse", "mse_module", "bce_logits", "masked_ce", "l1",
+          "huber_module")
 OPTIMIZERS = ("sgd", "sgd_momentum", "sgd_nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = (None, "step", "exponential", "cosine", "lambda")
 EVENTS = ("dropout_p", "slope", "reduction", "smoothing", "lr", "momentum", "swap", "eval",
@@ -53,6 +54,9 @@ def programs(draw):
     for _ in range(draw(st.integers(0, 2))):
         h = draw(st.integers(2, 6))
         layers.append(("linear", width, h))
+        norm = draw(st.sampled_from([None, None, "layernorm", "batchnorm"]))
+        if norm:
+            layers.append((norm, h))
         layers.append(("act", draw(st.sampled_from(ACTS)), draw(st.sampled_from([0.01, 0.2]))))
         if draw(st.booleans()):
             layers.append(("dropout", draw(st.sampled_from([0.0, 0.25, 0.5]))))
@@ -60,6 +64,8 @@ def programs(draw):
     layers.append(("linear", width, n_out))
     n_samples = draw(st.integers(12, 30))
     batch = draw(st.integers(4, 12))
+    if n_samples % batch == 1:  # BatchNorm needs two rows a batch in training
+        n_samples += 1
     events = draw(st.lists(st.tuples(st.integers(1, STEPS - 1), st.sampled_from(EVENTS)),
                            max_size=4))
     hazard = draw(st.sampled_from((None,) * 6 + HAZARDS))
@@ -107,6 +113,10 @@ class ListNet(cr.nn.Module):
 def _layer(kind, dtype):
     if kind[0] == "linear":
         return cr.nn.Linear(kind[1], kind[2], dtype=dtype)
+    if kind[0] == "layernorm":
+        return cr.nn.LayerNorm(kind[1], dtype=dtype)
+    if kind[0] == "batchnorm":
+        return cr.nn.BatchNorm1d(kind[1], dtype=dtype)
     if kind[0] == "dropout":
         return cr.nn.Dropout(kind[1])
     return _act(kind[1], kind[2])
@@ -114,14 +124,15 @@ def _layer(kind, dtype):
 
 def _act(name, slope=0.01):
     return {"relu": cr.nn.ReLU, "tanh": cr.nn.Tanh, "sigmoid": cr.nn.Sigmoid,
-            "identity": cr.nn.Identity}.get(name, lambda: cr.nn.LeakyReLU(slope))()
+            "identity": cr.nn.Identity, "gelu": cr.nn.GELU, "silu": cr.nn.SiLU,
+            "elu": cr.nn.ELU}.get(name, lambda: cr.nn.LeakyReLU(slope))()
 
 
 def _data(spec):
     rng = np.random.default_rng(spec["seed"])
     n, dt = spec["n_samples"], spec["dtype"]
     x = rng.standard_normal((n, spec["n_in"])).astype(dt)
-    if spec["loss"] in ("mse", "mse_module"):
+    if spec["loss"] in ("mse", "mse_module", "l1", "huber_module"):
         y = rng.standard_normal((n, spec["n_out"])).astype(dt)
     elif spec["loss"] == "bce_logits":
         y = (rng.random((n, spec["n_out"])) > 0.5).astype(dt)
@@ -171,6 +182,8 @@ def build(spec):
         loss_module = cr.nn.CrossEntropyLoss(reduction=red)
     elif spec["loss"] == "mse_module":
         loss_module = cr.nn.MSELoss(reduction=red)
+    elif spec["loss"] == "huber_module":
+        loss_module = cr.nn.HuberLoss(reduction=red, delta=0.5)
     ema = [cr.tensor(p.data.copy()) for p in params] if spec["ema"] else None
     raw_ema = [p.data.copy() for p in params]
     counter = [0]
@@ -186,6 +199,8 @@ def build(spec):
             return F.nll_loss(F.log_softmax(out, dim=1), yb, reduction=red)
         if kind == "mse":
             return F.mse_loss(out, yb, reduction=red)
+        if kind == "l1":
+            return F.l1_loss(out, yb, reduction=red)
         if kind == "bce_logits":
             return F.binary_cross_entropy_with_logits(out, yb, reduction=red)
         # masked cross-entropy: missing targets (-1) count for nothing
@@ -273,7 +288,8 @@ def apply_event(kind, state, spec, rng):
         if container is None:
             container = model._layers
         keys = list(container) if isinstance(container, dict) else range(len(container))
-        acts = [k for k in keys if not isinstance(container[k], (cr.nn.Linear, cr.nn.Dropout))]
+        acts = [k for k in keys if not isinstance(
+            container[k], (cr.nn.Linear, cr.nn.Dropout, cr.nn.LayerNorm, cr.nn.BatchNorm1d))]
         if acts:
             k = acts[int(rng.integers(len(acts)))]
             container[k] = _act(str(rng.choice(ACTS)))

@@ -1404,13 +1404,15 @@ class _Recorder:
             src = self._slot(a)
             if src is not None:
                 return ("tensor", src)
-            self._untraced(a.data)
-            return ("obj", a)
+            if isinstance(a.data, _Traced):  # a tensor wrapped around the step's values
+                self._untraced(a.data)
+            return ("obj", a)  # a parameter, a buffer: the object itself, live
         if isinstance(a, np.ndarray):
             src = self._slot(a)
             if src is not None:
                 return ("array", src)
-            self._untraced(a)
+            if id(a) not in self.data_owner:  # not a parameter's own array
+                self._untraced(a)
             return ("obj", a)
         if isinstance(a, (_TracedFloat, _TracedInt)):
             if a._src is None:
@@ -1519,11 +1521,10 @@ class _Recorder:
             return
         reach = _Reach(self.roots)
         now = reach.fingerprints()
-        if self.locate:
-            what = reach.changed(self.fp, now)
-        else:
-            allowed = self._allowed()
-            what = reach.changed({i: f for i, f in self.fp.items() if i not in allowed}, now)
+        # what ops read may change inside them (batch norm's running statistics);
+        # what declared calls touch is compared by the verification
+        allowed = self._allowed(calls=not self.locate)
+        what = reach.changed({i: f for i, f in self.fp.items() if i not in allowed}, now)
         if what is not None:
             between = f" between {self.since} and {where}" if self.locate else ""
             self.refuse(
@@ -1533,11 +1534,13 @@ class _Recorder:
                 retry=True,
             )
 
-    def _allowed(self) -> set[int]:
-        """Objects the declared calls and backward() may change (and all they hold)."""
+    def _allowed(self, calls: bool = True) -> set[int]:
+        """Objects the ops, backward() and (``calls``) the declared calls may change,
+        and all they hold."""
         roots = [("", t) for t in self.tape.leaves]
-        for kind, v in self.tape.touched:
-            roots.append(("", self.flat[v] if kind == _ARG else v))
+        if calls:
+            for kind, v in self.tape.touched:
+                roots.append(("", self.flat[v] if kind == _ARG else v))
         return set(_Reach(roots).paths)
 
     def _baseline(self, where: str) -> None:
