@@ -252,14 +252,14 @@ def _plain_call_args(args: tuple, kwargs: dict) -> tuple[tuple, dict, list]:
     so that ops and declared calls compute exactly as in eager mode (NumPy code
     that tests ``type(a) is np.ndarray`` must see plain arrays). Tensors holding
     traced arrays get plain ones for the call: the returned list puts them back."""
-    swapped: list[tuple[Tensor, np.ndarray]] = []
+    swapped: list[tuple[Tensor, np.ndarray, np.ndarray]] = []
 
     def plain(v: Any) -> Any:
         if isinstance(v, Tensor):
             d = v.data
             if isinstance(d, _Traced):
-                swapped.append((v, d))
                 v.data = d.view(np.ndarray)
+                swapped.append((v, d, v.data))
             return v
         if isinstance(v, _Traced):
             return v.view(np.ndarray)
@@ -272,10 +272,10 @@ def _plain_call_args(args: tuple, kwargs: dict) -> tuple[tuple, dict, list]:
     return (tuple(plain(a) for a in args), {k: plain(v) for k, v in kwargs.items()}, swapped)
 
 
-def _restore_data(swapped: list[tuple[Tensor, np.ndarray]]) -> None:
-    for t, d in reversed(swapped):
-        if t.data.base is d.base or t.data.base is d:  # untouched by the call
-            t.data = d
+def _restore_data(swapped: list[tuple[Tensor, np.ndarray, np.ndarray]]) -> None:
+    for t, traced, plain in reversed(swapped):
+        if t.data is plain:  # not replaced by the call
+            t.data = traced
 
 
 def _plain_array(a: Any) -> Any:
@@ -298,6 +298,10 @@ class _Traced(np.ndarray):
     def __array_finalize__(self, obj: Any) -> None:
         if obj is not None and getattr(obj, "_dd", False):
             self._dd = True
+
+    def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
+        # keep 0-d results (``xb.max() > 3``) traced: a NumPy scalar would lose the mark
+        return super().__array_wrap__(arr, context, False)
 
     def __array_function__(self, func: Any, types_: Any, args: Any, kwargs: Any) -> Any:
         res = super().__array_function__(func, types_, args, kwargs)
@@ -706,10 +710,14 @@ class _Reach:
     """
 
     def __init__(self, roots: list[tuple[str, Any]], stop: set[int] | frozenset = frozenset(),
-                 live: bool = False) -> None:
+                 live: bool = False, names: set[str] | None = None) -> None:
         self.objs: list[Any] = []
         self.paths: dict[int, str] = {}
         self.incomplete: str | None = None
+        # for guards: the attributes any code the step reaches names; of a plain
+        # object (not a module) only those are followed (an estimator's counters
+        # that no code of the step reads are not the step's inputs)
+        self.names = names
         # objects whose plain values are read live (an optimizer's settings): only
         # which objects they hold is guarded, not their numbers
         self.structural: set[int] = set()
@@ -736,9 +744,20 @@ class _Reach:
             if structural:
                 self.structural.add(id(v))
             kids = _children(v)
+            if names is not None and _plain_object(v):
+                kids = [(label, c) for label, c in kids
+                        if not label.startswith(".") or label[1:] in names]
             for label, c in reversed(kids):
                 stack.append((label[1:] if label[:1] == "=" else _extend(path, label), c,
                               structural))
+
+    def code_names(self) -> set[str]:
+        """Every name the functions reached (and the functions nested in them) use."""
+        out: set[str] = set()
+        for o in self.objs:
+            if isinstance(o, types.FunctionType):
+                out |= _code_names(o.__code__)
+        return out
 
     def tensors(self) -> list[Tensor]:
         return [o for o in self.objs if isinstance(o, Tensor)]
@@ -798,6 +817,10 @@ class _Reach:
                 out.append(["eq", o, None, frozenset(o), at(""), o])
             else:
                 d = o.__dict__
+                if self.names is not None and _plain_object(o):
+                    out += [["dget", d, k, d.get(k, _MISSING), at(f".{k}"), o]
+                            for k in sorted(self.names & d.keys())]
+                    continue
                 out.append(["len", d, None, len(d), at(" (its attributes)"), o])
                 out += [["dget", d, k, v, at(f".{k}"), o] for k, v in d.items()]
                 if isinstance(o, Module):  # the class decides what forward runs
@@ -812,6 +835,14 @@ class _Reach:
 def _is_plain(v: Any) -> bool:
     return isinstance(v, (_ATOMS, np.generic)) or (
         isinstance(v, tuple) and all(_is_plain(e) for e in v))
+
+
+def _plain_object(v: Any) -> bool:
+    """An object of some class, walked through its attributes (not a module, a
+    tensor, an array, a function or a container)."""
+    return not isinstance(v, (Module, Tensor, np.ndarray, types.FunctionType, types.MethodType,
+                              functools.partial, list, tuple, dict, set, frozenset)) and \
+        isinstance(getattr(v, "__dict__", None), dict)
 
 
 def _describe_change(o: Any, raw: str, before: Any, now: Any) -> str:
@@ -1053,13 +1084,15 @@ class _Recorder:
         self.called: list[Module] = []  # modules the step called
         self.conversions: list[list] = []  # [value, source, how, line, consumed]
         self.owned: set[int] = set()  # objects the declared calls manage (not guarded)
-        self.swapped: list[tuple[Tensor, np.ndarray]] = []  # argument tensors given traced data
+        # argument tensors given traced data: (tensor, its array, the traced view)
+        self.swapped: list[tuple[Tensor, np.ndarray, np.ndarray]] = []
         self.roots = roots
         self.flat = flat
         self.reach: _Reach | None = None
         self.fp: dict[int, Any] = {}
         self.since = "the start of the step"
         self.guard_entries: list[list] = []
+        self.names: set[str] | None = None
         self.data_owner: dict[int, Tensor] = {}
 
     # ----- running the step -----------------------------------------------------
@@ -1076,7 +1109,8 @@ class _Recorder:
         else:
             self.data_owner = {id(t.data): t for t in self.reach.tensors()}
             self.fp = self.reach.fingerprints()
-            self.guard_entries = _Reach(self.roots, live=True).guard_entries()
+            self.names = self.reach.code_names()
+            self.guard_entries = _Reach(self.roots, live=True, names=self.names).guard_entries()
         _mode.tracer = self  # attached even after a refusal: see refuse()
         try:
             out = self.fn(*targs, **tkwargs)
@@ -1084,8 +1118,8 @@ class _Recorder:
             return out
         finally:
             _mode.tracer = None
-            for t, d in self.swapped:
-                if isinstance(t.data, _Traced) and t.data.base is d:
+            for t, d, view in self.swapped:
+                if t.data is view:  # not replaced by the step
                     t.data = d
 
     def _taint_args(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -1099,7 +1133,7 @@ class _Recorder:
                     return v
                 d = v.data
                 view = d.view(_Traced)
-                self.swapped.append((v, d))
+                self.swapped.append((v, d, view))
                 v.data = view
                 self._note(v, (_ARG, i))
                 self._note_array(view, (_ARG, i))
@@ -1591,14 +1625,14 @@ class _Recorder:
     def _guard_entries(self) -> list[list]:
         """The start-of-step state the step's Python reads: everything it reaches,
         except what its declared calls manage (read live by them)."""
-        keep = _Reach(self.roots, stop=self.owned, live=True)
+        keep = _Reach(self.roots, stop=self.owned, live=True, names=self.names)
         ok = {id(o) for o in keep.objs}
         entries = [e for e in self.guard_entries if id(_entry_owner(e)) in ok]
         seen = set(keep.paths)
         for m in self.called:  # modules reached only through the call
             if id(m) not in seen and id(m) not in self.owned:
                 extra = _Reach([(f"the module {type(m).__name__}", m)],
-                               stop=self.owned | set(seen), live=True)
+                               stop=self.owned | set(seen), live=True, names=self.names)
                 entries += extra.guard_entries()
                 seen.update(extra.paths)
         for t in self.tape.leaves:

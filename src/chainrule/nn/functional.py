@@ -284,13 +284,20 @@ def embedding(input: Any, weight: Any) -> Tensor:  # noqa: A002
     w = value(weight) if isinstance(weight, Tensor) else np.asarray(weight)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
-    n = w.shape[0]
+    _check_indices(idx, w.shape[0], "embedding")
+    return ops.getitem(weight, idx.astype(np.intp, copy=False))
+
+
+# A check of the step's values, declared so that a compiled step makes it on
+# every replay too (not only on the batch it was captured with).
+@effect(touches=lambda idx, n, who: ())
+def _check_indices(idx: np.ndarray, n: int, who: str) -> None:
+    """Every index in [0, n)."""
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         bad = int(idx.ravel()[np.flatnonzero((idx.ravel() < 0) | (idx.ravel() >= n))[0]])
         raise IndexError(
-            f"embedding: index {bad} is out of range for {n} embeddings (valid: 0..{n - 1})"
+            f"{who}: index {bad} is out of range for {n} embeddings (valid: 0..{n - 1})"
         )
-    return ops.getitem(weight, idx.astype(np.intp, copy=False))
 
 
 # Declared an effect: a compiled step draws a fresh mask, from the same
@@ -596,7 +603,9 @@ def _class_weight(weight: Any, c: int, dtype: np.dtype, who: str) -> np.ndarray:
         raise ValueError(f"{who}: weight must have shape ({c},), one per class, got {w.shape}")
     if w.dtype.kind not in "fiu" or not np.all(np.isfinite(w)) or (w < 0).any():
         raise ValueError(f"{who}: class weights must be finite and >= 0, got {w!r}")
-    return w.astype(dtype)
+    # the cast as an op: a compiled step casts the (live) weights on every replay
+    # instead of freezing the copy made on its first call
+    return ops.astype(w, dtype).data
 
 
 def cross_entropy(

@@ -421,20 +421,26 @@ class _Progress:
         self.bar = self.run_bar = None
 
 
-def _maybe_compile(step: Callable, compile: bool | str, model: Any,
-                   loss_fn: Any) -> tuple[Callable, str | None]:
-    """``cr.compile(step)`` when wanted (and, for "auto", safe), else the eager step,
-    with the reason when it is the eager step though compiling was not turned off."""
+def _maybe_compile(step: Callable, compile: bool | str, model: Any, loss_fn: Any) -> Callable:
+    """``cr.compile(step)`` when wanted (and, for "auto", safe), else the eager step."""
     if compile is False or compile is None:
-        return step, None
-    if compile == "auto":
-        why = _not_replay_safe(model, loss_fn)
-        if why is not None:
-            return step, (f"fit: training eagerly: {why}; compile=True compiles it anyway "
-                          "(cr.compile checks the step and falls back if it must)")
+        return step
+    if compile == "auto" and _not_replay_safe(model, loss_fn) is not None:
+        return step
     from ..compile import compile as compiler
 
-    return compiler(step), None
+    return compiler(step)
+
+
+def _compile_note(compile: bool | str, model: Any, loss_fn: Any) -> str | None:
+    """Why ``compile="auto"`` trains eagerly (None: it compiles, or compiling is off)."""
+    if compile != "auto":
+        return None
+    why = _not_replay_safe(model, loss_fn)
+    if why is None:
+        return None
+    return (f"fit: training eagerly: {why}; compile=True compiles it anyway "
+            "(cr.compile checks the step and falls back if it must)")
 
 
 def _ours(obj: Any) -> bool:
@@ -606,9 +612,10 @@ def fit(
 
     _call(callbacks, "on_train_begin", trainer, {"epochs": epochs})
     # decided after on_train_begin: callbacks may patch the model there
-    run_step, note = _maybe_compile(step, compile, model, loss_fn)
+    run_step = _maybe_compile(step, compile, model, loss_fn)
     compiled = trainer.compiled = run_step if run_step is not step else None
-    trainer.compile_note = note
+    note = trainer.compile_note = None if compiled is not None else _compile_note(
+        compile, model, loss_fn)
     if note is not None:
         display.note(note)
     try:
