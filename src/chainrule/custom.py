@@ -211,7 +211,12 @@ def _var_params(node: Tensor) -> dict:
     axes, keepdims, dof = node._ctx
     shape = node._parents[0].shape
     n = int(np.prod([shape[a] for a in axes])) if axes else 1
-    return {"axis": axes, "keepdims": keepdims, "ddof": n - dof}
+    return {"axis": axes, "keepdims": keepdims, "correction": n - dof}
+
+
+def _softmax_params(node: Tensor) -> dict:
+    axes = node._ctx
+    return {"axis": axes[0] if axes else 0}
 
 
 # The settings (axis, shape, ...) a built-in op was called with are not kept
@@ -223,8 +228,9 @@ _PARAMS: dict[str, Callable[[Tensor], dict]] = {
     "min": _axes_keepdims,
     "logsumexp": _axes_keepdims,
     "var": _var_params,
-    "softmax": lambda n: {"axis": n._ctx},
-    "log_softmax": lambda n: {"axis": n._ctx},
+    "std": _var_params,
+    "softmax": _softmax_params,
+    "log_softmax": _softmax_params,
     "leaky_relu": lambda n: {"negative_slope": n._ctx},
     "clip": lambda n: {"lo": n._ctx[0], "hi": n._ctx[1]},
     "where": lambda n: {"cond": n._ctx},

@@ -117,7 +117,8 @@ def dropout(input: Any, p: float = 0.5, training: bool = True,  # noqa: A002
         mask = _dropout_mask(generator, x.shape, dt, p)
         if _mode.tracer is not None:  # cr.compile: draw a fresh mask on every replay
             _mode.tracer.produced(mask, _dropout_mask, (generator, x.shape, dt, p))
-    return ops.mul(input, mask)
+    # a Tensor, so the recorded op keeps this fresh mask without copying it
+    return ops.mul(input, Tensor._const(mask))
 
 
 def _dropout_mask(generator: np.random.Generator | None, shape: tuple, dt: np.dtype,
@@ -306,7 +307,9 @@ def CROSS_ENTROPY(x, *, target, reduction, label_smoothing):
     if label_smoothing:
         # PyTorch: (1 - eps) * nll + eps * mean_k(-log p_k)
         loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse[:, 0] - x.mean(axis=1))
-    return _reduce(loss, reduction), (target, reduction, label_smoothing, p)
+    # the labels are copied: refilling the caller's label buffer before
+    # backward() must not change this step's gradient
+    return _reduce(loss, reduction), (target.copy(), reduction, label_smoothing, p)
 
 
 @CROSS_ENTROPY.defvjp
@@ -428,7 +431,7 @@ def NLL_LOSS(x, *, target, reduction):
     """-x[i, target_i] per row; x (N, C) log-probabilities."""
     n = x.shape[0]
     _check_label_range(target, x.shape[1], "nll_loss")
-    return _reduce(-x[np.arange(n), target], reduction), (target, reduction)
+    return _reduce(-x[np.arange(n), target], reduction), (target.copy(), reduction)
 
 
 @NLL_LOSS.defvjp
