@@ -112,14 +112,21 @@ class Function:
         layout = tuple(isinstance(a, (Tensor, np.ndarray)) for a in args)
         operands = [a for a, is_t in zip(args, layout) if is_t]
         others = tuple(a for a, is_t in zip(args, layout) if not is_t)
-        return ops.apply(cls._rule, *operands, layout=layout, others=others)
+        # forward copies the caller's plain arrays: what it saves for backward
+        # must not change if the caller refills them before backward()
+        copies = tuple(isinstance(a, np.ndarray) for a in operands)
+        return ops.apply(cls._rule, *operands, layout=layout, others=others, copies=copies)
 
 
 def _make_forward(cls: type[Function]) -> Callable:
-    def forward(*arrays: Any, layout: tuple, others: tuple) -> tuple[np.ndarray, FunctionCtx]:
+    def forward(*arrays: Any, layout: tuple, others: tuple,
+                copies: tuple = ()) -> tuple[np.ndarray, FunctionCtx]:
         ctx = FunctionCtx()
-        ctx._layout = (layout, others)
-        wrapped = [Tensor._const(np.asarray(a)) for a in arrays]
+        ctx._layout = (layout, others, copies)
+        wrapped = [
+            Tensor._const(np.array(a) if i < len(copies) and copies[i] else np.asarray(a))
+            for i, a in enumerate(arrays)
+        ]
         ctx._inputs = wrapped
         args = _merge(layout, wrapped, others)
         with no_grad():
@@ -142,7 +149,7 @@ def _merge(layout: tuple, tensors: list, others: tuple) -> list:
 
 def _make_vjp(cls: type[Function]) -> Callable:
     def vjp(g: Any, out: Any, ctx: FunctionCtx, needs: tuple, xp: Any, *inputs: Any) -> tuple:
-        layout, _ = ctx._layout
+        layout = ctx._layout[0]
         it = iter(needs)
         ctx.needs_input_grad = tuple(next(it) if is_t else False for is_t in layout)
         if isinstance(g, Tensor):  # create_graph=True: let backward's own ops be recorded
@@ -248,8 +255,8 @@ _PARAMS: dict[str, Callable[[Tensor], dict]] = {
 def _params(node: Tensor) -> dict | None:
     ctx = node._ctx
     if isinstance(ctx, FunctionCtx):
-        layout, others = ctx._layout
-        return {"layout": layout, "others": others}
+        layout, others, copies = ctx._layout
+        return {"layout": layout, "others": others, "copies": copies}
     getter = _PARAMS.get(node._op.name)
     if getter is not None:
         return getter(node)
