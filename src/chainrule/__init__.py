@@ -15,7 +15,7 @@ import numpy as _np
 
 from . import data, nn, ops, optim, random, training, viz
 from .compile import compile  # noqa: A004  (cr.compile, as torch.compile)
-from .custom import Function, check_graph
+from .custom import DoubleBackwardError, Function, check_graph, once_differentiable
 from .explain import explain
 from .factories import (
     arange,
