@@ -116,3 +116,4 @@ def test_compiled_steps_still_read_each_new_batch():
         _refill(yb)  # the same buffers, new contents
         xb[...] = xb[::-1]
     np.testing.assert_array_equal(model.weight.numpy(), twin.weight.numpy())
+    assert compiled.stats["replayed"] >= 1, (compiled.stats, compiled.unsupported)
