@@ -25,6 +25,7 @@ import pytest
 
 import chainrule as cr
 import chainrule.nn.functional as F
+import graphwalk
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
@@ -249,16 +250,7 @@ def test_edge_value_and_gradient_match_pytorch(rule, cid, xs, fn_cr, fn_torch):
 
 
 def _ops_in(t):
-    seen, stack, ops = set(), [t], set()
-    while stack:
-        n = stack.pop()
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        if n.op:
-            ops.add(n.op)
-        stack.extend(n._parents)
-    return ops
+    return set(graphwalk.ops(t))
 
 
 @pytest.mark.parametrize("rule, what, fn, x", REFUSALS, ids=[f"{r[0]}[{r[1]}]" for r in REFUSALS])

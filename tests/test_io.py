@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 import os
 import pickletools
+import re
 import struct
 import time
 import zipfile
