@@ -309,6 +309,8 @@ def test_max_with_dim_returns_values_and_indices():
     with pytest.raises(TypeError, match="one dimension"):
         x.max(dim=(0, 1))
     np.testing.assert_array_equal(x.argmax(dim=1).numpy(), [1, 0])
+    with pytest.raises(TypeError, match="argmax: dim must be one int"):
+        x.argmax(dim=(0, 1))
     np.testing.assert_array_equal(x.argmin(axis=0, keepdims=True).numpy(), [[0, 1, 1]])
 
 

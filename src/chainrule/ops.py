@@ -1877,23 +1877,25 @@ def amin(a: Any, dim: Any = None, keepdim: bool | None = None, *,
 def argmax(a: Any, dim: Any = None, keepdim: bool | None = None, *,
            axis: Any = None, keepdims: bool | None = None) -> Tensor:
     """Index of the (first) maximum, over all elements or along ``dim``; not differentiable."""
-    axis, keep = _reduce_args("argmax", dim, axis, keepdim, keepdims)
-    x = value(a) if isinstance(a, Tensor) else np.asarray(a)
-    if axis is not None:
-        axis = _norm_axes(axis, x.ndim, "argmax")
-        axis = axis[0] if axis else None
-    return Tensor._const(np.asarray(np.argmax(x, axis=axis, keepdims=keep), dtype=np.int64))
+    return _arg(a, "argmax", np.argmax, dim, keepdim, axis, keepdims)
 
 
 def argmin(a: Any, dim: Any = None, keepdim: bool | None = None, *,
            axis: Any = None, keepdims: bool | None = None) -> Tensor:
     """Index of the (first) minimum, over all elements or along ``dim``; not differentiable."""
-    axis, keep = _reduce_args("argmin", dim, axis, keepdim, keepdims)
+    return _arg(a, "argmin", np.argmin, dim, keepdim, axis, keepdims)
+
+
+def _arg(a: Any, who: str, pick: Callable, dim: Any, keepdim: Any, axis: Any,
+         keepdims: Any) -> Tensor:
+    axis, keep = _reduce_args(who, dim, axis, keepdim, keepdims)
     x = value(a) if isinstance(a, Tensor) else np.asarray(a)
     if axis is not None:
-        axis = _norm_axes(axis, x.ndim, "argmin")
-        axis = axis[0] if axis else None
-    return Tensor._const(np.asarray(np.argmin(x, axis=axis, keepdims=keep), dtype=np.int64))
+        if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+            raise TypeError(f"{who}: dim must be one int (or None for all elements), got {axis!r}")
+        axes = _norm_axes(axis, x.ndim, who)
+        axis = axes[0] if axes else None
+    return Tensor._const(np.asarray(pick(x, axis=axis, keepdims=keep), dtype=np.int64))
 
 
 def _correction(who: str, unbiased: Any, correction: Any, ddof: Any) -> Any:
