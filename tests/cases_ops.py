@@ -115,6 +115,12 @@ CASES: dict[str, list[Case]] = {
     "maximum": binary_cases(cr.maximum, distinct, lambda s: lambda rng: distinct(s)(rng) + 0.05),
     "minimum": binary_cases(cr.minimum, distinct, lambda s: lambda rng: distinct(s)(rng) + 0.05),
     "where": [
+        ("masked_fill", ins(normal((3, 4))),
+         lambda x: x.masked_fill(np.arange(12).reshape(3, 4) % 3 == 0, -2.0) ** 2),
+        ("masked_fill, tensor value", ins(normal((3, 4)), normal(())),
+         lambda x, v: x.masked_fill(np.array([True, False, False, True]), v) * np.arange(4.0)),
+    ]
+    + [
         (
             f"{a}x{b}",
             ins(normal(a), normal(b)),
@@ -221,6 +227,7 @@ CASES: dict[str, list[Case]] = {
             lambda x: x.broadcast_to((3, 4)) * np.arange(12.0).reshape(3, 4),
         ),
         ("new axes", ins(normal((4,))), lambda x: cr.broadcast_to(x, (2, 3, 4)) ** 2),
+        ("expand", ins(normal((3, 1))), lambda x: x.expand(2, -1, 4) * np.arange(4.0)),
     ],
     "getitem": [
         ("int", ins(normal((3, 4))), lambda x: x[1] * 2.0),

@@ -345,6 +345,8 @@ def test_shape_functions_take_both_spellings():
     x = cr.ones(2, 1, 3)
     assert cr.squeeze(x, dim=1).shape == cr.squeeze(x, axis=1).shape == (2, 3)
     assert cr.unsqueeze(x, dim=0).shape == cr.expand_dims(x, axis=0).shape == (1, 2, 1, 3)
+    assert x.unsqueeze(axis=1).shape == x.expand_dims(dim=1).shape == (2, 1, 1, 3)
+    assert x.swapdims(dim0=0, dim1=2).shape == x.swapaxes(axis0=0, axis1=2).shape == (3, 1, 2)
     assert cr.cat([x, x], dim=2).shape == cr.concatenate([x, x], axis=2).shape == (2, 1, 6)
     assert cr.stack([x, x], dim=-1).shape == cr.stack([x, x], axis=-1).shape == (2, 1, 3, 2)
     assert cr.softmax(x, dim=0).shape == cr.softmax(x, axis=0).shape

@@ -1105,17 +1105,20 @@ class Tensor:
     def swapaxes(self, axis0: int, axis1: int) -> Tensor:
         return _ops.swapaxes(self, axis0, axis1)
 
-    swapdims = swapaxes
+    def swapdims(self, dim0: int, dim1: int) -> Tensor:
+        return _ops.swapaxes(self, dim0, dim1)
 
     def squeeze(self, dim: Any = None, *, axis: Any = None) -> Tensor:
         """Drop size-1 dimensions (a ``dim`` whose size is not 1 stays, as in PyTorch)."""
         return _ops.squeeze(self, dim, axis=axis)
 
-    def unsqueeze(self, dim: Any) -> Tensor:
-        return _ops.expand_dims(self, dim=dim)
+    def unsqueeze(self, dim: Any = None, *, axis: Any = None) -> Tensor:
+        """A new size-1 dimension at ``dim`` (``axis=`` too)."""
+        return _ops.expand_dims(self, axis, dim=dim)
 
-    def expand_dims(self, axis: Any) -> Tensor:
-        return _ops.expand_dims(self, axis)
+    def expand_dims(self, axis: Any = None, *, dim: Any = None) -> Tensor:
+        """A new size-1 dimension at ``axis`` (``dim=`` too)."""
+        return _ops.expand_dims(self, axis, dim=dim)
 
     def expand(self, *sizes: Any) -> Tensor:
         """Repeat size-1 dimensions to ``sizes`` (-1 keeps a size), as in PyTorch."""
