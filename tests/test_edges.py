@@ -63,12 +63,18 @@ for name, ours, theirs in [
     ("leaky_relu", lambda x: cr.leaky_relu(x, 0.1), lambda x: TF.leaky_relu(x, 0.1)),
     ("softplus", lambda x: x.softplus(), lambda x: TF.softplus(x)),
     ("clone", lambda x: x.clone() * 2, None),
+    ("ndtr", lambda x: cr.ops.ndtr(x), lambda x: torch.special.ndtr(x)),
+    ("gelu", lambda x: F.gelu(x), lambda x: TF.gelu(x)),
+    ("silu", lambda x: F.silu(x), lambda x: TF.silu(x)),
+    ("elu", lambda x: F.elu(x, 0.7), lambda x: TF.elu(x, 0.7)),
     ("astype", lambda x: x.astype(np.float32).astype(np.float64),
      lambda x: x.float().double()),
 ]:
     case(name, "special values", [SPECIAL], ours, theirs)
     case(name, "NaN input", [[np.nan, 1.0]], ours, theirs)
 
+case("gelu", "tanh approximation", [SPECIAL], lambda x: F.gelu(x, approximate="tanh"),
+     lambda x: TF.gelu(x, approximate="tanh"))
 case("clip", "at and beyond the bounds", [[-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, INF, -INF, np.nan]],
      lambda x: x.clamp(-1.0, 1.0))
 case("clip", "min only", [[-INF, 0.0, 0.1, INF]], lambda x: x.clamp(min=0.0))
@@ -178,6 +184,18 @@ case("binary_cross_entropy", "p at 0 and 1, gradient in the target",
      lambda p, y: F.binary_cross_entropy(p, y), lambda p, y: TF.binary_cross_entropy(p, y))
 case("mse_loss", "inf", [[INF, 0.0, np.nan], [INF, 1.0, 0.0]],
      lambda x, y: F.mse_loss(x, y), lambda x, y: TF.mse_loss(x, y))
+case("l1_loss", "ties and inf", [[1.0, 0.0, INF, -INF], [1.0, 1.0, 0.0, 0.0]],
+     lambda x, y: F.l1_loss(x, y), lambda x, y: TF.l1_loss(x, y))
+case("huber_loss", "at delta, inf", [[1.0, -1.0, 0.0, INF, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]],
+     lambda x, y: F.huber_loss(x, y), lambda x, y: TF.huber_loss(x, y))
+CE_W = np.array([0.5, 2.0, 1.0])
+case("cross_entropy_weighted", "extreme logits", [LOGITS],
+     lambda x: F.cross_entropy(x, np.array([1, 1, 2, 0]), weight=CE_W),
+     lambda x: TF.cross_entropy(x, torch.tensor([1, 1, 2, 0]), weight=torch.tensor(CE_W)))
+case("normalize", "constant rows",
+     [[[2.0, 2.0, 2.0], [0.1, 0.1, 0.1], [0.0, 1.0, 2.0]]],
+     lambda x: F.layer_norm(x, (3,)) * np.arange(1.0, 4.0),
+     lambda x: TF.layer_norm(x, (3,)) * torch.arange(1.0, 4.0, dtype=torch.float64))
 
 # The deliberate differences: (rule, case id) -> (reason, chainrule's gradients).
 # The value is still compared with PyTorch; the gradients with what is given
@@ -185,6 +203,8 @@ case("mse_loss", "inf", [[INF, 0.0, np.nan], [INF, 1.0, 0.0]],
 DIFFERENCES: dict[tuple[str, str], tuple[str, list]] = {
     ("abs", "NaN input"): (
         "a NaN input gives a NaN gradient (PyTorch: 0)", [[np.nan, 1.0]]),
+    ("elu", "NaN input"): (
+        "a NaN input gives a NaN gradient (PyTorch: 1)", [[np.nan, 1.0]]),
     ("relu", "NaN input"): (
         "a NaN input gives gradient 0, like any input that is not > 0 (PyTorch: 1)",
         [[0.0, 1.0]]),
@@ -263,6 +283,18 @@ def test_refusals_where_pytorch_returns_nan(rule, what, fn, x):
     assert not np.isfinite(ref.detach().numpy()).all()  # PyTorch: NaN or inf
 
 
+@pytest.mark.parametrize("dtype, big", [(np.float64, 1e300), (np.float32, 1e30)])
+def test_layer_norm_of_values_whose_square_overflows(dtype, big):
+    # (x - mean)^2 overflows: the variance is inf and 1/std 0. PyTorch returns
+    # NaN; chainrule scales the deviations first and gives the right values.
+    x = np.array([[1.0, big, 0.0], [0.0, 1.0, 2.0]], dtype)
+    out = F.layer_norm(cr.tensor(x), (3,)).numpy()
+    np.testing.assert_allclose(out[0], [-1 / np.sqrt(2), np.sqrt(2), -1 / np.sqrt(2)], rtol=1e-5)
+    np.testing.assert_allclose(out[1], [-1.2247, 0.0, 1.2247], atol=1e-4)
+    ref = TF.layer_norm(torch.tensor(x), (3,)).numpy()
+    assert np.isnan(ref[0]).all()
+
+
 def test_pow_second_derivative_at_zero_is_finite():
     # PyTorch's is NaN at x = 0 for x**0 (0 * inf inside its formula); ours is 0
     def f(x, e):
@@ -283,5 +315,5 @@ def test_every_difference_is_documented():
     for rule, what, _, _ in REFUSALS:
         assert any(f"`{rule}`" in r and what in r for r in rows), (rule, what)
     documented = {re.match(r"\| `([a-z_]+)`", r).group(1) for r in rows}
-    known = {r for r, _ in DIFFERENCES} | {r[0] for r in REFUSALS} | {"pow"}
+    known = {r for r, _ in DIFFERENCES} | {r[0] for r in REFUSALS} | {"pow", "normalize"}
     assert documented <= known | set(cr.RULES), documented - known
