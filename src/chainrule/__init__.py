@@ -16,6 +16,9 @@ import numpy as _np
 from . import data, nn, ops, optim, random, training, viz
 from .compile import compile  # noqa: A004  (cr.compile, as torch.compile)
 from .custom import Function, check_graph
+
+# the old module path first, then the name: `cr.explain` stays the function even
+# after someone imports the module chainrule.explain
 from .explain import explain
 from .factories import (
     arange,
@@ -98,6 +101,8 @@ from .tensor import (
     detect_anomaly,
     enable_grad,
     is_grad_enabled,
+    is_keeping_values,
+    keep_values,
     no_grad,
     set_grad_enabled,
     tensor,

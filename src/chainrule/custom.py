@@ -33,7 +33,6 @@ import numpy as np
 from . import ops
 from .ops import NUMPY_NS, Rule
 from .tensor import _RELEASED, Tensor, no_grad
-from .viz import node_names, walk
 
 __all__ = ["Function", "FunctionCtx", "check_graph", "GraphCheckError", "GraphCheckReport"]
 
@@ -272,6 +271,9 @@ def check_graph(
     >>> cr.check_graph(loss)        # before backward(), which frees the graph
     <GraphCheckReport: 7 nodes checked, 0 skipped>
     """
+    from .teach._graph import walk
+    from .teach.ledger import node_names
+
     order = walk([t])
     names = node_names(order)
     rng = np.random.default_rng(seed)

@@ -70,14 +70,42 @@ class Rule:
     before the VJP allocates its gradients. ``split`` (optional, set by
     :meth:`defsplit`) is the VJP in two steps, so that ``ctx`` can be freed
     between them.
+
+    What the op *is*, for the views that explain a graph (``cr.explain``,
+    drawings, the MLP view), is declared here too, never guessed elsewhere:
+
+    * ``elementwise``: output element i depends only on input element i
+      (after broadcasting), so the local gradient d(out)/d(input) is a
+      diagonal, shown as an array of the output's shape;
+    * ``show``: how the op reads in a formula, with ``{0}``, ``{1}`` ... for
+      the operands' names (``"{0} + {1}"``; default ``"name({0}, ...)"``);
+    * ``role``: ``"activation"``, ``"affine"`` (a layer's z = W a + b) or
+      ``"loss"``; ``activation`` names the activation the op is or applies
+      (``"sigmoid"``; ``"relu"`` for the fused ``linear_relu``; ``"softmax"``
+      for ``cross_entropy``, which applies it to its logits);
+    * ``grads``: for ops whose local gradient is not a diagonal, the VJP of
+      each operand as a short formula in ``{g}`` (the backpropagated
+      gradient), ``{out}`` and the operands ``{0}``, ``{1}`` ... (the last
+      entry serves any further operands).
     """
 
-    __slots__ = ("name", "forward", "vjp", "vjp_inplace", "check", "doc", "uses_out", "split")
+    __slots__ = ("name", "forward", "vjp", "vjp_inplace", "check", "doc", "uses_out", "split",
+                 "elementwise", "show", "role", "activation", "grads")
 
-    def __init__(self, name: str, forward: Callable, uses_out: bool = True) -> None:
+    def __init__(self, name: str, forward: Callable, uses_out: bool = True, *,
+                 elementwise: bool = False, show: str | None = None, role: str | None = None,
+                 activation: str | None = None, grads: tuple[str, ...] = ()) -> None:
+        if role not in (None, "activation", "affine", "loss"):
+            raise ValueError(f"rule {name!r}: role must be activation, affine or loss, "
+                             f"not {role!r}")
         self.name = name
         self.forward = forward
         self.uses_out = uses_out
+        self.elementwise = elementwise
+        self.show = show
+        self.role = role
+        self.activation = activation
+        self.grads = tuple(grads)
         self.vjp: Callable | None = None
         self.vjp_inplace: Callable | None = None
         self.check: Callable | None = None
@@ -141,10 +169,14 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
-def rule(name: str, *, uses_out: bool = True) -> Callable[[Callable], Rule]:
+def rule(name: str, *, uses_out: bool = True, elementwise: bool = False,
+         show: str | None = None, role: str | None = None, activation: str | None = None,
+         grads: tuple[str, ...] = ()) -> Callable[[Callable], Rule]:
     """Register a forward function as a rule; attach its VJP with ``@R.defvjp``.
 
     ``uses_out=False``: the VJP never reads the op's output (see :class:`Rule`).
+    ``elementwise``, ``show``, ``role``, ``activation`` and ``grads`` say
+    what the op is, for the teaching views (see :class:`Rule`).
 
     >>> @rule("cube")
     ... def CUBE(x):
@@ -157,7 +189,8 @@ def rule(name: str, *, uses_out: bool = True) -> Callable[[Callable], Rule]:
     def register(fwd: Callable) -> Rule:
         if name in RULES:
             raise ValueError(f"rule: an op named {name!r} is already registered")
-        r = Rule(name, fwd, uses_out)
+        r = Rule(name, fwd, uses_out, elementwise=elementwise, show=show, role=role,
+                 activation=activation, grads=grads)
         RULES[name] = r
         return r
 
@@ -453,7 +486,7 @@ def _is_basic(index: Any) -> bool:
 # ==========================================================================
 
 
-@rule("add")
+@rule("add", elementwise=True, show="{0} + {1}")
 def ADD(a, b):
     return a + b, None
 
@@ -466,7 +499,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("sub")
+@rule("sub", elementwise=True, show="{0} - {1}")
 def SUB(a, b):
     return a - b, None
 
@@ -479,7 +512,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("mul")
+@rule("mul", elementwise=True, show="{0} * {1}")
 def MUL(a, b):
     return a * b, None
 
@@ -492,7 +525,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("div")
+@rule("div", elementwise=True, show="{0} / {1}")
 def DIV(a, b):
     return a / b, None
 
@@ -506,7 +539,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("pow")
+@rule("pow", elementwise=True, show="{0} ** {1}")
 def POW(a, b):
     return a**b, None
 
@@ -523,7 +556,7 @@ def _(g, out, ctx, needs, xp, a, b):
     return ga, gb
 
 
-@rule("neg")
+@rule("neg", elementwise=True, show="-{0}")
 def NEG(a):
     return -a, None
 
@@ -533,7 +566,7 @@ def _(g, out, ctx, needs, xp, a):
     return (-g,)
 
 
-@rule("maximum")
+@rule("maximum", elementwise=True)
 def MAXIMUM(a, b):
     """Elementwise maximum; at ties the gradient is split evenly between a and b."""
     return np.maximum(a, b), None
@@ -549,7 +582,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("minimum")
+@rule("minimum", elementwise=True)
 def MINIMUM(a, b):
     """Elementwise minimum; at ties the gradient is split evenly between a and b."""
     return np.minimum(a, b), None
@@ -565,7 +598,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("where")
+@rule("where", elementwise=True, show="where(cond, {0}, {1})")
 def WHERE(a, b, *, cond):
     return np.where(cond, a, b), cond
 
@@ -596,7 +629,7 @@ def _(g, out, ctx, needs, xp, a, b):
 # ==========================================================================
 
 
-@rule("abs")
+@rule("abs", elementwise=True)
 def ABS(x):
     """|x|; the gradient at 0 is taken as 0."""
     return np.abs(x), None
@@ -607,7 +640,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * np.sign(value(x)),)
 
 
-@rule("exp")
+@rule("exp", elementwise=True)
 def EXP(x):
     return np.exp(x), None
 
@@ -617,7 +650,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * out,)  # d e^x / dx = e^x: reuse the output
 
 
-@rule("log")
+@rule("log", elementwise=True)
 def LOG(x):
     return np.log(x), None
 
@@ -627,7 +660,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g / x,)
 
 
-@rule("sqrt")
+@rule("sqrt", elementwise=True)
 def SQRT(x):
     return np.sqrt(x), None
 
@@ -637,7 +670,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * 0.5 / out,)
 
 
-@rule("sin")
+@rule("sin", elementwise=True)
 def SIN(x):
     return np.sin(x), None
 
@@ -647,7 +680,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * xp.cos(x),)
 
 
-@rule("cos")
+@rule("cos", elementwise=True)
 def COS(x):
     return np.cos(x), None
 
@@ -657,7 +690,7 @@ def _(g, out, ctx, needs, xp, x):
     return (-g * xp.sin(x),)
 
 
-@rule("tanh")
+@rule("tanh", elementwise=True, role="activation", activation="tanh")
 def TANH(x):
     return np.tanh(x), None
 
@@ -667,7 +700,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * (1 - out * out),)  # tanh' = 1 - tanh^2: reuse the output
 
 
-@rule("sigmoid")
+@rule("sigmoid", elementwise=True, role="activation", activation="sigmoid")
 def SIGMOID(x):
     """sigma(x) = 1 / (1 + e^-x), computed without overflow for any x."""
     return _np_sigmoid(x), None
@@ -690,7 +723,7 @@ def _np_relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(x, 0, out=out)
 
 
-@rule("relu")
+@rule("relu", elementwise=True, role="activation", activation="relu")
 def RELU(x):
     """max(x, 0); the gradient at 0 is taken as 0 (as in PyTorch)."""
     return _np_relu(x), None
@@ -707,7 +740,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g,)
 
 
-@rule("leaky_relu")
+@rule("leaky_relu", elementwise=True, role="activation", activation="leaky_relu")
 def LEAKY_RELU(x, *, negative_slope):
     """x for x > 0, negative_slope * x otherwise (slope used at 0)."""
     return np.where(x > 0, x, x * negative_slope), negative_slope
@@ -718,7 +751,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * np.where(value(x) > 0, 1.0, ctx).astype(value(x).dtype),)
 
 
-@rule("softplus")
+@rule("softplus", elementwise=True, role="activation", activation="softplus")
 def SOFTPLUS(x):
     """log(1 + e^x), written as max(x, 0) + log1p(e^-|x|) so it never overflows."""
     return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))), None
@@ -729,7 +762,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * xp.sigmoid(x),)
 
 
-@rule("clip")
+@rule("clip", elementwise=True)
 def CLIP(x, *, lo, hi):
     """Clamp to [lo, hi]; gradient 1 inside (bounds included), 0 outside."""
     return np.clip(x, lo, hi), (lo, hi)
@@ -747,7 +780,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * inside,)
 
 
-@rule("astype")
+@rule("astype", elementwise=True)
 def ASTYPE(x, *, dtype):
     return x.astype(dtype), None
 
@@ -757,7 +790,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g.astype(x.dtype),)
 
 
-@rule("clone")
+@rule("clone", elementwise=True)
 def CLONE(x):
     return x.copy(), None
 
@@ -772,7 +805,7 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("sum")
+@rule("sum", grads=("{g} copied to every entry of {0} that was summed",))
 def SUM(x, *, axis, keepdims):
     axes = _norm_axes(axis, x.ndim, "sum")
     return np.sum(x, axis=axes, keepdims=keepdims), (axes, keepdims)
@@ -784,7 +817,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.broadcast_to(_expand_reduced(g, axes, keepdims, x.shape), x.shape),)
 
 
-@rule("mean")
+@rule("mean", grads=("{g} / n copied to every entry of {0} that was averaged",))
 def MEAN(x, *, axis, keepdims):
     axes = _norm_axes(axis, x.ndim, "mean")
     if x.size == 0:
@@ -809,7 +842,7 @@ def _extremum_vjp(g, out, ctx, needs, xp, x):
     return (_expand_reduced(g, axes, keepdims, x.shape) * share.astype(value(x).dtype),)
 
 
-@rule("max")
+@rule("max", grads=("{g} at the maxima of {0} (split evenly between ties), 0 elsewhere",))
 def MAX(x, *, axis, keepdims):
     """Maximum over ``axis``; at ties the gradient is split evenly between the maxima."""
     axes = _norm_axes(axis, x.ndim, "max")
@@ -821,7 +854,7 @@ def MAX(x, *, axis, keepdims):
 MAX.defvjp(_extremum_vjp)
 
 
-@rule("min")
+@rule("min", grads=("{g} at the minima of {0} (split evenly between ties), 0 elsewhere",))
 def MIN(x, *, axis, keepdims):
     """Minimum over ``axis``; at ties the gradient is split evenly between the minima."""
     axes = _norm_axes(axis, x.ndim, "min")
@@ -833,7 +866,7 @@ def MIN(x, *, axis, keepdims):
 MIN.defvjp(_extremum_vjp)
 
 
-@rule("var")
+@rule("var", grads=("{g} * 2 ({0} - mean) / (n - ddof)",))
 def VAR(x, *, axis, keepdims, ddof):
     axes = _norm_axes(axis, x.ndim, "var")
     n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
@@ -852,7 +885,7 @@ def _(g, out, ctx, needs, xp, x):
     return (_expand_reduced(g, axes, keepdims, x.shape) * centred * (2.0 / dof),)
 
 
-@rule("logsumexp")
+@rule("logsumexp", grads=("{g} * softmax({0})",))
 def LOGSUMEXP(x, *, axis, keepdims):
     """log(sum(exp(x))) over ``axis``, shifted by the maximum so nothing overflows."""
     axes = _norm_axes(axis, x.ndim, "logsumexp")
@@ -871,7 +904,12 @@ def _(g, out, ctx, needs, xp, x):
     return (_expand_reduced(g, axes, keepdims, x.shape) * xp.exp(x - outk),)  # = softmax(x)
 
 
-@rule("softmax")
+@rule(
+    "softmax",
+    role="activation",
+    activation="softmax",
+    grads=("{out} * ({g} - sum({g} * {out}))",),
+)
 def SOFTMAX(x, *, axis):
     """exp(x) / sum(exp(x)) along ``axis`` (shifted by the max: no overflow)."""
     _norm_axes(axis, x.ndim, "softmax")
@@ -886,7 +924,7 @@ def _(g, out, ctx, needs, xp, x):
     return (out * (g - (g * out).sum(axis=ctx, keepdims=True)),)
 
 
-@rule("log_softmax")
+@rule("log_softmax", grads=("{g} - softmax({0}) * sum({g})",))
 def LOG_SOFTMAX(x, *, axis):
     """x - logsumexp(x) along ``axis``."""
     _norm_axes(axis, x.ndim, "log_softmax")
@@ -904,7 +942,7 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("matmul")
+@rule("matmul", show="{0} @ {1}", grads=("{g} @ {1}ᵀ", "{0}ᵀ @ {g}"))
 def MATMUL(a, b):
     """Matrix product with NumPy's rules: 1-D operands are promoted, batch dims broadcast."""
     if np.ndim(a) == 0 or np.ndim(b) == 0:
@@ -986,7 +1024,13 @@ def _ones(n: int, dtype: str) -> np.ndarray:
     return v
 
 
-@rule("linear", uses_out=False)
+@rule(
+    "linear",
+    uses_out=False,
+    show="{0} @ {1}ᵀ + {2}",
+    role="affine",
+    grads=("{g} @ {1}", "{g}ᵀ @ {0}", "{g} summed over the rows"),
+)
 def LINEAR(x, w, b):
     """Fused affine map ``x @ w.T + b`` (PyTorch's layout: w is (out, in)).
 
@@ -1027,7 +1071,13 @@ def _(g, out, ctx, needs, xp, x, w, b):
     return gx, gw, gb
 
 
-@rule("linear_nobias", uses_out=False)
+@rule(
+    "linear_nobias",
+    uses_out=False,
+    show="{0} @ {1}ᵀ",
+    role="affine",
+    grads=("{g} @ {1}", "{g}ᵀ @ {0}"),
+)
 def LINEAR_NOBIAS(x, w):
     """``x @ w.T`` (a Linear layer without bias)."""
     return x @ w.T, None
@@ -1048,7 +1098,18 @@ def _(g, out, ctx, needs, xp, x, w):
     return gx, gw
 
 
-@rule("linear_relu", uses_out=False)
+@rule(
+    "linear_relu",
+    uses_out=False,
+    show="relu({0} @ {1}ᵀ + {2})",
+    role="affine",
+    activation="relu",
+    grads=(
+        "δ @ {1} with δ = {g} * relu'(z)",
+        "δᵀ @ {0} with δ = {g} * relu'(z)",
+        "δ summed over the rows, δ = {g} * relu'(z)",
+    ),
+)
 def LINEAR_RELU(x, w, b):
     """``relu(x @ w.T + b)`` as one node: a Linear layer and the ReLU after it.
 
@@ -1090,7 +1151,7 @@ def _(g, out, ctx, inplace):
 # ==========================================================================
 
 
-@rule("reshape")
+@rule("reshape", grads=("{g} reshaped back to the shape of {0}",))
 def RESHAPE(x, *, shape):
     return np.reshape(x, shape), None
 
@@ -1100,7 +1161,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g.reshape(x.shape),)
 
 
-@rule("transpose")
+@rule("transpose", grads=("{g} with the axes permuted back",))
 def TRANSPOSE(x, *, axes):
     if axes is not None and sorted(a % builtins.max(x.ndim, 1) for a in axes) != list(
         range(x.ndim)
@@ -1115,7 +1176,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.transpose(g, inverse),)
 
 
-@rule("broadcast_to")
+@rule("broadcast_to", grads=("{g} summed over the broadcast axes",))
 def BROADCAST_TO(x, *, shape):
     return np.broadcast_to(x, shape), None
 
@@ -1125,7 +1186,7 @@ def _(g, out, ctx, needs, xp, x):
     return (sum_to_shape(g, x.shape),)
 
 
-@rule("getitem")
+@rule("getitem", grads=("{g} added into zeros shaped like {0} at the indexed entries",))
 def GETITEM(x, *, index):
     """``x[index]``: basic slices and integer/boolean arrays."""
     return x[index], index
@@ -1137,7 +1198,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.scatter_add(g, ctx, x.shape, x.dtype),)
 
 
-@rule("scatter_add")
+@rule("scatter_add", grads=("{g} read at the index",))
 def SCATTER_ADD(g, *, index, shape):
     """A zero array of ``shape`` with ``g`` added at ``index`` (getitem's VJP, differentiable)."""
     return _np_scatter_add(g, index, shape, g.dtype), index
@@ -1148,7 +1209,7 @@ def _(g, out, ctx, needs, xp, src):
     return (g[ctx],)
 
 
-@rule("concatenate")
+@rule("concatenate", grads=("the part of {g} that {0} filled",))
 def CONCATENATE(*xs, axis):
     out = np.concatenate(xs, axis=axis)
     ax = axis % out.ndim
@@ -1165,7 +1226,7 @@ def _(g, out, ctx, needs, xp, *xs):
     )
 
 
-@rule("stack")
+@rule("stack", grads=("the slice of {g} that {0} filled",))
 def STACK(*xs, axis):
     out = np.stack(xs, axis=axis)
     return out, axis % out.ndim

@@ -43,6 +43,8 @@ __all__ = [
     "set_grad_enabled",
     "is_grad_enabled",
     "detect_anomaly",
+    "keep_values",
+    "is_keeping_values",
     "run_backward",
     "GraphReleasedError",
     "AnomalyError",
@@ -63,6 +65,9 @@ class _Mode(threading.local):
         # step: told of every op, backward() call, optimizer step, random
         # draw and module call (see compile.py for the protocol); else None
         self.tracer: Any = None
+        # inside cr.keep_values(): graphs are recorded for a view that reads
+        # every node's value afterwards (cr.explain, the MLP view)
+        self.keep = False
 
 
 _mode = _Mode()
@@ -122,6 +127,49 @@ class enable_grad(set_grad_enabled):
     def __init__(self) -> None:
         super().__init__(True)
 
+
+
+class keep_values:
+    """Record graphs whose every node keeps its value, for the views that show them.
+
+    ``cr.explain``, the MLP view, ``chainrule explain`` and the playground
+    read each node's value (z^l, a^l) after the forward pass has moved on.
+    Record the forward pass inside this block and they can. Models take it as
+    a request to show every quantity of the notes: ``nn.Sequential`` keeps a
+    Linear and the ReLU after it as two nodes (z^l, then a^l) instead of the
+    fused ``linear_relu`` it uses for training, which never keeps z^l.
+    Thread-local, re-entrant; usable as a decorator.
+
+    >>> with cr.keep_values():
+    ...     loss = loss_fn(model(x), y)
+    >>> print(cr.explain(loss, model=model))     # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._prev: list[bool] = []
+
+    def __enter__(self) -> keep_values:
+        self._prev.append(_mode.keep)
+        _mode.keep = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _mode.keep = self._prev.pop()
+
+    def __call__(self, fn: Callable) -> Callable:
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with keep_values():
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+def is_keeping_values() -> bool:
+    """True inside :class:`keep_values` (this thread)."""
+    return _mode.keep
 
 
 class AnomalyError(FloatingPointError):
@@ -473,6 +521,21 @@ class Tensor:
 
     def all(self) -> bool:
         return bool(self.data.all())
+
+    def named(self, name: str) -> Tensor:
+        """Give this tensor a name (shown by ``cr.explain`` and drawings); returns it.
+
+        Same as ``t.name = name``, in a form that fits inside an expression.
+
+        >>> b = cr.tensor(1.0, requires_grad=True, name="b")
+        >>> x = (b * b).named("x")
+        >>> x.name
+        'x'
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"named: expected a non-empty str, got {name!r}")
+        self.name = name
+        return self
 
     def detach(self) -> Tensor:
         """The same values as a new leaf outside the graph (shares memory)."""
