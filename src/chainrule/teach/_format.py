@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["format_value", "format_sum", "superscript", "shorten"]
+__all__ = ["format_value", "format_sum", "join_signed", "superscript", "shorten"]
 
 MINUS = "−"  # U+2212: the operator in a written sum; a negative number keeps its '-'
 
@@ -65,9 +65,17 @@ def format_sum(values: Sequence[Any], precision: int = 4, full: bool = False) ->
     >>> format_sum([np.array(0.0), np.array(-3.333)])
     '0 − 3.333'
     """
+    return join_signed([format_value(v, precision, full) for v in values])
+
+
+def join_signed(texts: Sequence[str]) -> str:
+    """Join terms into a sum, a leading '-' of a later term becoming the operator.
+
+    >>> join_signed(["0.5·2", "-0.25·(-1)"])
+    '0.5·2 − 0.25·(-1)'
+    """
     parts: list[str] = []
-    for i, v in enumerate(values):
-        text = format_value(v, precision, full)
+    for i, text in enumerate(texts):
         if i and text.startswith("-"):
             parts.append(f"{MINUS} {text[1:]}")
         elif i:

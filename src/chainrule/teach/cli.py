@@ -49,7 +49,8 @@ comma-separated numbers), + - * / **, unary -, and the functions
 
 EPILOG = """\
 examples (the course notes' worked examples):
-  chainrule explain "u = w*x; y_hat = u + b; e = y_hat - y; J = e**2" w=5 x=1 b=1 y=2
+  chainrule explain "u = w*x; y_hat = u + b; e = y_hat - y; J = e**2" w=5 x=1 b=1 y=2 \\
+      --const x,y
   chainrule explain "x = a + b; y = b + c; f = x*y" a=-1 b=3 c=4
   chainrule explain "0.5*(sigmoid(w*x+b)-y)**2" w=0.5 x=1 b=0 y=1
   chainrule explain "-(y*log(a) + (1-y)*log(1-a))" a=0.7 y=1
@@ -72,6 +73,11 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="explain.svg",
         help="where to draw the graph: .svg/.png/.pdf via Graphviz, .dot for the DOT text "
         "(default: explain.svg; DOT is written instead when Graphviz is missing)",
+    )
+    parser.add_argument(
+        "--const", default="", metavar="NAMES",
+        help="comma-separated variables that are inputs, not differentiated (as the notes "
+        "treat x and y): --const x,y",
     )
     parser.add_argument("--no-graph", action="store_true", help="do not draw the graph")
     parser.add_argument(
@@ -109,10 +115,12 @@ def protect_expression(argv: Sequence[str], subcommand: str | None = "explain") 
 
     ``chainrule explain "-(y*log(a) + (1-y)*log(1-a))" ...``: argparse takes
     any argument starting with ``-`` for an option. An argument after the
-    subcommand that starts with ``-`` but is none of explain's options gets a
-    leading space, which argparse reads as a positional argument and the
-    expression parser ignores. ``subcommand=None``: ``argv`` holds explain's
-    own arguments (``python -m chainrule.cli_explain``).
+    subcommand that starts with ``-`` but is none of explain's options (nor
+    a number) gets a leading space, which argparse reads as a positional
+    argument and the expression parser ignores. The options are also moved
+    after the positional arguments, so ``EXPR --out g.dot x=1`` works too.
+    ``subcommand=None``: ``argv`` holds explain's own arguments
+    (``python -m chainrule.cli_explain``).
     """
     argv = list(argv)
     start = 0
@@ -120,22 +128,28 @@ def protect_expression(argv: Sequence[str], subcommand: str | None = "explain") 
         if subcommand not in argv:
             return argv
         start = argv.index(subcommand) + 1
-    options = {"--out": 1, "--direction": 1, "--precision": 1, "--no-graph": 0, "--full": 0,
-               "--markdown": 0, "--json": 0, "-h": 0, "--help": 0, "--debug": 0}
+    takes_value = {"--out": 1, "--direction": 1, "--precision": 1, "--const": 1, "--no-graph": 0,
+                   "--full": 0,
+                   "--markdown": 0, "--json": 0, "-h": 0, "--help": 0, "--debug": 0}
+    positional: list[str] = []
+    options: list[str] = []
     i = start
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
+            positional += argv[i + 1:]
             break
-        if arg.startswith("-") and len(arg) > 1:
-            name = arg.split("=", 1)[0]
-            if name in options:
-                i += 1 + (options[name] if "=" not in arg else 0)
-                continue
-            if not _is_number(arg):
-                argv[i] = " " + arg  # not an option: the expression
+        name = arg.split("=", 1)[0]
+        if arg.startswith("-") and name in takes_value:
+            width = 1 + (takes_value[name] if "=" not in arg else 0)
+            options += argv[i:i + width]
+            i += width
+            continue
+        if arg.startswith("-") and len(arg) > 1 and not _is_number(arg):
+            arg = " " + arg  # not an option: the expression
+        positional.append(arg)
         i += 1
-    return argv
+    return argv[:start] + positional + options
 
 
 def _is_number(text: str) -> bool:
@@ -197,9 +211,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         expr = parse(args.expression)
         values = dict(parse_assignment(v) for v in args.variables)
+        const = [c.strip() for c in args.const.split(",") if c.strip()]
+        unknown = [c for c in const if c not in expr.names]
+        if unknown:
+            raise ExprError(f"--const {', '.join(unknown)}: not a variable of the expression "
+                            f"(its variables: {', '.join(expr.names) or 'none'})")
         pieces: dict[int, str] = {}
         with keep_values():  # the views read every node's value after the forward pass
-            out, leaves = evaluate(expr, values, record=pieces)
+            out, leaves = evaluate(expr, values, record=pieces, constants=const)
     except ExprError as exc:
         print(f"chainrule explain: error: {exc}", file=sys.stderr)
         return 2
@@ -237,8 +256,9 @@ def run(args: argparse.Namespace) -> int:
     print(ledger.to_markdown() if args.markdown else ledger.to_text())
     print()
     print("Gradients:")
-    for n in leaves:
-        print(f"  ∂{ledger.root_name}/∂{n} = {fmt(ledger.grad(n))}")
+    for n, t in leaves.items():
+        if t.requires_grad:
+            print(f"  ∂{ledger.root_name}/∂{n} = {fmt(ledger.grad(n))}")
 
     if not args.no_graph:
         g = draw_ledger(ledger, grads=True, direction=args.direction, precision=args.precision)

@@ -25,7 +25,7 @@ recursion limit.
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -330,11 +330,13 @@ def evaluate(
     values: Mapping[str, Any],
     requires_grad: bool = True,
     record: dict[int, str] | None = None,
+    constants: Sequence[str] = (),
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Evaluate an expression; every variable becomes a named float64 leaf.
 
     Returns the output tensor and the leaves by name (so their gradients can
-    be read after ``backward()``).
+    be read after ``backward()``). Variables listed in ``constants`` do not
+    require grad (inputs such as x and y in the notes).
 
     >>> out, leaves = evaluate("x**2", {"x": 3})
     >>> out.backward(); leaves["x"].grad.item()
@@ -355,7 +357,8 @@ def evaluate(
             f"(its variables: {', '.join(expr.names) or 'none'})"
         )
     leaves = {
-        n: Tensor(np.asarray(values[n], dtype=np.float64), requires_grad=requires_grad, name=n)
+        n: Tensor(np.asarray(values[n], dtype=np.float64),
+                  requires_grad=requires_grad and n not in constants, name=n)
         for n in expr.names
         if n in values
     }

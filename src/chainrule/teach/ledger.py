@@ -493,7 +493,8 @@ def _formula(rule: Any, slots: list[int], names: list[str], out: str, g: str) ->
         return None
     parts = []
     for s in slots:
-        text = rule.grads[min(s, len(rule.grads) - 1)]
+        # a transposed gradient reads (∂L/∂h)ᵀ, not ∂L/∂hᵀ
+        text = rule.grads[min(s, len(rule.grads) - 1)].replace("{g}ᵀ", "({g})ᵀ")
         try:
             parts.append(text.format(*names, g=g, out=out))
         except (IndexError, KeyError):
@@ -524,12 +525,16 @@ def build_ledger(
     if param_names not in ("state_dict", "layer"):
         raise ExplainError(f"{what}: param_names must be 'state_dict' or 'layer', "
                            f"not {param_names!r}")
+    for r in roots:
+        if not G.is_tensor(r):
+            raise TypeError(f"{what}: expected a Tensor, got {type(r).__name__}")
+    if backward:
+        _check_root(roots[0], seed, what)
     order = G.walk(roots)
     notes: list[str] = []
     rec = _Recorder()
     if backward:
         root = roots[0]
-        _check_root(root, seed, what)
         hooked = G.has_grad_hooks(order)
         if hooked:
             notes.append(f"{hooked} node(s) have gradient hooks (register_hook); they were not "
@@ -661,26 +666,37 @@ def _display(records: dict[int, NodeRecord], item_of: dict[int, Any], ids: dict[
         for t in r.terms:
             succ = by_id[t.successor]
             t.successor_name = succ.name
-            if t.local is None:
+            rule = G.rule_of(item_of[key_of[succ.id]])
+            if rule.grads:  # what the rule's VJP computes, written out (matmul, losses)
                 g = "seed" if t.seed else f"∂{root_name}/∂{succ.name}"
-                rule = G.rule_of(item_of[key_of[succ.id]])
                 t.formula = _formula(rule, t.slots, [by_id[i].name for i in succ.inputs],
                                      succ.name, g)
 
 
 def _layer_names(layers: list[LayerRecord], records: dict[int, NodeRecord],
                  param_names: str) -> None:
-    """Name the first layer's unnamed input x (the notes' a^0); with ``param_names="layer"``
-    each layer's parameters W¹, b¹ ... (the notes' names)."""
+    """The notes' names for what the ledger would call ``op#k``: the first layer's
+    input x, each layer's z^l and a^l; with ``param_names="layer"`` also each
+    layer's parameters W¹, b¹ ... (instead of their state-dict names)."""
     from ._format import superscript
 
     if not layers:
         return
     by_id = {r.id: r for r in records.values()}
     taken = {r.name for r in records.values()}
-    first = by_id[layers[0].input_node]
-    if first.name.startswith(("leaf#", "const#")) and "x" not in taken:
-        first.name = "x"
+
+    def rename(node_id: int, new: str) -> None:
+        node = by_id[node_id]
+        if "#" in node.name and node.name.split("#")[0] in (node.op or node.kind, "leaf",
+                                                             "const") and new not in taken:
+            node.name = new  # only names the ledger made up (op#k), never the user's
+            taken.add(new)
+
+    rename(layers[0].input_node, "x")
+    for rec in layers:
+        rename(rec.z_node, f"z{superscript(rec.index)}")
+        if rec.a_node != rec.z_node:
+            rename(rec.a_node, f"a{superscript(rec.index)}")
     if param_names != "layer":
         return
     for rec in layers:

@@ -38,7 +38,7 @@ def legend(ledger: Ledger) -> list[str]:
 
 def _head(ledger: Ledger, n: NodeRecord) -> str:
     value = "(value not kept)" if n.value is None else _fmt(ledger, n.value)
-    shape = f"  shape {tuple(n.shape)}" if len(n.shape) else ""
+    shape = f"  shape {tuple(n.shape)}" if len(n.shape) and not value.startswith("shape") else ""
     if n.kind == "op" and _same(n.name, n.expr):  # named after its own expression
         return f"[{n.visit or '-'}] {n.name} = {value}{shape}"
     if n.kind == "op":
@@ -67,8 +67,10 @@ def term_lines(ledger: Ledger, n: NodeRecord, t: TermRecord) -> list[str]:
             lines[0] += f"  (shape {tuple(t.unreduced.shape)})"
             lines.append(f"    summed over the broadcast axes {tuple(t.broadcast_axes)} -> "
                          f"shape {tuple(n.shape)}: {v(t.product)}")
+        if t.formula and ledger.node(t.successor).role == "loss":
+            lines.append(f"    ({t.op} computes it as {t.formula})")
         if t.slot_locals is not None:
-            parts = " + ".join(v(x) for x in t.slot_locals)
+            parts = " + ".join(v(x) for x in t.slot_locals) + f" = {v(t.local)}"
             succ = ledger.node(t.successor)
             lines.append(f"    ({n.name} fills operand slots {', '.join(map(str, t.slots))} of "
                          f"{s} = {succ.expr}; their local gradients add up: {loc} = {parts})")
@@ -136,47 +138,84 @@ def _sym(name: str, layer: int) -> str:
     return f"{name}{superscript(layer)}"
 
 
+def _shaped(ledger: Ledger, a: Any) -> str:
+    text = _fmt(ledger, a)
+    return text if text.startswith("shape") or a is None else f"{text}  shape {tuple(a.shape)}"
+
+
+NEURON_LINES = 8  # per-neuron sums are printed for one sample and at most this many units
+
+
 def layer_lines(ledger: Ledger, rec: LayerRecord) -> list[str]:
-    """One layer's block: z, a, δ by the recursion, ∂C/∂W and ∂C/∂b, with values."""
+    """One layer's block in the notes' notation: z, a, δ by the recursion, ∂C/∂W, ∂C/∂b."""
     v = lambda a: _fmt(ledger, a)  # noqa: E731
     C, l_ = ledger.root_name, rec.index
     z, a, d = _sym("z", l_), _sym("a", l_), _sym("δ", l_)
     W, b, a_prev = _sym("W", l_), _sym("b", l_), _sym("a", l_ - 1)
+    W_next, d_next = _sym("W", l_ + 1), _sym("δ", l_ + 1)
     where = f"module '{rec.module}', " if rec.module else ""
-    act = rec.activation if rec.activation != "identity" else "no activation (a = z)"
+    act = rec.activation if rec.activation != "identity" else "no activation: a = z"
     lines = [f"layer {l_} ({where}{rec.in_features} -> {rec.out_features}, {act})"
              + (", the output layer" if rec.is_output else "")]
-    names = f"{W} = {rec.W['name']}" + (f", {b} = {rec.b['name']}" if rec.b else "")
-    lines.append(f"  {names}")
-    lines.append(f"  {z} = {a_prev} {W}ᵀ + {b} = {v(rec.z)}  shape {tuple(rec.z.shape)}"
-                 if rec.b else f"  {z} = {a_prev} {W}ᵀ = {v(rec.z)}  shape {tuple(rec.z.shape)}")
+    lines.append(f"  {W} = {rec.W['name']}" + (f", {b} = {rec.b['name']}" if rec.b else ""))
+    affine = f"{W} {a_prev} + {b}" if rec.b else f"{W} {a_prev}"
+    lines.append(f"  {z} = {affine} = {_shaped(ledger, rec.z)}")
     if rec.activation != "identity":
         lines.append(f"  {a} = {rec.activation}({z}) = {v(rec.a)}")
-    nxt = _sym("δ", l_ + 1)
     if rec.is_output and rec.loss_activation and rec.activation == "identity":
         # the loss applies the output activation itself (cross_entropy: softmax)
         lines.append(f"  {d} = ∂{C}/∂{z} = {v(rec.delta)}  ({rec.loss} applies "
-                     f"{rec.loss_activation} to {z}; the term it sent is in the node trace)")
+                     f"{rec.loss_activation} to {z} itself; its term is in the trace above)")
+    elif rec.sigma_prime is None:
+        lines.append(f"  ∂{C}/∂{a} = {v(rec.dC_da)}")
+        lines.append(f"  {d} = ∂{C}/∂{z} = {v(rec.delta)}  ({rec.activation} is not "
+                     f"elementwise: ∂{a}/∂{z} is a Jacobian, not σ'({z}))")
     else:
+        sp = f"σ'({z})"
         if rec.is_output:
-            src = f"from the loss ({rec.loss})" if rec.loss else "from the output"
+            src = f"from the loss {rec.loss}" if rec.loss else "from the cost"
             lines.append(f"  ∂{C}/∂{a} = {v(rec.dC_da)}  ({src})")
-        elif rec.feeds_next:
-            lines.append(f"  ∂{C}/∂{a} = ({_sym('W', l_ + 1)})ᵀ {nxt} = {v(rec.dC_da)}"
-                         "  (the sum over the successors k: Σ_k δ_k W_kj)")
-        else:
-            lines.append(f"  ∂{C}/∂{a} = {v(rec.dC_da)}  (all of {a}'s successors)")
-        if rec.sigma_prime is None:
-            lines.append(f"  {d} = ∂{C}/∂{z} = {v(rec.delta)}  ({rec.activation} is not "
-                         "elementwise: its local gradient is a Jacobian, not σ'(z))")
-        else:
-            sp = f"σ'({z})"
             lines.append(f"  {sp} = {v(rec.sigma_prime)}")
             lines.append(f"  {d} = ∂{C}/∂{a} ⊙ {sp} = {v(rec.delta)}")
-    lines.append(f"  ∂{C}/∂{W} = {d}ᵀ {a_prev} = {v(rec.dW)}  shape {tuple(rec.dW.shape)}"
-                 if rec.dW is not None else f"  ∂{C}/∂{W}: no gradient reaches {W}")
-    if rec.b is not None:
-        lines.append(f"  ∂{C}/∂{b} = {d} summed over the batch = {v(rec.db)}")
+        elif rec.feeds_next:
+            lines.append(f"  ({W_next})ᵀ {d_next} = {v(rec.dC_da)}  (= ∂{C}/∂{a}: the sum over "
+                         f"the successors k of each unit j, Σ_k {d_next}_k {W_next}_kj)")
+            lines += _neuron_lines(ledger, rec)
+            lines.append(f"  {sp} = {v(rec.sigma_prime)}")
+            lines.append(f"  {d} = (({W_next})ᵀ {d_next}) ⊙ {sp} = {v(rec.delta)}")
+        else:
+            lines.append(f"  ∂{C}/∂{a} = {v(rec.dC_da)}  (from all of {a}'s successors)")
+            lines.append(f"  {sp} = {v(rec.sigma_prime)}")
+            lines.append(f"  {d} = ∂{C}/∂{a} ⊙ {sp} = {v(rec.delta)}")
+    batch = rec.z.shape[0] > 1
+    if rec.dW is None:
+        lines.append(f"  ∂{C}/∂{W}: no gradient reaches {W}")
+    else:
+        lines.append(f"  ∂{C}/∂{W} = {d} ({a_prev})ᵀ" + (", summed over the samples" if batch
+                                                         else "") + f" = {_shaped(ledger, rec.dW)}")
+    if rec.b is not None and rec.db is not None:
+        lines.append(f"  ∂{C}/∂{b} = {d}" + (", summed over the samples" if batch else "")
+                     + f" = {v(rec.db)}")
+    return lines
+
+
+def _neuron_lines(ledger: Ledger, rec: LayerRecord) -> list[str]:
+    """For one sample and a few units: each unit's sum over its successors, term by term."""
+    if rec.products is None or rec.z.shape[0] != 1 or rec.out_features > NEURON_LINES:
+        return []
+    from ._format import format_sum, join_signed
+
+    l_ = rec.index
+    lines = []
+    for j in range(rec.out_features):
+        terms = rec.products[0, j]
+        parts = join_signed([
+            f"{_fmt(ledger, rec.next_delta[0, k])}·{_factor(ledger, rec.next_W[k, j])}"
+            for k in range(terms.shape[0])])
+        lines.append(f"    unit {j + 1}: Σ_k δ{superscript(l_ + 1)}_k W{superscript(l_ + 1)}"
+                     f"_k{j + 1} = {parts} = "
+                     f"{format_sum(list(terms), ledger.precision)} = "
+                     f"{_fmt(ledger, rec.dC_da[0, j])}")
     return lines
 
 
