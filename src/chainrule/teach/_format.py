@@ -35,8 +35,8 @@ def format_value(a: Any, precision: int = 4, full: bool = False, max_items: int 
     Large arrays show their shape, norm and first entries; ``full=True``
     prints every entry at full (repr) precision. Negative zero prints as 0.
 
-    >>> format_value(np.array(-0.0)), format_value(np.array([0.5, -0.0]))
-    ('0', '[0.5, 0. ]')
+    >>> format_value(np.array(-0.0)), format_value(np.array([0.5, -0.0, 1/3]))
+    ('0', '[0.5, 0, 0.3333]')
     """
     if a is None:
         return "-"
@@ -47,8 +47,12 @@ def format_value(a: Any, precision: int = 4, full: bool = False, max_items: int 
     if a.size == 1:
         return _scalar(a.reshape(()).item(), precision)
     if a.size <= max_items:
-        with np.printoptions(precision=precision, suppress=True):
-            return np.array2string(a, separator=", ").replace("\n", "")
+        if a.dtype.kind == "f":  # significant digits, as for a single number
+            return np.array2string(
+                a, separator=", ", max_line_width=10**6,
+                formatter={"float_kind": lambda x: _scalar(float(x), precision)}
+            ).replace("\n", "")
+        return np.array2string(a, separator=", ", max_line_width=10**6).replace("\n", "")
     flat = a.reshape(-1)
     if a.dtype.kind in "fc":
         first = ", ".join(_scalar(float(x), precision) for x in flat[:3])

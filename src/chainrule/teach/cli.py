@@ -160,9 +160,9 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _piece_names(out: Tensor, pieces: dict[int, str]) -> None:
+def _piece_names(out: Tensor, order: list, pieces: dict[int, str]) -> None:
     """Name each unnamed intermediate after its piece of the expression."""
-    for node in G.walk([out]):
+    for node in order:
         if node is out or G.user_name(node) or G.is_leaf(node):
             continue
         piece = pieces.get(id(node))
@@ -237,9 +237,10 @@ def run(args: argparse.Namespace) -> int:
         notes.append(f"note: the output has shape {out.shape}; explaining the sum of its "
                      "entries (seed = ones)")
         seed = np.ones(out.shape)
-    _piece_names(out, pieces)
+    order = G.walk([out])  # one walk serves the names, the ledger and the forward listing
+    _piece_names(out, order, pieces)
     ledger = build_ledger(out, seed, precision=args.precision, full=args.full,
-                          what="chainrule explain")
+                          what="chainrule explain", order=order)
     if args.json:
         print(ledger.to_json(indent=1))
         return 0
@@ -251,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         print(note)
     print()
     print("Forward pass (values in the order they are computed):")
-    print("\n".join(_forward_lines(ledger, pieces, G.walk([out]), fmt)))
+    print("\n".join(_forward_lines(ledger, pieces, order, fmt)))
     print()
     print(ledger.to_markdown() if args.markdown else ledger.to_text())
     print()

@@ -30,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import _graph as G
 from ._format import format_value
 from .ledger import Ledger, build_ledger
@@ -38,6 +40,7 @@ __all__ = [
     "Graph",
     "graph",
     "draw_ledger",
+    "draw_layers",
     "trace_modules",
     "ModuleTrace",
     "GraphvizNotFoundError",
@@ -361,7 +364,7 @@ def graph(
             notes.append(f"gradients not shown: the output has shape {G.shape_of(root)}; "
                          "pass seed=")
     ledger = build_ledger(roots, seed, backward=can, layers=False, precision=precision,
-                          what="graph")
+                          what="graph", order=order)
     ids = {G.key(n): i + 1 for i, n in enumerate(order)}
     group_of = _groups(order, ids, collapse, collapse_modules)
     return draw_ledger(ledger, direction=direction, grads=bool(grads), precision=precision,
@@ -521,3 +524,61 @@ def _group_label(key: tuple[int, str, Any], ms: Sequence[Any]) -> str:
     if outs:
         parts.append(f"{len(outs)} ops, output shape {tuple(outs[-1].shape)}")
     return "\n".join(parts)
+
+
+def draw_layers(ledger: Ledger, *, precision: int | None = None,
+                title: str | None = None) -> Graph:
+    """The layer view: one box per layer with z^l, a^l and δ^l, the δ recursion on the edges.
+
+    Forward edges carry a^(l-1) into layer l; the dashed red edges going back
+    carry ∂C/∂a^l = (W^(l+1))ᵀ δ^(l+1), the sum over successors that the
+    notes' recursion multiplies by σ'(z^l). Needs the ledger's layer records
+    (``cr.explain(loss, model=model)`` on a forward pass recorded inside
+    ``cr.keep_values()``).
+    """
+    from ._format import superscript
+
+    if not ledger.layers:
+        raise ValueError(
+            "graph: this ledger has no layer records; use cr.explain(loss, model=model) on a "
+            "forward pass recorded inside `with cr.keep_values():`"
+        )
+    precision = ledger.precision if precision is None else precision
+    v = lambda a: format_value(a, precision)  # noqa: E731
+    C = ledger.root_name
+    first = ledger.layers[0]
+    lines = ["digraph layers {", "  rankdir=BT;", '  charset="UTF-8";',
+             '  node [fontname="Helvetica", fontsize=11];',
+             '  edge [fontname="Helvetica", fontsize=9];']
+    if title:
+        lines.append(f'  label="{_esc(title)}"; labelloc=t; fontname="Helvetica";')
+    lines.append(f'  in [label="{_esc(f"a⁰ = x  shape {tuple(first.a_prev.shape)}")}'
+                 f'\\n{_esc(v(first.a_prev))}", {_STYLE["leaf"]}];')
+    for rec in ledger.layers:
+        s = superscript(rec.index)
+        body = [f"layer {rec.index}" + (f" (module '{rec.module}')" if rec.module else ""),
+                f"z{s} = W{s} a{superscript(rec.index - 1)} + b{s}: {v(rec.z)}",
+                f"a{s} = {rec.activation}(z{s}): {v(rec.a)}" if rec.activation != "identity"
+                else f"a{s} = z{s}",
+                f"δ{s} = ∂{C}/∂z{s}: {v(rec.delta)}",
+                f"∂{C}/∂W{s}: {v(rec.dW)}"]
+        lines.append(f'  L{rec.index} [label="{_esc(chr(10).join(body))}", {_STYLE["op"]}];')
+    root = ledger.node(ledger.root)
+    lines.append(f'  out [label="{_esc(f"{C} = {v(root.value)}")}", {_STYLE["root"]}];')
+    prev = "in"
+    for rec in ledger.layers:
+        shape = tuple(np.shape(rec.W["value"]))
+        text = f"W{superscript(rec.index)} {shape}"
+        lines.append(f'  {prev} -> L{rec.index} [label="{_esc(text)}"];')
+        prev = f"L{rec.index}"
+    lines.append(f"  {prev} -> out;")
+    red = 'color="#b03a2e", fontcolor="#b03a2e", style=dashed, constraint=false'
+    last = ledger.layers[-1]
+    lines.append(f'  out -> L{last.index} [label="{_esc(f"∂{C}/∂a{superscript(last.index)}")}", '
+                 f"{red}];")
+    for here, after in zip(ledger.layers, ledger.layers[1:]):
+        s1 = superscript(after.index)
+        text = f"(W{s1})ᵀ δ{s1} = {v(here.dC_da)}"
+        lines.append(f'  L{after.index} -> L{here.index} [label="{_esc(text)}", {red}];')
+    lines.append("}")
+    return Graph("\n".join(lines) + "\n", list(ledger.notes))

@@ -188,6 +188,19 @@ class Ledger:
         """∂L/∂node for the node called ``name``."""
         return self[name].grad
 
+    def block(self, name: str) -> str:
+        """The text view's block for one node: its value, its terms, their sum.
+
+        >>> print(ledger.block("b"))          # doctest: +SKIP
+        [4] b = 3  (leaf)
+            via x:  ∂f/∂x · ∂x/∂b = 7 · 1 = 7
+            via y:  ∂f/∂y · ∂y/∂b = 2 · 1 = 2
+            ∂f/∂b = 7 + 2 = 9
+        """
+        from .views import node_lines
+
+        return "\n".join(node_lines(self, self[name]))
+
     def layer(self, index: int) -> LayerRecord:
         """The record of layer ``index`` (1 = the first hidden layer, as in note 001)."""
         for rec in self.layers:
@@ -224,10 +237,18 @@ class Ledger:
     def _repr_html_(self) -> str:
         return self.to_html()
 
-    def graph(self, **kwargs: Any) -> Any:
-        """The drawing (a :class:`chainrule.teach.draw.Graph`); see ``cr.viz.graph``."""
-        from .draw import draw_ledger
+    def graph(self, view: str = "nodes", **kwargs: Any) -> Any:
+        """The drawing (a :class:`chainrule.teach.draw.Graph`); see ``cr.viz.graph``.
 
+        ``view="layers"``: one box per layer with z^l, a^l, δ^l and the δ
+        recursion on the edges (needs layer records).
+        """
+        from .draw import draw_layers, draw_ledger
+
+        if view == "layers":
+            return draw_layers(self, **kwargs)
+        if view != "nodes":
+            raise ValueError(f"graph: view must be 'nodes' or 'layers', not {view!r}")
         return draw_ledger(self, **kwargs)
 
     # ----- JSON --------------------------------------------------------------
@@ -514,11 +535,13 @@ def build_ledger(
     precision: int = 4,
     full: bool = False,
     what: str = "explain",
+    order: list[Any] | None = None,
 ) -> Ledger:
     """Record the graph behind ``roots`` (and, with ``backward``, one backward pass).
 
     ``backward=False`` records the structure and values only (a drawing of
     several outputs, or of one that has no scalar gradient to show).
+    ``order``: the caller's ``_graph.walk(roots)``, if it already has it.
     See :func:`explain` for the other arguments.
     """
     roots = list(roots) if isinstance(roots, (list, tuple)) else [roots]
@@ -530,7 +553,7 @@ def build_ledger(
             raise TypeError(f"{what}: expected a Tensor, got {type(r).__name__}")
     if backward:
         _check_root(roots[0], seed, what)
-    order = G.walk(roots)
+    order = G.walk(roots) if order is None else order
     notes: list[str] = []
     rec = _Recorder()
     if backward:

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from .layers import LayerRecord
     from .ledger import Ledger, NodeRecord, TermRecord
 
-__all__ = ["ledger_text", "ledger_markdown", "ledger_html", "term_lines", "sum_line", "legend"]
+__all__ = ["ledger_text", "ledger_markdown", "ledger_html", "node_lines", "term_lines", "sum_line",
+           "legend"]
 
 
 def _fmt(ledger: Ledger, a: Any, max_items: int = 6) -> str:
@@ -110,6 +111,15 @@ def sum_line(ledger: Ledger, n: NodeRecord) -> str:
     return f"{d} = {v(n.grad)}"
 
 
+def node_lines(ledger: Ledger, n: NodeRecord) -> list[str]:
+    """One node's block: its head line, one line (or a few) per term, the sum."""
+    out = [_head(ledger, n)]
+    for t in n.terms:
+        out.extend("    " + line for line in term_lines(ledger, n, t))
+    out.append("    " + sum_line(ledger, n))
+    return out
+
+
 def ledger_text(ledger: Ledger) -> str:
     """The whole trace as text: the nodes (output first), then the layers, then notes."""
     root = ledger.node(ledger.root)
@@ -117,12 +127,8 @@ def ledger_text(ledger: Ledger) -> str:
         return f"Graph of {ledger.root_name} (no backward pass recorded)."
     out = [f"Backward pass of {ledger.root_name} = {_fmt(ledger, root.value)}", *legend(ledger), ""]
     for n in ledger.nodes:
-        if n.kind == "const":
-            continue
-        out.append(_head(ledger, n))
-        for t in n.terms:
-            out.extend("    " + line for line in term_lines(ledger, n, t))
-        out.append("    " + sum_line(ledger, n))
+        if n.kind != "const":
+            out += node_lines(ledger, n)
     if ledger.layers:
         out += ["", *layers_text(ledger)]
     out += [f"note: {note}" for note in ledger.notes]
