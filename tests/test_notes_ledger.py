@@ -9,11 +9,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 import chainrule as cr
 from chainrule.cli import main as cli_main
 
 F64 = np.float64
+
+
+@pytest.fixture(autouse=True)
+def _teaching_mode():
+    """The notes show every value: record each example's graph with every value kept
+    (``cr.keep_values``), as a teaching notebook does with ``cr.set_keep_values(True)``."""
+    cr.set_keep_values(True)
+    yield
+    cr.set_keep_values(False)
 
 
 def leaf(value, name, grad=True):

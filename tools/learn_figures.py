@@ -89,7 +89,7 @@ def mlp_collapsed() -> cr.viz.Graph:
     model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
                           nn.Linear(16, 3))
     x = cr.tensor(np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32))
-    with cr.viz.trace_modules(model):
+    with cr.viz.trace_modules(model), cr.keep_values():
         loss = nn.CrossEntropyLoss()(model(x), np.arange(8) % 3)
     return cr.viz.graph(loss, collapse_modules=True, title="each module one box")
 
@@ -123,7 +123,9 @@ def draw(out: Path, svg: bool = False) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (build, kwargs) in FIGURES.items():
-        g = cr.viz.graph(build(), **kwargs)
+        with cr.keep_values():  # every node keeps its value, so the picture shows it
+            t = build()
+        g = cr.viz.graph(t, **kwargs)
         if not cr.viz.have_dot():
             written.append(g.save(out / f"{name}.dot"))
             continue

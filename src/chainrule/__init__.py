@@ -105,6 +105,7 @@ from .tensor import (
     keep_values,
     no_grad,
     set_grad_enabled,
+    set_keep_values,
     tensor,
 )
 from .training import History, callbacks, fit

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .teach._format import format_value
-from .teach._graph import walk
+from .teach._graph import GraphVertex, ValuesNotKept, walk
+from .teach._graph import is_freed as is_released
 from .teach.draw import (
     INSTALL_HINT,
     Graph,
@@ -27,5 +28,8 @@ __all__ = [
     "have_dot",
     "format_value",
     "walk",
+    "GraphVertex",
+    "ValuesNotKept",
+    "is_released",
     "INSTALL_HINT",
 ]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..ops import rule, value
+from ..ops import SAVES_INPUTS, SAVES_NOTHING, Saves, rule, value
 from ..random import _resolve
 from ..tensor import Tensor, _mode
 
@@ -297,6 +297,7 @@ def _diff_log_softmax(x: Any, xp: Any) -> Any:
 
 @rule(
     "cross_entropy",
+    saves=Saves(inputs=(True,)),
     role="loss",
     activation="softmax",
     grads=("(softmax({0}) - onehot(target)) * {g} / N",),
@@ -346,6 +347,7 @@ def _(g, out, ctx, needs, xp, x):
 
 @rule(
     "cross_entropy_probs",
+    saves=Saves(inputs=(True, (0,))),
     role="loss",
     activation="softmax",
     grads=("(softmax({0}) * sum({1}) - {1}) * {g} / N", "-log_softmax({0}) * {g} / N"),
@@ -368,11 +370,13 @@ def _(g, out, ctx, needs, xp, x, y):
     reduction, ls, p, logp = ctx
     n, c = x.shape
     scale = _grad_scale(g, reduction, n, (n, 1))
-    q = y * (1.0 - ls) + ls / c if ls else y
     if isinstance(x, Tensor):
         p = _diff_softmax(x, xp)
         logp = _diff_log_softmax(x, xp)
-    gx = (p * q.sum(axis=1, keepdims=True) - q) * scale if needs[0] else None
+    gx = None
+    if needs[0]:  # reads y (kept only then)
+        q = y * (1.0 - ls) + ls / c if ls else y
+        gx = (p * q.sum(axis=1, keepdims=True) - q) * scale
     gy = logp * (scale * -(1.0 - ls)) if needs[1] else None
     return gx, gy
 
@@ -433,7 +437,7 @@ def cross_entropy(
 # ==========================================================================
 
 
-@rule("nll_loss", role="loss", grads=("-onehot(target) * {g} / N",))
+@rule("nll_loss", saves=SAVES_NOTHING, role="loss", grads=("-onehot(target) * {g} / N",))
 def NLL_LOSS(x, *, target, reduction):
     """-x[i, target_i] per row; x (N, C) log-probabilities."""
     n = x.shape[0]
@@ -471,6 +475,7 @@ def nll_loss(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noq
 
 @rule(
     "binary_cross_entropy_with_logits",
+    saves=Saves(inputs=(True, (0,))),
     role="loss",
     activation="sigmoid",
     grads=("(sigmoid({0}) - {1}) * {g} / n", "-{0} * {g} / n"),
@@ -524,6 +529,7 @@ _DENOM_FLOOR = 1e-12  # and keeps p (1 - p) away from 0 in the gradient
 
 @rule(
     "binary_cross_entropy",
+    saves=SAVES_INPUTS,
     role="loss",
     grads=("({0} - {1}) / ({0} (1 - {0})) * {g} / n", "(log(1 - {0}) - log({0})) * {g} / n"),
 )
@@ -584,7 +590,12 @@ def binary_cross_entropy(input: Any, target: Any, reduction: str = "mean") -> Te
 # ==========================================================================
 
 
-@rule("mse_loss", role="loss", grads=("2 ({0} - {1}) * {g} / n", "-2 ({0} - {1}) * {g} / n"))
+@rule(
+    "mse_loss",
+    saves=SAVES_INPUTS,
+    role="loss",
+    grads=("2 ({0} - {1}) * {g} / n", "-2 ({0} - {1}) * {g} / n"),
+)
 def MSE(x, y, *, reduction):
     """(x - y)^2 elementwise."""
     d = x - y

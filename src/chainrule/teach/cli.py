@@ -162,16 +162,17 @@ def _is_number(text: str) -> bool:
 
 def _piece_names(out: Tensor, order: list, pieces: dict[int, str]) -> None:
     """Name each unnamed intermediate after its piece of the expression."""
+    root = order[-1]
     for node in order:
-        if node is out or G.user_name(node) or G.is_leaf(node):
+        if node is root or G.user_name(node) or G.is_leaf(node):
             continue
-        piece = pieces.get(id(node))
+        piece = pieces.get(id(node.vertex))
         if piece is None or len(piece) > PIECE_NAME_WIDTH:
             continue
         atom = piece.replace("_", "").isalnum() or (piece.endswith(")") and "(" in piece
                                                     and piece.split("(")[0].isidentifier()
                                                     and _balanced(piece[piece.index("("):]))
-        node.name = piece if atom else f"({piece})"
+        G.set_name(node, piece if atom else f"({piece})")
 
 
 def _balanced(text: str) -> bool:
@@ -195,7 +196,7 @@ def _forward_lines(ledger: Any, pieces: dict[int, str], order: list, fmt: Any) -
         if rec.kind == "leaf":
             lines.append(f"  {rec.name} = {fmt(rec.value)}")
             continue
-        piece = shorten(pieces.get(id(node), rec.expr or ""), 60)
+        piece = shorten(pieces.get(id(node.vertex), rec.expr or ""), 60)
         if rec.name in (piece, f"({piece})"):
             lines.append(f"  {rec.name} = {fmt(rec.value)}")
         else:
@@ -237,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
         notes.append(f"note: the output has shape {out.shape}; explaining the sum of its "
                      "entries (seed = ones)")
         seed = np.ones(out.shape)
-    order = G.walk([out])  # one walk serves the names, the ledger and the forward listing
+    # one walk serves the names, the ledger and the forward listing
+    order = G.walk([out], what="chainrule explain")
     _piece_names(out, order, pieces)
     ledger = build_ledger(out, seed, precision=args.precision, full=args.full,
                           what="chainrule explain", order=order)

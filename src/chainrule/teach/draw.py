@@ -186,31 +186,6 @@ class ModuleTrace:
         return self.modules.get(id(module), (type(module).__name__, module))[0]
 
 
-def _tensors_in(obj: Any) -> list[Any]:
-    if G.is_tensor(obj):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors_in(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors_in(o)]
-    return []
-
-
-def _tag_outputs(out: Any, module: Any, path: str, inputs: Any) -> None:
-    """Tag every node between the module's inputs and its output as the module's."""
-    stop = {G.key(t) for t in _tensors_in(inputs)}
-    stack = _tensors_in(out)
-    seen: set[int] = set()
-    while stack:
-        t = stack.pop()
-        k = G.key(t)
-        if k in seen or k in stop or G.is_leaf(t):
-            continue
-        seen.add(k)
-        G.tag(t, path, module)
-        stack.extend(G.inputs_of(t))
-
-
 @contextlib.contextmanager
 def trace_modules(model: Any) -> Iterator[ModuleTrace]:
     """Record which module of ``model`` produced each node, to draw layers as boxes.
@@ -229,7 +204,7 @@ def trace_modules(model: Any) -> Iterator[ModuleTrace]:
 
     def hook(module: Any, args: Any, kwargs: Any, out: Any) -> None:
         trace.calls += 1
-        _tag_outputs(out, module, names[id(module)][0], (args, kwargs))
+        G.tag_outputs(out, (args, kwargs), names[id(module)][0], module)
 
     handles = [m.register_forward_hook(hook, with_kwargs=True) for _, m in names.values()]
     try:
@@ -346,7 +321,7 @@ def graph(
     for r in roots:
         if not G.is_tensor(r):
             raise TypeError(f"graph: expected a Tensor, got {type(r).__name__}")
-    order = G.walk(roots)
+    order = G.walk(roots, need_values=False, what="graph")
     notes: list[str] = []
     freed = any(G.is_freed(n) for n in order)
     if freed:

@@ -110,7 +110,7 @@ class Expr:
     def __call__(self, _record: dict[int, str] | None = None, **values: Any) -> Tensor:
         """Evaluate with the engine; ``values`` maps each name to a Tensor or number.
 
-        ``_record``, if given, is filled with id(tensor) -> the piece of the
+        ``_record``, if given, is filled with id(node) -> the piece of the
         source that computed it (used to print the forward pass). Tensors
         computed by an assignment are named after it.
         """
@@ -286,7 +286,8 @@ def _eval(node: ast.AST, env: Mapping[str, Any], src: str = "",
         args = [results.pop(id(c)) for c in _children(n)]
         out = _apply(n, args, env)
         if record is not None and isinstance(out, Tensor) and not isinstance(n, ast.Name):
-            record.setdefault(id(out), _piece(src, n))
+            # keyed by the graph node (what the views walk); a leaf by itself
+            record.setdefault(id(out._node if out._node is not None else out), _piece(src, n))
         results[id(n)] = out
     return results[id(node)]
 

@@ -186,10 +186,11 @@ class LayerRecord:
 
 
 def _module_of(model: Any, W: Any) -> str:
-    """The dotted path of the module whose ``weight`` is W ("" when unknown)."""
+    """The dotted path of the module whose ``weight`` is the vertex W ("" when unknown)."""
+    tensor = G.leaf_tensor(W)
     if model is not None and hasattr(model, "named_modules"):
         for path, m in model.named_modules():
-            if getattr(m, "weight", None) is W:
+            if getattr(m, "weight", None) is tensor:
                 return path
     name = G.user_name(W) or ""
     return name[: -len(".weight")] if name.endswith(".weight") else ""
@@ -223,7 +224,7 @@ def build_layers(order: list[Any], records: dict[int, Any], ids: dict[int, int],
         if r.role != "affine" or len(r.inputs) < 2:
             continue
         W = item_by_id[r.inputs[1]]
-        if not G.is_leaf(W) or (wanted is not None and id(W) not in wanted):
+        if not G.is_leaf(W) or (wanted is not None and id(G.leaf_tensor(W)) not in wanted):
             continue
         affine.append(r)
     if not affine:
@@ -244,6 +245,20 @@ def build_layers(order: list[Any], records: dict[int, Any], ids: dict[int, int],
             raise ExplainError(msg)
         notes.append(msg.replace(f"{what}: ", "no layer records: ", 1))
         return []
+
+    for z in affine:  # the layer records show z^l, a^l and a^(l-1): they must be kept
+        held = [z] + [by_id[s] for s in succs.get(z.id, [])] + [by_id[z.inputs[0]]]
+        gone = next((r for r in held if r.value is None), None)
+        if gone is not None:
+            err = G.ValuesNotKept(
+                f"{what}: the value of {gone.name!r} (layer '"
+                f"{_module_of(model, item_by_id[z.inputs[1]])}') was not kept, and the layer "
+                "records show it; record the forward pass inside `with cr.keep_values():`"
+            )
+            if explicit:
+                raise err
+            notes.append(str(err).replace(f"{what}: ", "no layer records: ", 1))
+            return []
 
     layers: list[LayerRecord] = []
     for index, z in enumerate(affine, start=1):

@@ -445,7 +445,7 @@ def _check_root(t: Any, seed: Any, what: str) -> None:
             f"{what}: the graph behind this tensor was freed by an earlier backward(); call "
             f"{what} before backward(), or call backward(retain_graph=True)"
         )
-    if seed is None and G.value_of(t, what).size != 1:
+    if seed is None and t.data.size != 1:
         raise ExplainError(
             f"{what}: the output has shape {G.shape_of(t)}, not a scalar, and a backward pass "
             "starts from one number; pass seed= (the gradient of the output, same shape) or "
@@ -471,8 +471,9 @@ def _names(order: list[Any], roots: list[Any]) -> dict[int, str]:
             name = "L"  # the notes' name for the output being differentiated
         if name is None:
             rule = G.rule_of(t)
-            if rule is None and not G.requires_grad(t) and G.value_of(t).size == 1:
-                names[k] = format_value(G.value_of(t), 6)
+            if (rule is None and not G.requires_grad(t) and t.data is not None
+                    and t.data.size == 1):
+                names[k] = format_value(t.data, 6)
                 continue
             kind = rule.name if rule is not None else ("leaf" if G.requires_grad(t) else "const")
             counts[kind] += 1
@@ -553,8 +554,15 @@ def build_ledger(
             raise TypeError(f"{what}: expected a Tensor, got {type(r).__name__}")
     if backward:
         _check_root(roots[0], seed, what)
-    order = G.walk(roots) if order is None else order
+    order = G.walk(roots, need_values=False, what=what) if order is None else order
     notes: list[str] = []
+    missing = [t for t in order if t.data is None]
+    if missing:
+        notes.append(
+            f"{len(missing)} value(s) were not kept by the forward pass (chainrule keeps only "
+            "what backward needs) and show as 'not kept'; record the forward pass inside "
+            "`with cr.keep_values():` to see every value"
+        )
     rec = _Recorder()
     if backward:
         root = roots[0]
@@ -563,10 +571,11 @@ def build_ledger(
             notes.append(f"{hooked} node(s) have gradient hooks (register_hook); they were not "
                          "run, so the gradients shown are the chain rule's alone")
         G.observed_backward(root, seed, rec, order)
-    names = _names(order, roots)
+    tops = G.root_items(order, roots)  # the roots as vertices of this walk
+    names = _names(order, tops)
     fwd_pos = {G.key(t): i for i, t in enumerate(order)}
     ids = {G.key(t): i + 1 for i, t in enumerate(order)}  # ids: forward order, from 1
-    root_keys = {G.key(r) for r in roots}
+    root_keys = {G.key(r) for r in tops}
     item_of = {G.key(t): t for t in order}
 
     # ---- one term per (node, successor), locals computed once per successor ----
@@ -606,7 +615,7 @@ def build_ledger(
                                   explicit=layers is True or model is not None, notes=notes,
                                   what=what)
         _layer_names(layer_recs, records, param_names)
-    _display(records, item_of, ids, roots)
+    _display(records, item_of, ids, tops)
 
     # walk order first (the order the notes compute backpropagated gradients
     # in), then what the walk never reached, then constants, in forward order
@@ -614,16 +623,13 @@ def build_ledger(
     ordered += [records[G.key(t)] for t in order
                 if G.key(t) not in visit and records[G.key(t)].kind != "const"]
     ordered += [records[G.key(t)] for t in order if records[G.key(t)].kind == "const"]
-    root_rec = records[G.key(roots[0])]
+    root_rec = records[G.key(tops[0])]
     return Ledger(ordered, root_rec.id, root_rec.name, layer_recs, notes,
                   precision=precision, full=full, grads=backward)
 
 
 def _safe_value(t: Any) -> np.ndarray | None:
-    try:
-        return np.asarray(G.value_of(t))
-    except G.ValueNotKeptError:
-        return None
+    return None if t.data is None else np.asarray(t.data)
 
 
 def _term(succ: Any, parent: Any, slots: list[int], upstream: np.ndarray, product: np.ndarray,
