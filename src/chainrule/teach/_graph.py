@@ -31,6 +31,9 @@ __all__ = [
     "ValueNotKeptError",
     "walk",
     "key",
+    "tensor_key",
+    "vertex_key",
+    "value_or_none",
     "root_items",
     "rule_of",
     "inputs_of",
@@ -192,6 +195,21 @@ def root_items(order: Sequence[GraphVertex], roots: Sequence[Tensor]) -> list[Gr
     """The vertices of ``order`` that stand for the tensors ``roots``."""
     by_vertex = {id(v.vertex): v for v in order if v.vertex is not None}
     return [by_vertex[id(r._node if r._node is not None else r)] for r in roots]
+
+
+def tensor_key(t: Tensor) -> int:
+    """A key for the graph vertex of tensor ``t`` (its node; itself for a leaf)."""
+    return id(t._node if t._node is not None else t)
+
+
+def vertex_key(item: GraphVertex) -> int:
+    """The same key as :func:`tensor_key`, for a vertex of a walk (0 for a constant)."""
+    return id(item.vertex) if item.vertex is not None else 0
+
+
+def value_or_none(item: Any) -> np.ndarray | None:
+    """The value of a vertex (or a Tensor), None where it was not kept."""
+    return item.data
 
 
 def key(item: GraphVertex) -> int:

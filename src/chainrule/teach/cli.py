@@ -166,7 +166,7 @@ def _piece_names(out: Tensor, order: list, pieces: dict[int, str]) -> None:
     for node in order:
         if node is root or G.user_name(node) or G.is_leaf(node):
             continue
-        piece = pieces.get(id(node.vertex))
+        piece = pieces.get(G.vertex_key(node))
         if piece is None or len(piece) > PIECE_NAME_WIDTH:
             continue
         atom = piece.replace("_", "").isalnum() or (piece.endswith(")") and "(" in piece
@@ -196,7 +196,7 @@ def _forward_lines(ledger: Any, pieces: dict[int, str], order: list, fmt: Any) -
         if rec.kind == "leaf":
             lines.append(f"  {rec.name} = {fmt(rec.value)}")
             continue
-        piece = shorten(pieces.get(id(node.vertex), rec.expr or ""), 60)
+        piece = shorten(pieces.get(G.vertex_key(node), rec.expr or ""), 60)
         if rec.name in (piece, f"({piece})"):
             lines.append(f"  {rec.name} = {fmt(rec.value)}")
         else:

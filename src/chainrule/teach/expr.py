@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import ops
 from ..tensor import Tensor
+from . import _graph as G
 
 __all__ = ["FUNCTIONS", "ExprError", "Expr", "parse", "evaluate", "parse_assignment"]
 
@@ -287,7 +288,7 @@ def _eval(node: ast.AST, env: Mapping[str, Any], src: str = "",
         out = _apply(n, args, env)
         if record is not None and isinstance(out, Tensor) and not isinstance(n, ast.Name):
             # keyed by the graph node (what the views walk); a leaf by itself
-            record.setdefault(id(out._node if out._node is not None else out), _piece(src, n))
+            record.setdefault(G.tensor_key(out), _piece(src, n))
         results[id(n)] = out
     return results[id(node)]
 

@@ -445,7 +445,7 @@ def _check_root(t: Any, seed: Any, what: str) -> None:
             f"{what}: the graph behind this tensor was freed by an earlier backward(); call "
             f"{what} before backward(), or call backward(retain_graph=True)"
         )
-    if seed is None and t.data.size != 1:
+    if seed is None and G.value_of(t, what).size != 1:
         raise ExplainError(
             f"{what}: the output has shape {G.shape_of(t)}, not a scalar, and a backward pass "
             "starts from one number; pass seed= (the gradient of the output, same shape) or "
@@ -471,9 +471,9 @@ def _names(order: list[Any], roots: list[Any]) -> dict[int, str]:
             name = "L"  # the notes' name for the output being differentiated
         if name is None:
             rule = G.rule_of(t)
-            if (rule is None and not G.requires_grad(t) and t.data is not None
-                    and t.data.size == 1):
-                names[k] = format_value(t.data, 6)
+            value = G.value_or_none(t)
+            if rule is None and not G.requires_grad(t) and value is not None and value.size == 1:
+                names[k] = format_value(value, 6)
                 continue
             kind = rule.name if rule is not None else ("leaf" if G.requires_grad(t) else "const")
             counts[kind] += 1
@@ -556,7 +556,7 @@ def build_ledger(
         _check_root(roots[0], seed, what)
     order = G.walk(roots, need_values=False, what=what) if order is None else order
     notes: list[str] = []
-    missing = [t for t in order if t.data is None]
+    missing = [t for t in order if G.value_or_none(t) is None]
     if missing:
         notes.append(
             f"{len(missing)} value(s) were not kept by the forward pass (chainrule keeps only "
@@ -629,7 +629,8 @@ def build_ledger(
 
 
 def _safe_value(t: Any) -> np.ndarray | None:
-    return None if t.data is None else np.asarray(t.data)
+    value = G.value_or_none(t)
+    return None if value is None else np.asarray(value)
 
 
 def _term(succ: Any, parent: Any, slots: list[int], upstream: np.ndarray, product: np.ndarray,
