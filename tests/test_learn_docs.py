@@ -35,3 +35,18 @@ def test_block_runs_and_prints_what_the_page_shows(code, shown, tmp_path, monkey
         exec(compile(code, "<doc block>", "exec"), {"__name__": "__doc_block__"})
     if shown is not None:
         assert out.getvalue() == shown
+
+
+def test_the_figure_script_draws_every_picture_the_learn_page_shows(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learn_figures",
+                                                  ROOT / "tools" / "learn_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = {p.stem for p in module.draw(tmp_path)}
+    page = (ROOT / "docs/learn-backprop.md").read_text(encoding="utf-8")
+    shown = set(re.findall(r"\(img/(learn-[\w-]+)\.png\)", page))
+    assert shown and shown <= written
+    for name in shown:  # the committed pictures are there
+        assert (ROOT / "docs" / "img" / f"{name}.png").exists()

@@ -121,19 +121,14 @@ VIEWS = {"learn-mlp-layers": mlp_layers, "learn-mlp-collapsed": mlp_collapsed}
 def draw(out: Path, svg: bool = False) -> list[Path]:
     """Write every figure to ``out``; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    graphs = {}
     for name, (build, kwargs) in FIGURES.items():
         with cr.keep_values():  # every node keeps its value, so the picture shows it
             t = build()
-        g = cr.viz.graph(t, **kwargs)
-        if not cr.viz.have_dot():
-            written.append(g.save(out / f"{name}.dot"))
-            continue
-        written.append(g.render(out / f"{name}.png"))
-        if svg:
-            written.append(g.render(out / f"{name}.svg"))
-    for name, make in VIEWS.items():
-        g = make()
+        graphs[name] = cr.viz.graph(t, **kwargs)
+    graphs.update((name, make()) for name, make in VIEWS.items())
+    written = []
+    for name, g in graphs.items():
         if not cr.viz.have_dot():
             written.append(g.save(out / f"{name}.dot"))
             continue

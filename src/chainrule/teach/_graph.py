@@ -282,22 +282,12 @@ def leaf_tensor(item: GraphVertex) -> Tensor | None:
 # --------------------------------------------------------------------------
 
 
-class _Shape:
-    """A stand-in for an operand the VJP does not read, with a broadcast shape."""
-
-    __slots__ = ("shape", "dtype")
-
-    def __init__(self, shape: tuple, dtype: Any) -> None:
-        self.shape = tuple(shape)
-        self.dtype = dtype
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
+def _stand_in(shape: tuple, dtype: Any) -> Meta:
+    """The engine's stand-in for an operand a VJP does not read, with a broadcast shape."""
+    m = Meta.__new__(Meta)
+    m.shape = tuple(shape)
+    m.dtype = dtype
+    return m
 
 
 def _operands(item: GraphVertex) -> tuple[Any, list[Any]] | None:
@@ -335,7 +325,7 @@ def local_gradients(item: GraphVertex, broadcast: bool = True) -> list[np.ndarra
     if broadcast:
         try:
             arrays = [np.broadcast_to(a, shape) if isinstance(a, np.ndarray)
-                      else _Shape(np.broadcast_shapes(tuple(a.shape), shape), a.dtype)
+                      else _stand_in(np.broadcast_shapes(tuple(a.shape), shape), a.dtype)
                       for a in arrays]
         except ValueError:
             return [None] * len(parents)
@@ -471,4 +461,4 @@ def tags_of(item: GraphVertex) -> list[tuple[str, Any]]:
     return n.__dict__.get(_TAG) or [] if isinstance(n, Node) else []
 
 
-_ = (Meta, keep_values)  # re-exported for the views
+_ = keep_values  # re-exported for the views
