@@ -74,7 +74,7 @@ class Parameter(Tensor):
 
     @name.setter
     def name(self, value: str | None) -> None:
-        self.__dict__["_name"] = value
+        Tensor.name.fset(self, value)  # the same checks as any tensor's name
 
 
 # Where a parameter or module sits, for state_dict_name: each Parameter keeps
