@@ -16,7 +16,9 @@ On the 784-256-256-10 ReLU MLP at batch 128 (float32, softmax cross-entropy):
 
 Run: ``python -m bench.ledger [--reps 15] [--threads 2] [--baseline-src PATH]``.
 Times are medians of round-robin samples, each runner in its own process
-(see ``bench._env.interleaved``); compare them within one run only.
+(see ``bench._env.interleaved``); compare them within one run only. On a
+busy host, ``--instructions`` counts instructions per ``backward()`` and per
+forward pass under callgrind instead (load-independent; needs valgrind).
 """
 
 from __future__ import annotations
@@ -74,6 +76,57 @@ def make_runner(what: str, src: str | None = None, sizes: tuple = SIZES,
     return run
 
 
+_COUNTED = """
+import sys
+src, what, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if src != "-":
+    sys.path.insert(0, src)
+import numpy as np
+import chainrule as cr
+nn = cr.nn
+cr.manual_seed(0)
+model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+x = cr.tensor(np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32))
+y = np.arange(16) % 10
+loss_fn = nn.CrossEntropyLoss()
+loss = loss_fn(model(x), y)
+loss.backward(retain_graph=True)
+for _ in range(k):
+    if what == "backward":
+        loss.backward(retain_graph=True)
+    elif what == "step":
+        model.zero_grad()
+        loss_fn(model(x), y).backward()
+    else:
+        loss_fn(model(x), y)
+"""
+
+
+def instructions(src: str | None, what: str, k: int = 200) -> float:
+    """Instructions per call of ``what`` under callgrind: "step" (zero_grad, forward,
+    backward), "forward", or "backward" (again on one retained graph).
+
+    A count, not a time: the same on a busy host as on a quiet one, so two
+    source trees can be compared however loaded the machine is. A 64-32-32-10
+    ReLU MLP at batch 16 (small, because callgrind runs ~50x slower); the
+    count of a run with ``k`` calls minus that of a run with none, over ``k``.
+    """
+    import os
+    import re
+    import subprocess
+
+    def count(n: int) -> int:
+        env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1",
+               "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+             "-c", _COUNTED, src or "-", what, str(n)],
+            capture_output=True, text=True, env=env, check=True)
+        return int(re.search(r"Collected : (\d+)", proc.stderr).group(1))
+
+    return (count(k) - count(0)) / k
+
+
 def measure(reps: int = 15, settle: float = 0.25, baseline: str | None = None,
             neurons: bool = True) -> tuple[dict[str, float], dict[str, str]]:
     """Median seconds per call of each runner (and why any was skipped)."""
@@ -115,7 +168,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--settle", type=float, default=0.25)
     ap.add_argument("--baseline-src", default=None, metavar="PATH",
                     help="a chainrule src/ directory to time the step against")
+    ap.add_argument("--instructions", action="store_true",
+                    help="instead: count instructions per step, forward pass and backward() "
+                    "under callgrind (needs valgrind; with --baseline-src, for both trees)")
     args = ap.parse_args(argv)
+    if args.instructions:
+        for what in ("step", "forward", "backward"):
+            here = instructions(None, what)
+            line = f"{what}: {here:,.0f} instructions per call"
+            if args.baseline_src:
+                base = instructions(args.baseline_src, what)
+                line += f"; baseline {base:,.0f}; ratio {here / base:.4f}"
+            print(line, flush=True)
+        return
     from ._env import blas_settings, in_process, machine, pin_threads
 
     pin_threads(args.threads)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..tensor import is_keeping_values
+from ..tensor import _mode
 from . import functional as F
 from . import init
 from .module import STRUCTURE, Module, Parameter, _adopt
@@ -143,7 +143,7 @@ class Sequential(Module):
 
     def forward(self, x: Any) -> Any:
         layers = self._layers
-        if not self.fuse or is_keeping_values():
+        if not self.fuse or _mode.keep or _mode.anomaly:  # keep_values(): z^l is a node
             for layer in layers:
                 x = layer(x)
             return x
@@ -215,8 +215,8 @@ def _fusable(layer: Module, nxt: Module) -> bool:
         and ReLU.__call__ is _MODULE_CALL
         and Linear.forward is _LINEAR_FORWARD
         and ReLU.forward is _RELU_FORWARD
-        and not layer.has_forward_hooks()
-        and not nxt.has_forward_hooks()
+        and not layer._hooked
+        and not nxt._hooked
         and "forward" not in layer.__dict__
         and "forward" not in nxt.__dict__
     )

@@ -69,18 +69,48 @@ class Parameter(Tensor):
         ``self.hidden = nn.Linear(...)``. ``cr.explain`` and the drawings
         show it. None for a parameter no module holds.
         """
-        explicit = self.__dict__.get("_name")
-        return explicit if explicit is not None else state_dict_name(self)
+        d = self.__dict__
+        explicit = d.get("_name")
+        if explicit is not None:
+            return explicit
+        # cached until the structure of some module changes (STRUCTURE counts that)
+        cached = d.get("_cr_sd_name")
+        if cached is None or cached[0] != STRUCTURE[0]:
+            cached = d["_cr_sd_name"] = (STRUCTURE[0], state_dict_name(self))
+        return cached[1]
 
     @name.setter
     def name(self, value: str | None) -> None:
         Tensor.name.fset(self, value)  # the same checks as any tensor's name
 
 
-# Where a parameter or module sits, for state_dict_name: each Parameter keeps
-# a weak reference to the module that holds it, each Module one to its parent
-# (set by Module.__setattr__; weak, so that nothing is kept alive by it).
-_OWNER = "_cr_owner"
+# Where a parameter or module sits, for state_dict_name: the module that holds
+# each Parameter or Module (set by Module.__setattr__). Kept in a table of
+# weak references rather than in the modules' own attributes, so that walking
+# a module's attributes (parameters(), state_dict()) costs nothing more.
+_OWNERS: dict[int, tuple[weakref.ref, weakref.ref]] = {}
+
+
+def _set_owner(child: Any, holder: Module) -> None:
+    k = id(child)
+    entry = _OWNERS.get(k)
+    if entry is not None and entry[0]() is child:
+        _OWNERS[k] = (entry[0], weakref.ref(holder))
+        return
+
+    def forget(_: Any, k: int = k) -> None:
+        e = _OWNERS.get(k)
+        if e is not None and e[0]() is None:
+            del _OWNERS[k]
+
+    _OWNERS[k] = (weakref.ref(child, forget), weakref.ref(holder))
+
+
+def _owner(child: Any) -> Module | None:
+    entry = _OWNERS.get(id(child))
+    if entry is None or entry[0]() is not child:
+        return None
+    return entry[1]()
 
 
 def _adopt(module: Module, value: Any) -> None:
@@ -89,7 +119,7 @@ def _adopt(module: Module, value: Any) -> None:
         value if isinstance(value, (list, tuple)) else (value,))
     for v in items:
         if isinstance(v, (Parameter, Module)):
-            v.__dict__[_OWNER] = weakref.ref(module)
+            _set_owner(v, module)
 
 
 def _key_in(holder: Module, member: Any) -> str | None:
@@ -113,8 +143,7 @@ def state_dict_name(t: Any) -> str | None:
     seen: set[int] = set()
     node = t
     while True:
-        ref = node.__dict__.get(_OWNER)
-        holder = ref() if ref is not None else None
+        holder = _owner(node)
         if holder is None or id(holder) in seen:
             break
         seen.add(id(holder))
@@ -139,12 +168,19 @@ class _Hook:
 class _ModuleHookHandle(RemovableHandle):
     """Removing a module hook changes what a call of the module does: cr.compile recaptures."""
 
-    __slots__ = ()
+    __slots__ = ("_module",)
+
+    def __init__(self, hooks: list, fn: Any, module: Module) -> None:
+        super().__init__(hooks, fn)
+        self._module = weakref.ref(module)
 
     def remove(self) -> None:
         if self._fn in self._hooks:
             self._hooks.remove(self._fn)
             STRUCTURE[0] += 1
+            m = self._module()
+            if m is not None:
+                m.__dict__["_hooked"] = bool(m._forward_pre_hooks or m._forward_hooks)
 
     __call__ = remove
 
@@ -193,6 +229,7 @@ class Module:
     # instance gets its own list on the first registration
     _forward_hooks: list[_Hook] | None = None
     _forward_pre_hooks: list[_Hook] | None = None
+    _hooked = False  # some forward (pre-)hook is registered: one check per call
 
     def __init__(self) -> None:
         self.training = True
@@ -218,7 +255,7 @@ class Module:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _mode.tracer is not None:  # cr.compile notes the mode the step ran in
             _mode.tracer.module(self)
-        if self._forward_pre_hooks or self._forward_hooks:
+        if self._hooked:
             return self._call_with_hooks(args, kwargs)
         return self.forward(*args, **kwargs)
 
@@ -252,8 +289,9 @@ class Module:
             hooks = self.__dict__[attr] = []
         entry = _Hook(hook, with_kwargs)
         hooks.insert(0, entry) if prepend else hooks.append(entry)
+        self.__dict__["_hooked"] = True
         STRUCTURE[0] += 1  # a step cr.compile captured without this hook must be captured again
-        return _ModuleHookHandle(hooks, entry)
+        return _ModuleHookHandle(hooks, entry, self)
 
     def register_forward_pre_hook(
         self, hook: Callable, *, prepend: bool = False, with_kwargs: bool = False
@@ -295,7 +333,7 @@ class Module:
 
     def has_forward_hooks(self) -> bool:
         """True when a forward hook or pre-hook is registered on this module."""
-        return bool(self._forward_pre_hooks or self._forward_hooks)
+        return self._hooked
 
     # ----- walking the attributes -----------------------------------------
 
