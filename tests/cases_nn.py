@@ -18,6 +18,7 @@ from chainrule.tensor import Tensor
 Case = tuple[str, Callable[[np.random.Generator], list[np.ndarray]], Callable[..., Tensor]]
 
 LABELS = np.array([0, 2, 1, 2])
+CLASS_WEIGHT = np.array([0.5, 2.0, 1.0])
 
 
 def _probs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -86,5 +87,47 @@ CASES: dict[str, list[Case]] = {
          lambda x, y: F.mse_loss(x, y, reduction="sum")),
         ("none", lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((2, 3))],
          lambda x, y: F.mse_loss(x, y, reduction="none")),
+    ],
+    "cross_entropy_weighted": [
+        ("mean", lambda rng: [rng.standard_normal((4, 3))],
+         lambda x: F.cross_entropy(x, LABELS, weight=CLASS_WEIGHT)),
+        ("sum", lambda rng: [rng.standard_normal((4, 3))],
+         lambda x: F.cross_entropy(x, LABELS, reduction="sum", weight=CLASS_WEIGHT)),
+        ("none-smoothing", lambda rng: [rng.standard_normal((4, 3))],
+         lambda x: F.cross_entropy(x, LABELS, reduction="none", weight=CLASS_WEIGHT,
+                                   label_smoothing=0.2)),
+        ("mean-smoothing", lambda rng: [rng.standard_normal((4, 3))],
+         lambda x: F.cross_entropy(x, LABELS, weight=CLASS_WEIGHT, label_smoothing=0.1)),
+    ],
+    "l1_loss": [
+        ("mean", lambda rng: [rng.standard_normal((3, 4)), rng.standard_normal((3, 4))],
+         lambda x, y: F.l1_loss(x, y)),
+        ("sum", lambda rng: [rng.standard_normal(5), rng.standard_normal(5)],
+         lambda x, y: F.l1_loss(x, y, reduction="sum")),
+        ("none", lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((2, 3))],
+         lambda x, y: F.l1_loss(x, y, reduction="none")),
+    ],
+    "huber_loss": [
+        ("mean", lambda rng: [2 * rng.standard_normal((3, 4)), rng.standard_normal((3, 4))],
+         lambda x, y: F.huber_loss(x, y)),
+        ("sum-delta", lambda rng: [2 * rng.standard_normal(6), rng.standard_normal(6)],
+         lambda x, y: F.huber_loss(x, y, reduction="sum", delta=0.5)),
+        ("none", lambda rng: [2 * rng.standard_normal((2, 3)), rng.standard_normal((2, 3))],
+         lambda x, y: F.huber_loss(x, y, reduction="none", delta=1.5)),
+        ("smooth-l1", lambda rng: [2 * rng.standard_normal((3, 4)), rng.standard_normal((3, 4))],
+         lambda x, y: F.smooth_l1_loss(x, y, beta=0.7)),
+    ],
+    "normalize": [
+        ("layer-norm", lambda rng: [rng.standard_normal((3, 5))],
+         lambda x: F.layer_norm(x, 5)),
+        ("layer-norm-2d-affine", lambda rng: [rng.standard_normal((2, 3, 4)),
+                                              rng.standard_normal((3, 4)),
+                                              rng.standard_normal((3, 4))],
+         lambda x, w, b: F.layer_norm(x, (3, 4), w, b)),
+        ("batch-norm", lambda rng: [rng.standard_normal((6, 3)), rng.standard_normal(3),
+                                    rng.standard_normal(3)],
+         lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True)),
+        ("batch-norm-3d", lambda rng: [rng.standard_normal((4, 2, 3))],
+         lambda x: F.batch_norm(x, None, None, training=True)),
     ],
 }

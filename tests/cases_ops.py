@@ -105,6 +105,15 @@ CASES: dict[str, list[Case]] = {
     "leaky_relu": unary_cases(lambda x: cr.leaky_relu(x, 0.1), away_from_zero),
     "softplus": unary_cases(cr.softplus)
     + [("large", lambda rng: [rng.uniform(-30, 30, (6,))], cr.softplus)],
+    "ndtr": unary_cases(ops.ndtr)
+    + [("tails", lambda rng: [np.array([-8.0, -3.0, -1.9, 2.1, 5.0])], ops.ndtr)],
+    "gelu": unary_cases(ops.gelu)
+    + unary_cases(lambda x: ops.gelu(x, approximate="tanh"), shapes=[(3, 4)])
+    + [("tails", lambda rng: [np.array([-6.0, -2.5, 2.5, 6.0])], ops.gelu)],
+    "silu": unary_cases(ops.silu)
+    + [("large", lambda rng: [rng.uniform(-30, 30, (6,))], ops.silu)],
+    "elu": unary_cases(ops.elu, away_from_zero)
+    + unary_cases(lambda x: ops.elu(x, alpha=0.5), away_from_zero, shapes=[(3, 4)]),
     "clip": [
         ("both", lambda rng: [np.array([-2.0, -0.5, 0.3, 0.7, 1.5])], lambda x: cr.clip(x, -1, 1)),
         ("min only", ins(away_from_zero((3, 4))), lambda x: cr.clip(x, min=0.0)),

@@ -200,6 +200,9 @@ EXPECTED_SAVES = {
     "cross_entropy": ((0,), False), "cross_entropy_probs": ((0, 1), False),
     "nll_loss": ((), False), "binary_cross_entropy_with_logits": ((0, 1), False),
     "binary_cross_entropy": ((0, 1), False), "mse_loss": ((0, 1), False),
+    "ndtr": ((0,), False), "gelu": ((0,), False), "silu": ((0,), False), "elu": ((), True),
+    "normalize": ((0,), True), "cross_entropy_weighted": ((0,), False),
+    "l1_loss": ((0, 1), False), "huber_loss": ((0, 1), False),
 }
 
 
@@ -210,6 +213,7 @@ def test_every_rule_declares_what_it_saves():
         rule = cr.RULES[name]
         n = 1 + max((*slots, 0, 1 if name in ("add", "sub", "mul", "div", "pow", "where",
                                                "maximum", "minimum", "matmul", "mse_loss",
+                                               "l1_loss", "huber_loss",
                                                "linear_nobias", "cross_entropy_probs",
                                                "binary_cross_entropy",
                                                "binary_cross_entropy_with_logits") else 0,

@@ -290,3 +290,196 @@ def test_missing_sklearn_gives_install_hint():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert 'pip install "chainrule[sklearn]"' in out.stdout
+
+
+# --------------------------------------------------------------------------
+# Cases ported from scikit-learn's sklearn/neural_network/tests/test_mlp.py
+# (rewritten for chainrule's estimators), and the issue's regressions
+# --------------------------------------------------------------------------
+
+X_TINY, Y_TINY = [[3, 2], [1, 6]], [1, 0]
+
+
+@pytest.fixture(scope="module")
+def digits_binary():
+    X, y = load_digits(n_class=2, return_X_y=True)
+    return X[:100] / 16.0, y[:100]
+
+
+@pytest.fixture(scope="module")
+def iris():
+    from sklearn.datasets import load_iris
+
+    return load_iris(return_X_y=True)
+
+
+def test_partial_fit_labels_outside_classes_raise():
+    # the issue's regression: labels not in `classes` were silently encoded as no class
+    clf = MLPClassifier(solver="sgd", random_state=0)
+    with pytest.raises(ValueError, match="classes not in"):
+        clf.partial_fit(X_TINY, Y_TINY, classes=[2])
+    clf.partial_fit([[3, 2]], [0], classes=[0, 1])
+    with pytest.raises(ValueError):
+        clf.partial_fit([[3, 2]], [0], classes=[1, 2])
+    with pytest.raises(ValueError, match="classes not in"):
+        clf.partial_fit([[3, 2]], [5])
+
+
+def test_partial_fit_unseen_classes_listed_in_classes():
+    clf = MLPClassifier(random_state=0)
+    clf.partial_fit([[1], [2], [3]], ["a", "b", "c"], classes=["a", "b", "c", "d"])
+    clf.partial_fit([[4]], ["d"])
+    assert clf.score([[1], [2], [3], [4]], ["a", "b", "c", "d"]) > 0
+
+
+def test_partial_fit_equals_fit_for_sgd(digits_binary):
+    X, y = digits_binary
+    fitted = _quiet(MLPClassifier(solver="sgd", max_iter=20, random_state=1, tol=0,
+                                  alpha=1e-5, learning_rate_init=0.2).fit, X, y)
+    inc = MLPClassifier(solver="sgd", random_state=1, alpha=1e-5, learning_rate_init=0.2)
+    for _ in range(20):
+        inc.partial_fit(X, y, classes=np.unique(y))
+    np.testing.assert_array_equal(fitted.predict(X), inc.predict(X))
+    assert inc.score(X, y) > 0.95
+
+
+def test_n_iter_no_change_counts_and_inf(digits_binary):
+    X, y = digits_binary
+    for n in (2, 5):
+        clf = MLPClassifier(tol=0.01, max_iter=3000, solver="sgd", n_iter_no_change=n,
+                            random_state=0).fit(X, y)
+        assert clf._no_improvement_count == n + 1 and clf.n_iter_ < 3000
+    # np.inf is accepted (the issue's regression) and never stops training
+    clf = _quiet(MLPClassifier(tol=1e9, max_iter=60, solver="sgd", n_iter_no_change=np.inf,
+                               random_state=0).fit, X, y)
+    assert clf.n_iter_ == 60
+    assert clf._no_improvement_count == clf.n_iter_ - 1
+
+
+def test_diverging_fit_with_early_stopping_records_nan_and_stops(iris):
+    # the issue's regression: this raised "Input contains NaN" from r2_score
+    X, y = iris
+    mlp = MLPRegressor(hidden_layer_sizes=100, activation="identity", solver="sgd",
+                       learning_rate_init=1, max_iter=20, early_stopping=True,
+                       n_iter_no_change=10, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp.fit(X, y)
+    last = mlp.validation_scores_[-1]
+    assert isinstance(last, float) and np.isnan(last)
+    assert mlp.n_iter_ < 20  # it stopped at the divergence
+    assert all(np.isfinite(c).all() for c in mlp.coefs_)  # the best weights are kept
+    assert np.isfinite(mlp.predict(X)).all()
+
+
+def test_nonfinite_weights_raise():
+    rng = np.random.RandomState(0)
+    X = np.finfo(np.float64).max * rng.uniform(size=(10, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="non-finite parameter weights"):
+            MLPRegressor().fit(X, rng.standard_normal(10))
+
+
+def test_shuffle_changes_training_only_when_on():
+    X, y = make_regression(n_samples=50, n_features=5, random_state=0)
+
+    def coefs(shuffle):
+        m = MLPRegressor(hidden_layer_sizes=1, max_iter=1, batch_size=1, random_state=0,
+                         shuffle=shuffle)
+        return _quiet(m.fit, X, y).coefs_[0]
+
+    np.testing.assert_array_equal(coefs(True), coefs(True))
+    np.testing.assert_array_equal(coefs(False), coefs(False))
+    assert not np.array_equal(coefs(True), coefs(False))
+
+
+def test_tolerance_adaptive_rate_and_verbose(capsys):
+    clf = MLPClassifier(tol=0.5, max_iter=3000, solver="sgd").fit(X_TINY, Y_TINY)
+    assert clf.n_iter_ < clf.max_iter
+    clf = MLPClassifier(tol=0.5, max_iter=3000, solver="sgd", learning_rate="adaptive",
+                        random_state=0).fit(X_TINY, Y_TINY)
+    assert clf.n_iter_ < clf.max_iter and clf._lr < 1e-6
+    clf = MLPClassifier(solver="sgd", max_iter=2, verbose=10, hidden_layer_sizes=2)
+    _quiet(clf.fit, X_TINY, Y_TINY)
+    clf.partial_fit(X_TINY, Y_TINY)
+    assert "Iteration" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_early_stopping_rules(Estimator, digits_binary, iris):
+    X, y = digits_binary
+    est = Estimator(tol=0.2, max_iter=3000, solver="sgd", early_stopping=True,
+                    random_state=0).fit(X, y)
+    assert est.n_iter_ < est.max_iter and est.best_loss_ is None
+    assert max(est.validation_scores_) == est.best_validation_score_
+    assert est.best_validation_score_ + 0.2 > est.validation_scores_[-1]
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
+        est.partial_fit(X, y)
+    # warm start keeps recording validation scores
+    Xi, yi = iris
+    warm = Estimator(max_iter=5, random_state=0, warm_start=True, early_stopping=True)
+    _quiet(warm.fit, Xi, yi)
+    warm.set_params(max_iter=8)
+    _quiet(warm.fit, Xi, yi)
+    assert len(warm.validation_scores_) == 13
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_warm_start_runs_max_iter_each_fit(Estimator, iris):
+    X, y = iris
+    model = Estimator(warm_start=True, max_iter=10, n_iter_no_change=np.inf, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        model.fit(X, y)
+    assert model.n_iter_ == 10
+    model.set_params(max_iter=20)
+    with pytest.warns(ConvergenceWarning):
+        model.fit(X, y)
+    assert model.n_iter_ == 20
+
+
+def test_small_validation_set_and_string_labels_with_early_stopping():
+    from sklearn.datasets import make_classification
+
+    X, y = make_regression(n_samples=2, n_features=5, random_state=0)
+    with pytest.raises(ValueError, match="The validation set is too small"):
+        MLPRegressor(early_stopping=True, random_state=0).fit(X, y)
+    X, y = make_classification(n_samples=200, n_features=10, n_classes=3, n_informative=5,
+                               random_state=42)
+    y = np.array(["class_a", "class_b", "class_c"], dtype=object)[y]
+    mlp = _quiet(MLPClassifier(early_stopping=True, max_iter=50, random_state=42).fit, X, y)
+    assert len(mlp.validation_scores_) == mlp.n_iter_
+    assert np.isfinite(mlp.validation_scores_).all()
+
+
+def test_estimators_train_through_cr_fit_compiled(digits, monkeypatch):
+    """The estimators run chainrule.fit (and its cr.compile replay), not a loop of their own."""
+    import chainrule.training.loop as loop
+
+    steps = []
+    real = loop._maybe_compile
+
+    def spy(step, compile, model, loss_fn):
+        steps.append(real(step, compile, model, loss_fn))
+        return steps[-1]
+
+    monkeypatch.setattr(loop, "_maybe_compile", spy)
+    X_tr, _, y_tr, _ = digits
+    _quiet(MLPClassifier(max_iter=3, random_state=0).fit, X_tr, y_tr)
+    assert steps and steps[-1].stats["replayed"] > 0 and steps[-1].unsupported is None
+
+
+def test_estimator_save_load_predictor(digits, tmp_path):
+    X_tr, X_te, y_tr, _ = digits
+    names = np.array([f"digit-{k}" for k in range(10)], dtype=object)
+    clf = _quiet(MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, random_state=0).fit,
+                 X_tr, names[y_tr])
+    path = clf.save(tmp_path / "clf.safetensors")
+    pred = cr.load_predictor(path)
+    np.testing.assert_array_equal(pred.predict(X_te), clf.predict(X_te))
+    np.testing.assert_allclose(pred.predict_proba(X_te), clf.predict_proba(X_te), atol=1e-6)
+    reg = _quiet(MLPRegressor(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit,
+                 X_tr, y_tr.astype(float))
+    pred = cr.load_predictor(reg.save(tmp_path / "reg.safetensors"))
+    np.testing.assert_allclose(pred.predict(X_te), reg.predict(X_te), rtol=1e-5)

@@ -100,6 +100,7 @@ from .ops import (
     where,
 )
 from .random import manual_seed
+from .spec import ModelSpec, Predictor, SpecError, load_predictor
 from .tensor import (
     AnomalyError,
     GraphReleasedError,
@@ -123,10 +124,10 @@ float64 = _np.float64
 
 
 def __getattr__(name: str) -> object:
-    # cr.sklearn is imported on first use only: scikit-learn is an optional
-    # dependency, and `import chainrule` must not pay for (or need) it.
-    if name == "sklearn":
+    # cr.sklearn and cr.onnx are imported on first use only: scikit-learn and
+    # onnx are optional dependencies, and `import chainrule` must not pay for them.
+    if name in ("sklearn", "onnx"):
         import importlib
 
-        return importlib.import_module(".sklearn", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'chainrule' has no attribute {name!r}")

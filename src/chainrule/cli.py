@@ -3,14 +3,16 @@
 ::
 
     chainrule train                       # the bundled digits, 25 % held-out test split
-    chainrule train data.csv --target species --hidden 32 --epochs 100
-    chainrule evaluate runs/digits/model.safetensors digits
+    chainrule train data.csv --target species --categorical city --impute median
+    chainrule evaluate runs/digits/model.safetensors      # its held-out test split
     chainrule predict runs/iris/model.safetensors new.csv --out predictions.csv
+    chainrule export runs/iris/model.safetensors --onnx iris.onnx
     chainrule explain "0.5*(sigmoid(w*x+b)-y)**2" w=0.5 x=1 b=0 y=1
 
-Everything a later ``evaluate`` / ``predict`` needs is stored in the checkpoint
-itself (``cr.save`` metadata): the architecture, the class names, the feature
-names, the input standardisation and how the test split was drawn.
+Everything a later ``evaluate`` / ``predict`` / ``export`` needs is stored in the
+checkpoint itself: the model spec (:mod:`chainrule.spec`: architecture,
+preprocessing with its fitted statistics and categories, class names,
+training settings) and how the test split was drawn.
 
 Errors in arguments or files end the program with one line on stderr,
 ``chainrule: error: ...``, and exit status 2 (1 for anything unexpected);
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -36,11 +39,9 @@ __all__ = ["main", "build_parser", "CLIError"]
 PROG = "chainrule"
 DIGITS = "digits"
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-LOSSES = ("cross_entropy", "mse")
-# Default step sizes: Adam-style methods normalise the step, SGD does not.
-DEFAULT_LR = {"adam": 2e-3, "adamw": 2e-3, "rmsprop": 1e-3, "sgd": 0.05}
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "gelu", "silu", "elu")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
+LOSSES = ("cross_entropy", "mse", "l1", "huber")
 
 
 class CLIError(Exception):
@@ -97,21 +98,23 @@ def _float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = True)
     return parse
 
 
-def _hidden(text: str) -> list[int]:
-    """``"128,64"`` -> [128, 64]; ``""`` or ``"none"`` -> [] (no hidden layer)."""
-    if text.strip().lower() in ("", "none", "0"):
-        return []
-    sizes = []
-    for part in text.split(","):
-        try:
-            v = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated layer sizes such as 128,64, got {text!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got {text!r}")
-        sizes.append(v)
-    return sizes
+def _hidden(text: str) -> Any:
+    """``"128,64"``, ``"64:bn:gelu,32"``, ``"none"`` or ``"auto"`` (checked here,
+    expanded by :func:`chainrule.spec.parse_hidden` once the activation is known)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    from .spec import SpecError, parse_hidden
+
+    try:
+        parse_hidden(text)
+    except SpecError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    return text
+
+
+def _fraction_or_zero(text: str) -> float:
+    v = _float_in(0, 1)(text)
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,13 +155,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "classes, other numbers are regression (default: auto)")
     g.add_argument("--test-size", type=_float_in(0, 1, lo_open=True), default=0.25,
                    help="held-out test fraction for digits and CSV (default: 0.25)")
+    g.add_argument("--delimiter", default=None, metavar="CHAR",
+                   help="CSV field delimiter (default: detected among , ; TAB |)")
+    g.add_argument("--categorical", default="auto", metavar="COLS",
+                   help="comma-separated categorical columns (default: auto, every column "
+                        "whose cells are all text)")
+    g.add_argument("--encoding", choices=("onehot", "embed"), default="onehot",
+                   help="categorical columns as one-hot columns, or as codes feeding an "
+                        "nn.Embedding per column (default: onehot)")
+    g.add_argument("--embed-dim", type=_positive_int, default=None, metavar="D",
+                   help="embedding width per categorical column with --encoding embed "
+                        "(default: min(16, (categories + 1) // 2))")
+    g.add_argument("--impute", choices=("error", "mean", "median", "most-frequent"),
+                   default="error",
+                   help="missing cells: refuse them (default), or fill numeric columns with "
+                        "the training mean/median/most frequent value (categorical columns "
+                        "take their most frequent category)")
+    g.add_argument("--unseen", choices=("error", "ignore", "most-frequent"), default="error",
+                   help="a category at predict time that training never saw: refuse it "
+                        "(default), encode it as no category, or as the most frequent one")
     g.add_argument("--no-standardize", dest="standardize", action="store_false",
-                   help="feed the features as they are (default: scale each to mean 0, std 1 "
-                        "using training-set statistics)")
+                   help="feed numeric features as they are (default: scale each to mean 0, "
+                        "std 1 using training-set statistics)")
     g = tr.add_argument_group("model")
-    g.add_argument("--hidden", type=_hidden, default=[128, 64], metavar="SIZES",
-                   help="hidden layer sizes, comma-separated; 'none' for no hidden layer "
-                        "(default: 128,64)")
+    g.add_argument("--hidden", type=_hidden, default="auto", metavar="SPEC",
+                   help="hidden layers, comma-separated WIDTH[:OPTION...]; options: an "
+                        "activation, bn (BatchNorm1d), ln (LayerNorm), dropP; 'none' for no "
+                        "hidden layer (default: auto, two layers scaled to the table: "
+                        "16-8 up to 128-64)")
     g.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                    help="hidden-layer activation (default: relu)")
     g.add_argument("--dropout", type=_float_in(0, 1), default=0.0,
@@ -167,29 +191,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loss", choices=LOSSES, default=None,
                    help="classification: cross_entropy (softmax + log-loss, default) or mse "
                         "(squared error between softmax output and one-hot target); "
-                        "regression always uses mse")
+                        "regression: mse (default), l1 or huber")
+    g.add_argument("--class-weight", choices=("none", "balanced"), default="none",
+                   help="balanced: weight each class by n / (classes x its count) in the "
+                        "cross-entropy, for imbalanced classes (default: none)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
                    help="default: adam")
     g.add_argument("--lr", type=_float_in(0, math.inf, lo_open=True), default=None,
-                   help="learning rate (default: 2e-3 for adam/adamw, 1e-3 rmsprop, 0.05 sgd)")
+                   help="learning rate (default: 2e-3 for adam/adamw, 1e-3 rmsprop, "
+                        "0.05 sgd/adagrad)")
     g.add_argument("--momentum", type=_float_in(0, 1), default=0.0,
                    help="SGD/RMSprop momentum (default: 0)")
-    g.add_argument("--weight-decay", type=_float_in(0, math.inf), default=0.0,
+    g.add_argument("--weight-decay", type=_float_in(0, math.inf), default=None,
                    help="L2 weight decay (default: 0; 0.01 for adamw)")
     g.add_argument("--batch-size", type=_nonneg_int, default=32,
                    help="mini-batch size; 0 = the whole training set (plain gradient "
                         "descent) (default: 32)")
-    g.add_argument("--epochs", type=_positive_int, default=40,
-                   help="maximum number of epochs (default: 40)")
+    g.add_argument("--epochs", type=_positive_int, default=200,
+                   help="maximum number of epochs (default: 200; early stopping usually "
+                        "ends training well before)")
     g.add_argument("--tol", type=_float_in(0, math.inf, lo_open=True), default=None,
                    help="stop when one step moves the weights by less than TOL "
                         "(||w_new - w_old||_2 < TOL)")
-    g.add_argument("--patience", type=_positive_int, default=None,
-                   help="hold out --val-size of the training data and stop after PATIENCE "
-                        "epochs without a better validation loss (best weights kept)")
-    g.add_argument("--val-size", type=_float_in(0, 1, lo_open=True), default=0.1,
-                   help="validation fraction of the training data, with --patience "
-                        "(default: 0.1)")
+    g.add_argument("--val-size", type=_fraction_or_zero, default=0.15,
+                   help="validation fraction held out of the training data, evaluated every "
+                        "epoch and used for early stopping; 0 trains on all of it (default: "
+                        "0.15)")
+    g.add_argument("--patience", type=_nonneg_int, default=20,
+                   help="stop after PATIENCE epochs without a better validation loss and "
+                        "restore the best epoch's weights; 0 = never stop early (default: 20)")
     g = tr.add_argument_group("run")
     g.add_argument("--seed", type=_nonneg_int, default=0,
                    help="seeds the split, the initial weights, dropout and shuffling "
@@ -211,16 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "evaluate",
         help="accuracy and loss of a saved model on a dataset",
-        description="Evaluate a model written by 'chainrule train'. For 'digits' the test "
-        "split is redrawn exactly as at training time; an MNIST directory uses its t10k "
-        "files; a CSV file is evaluated whole.",
+        description="Evaluate a model written by 'chainrule train'. Without DATA, the test "
+        "split held out at training time is redrawn (digits, CSV: verified against the "
+        "checkpoint) and only those rows are scored; an MNIST directory uses its t10k files; "
+        "a DATA file given explicitly is scored whole.",
     )
     ev.add_argument("model", metavar="MODEL", help="model.safetensors from 'chainrule train'")
     ev.add_argument("data", metavar="DATA", nargs="?", default=None,
-                    help="'digits', an MNIST directory or a CSV file (default: the data the "
-                         "model was trained on)")
+                    help="'digits', an MNIST directory or a CSV file (default: the held-out "
+                         "test rows of the data the model was trained on)")
     ev.add_argument("--target", default=None, metavar="COL",
                     help="CSV target column (default: the one used for training)")
+    ev.add_argument("--delimiter", default=None, metavar="CHAR",
+                    help="CSV field delimiter (default: detected)")
     ev.set_defaults(func=cmd_evaluate)
 
     # -- predict -----------------------------------------------------------
@@ -228,9 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="predict labels (or values) for the rows of a CSV file",
         description="Predict with a model written by 'chainrule train'. The CSV needs the "
-        "training features (by header name, or in training order without a header); a "
-        "target column, if present, is ignored. Class predictions use the original class "
-        "names.",
+        "training columns (by header name, any order; strings for categorical columns), "
+        "or, without a header, the training columns in training order; other columns such "
+        "as the target are ignored. The stored preprocessing is applied; class predictions "
+        "use the original class names.",
     )
     pr.add_argument("model", metavar="MODEL", help="model.safetensors from 'chainrule train'")
     pr.add_argument("csv", metavar="CSV", help="rows to predict")
@@ -238,7 +272,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write a CSV with a 'prediction' column (default: print to stdout)")
     pr.add_argument("--proba", action="store_true",
                     help="also write one probability column per class")
+    pr.add_argument("--delimiter", default=None, metavar="CHAR",
+                    help="CSV field delimiter (default: detected)")
     pr.set_defaults(func=cmd_predict)
+
+    # -- export ------------------------------------------------------------
+    ex = sub.add_parser(
+        "export",
+        help="export a saved model to ONNX",
+        description="Write an ONNX model with a dynamic batch dimension: the network, the "
+        "stored standardisation as ONNX nodes (input: the numeric feature columns after "
+        "categorical encoding, see docs/onnx.md), class names in the metadata. Needs "
+        "pip install \"chainrule[onnx]\".",
+    )
+    ex.add_argument("model", metavar="MODEL", help="model.safetensors from 'chainrule train'")
+    ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    ex.add_argument("--opset", type=_positive_int, default=17,
+                    help="ONNX opset version, 13 to 21 (default: 17)")
+    ex.add_argument("--no-verify", dest="verify", action="store_false",
+                    help="do not compare onnxruntime's outputs with chainrule's")
+    ex.set_defaults(func=cmd_export)
 
     # -- explain (owned by chainrule.cli_explain) ---------------------------
     try:
@@ -257,20 +310,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class Dataset:
-    """Arrays ready for training, and what must be remembered to use the model later."""
+    """The rows to train and test on, and what must be remembered to use the model later.
+
+    ``features`` holds every row's raw features (a DataFrame for CSV files, an
+    array for digits/MNIST); ``train_idx`` / ``test_idx`` pick the rows of each
+    side (MNIST brings its own test files in ``test_features``).
+    """
 
     name: str
     kind: str  # "digits", "mnist" or "csv"
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
+    features: Any
+    y: np.ndarray  # class indices or float values, one per row of features
+    train_idx: np.ndarray
+    test_idx: np.ndarray
     task: str  # "classification" or "regression"
     classes: list[Any] | None
     feature_names: list[str] | None = None
     target: str | None = None
     split: dict[str, Any] | None = None
+    test_features: Any = None
+    test_y: np.ndarray | None = None
+    source: str = ""
     notes: list[str] = field(default_factory=list)
+
+    def rows(self, features: Any, idx: np.ndarray | None) -> Any:
+        if idx is None:
+            return features
+        return features.iloc[idx] if hasattr(features, "iloc") else features[idx]
+
+    @property
+    def n_test(self) -> int:
+        return len(self.test_y) if self.test_y is not None else len(self.test_idx)
 
 
 def _describe_path(text: str) -> str:
@@ -287,33 +357,26 @@ def _target_arg(text: str | None) -> int | str:
         return text
 
 
-def _split(X: np.ndarray, y: np.ndarray, test_size: float, seed: int, stratify: bool
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _split_indices(y: np.ndarray, test_size: float, seed: int, stratify: bool
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row indices; the same arguments always give the same split."""
     from .data import train_test_split
 
-    return train_test_split(X, y, test_size=test_size, seed=seed,
-                            stratify=y if stratify else None)
+    idx = np.arange(len(y))
+    strat = None
+    if stratify:
+        counts = np.bincount(y.astype(np.int64))
+        if counts[counts > 0].min(initial=2) >= 2:
+            strat = y  # a class with one sample cannot be on both sides
+    tr, te, _, _ = train_test_split(idx, idx, test_size=test_size, seed=seed, stratify=strat)
+    return tr, te
 
 
-def _csv_table(path: Path, target: str | None, task: str) -> Any:
-    """load_csv, then decide between classes and regression (see --task)."""
-    from .data import load_csv
-
-    tgt = _target_arg(target)
-    table = load_csv(path, target=tgt, classification=True if task == "classify" else None)
-    if task == "regress":
-        if table.classes is not None:
-            raise CLIError(f"{path}: target {table.target_name!r} is not numeric; "
-                           "it cannot be regressed (use --task classify)")
-        return table, "regression"
-    if table.classes is not None:
-        return table, "classification"
-    # A numeric target: a handful of whole numbers is almost always a label column.
-    values = np.unique(table.y)
-    if task == "auto" and values.size <= 20 and np.all(values == np.round(values)):
-        table = load_csv(path, target=tgt, classification=True)
-        return table, "classification"
-    return table, "regression"
+def _label_key(v: Any) -> str:
+    # labels round-trip through JSON, so compare them by their text (1 and 1.0 alike)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        v = int(v)
+    return str(v).strip()
 
 
 def _check_mnist_dir(path: Path) -> None:
@@ -324,17 +387,84 @@ def _check_mnist_dir(path: Path) -> None:
                        "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])")
 
 
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _csv_target(path: Path, df: Any, target: str | None, task: str
+                ) -> tuple[str, np.ndarray, list[Any] | None, str]:
+    """(target name, y, classes, task) from the table (see --task)."""
+    import pandas as pd
+
+    from .data.tables import locate
+
+    names = [str(c) for c in df.columns]
+    if len(names) < 2:
+        raise CLIError(f"{path}: found {len(names)} column; need at least one feature column "
+                       "and the target (if the file uses another delimiter, pass --delimiter)")
+    tgt = _target_arg(target)
+    if isinstance(tgt, str):
+        if tgt not in names:
+            raise CLIError(f"{path}: no column named {tgt!r}; columns: {names}")
+        tname = tgt
+    else:
+        if not -len(names) <= tgt < len(names):
+            raise CLIError(f"{path}: target index {tgt} is out of range for {len(names)} "
+                           "columns")
+        tname = names[tgt]
+    col = df[tname]
+    miss = np.asarray(col.isna())
+    if miss.any():
+        r = int(np.flatnonzero(miss)[0])
+        raise CLIError(f"{locate(df, r, tname)}: empty target cell (rows without a target "
+                       "cannot be trained on; remove them)")
+    raw = col.to_numpy()
+    num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    numeric = not np.isnan(num).any() and np.isfinite(num).all()
+    if task == "regress":
+        if not numeric:
+            raise CLIError(f"{path}: target {tname!r} is not numeric; it cannot be regressed "
+                           "(use --task classify)")
+        return tname, num, None, "regression"
+    if numeric:
+        values = np.unique(num)
+        if task == "classify" or (values.size <= 20 and np.all(values == np.round(values))):
+            classes: list[Any] = [int(v) if float(v).is_integer() else float(v) for v in values]
+            index = {_label_key(c): k for k, c in enumerate(classes)}
+            y = np.array([index[_label_key(v)] for v in num], dtype=np.int64)
+            return tname, y, classes, "classification"
+        return tname, num, None, "regression"
+    labels = [str(v).strip() for v in raw]
+    classes = sorted(set(labels))
+    index = {c: k for k, c in enumerate(classes)}
+    return tname, np.array([index[c] for c in labels], dtype=np.int64), classes, \
+        "classification"
+
+
+def _read_csv(path: Path, delimiter: str | None, target: str | None) -> Any:
+    from .data import read_table
+
+    return read_table(path, delimiter=delimiter,
+                      prefer_header=isinstance(_target_arg(target), str))
+
+
 def load_training_data(args: argparse.Namespace) -> Dataset:
-    """DATA -> train/test arrays (digits and CSV: a seeded split; MNIST: its own files)."""
+    """DATA -> all rows, with seeded train/test row indices (MNIST: its own files)."""
     text = args.data
+    split = {"test_size": args.test_size, "seed": args.seed}
     if text == DIGITS:
         from .data import load_digits
 
         X, y = load_digits()
-        Xtr, Xte, ytr, yte = _split(X, y, args.test_size, args.seed, stratify=True)
-        return Dataset(DIGITS, "digits", Xtr, ytr, Xte, yte, "classification",
-                       list(range(10)),
-                       split={"test_size": args.test_size, "seed": args.seed})
+        tr, te = _split_indices(y, args.test_size, args.seed, stratify=True)
+        return Dataset(DIGITS, "digits", X, y, tr, te, "classification", list(range(10)),
+                       split={**split, "stratify": True, "n_rows": len(y)}, source=DIGITS)
     path = Path(text)
     if path.is_dir():
         from .data import load_mnist
@@ -342,106 +472,28 @@ def load_training_data(args: argparse.Namespace) -> Dataset:
         _check_mnist_dir(path)
         Xtr, ytr = load_mnist(path, kind="train")
         Xte, yte = load_mnist(path, kind="test")
-        return Dataset(path.resolve().name or "mnist", "mnist", Xtr, ytr, Xte, yte,
-                       "classification", list(range(10)))
+        Xtr, Xte = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
+        return Dataset(path.resolve().name or "mnist", "mnist", Xtr, ytr,
+                       np.arange(len(ytr)), np.zeros(0, np.int64), "classification",
+                       list(range(10)), test_features=Xte, test_y=yte,
+                       source=str(path.resolve()))
     if not path.exists():
         raise CLIError(_describe_path(text))
-    table, task = _csv_table(path, args.target, args.task)
-    X, y = table.X, table.y
-    stratify = task == "classification"
-    if stratify:
-        counts = np.bincount(y.astype(np.int64))
-        if counts.min(initial=2) < 2:
-            stratify = False  # a class with one sample cannot be on both sides
-    Xtr, Xte, ytr, yte = _split(X, y, args.test_size, args.seed, stratify=stratify)
-    return Dataset(path.stem, "csv", Xtr, ytr, Xte, yte, task, table.classes,
-                   feature_names=list(table.feature_names), target=table.target_name,
-                   split={"test_size": args.test_size, "seed": args.seed})
+    df = _read_csv(path, args.delimiter, args.target)
+    tname, y, classes, task = _csv_target(path, df, args.target, args.task)
+    features = df.drop(columns=[tname])
+    tr, te = _split_indices(y, args.test_size, args.seed, stratify=task == "classification")
+    meta = df.attrs.get("chainrule_source", {})
+    split = {**split, "stratify": task == "classification", "n_rows": int(len(df)),
+             "sha256": _file_digest(path), "delimiter": meta.get("delimiter")}
+    return Dataset(path.stem, "csv", features, y, tr, te, task, classes,
+                   feature_names=[str(c) for c in features.columns], target=tname,
+                   split=split, source=str(path.resolve()))
 
 
 # --------------------------------------------------------------------------
 # Model and training
 # --------------------------------------------------------------------------
-
-
-def build_mlp(n_in: int, hidden: Sequence[int], n_out: int, activation: str,
-              dropout: float) -> Any:
-    """Linear -> activation (-> Dropout) per hidden layer, then a Linear output (logits)."""
-    from . import nn
-
-    act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-           "leaky_relu": nn.LeakyReLU}[activation]
-    layers: list[Any] = []
-    width = n_in
-    for h in hidden:
-        layers += [nn.Linear(width, h), act()]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        width = h
-    layers.append(nn.Linear(width, n_out))
-    return nn.Sequential(*layers)
-
-
-def make_optimizer(name: str, params: Any, lr: float, momentum: float,
-                   weight_decay: float) -> Any:
-    from . import optim
-
-    if name == "sgd":
-        return optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adam":
-        return optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
-    return optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
-def _softmax_mse(out: Any, target: Any) -> Any:
-    # the notes' quadratic cost on a softmax output layer, against one-hot rows
-    from . import ops
-    from .nn import functional as F
-
-    return F.mse_loss(ops.softmax(out, axis=-1), target)
-
-
-def _loss_fn(task: str, loss: str) -> Any:
-    from .nn import functional as F
-
-    if task == "regression":
-        return F.mse_loss
-    return F.cross_entropy if loss == "cross_entropy" else _softmax_mse
-
-
-def _targets(task: str, loss: str, y: np.ndarray, n_classes: int) -> np.ndarray:
-    """What the loss compares the outputs with: labels, one-hot rows, or (n, 1) values."""
-    if task == "regression":
-        return y.reshape(-1, 1).astype(np.float32)
-    if loss == "mse":
-        from .data import one_hot
-
-        return one_hot(y.astype(np.int64), n_classes)
-    return y.astype(np.int64)
-
-
-def _metrics(task: str) -> list[str] | None:
-    # explicit: with --loss mse the targets are one-hot rows, which "auto" would not see
-    # as labels; Accuracy compares arg-maxes either way
-    return ["accuracy"] if task == "classification" else None
-
-
-def _standardizer(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = X.mean(axis=0, dtype=np.float64)
-    std = X.std(axis=0, dtype=np.float64)
-    # constant columns (the digits' blank border pixels) are centred, not scaled
-    std = np.where(std > 0, std, 1.0)
-    return mean, std
-
-
-def _apply_std(X: np.ndarray, prep: dict[str, Any] | None) -> np.ndarray:
-    if not prep:
-        return X.astype(np.float32, copy=False)
-    mean = np.asarray(prep["mean"], dtype=np.float64)
-    std = np.asarray(prep["std"], dtype=np.float64)
-    return ((X - mean) / std).astype(np.float32)
 
 
 def _regression_scores(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -452,145 +504,187 @@ def _regression_scores(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {"mse": mse, "rmse": math.sqrt(mse), "r2": r2}
 
 
-def _predict_raw(model: Any, X: np.ndarray) -> np.ndarray:
-    from .tensor import Tensor, no_grad
-
-    model.eval()
-    outs = []
-    with no_grad():
-        for start in range(0, len(X), 4096):
-            outs.append(model(Tensor(np.ascontiguousarray(X[start:start + 4096]))).data)
-    if not outs:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(outs)
-
-
 def _fmt_int(n: int) -> str:
     return f"{n:,}"
+
+
+def _prepare_out(out: Path) -> None:
+    """Make --out and prove it can be written to, before any training time is spent."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".chainrule-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CLIError(f"--out {out}: cannot write there ({e.strerror or e}); choose another "
+                       "directory") from None
+
+
+def _embedding(prep: Any, dim: int | None) -> dict[str, Any] | None:
+    if prep.encoding != "embed" or not prep.categorical:
+        return None
+    cards = prep.cardinalities
+    dims = [dim or min(16, max(1, (c + 1) // 2)) for c in cards]
+    return {"numeric": len(prep.numeric), "cardinalities": cards, "dims": dims}
+
+
+def _evaluate(spec: Any, model: Any, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Test metrics: accuracy and loss, or RMSE / R^2 / MSE in the target's units."""
+    from .spec import run_model
+    from .training import evaluate
+
+    if spec.task == "classification":
+        res = evaluate(model, spec.loss_fn(), (X, spec.targets(y)), metrics=spec.metrics())
+        return {"accuracy": float(res["accuracy"]), "loss": float(res["loss"])}
+    pred = spec.outputs_to_predictions(run_model(model, X))
+    return _regression_scores(pred, y)
+
+
+def _result_line(task: str, m: dict[str, float], n: int, prefix: str = "") -> str:
+    if task == "classification":
+        return (f"{prefix}accuracy: {m['accuracy']:.4f}  ({round(m['accuracy'] * n)}/{n})  "
+                f"{prefix}loss: {m['loss']:.4f}")
+    return f"{prefix}RMSE: {m['rmse']:.4g}  {prefix}R^2: {m['r2']:.4f}  {prefix}MSE: {m['mse']:.4g}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import chainrule as cr
 
-    from .training import EarlyStopping, WeightChangeStopping, evaluate
+    from .data import TablePreprocessor, train_test_split
+    from .spec import ModelSpec, SpecError, auto_hidden, balanced_class_weight
+    from .training import EarlyStopping, WeightChangeStopping
 
     rank = _distributed_start(args)
     say = (lambda *a, **k: None) if args.quiet or rank else print
 
     # -- data --------------------------------------------------------------
     ds = load_training_data(args)
+    out = Path(args.out) if args.out else Path("runs") / _safe_name(ds.name)
+    if not rank:  # rank 0 alone writes the files
+        _prepare_out(out)
     task = ds.task
-    loss_name = args.loss or ("mse" if task == "regression" else "cross_entropy")
-    if task == "regression" and loss_name != "mse":
-        raise CLIError("--loss cross_entropy needs class labels; this target is numeric "
-                       "(regression uses mse; use --task classify for integer classes)")
     n_classes = len(ds.classes) if ds.classes is not None else 0
     if task == "classification" and n_classes < 2:
         raise CLIError(f"{args.data}: the target has {n_classes} class; need at least 2")
-    prep = None
-    if args.standardize:
-        mean, std = _standardizer(ds.X_train)
-        prep = {"mean": mean.tolist(), "std": std.tolist()}
-    Xtr = _apply_std(ds.X_train, prep)
-    Xte = _apply_std(ds.X_test, prep)
-    y_scale = None
-    if task == "regression":
-        # training on standardised targets keeps the first steps well scaled
-        y_scale = {"mean": float(ds.y_train.mean()), "std": float(ds.y_train.std() or 1.0)}
-        ytr_fit = (ds.y_train - y_scale["mean"]) / y_scale["std"]
-    else:
-        ytr_fit = ds.y_train
-    ttr = _targets(task, loss_name, ytr_fit, n_classes)
+    loss_name = args.loss or ("mse" if task == "regression" else "cross_entropy")
+    if task == "regression" and loss_name == "cross_entropy":
+        raise CLIError("--loss cross_entropy needs class labels; this target is numeric "
+                       "(regression uses mse, l1 or huber; use --task classify for integer "
+                       "classes)")
+    if task == "classification" and loss_name not in ("cross_entropy", "mse"):
+        raise CLIError(f"--loss {loss_name} is a regression loss; this target has classes")
 
-    val = None
-    if args.patience is not None:
-        from .data import train_test_split
-
-        strat = ds.y_train if task == "classification" else None
+    # validation rows: held out of the training rows, never used for a gradient step
+    train_idx, val_idx = ds.train_idx, None
+    if args.val_size > 0:
+        strat = ds.y[train_idx] if task == "classification" else None
         if strat is not None and np.bincount(strat.astype(np.int64)).min(initial=2) < 2:
             strat = None
-        Xtr, Xval, ttr, tval = train_test_split(Xtr, ttr, test_size=args.val_size,
-                                                seed=args.seed + 1, stratify=strat)
-        val = (Xval, tval)
+        try:
+            train_idx, val_idx, _, _ = train_test_split(
+                ds.train_idx, ds.train_idx, test_size=args.val_size, seed=args.seed + 1,
+                stratify=strat)
+        except ValueError:
+            # too few rows to hold any out: say so and train on them all
+            say(f"note: {len(ds.train_idx)} training rows are too few for a validation "
+                "split; training on all of them without early stopping")
+
+    # -- preprocessing: fitted on the training rows only ---------------------
+    prep = TablePreprocessor(categorical=args.categorical, impute=args.impute,
+                             encoding=args.encoding, unseen=args.unseen,
+                             standardize=args.standardize)
+    prep.fit(ds.rows(ds.features, train_idx))
+    Xtr = prep.transform(ds.rows(ds.features, train_idx))
+    Xval = None if val_idx is None else prep.transform(ds.rows(ds.features, val_idx))
+    if ds.test_features is not None:
+        Xte, yte = prep.transform(ds.test_features), ds.test_y
+    else:
+        Xte, yte = prep.transform(ds.rows(ds.features, ds.test_idx)), ds.y[ds.test_idx]
+    ytr = ds.y[train_idx]
+
+    target: dict[str, Any] = {"name": ds.target, "classes": ds.classes}
+    if task == "regression":
+        # training on standardised targets keeps the first steps well scaled
+        target["scale"] = {"mean": float(ytr.mean()), "std": float(ytr.std() or 1.0)}
+    embedding = _embedding(prep, args.embed_dim)
+    hidden = auto_hidden(len(Xtr)) if args.hidden == "auto" else args.hidden
+    class_weight = balanced_class_weight(ytr, n_classes) if (
+        task == "classification" and args.class_weight == "balanced") else None
+    try:
+        spec = ModelSpec(
+            task=task, n_features=int(Xtr.shape[1]),
+            n_outputs=1 if task == "regression" else n_classes, hidden=hidden,
+            activation=args.activation, dropout=args.dropout, embedding=embedding,
+            preprocessing=prep.get_state(), target=target,
+            training={"optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
+                      "weight_decay": args.weight_decay, "batch_size": args.batch_size,
+                      "epochs": args.epochs, "patience": args.patience,
+                      "val_size": args.val_size, "loss": loss_name,
+                      "class_weight": class_weight, "seed": args.seed, "tol": args.tol,
+                      "compile": "auto" if args.compile else False},
+            data={"kind": ds.kind, "source": ds.source, "split": ds.split,
+                  "target": ds.target})
+    except SpecError as e:
+        raise CLIError(str(e)) from None
 
     # -- model, loss, optimizer --------------------------------------------
     cr.manual_seed(args.seed)
-    n_out = 1 if task == "regression" else n_classes
-    model = build_mlp(Xtr.shape[1], args.hidden, n_out, args.activation, args.dropout)
-    loss_fn = _loss_fn(task, loss_name)
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
-    opt = make_optimizer(args.optimizer, model.parameters(), lr, args.momentum,
-                         args.weight_decay)
-    batch = None if args.batch_size == 0 else min(args.batch_size, len(Xtr))
+    model = spec.build_model()
+    opt = spec.make_optimizer(model.parameters())
+    val = None if Xval is None else (Xval, spec.targets(ds.y[val_idx]))
     callbacks: list[Any] = []
     if args.tol is not None:
         callbacks.append(WeightChangeStopping(tol=args.tol))
-    if args.patience is not None:
+    if val is not None and args.patience > 0:
         callbacks.append(EarlyStopping(patience=args.patience, restore_best_weights=True))
 
-    widths = [Xtr.shape[1], *args.hidden, n_out]
     n_params = sum(int(p.size) for p in model.parameters())
-    say(f"data: {ds.name}: {_fmt_int(len(ds.X_train))} training and "
-        f"{_fmt_int(len(ds.X_test))} test samples, {Xtr.shape[1]} features, "
+    widths = [str(prep.n_outputs)] + [str(h["units"]) for h in spec.hidden_layers()] + \
+        [str(spec.n_outputs)]
+    cat = f", {len(prep.categorical)} categorical ({prep.encoding})" if prep.categorical else ""
+    say(f"data: {ds.name}: {_fmt_int(len(Xtr))} training, "
+        + (f"{_fmt_int(len(Xval))} validation, " if Xval is not None else "")
+        + f"{_fmt_int(len(Xte))} test samples, {len(prep.feature_names)} features{cat}, "
         + (f"{n_classes} classes" if task == "classification" else "numeric target"))
-    say(f"model: MLP {'-'.join(map(str, widths))} ({args.activation}"
+    lr = opt.param_groups[0]["lr"]
+    batch = spec.training["batch_size"]
+    say(f"model: MLP {'-'.join(widths)} ({args.activation}"
         + (f", dropout {args.dropout:g}" if args.dropout else "")
         + f"), {_fmt_int(n_params)} parameters; loss {loss_name}; {args.optimizer} lr={lr:g}, "
-        + ("full batch" if batch is None else f"batch {batch}") + f", up to {args.epochs} epochs")
+        + ("full batch" if batch == 0 else f"batch {min(batch, len(Xtr))}")
+        + f", up to {args.epochs} epochs"
+        + (f", early stopping (patience {args.patience})" if callbacks and val else ""))
 
     # -- train ---------------------------------------------------------------
     t0 = time.perf_counter()
-    history = cr.fit(model, loss_fn, opt, (Xtr, ttr), epochs=args.epochs, val=val,
-                     callbacks=callbacks, metrics=_metrics(task), batch_size=batch,
-                     shuffle=True, seed=args.seed, progress=not args.quiet,
-                     compile="auto" if args.compile else False, distributed=args.distributed)
+    history = spec.fit(model, Xtr, spec.targets(ytr), val=val, callbacks=callbacks,
+                       progress=not args.quiet, optimizer=opt, distributed=args.distributed)
     seconds = time.perf_counter() - t0
     samples = len(Xtr) * history.epochs
     rate = samples / seconds if seconds > 0 else float("nan")
-    if history.stopped_early and history.stop_reason:
-        say(f"stopped after epoch {history.epochs}: {history.stop_reason}")
+    best = getattr(history, "best_epoch", None)
 
     # -- test ----------------------------------------------------------------
-    metrics: dict[str, float]
-    if task == "classification":
-        tte = _targets(task, loss_name, ds.y_test, n_classes)
-        res = evaluate(model, loss_fn, (Xte, tte), metrics=_metrics(task))
-        metrics = {"test_accuracy": float(res["accuracy"]), "test_loss": float(res["loss"])}
-        result = (f"test accuracy: {metrics['test_accuracy']:.4f}  "
-                  f"({round(metrics['test_accuracy'] * len(Xte))}/{len(Xte)})  "
-                  f"test loss: {metrics['test_loss']:.4f}")
-    else:
-        pred = _predict_raw(model, Xte) * y_scale["std"] + y_scale["mean"]
-        sc = _regression_scores(pred, ds.y_test)
-        metrics = {"test_rmse": sc["rmse"], "test_r2": sc["r2"], "test_mse": sc["mse"]}
-        result = f"test RMSE: {sc['rmse']:.4g}  test R^2: {sc['r2']:.4f}"
+    m = _evaluate(spec, model, Xte, yte)
+    metrics = {f"test_{k}": v for k, v in m.items()}
+    result = _result_line(task, m, len(Xte), prefix="test ")
 
     if rank:
         return 0  # the replicas are equal: rank 0 alone reports and writes the files
 
     # -- files ---------------------------------------------------------------
-    out = Path(args.out) if args.out else Path("runs") / _safe_name(ds.name)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "trained_by": "chainrule train",
-        "data": {"kind": ds.kind, "source": args.data if ds.kind != "csv" else
-                 str(Path(args.data).resolve()), "split": ds.split},
+        "spec": spec.to_dict(),
         "task": task,
-        "loss": loss_name,
         "classes": ds.classes,
-        "feature_names": ds.feature_names,
+        "feature_names": prep.feature_names,
         "target": ds.target,
-        "n_features": int(Xtr.shape[1]),
-        "standardize": prep,
-        "target_scale": y_scale,
-        "hyperparameters": {
-            "hidden": list(args.hidden), "activation": args.activation,
-            "dropout": args.dropout, "optimizer": args.optimizer, "lr": lr,
-            "momentum": args.momentum, "weight_decay": args.weight_decay,
-            "batch_size": args.batch_size, "epochs": args.epochs, "tol": args.tol,
-            "patience": args.patience, "seed": args.seed,
-        },
+        "data": {"kind": ds.kind, "source": ds.source, "split": ds.split},
         "epochs_run": history.epochs,
+        "best_epoch": best,
         "metrics": metrics,
         "train_seconds": seconds,
     }
@@ -602,7 +696,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ImportError:
         say('loss curve not drawn: matplotlib is not installed (pip install "chainrule[plot]")')
 
-    say(f"trained {history.epochs} epochs in {seconds:.1f} s ({rate:,.0f} samples/s)")
+    say(f"trained {history.epochs} epochs in {seconds:.1f} s ({rate:,.0f} samples/s)"
+        + (f"; kept the weights of epoch {best} (best validation loss)"
+           if best is not None and callbacks and val is not None else ""))
     say("wrote " + ", ".join(str(p) for p in written))
     print(result)
     return 0
@@ -657,197 +753,141 @@ def _safe_name(name: str) -> str:
 # --------------------------------------------------------------------------
 
 
-def _load_checkpoint(path_text: str) -> tuple[Any, dict[str, Any]]:
-    from .io import load
+def _load_predictor(path_text: str) -> Any:
+    from .io import CheckpointError
+    from .spec import load_predictor
 
     path = Path(path_text)
     if not path.is_file():
         raise CLIError(f"{path}: no such model file")
-    ckpt = load(path)
-    meta = ckpt.metadata or {}
-    if meta.get("trained_by") != "chainrule train":
-        raise CLIError(f"{path}: a checkpoint without 'chainrule train' metadata (task, "
-                       "classes, preprocessing); load it in Python with cr.load instead")
-    return ckpt.model(), meta
+    try:
+        return load_predictor(path)
+    except CheckpointError as e:
+        if "no model spec" in str(e):
+            raise CLIError(f"{path}: a checkpoint without 'chainrule train' metadata (task, "
+                           "classes, preprocessing); load it in Python with cr.load "
+                           "instead") from None
+        raise
 
 
-def _eval_data(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(X, y) to evaluate on: y as class indices or raw numeric values."""
-    data_meta = meta.get("data") or {}
-    text = args.data or data_meta.get("source")
+def _labels_to_indices(values: Any, classes: list[Any], where: str) -> np.ndarray:
+    index = {_label_key(c): i for i, c in enumerate(classes)}
+    out = np.empty(len(values), dtype=np.int64)
+    for r, v in enumerate(values):
+        k = index.get(_label_key(v))
+        if k is None:
+            raise CLIError(f"{where}: label {_label_key(v)!r} was not seen in training "
+                           f"(classes: {classes})")
+        out[r] = k
+    return out
+
+
+def _eval_rows(args: argparse.Namespace, pred: Any) -> tuple[np.ndarray, np.ndarray, str]:
+    """(network input, y as class indices or values, which rows were scored)."""
+    spec = pred.spec
+    data = spec.data or {}
+    split = data.get("split") or {}
+    text = args.data or data.get("source")
     if text is None:
         raise CLIError("no DATA given and the checkpoint does not say what it was trained on")
+    held_out = args.data is None
     if text == DIGITS:
         from .data import load_digits
 
         X, y = load_digits()
-        split = data_meta.get("split") or {"test_size": 0.25, "seed": 0}
-        _, Xte, _, yte = _split(X, y, split["test_size"], split["seed"], stratify=True)
-        return Xte, yte
+        if not held_out and args.data == DIGITS and not split:
+            return pred.transform(X), y, "all 1,797 digits"
+        split = split or {"test_size": 0.25, "seed": 0}
+        _, te = _split_indices(y, split["test_size"], split["seed"], stratify=True)
+        return pred.transform(X[te]), y[te], (
+            f"the held-out test split: {len(te)} of {len(y)} digits (test_size "
+            f"{split['test_size']:g}, seed {split['seed']}; never used in training)")
     path = Path(text)
     if path.is_dir():
         from .data import load_mnist
 
         _check_mnist_dir(path)
-        return load_mnist(path, kind="test")
+        X, y = load_mnist(path, kind="test")
+        return pred.transform(X.reshape(len(X), -1)), y, f"the {len(y)} t10k test images"
     if not path.exists():
-        raise CLIError(_describe_path(text))
-    from .data import load_csv
+        raise CLIError(_describe_path(text) if not held_out else
+                       f"{text}: the training data is no longer there; pass DATA explicitly")
+    df = _read_csv(path, args.delimiter or split.get("delimiter"),
+                   args.target or spec.target.get("name"))
+    tname = args.target or spec.target.get("name")
+    if tname not in [str(c) for c in df.columns]:
+        raise CLIError(f"{path}: no target column {tname!r} (pass --target)")
+    col = df[tname]
+    if spec.task == "classification":
+        y = _labels_to_indices(col.to_numpy(), list(spec.target.get("classes") or []),
+                               str(path))
+    else:
+        import pandas as pd
 
-    target = args.target if args.target is not None else meta.get("target")
-    task = meta.get("task")
-    table = load_csv(path, target=_target_arg(target),
-                     classification=True if task == "classification" else None)
-    X = _select_features(table.X, table.feature_names, meta, path)
-    if task == "classification":
-        classes = meta.get("classes") or []
-        index = {_label_key(c): i for i, c in enumerate(classes)}
-        try:
-            y = np.array([index[_label_key(c)] for c in table.decode(table.y)], dtype=np.int64)
-        except KeyError as e:
-            raise CLIError(f"{path}: label {e.args[0]!r} was not seen in training "
-                           f"(classes: {classes})") from None
-        return X, y
-    if table.classes is not None:
-        raise CLIError(f"{path}: the target {table.target_name!r} is not numeric, but the "
-                       "model is a regression model")
-    return X, table.y
-
-
-def _label_key(v: Any) -> str:
-    # labels round-trip through JSON, so compare them by their text (1 and 1.0 alike)
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    return str(v)
-
-
-def _select_features(X: np.ndarray, names: list[str], meta: dict[str, Any], path: Path
-                     ) -> np.ndarray:
-    want = meta.get("feature_names")
-    n = meta.get("n_features")
-    if want and all(w in names for w in want):
-        return X[:, [names.index(w) for w in want]]
-    if X.shape[1] != n:
-        raise CLIError(f"{path}: {X.shape[1]} feature columns, but the model expects {n}"
-                       + (f" ({', '.join(want)})" if want else ""))
-    return X
+        y = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        if np.isnan(y).any():
+            raise CLIError(f"{path}: the target {tname!r} is not numeric, but the model is a "
+                           "regression model")
+    if held_out:
+        if split.get("sha256") and split["sha256"] != _file_digest(path):
+            raise CLIError(f"{path} changed since training (its checksum differs), so its "
+                           "held-out test rows cannot be redrawn; pass DATA to score a whole "
+                           "file")
+        _, te = _split_indices(y, split["test_size"], split["seed"],
+                               stratify=split.get("stratify", spec.task == "classification"))
+        rows = df.iloc[te]
+        return pred.transform(rows), y[te], (
+            f"the held-out test split: {len(te)} of {len(df)} rows of {path.name} (test_size "
+            f"{split['test_size']:g}, seed {split['seed']}; never used in training)")
+    return pred.transform(df), y, f"all {len(df)} rows of {path.name}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .nn import functional as F
-    from .training import evaluate
-
-    model, meta = _load_checkpoint(args.model)
-    X, y = _eval_data(args, meta)
-    X = _apply_std(X, meta.get("standardize"))
-    _check_width(X, meta, args.model)
-    task = meta.get("task")
-    print(f"model: {args.model}  data: {args.data or (meta.get('data') or {}).get('source')}"
-          f"  ({len(X)} samples)")
-    if task == "classification":
-        classes = meta.get("classes") or []
-        loss_name = meta.get("loss", "cross_entropy")
-        loss_fn = F.cross_entropy if loss_name == "cross_entropy" else _softmax_mse
-        res = evaluate(model, loss_fn, (X, _targets(task, loss_name, y, len(classes))),
-                       metrics=_metrics(task))
-        print(f"accuracy: {res['accuracy']:.4f}  ({round(res['accuracy'] * len(X))}/{len(X)})"
-              f"  loss: {res['loss']:.4f}")
-    else:
-        scale = meta.get("target_scale") or {"mean": 0.0, "std": 1.0}
-        pred = _predict_raw(model, X) * scale["std"] + scale["mean"]
-        sc = _regression_scores(pred, y)
-        print(f"RMSE: {sc['rmse']:.4g}  R^2: {sc['r2']:.4f}  MSE: {sc['mse']:.4g}")
+    pred = _load_predictor(args.model)
+    X, y, which = _eval_rows(args, pred)
+    m = _evaluate(pred.spec, pred.model, X, y)
+    print(f"model: {args.model}  scored {which}  ({len(X)} samples)")
+    print(_result_line(pred.spec.task, m, len(X)))
     return 0
 
 
-def _check_width(X: np.ndarray, meta: dict[str, Any], model_path: str) -> None:
-    n = meta.get("n_features")
-    if n is not None and X.shape[1] != n:
-        raise CLIError(f"the data has {X.shape[1]} features but {model_path} expects {n}")
-
-
-def _number(text: str) -> float | None:
-    try:
-        v = float(text)
-    except ValueError:
-        return None
-    return v if math.isfinite(v) else None
-
-
-def read_feature_csv(path: Path, meta: dict[str, Any]) -> np.ndarray:
-    """The model's feature columns from a CSV (by header name, else by position)."""
-    n = meta.get("n_features")
-    want = meta.get("feature_names")
-    target = meta.get("target")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [(i + 1, r) for i, r in enumerate(csv.reader(f, skipinitialspace=True))
-                    if any(c.strip() for c in r)]
-    except UnicodeDecodeError:
-        raise CLIError(f"{path}: not UTF-8 text; is this a CSV file?") from None
-    except csv.Error as e:
-        raise CLIError(f"{path}: {e}") from None
-    if not rows:
-        raise CLIError(f"{path}: the file is empty")
-    first = [c.strip() for c in rows[0][1]]
-    has_header = any(_number(c) is None for c in first)
-    if has_header:
-        header, body = first, rows[1:]
-        if want and all(w in header for w in want):
-            cols = [header.index(w) for w in want]
-        else:
-            cols = [i for i, h in enumerate(header) if h != target]
-            if len(cols) != n:
-                missing = [w for w in (want or []) if w not in header]
-                raise CLIError(f"{path}: columns {header} do not match the model's features "
-                               + (f"(missing: {', '.join(missing)})" if missing else
-                                  f"(expected {n})"))
-    else:
-        body = rows
-        width = len(first)
-        if width == n:
-            cols = list(range(n))
-        elif width == (n or 0) + 1 and want and target:
-            raise CLIError(f"{path}: {width} columns without a header; give a header row so "
-                           f"the target column {target!r} can be told apart")
-        else:
-            raise CLIError(f"{path}: {width} columns, but the model expects {n} features")
-    X = np.empty((len(body), len(cols)), dtype=np.float32)
-    for r, (line, cells) in enumerate(body):
-        for j, c in enumerate(cols):
-            text = cells[c].strip() if c < len(cells) else ""
-            v = _number(text)
-            if v is None:
-                raise CLIError(f"{path}, line {line}, column {c + 1}: "
-                               + ("empty cell" if not text else f"{text!r} is not a number"))
-            X[r, j] = v
-    return X
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    model, meta = _load_checkpoint(args.model)
+    from .data import read_table
+
+    pred = _load_predictor(args.model)
     path = Path(args.csv)
     if not path.is_file():
         raise CLIError(f"{path}: no such file")
-    X = _apply_std(read_feature_csv(path, meta), meta.get("standardize"))
-    raw = _predict_raw(model, X)
+    names = pred.feature_names or []
+    df = read_table(path, delimiter=args.delimiter)
+    have = [str(c) for c in df.columns]
+    if not (df.attrs.get("chainrule_source") or {}).get("header", True):
+        target = pred.spec.target.get("name")
+        if len(have) == len(names):
+            df.columns = names
+        elif len(have) == len(names) + 1 and target:
+            raise CLIError(f"{path}: {len(have)} columns without a header; give a header row "
+                           f"so the target column {target!r} can be told apart")
+        else:
+            raise CLIError(f"{path}: {len(have)} columns without a header, but the model "
+                           f"expects {len(names)} features ({', '.join(names)})")
+    elif names and not all(n in have for n in names):
+        missing = [n for n in names if n not in have]
+        raise CLIError(f"{path}: columns {have} do not match the model's features "
+                       f"(missing: {', '.join(missing)})")
     header = ["prediction"]
-    if meta.get("task") == "classification":
-        classes = meta.get("classes") or list(range(raw.shape[1]))
-        z = raw - raw.max(axis=1, keepdims=True)
-        proba = np.exp(z)
-        proba /= proba.sum(axis=1, keepdims=True)
-        labels = [classes[int(k)] for k in raw.argmax(axis=1)]
+    if pred.task == "classification":
+        labels = pred.predict(df)
         rows: list[list[Any]] = [[lab] for lab in labels]
         if args.proba:
-            header += [f"p_{c}" for c in classes]
+            proba = pred.predict_proba(df)
+            header += [f"p_{c}" for c in pred.classes_]
             rows = [r + [f"{p:.6g}" for p in pr] for r, pr in zip(rows, proba)]
     else:
         if args.proba:
             raise CLIError("--proba needs a classification model")
-        scale = meta.get("target_scale") or {"mean": 0.0, "std": 1.0}
-        values = raw.ravel() * scale["std"] + scale["mean"]
-        rows = [[f"{v:.6g}"] for v in values]
+        values = np.asarray(pred.predict(df)).reshape(len(df), -1)
+        rows = [[f"{v:.6g}" for v in row] for row in values]
     if args.out:
         import io as _io
 
@@ -863,6 +903,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(header)
         w.writerows(rows)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import onnx as cr_onnx
+
+    path = Path(args.model)
+    if not path.is_file():
+        raise CLIError(f"{path}: no such model file")
+    out = cr_onnx.export(path, args.onnx, opset=args.opset)
+    line = f"wrote {out} (opset {args.opset})"
+    if args.verify:
+        diff = cr_onnx.verify(path, out)
+        line += f"; onnxruntime agrees with chainrule to {diff:.2g} (max abs difference)"
+    print(line)
     return 0
 
 

@@ -725,4 +725,10 @@ def load_model(path: str | os.PathLike) -> Any:
     >>> model(cr.tensor(X[:5])).shape
     (5, 10)
     """
-    return load(path).model()
+    ckpt = load(path)
+    spec = ckpt.metadata.get("spec") if isinstance(ckpt.metadata, dict) else None
+    if spec is not None:  # written by chainrule train / an estimator: refuse newer specs
+        from .spec import check_version
+
+        check_version(spec, str(ckpt.path))
+    return ckpt.model()

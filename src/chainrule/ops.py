@@ -45,7 +45,8 @@ __all__ = [
     "Rule", "RULES", "rule", "apply", "sum_to_shape", "value", "Saves",
     "SAVES_ALL", "SAVES_NOTHING", "SAVES_INPUTS", "SAVES_OUT",
     "add", "sub", "mul", "div", "pow", "matmul", "neg", "abs", "exp", "log", "sqrt",
-    "tanh", "sigmoid", "relu", "leaky_relu", "softplus", "sin", "cos",
+    "tanh", "sigmoid", "relu", "leaky_relu", "softplus", "sin", "cos", "ndtr", "gelu",
+    "silu", "elu",
     "sum", "mean", "max", "min", "var", "logsumexp", "softmax", "log_softmax",
     "reshape", "flatten", "transpose", "swapaxes", "squeeze", "expand_dims",
     "broadcast_to", "getitem", "concatenate", "stack", "where", "maximum", "minimum",
@@ -953,6 +954,106 @@ def _(g, out, ctx, needs, xp, x):
     return (g * xp.sigmoid(x),)
 
 
+def _np_ndtr(x: np.ndarray) -> np.ndarray:
+    """Phi(x), the standard normal CDF, to about 1e-13 relative accuracy (float64 inside).
+
+    NumPy has no erf, so it is computed here: with a = |x| / sqrt(2),
+
+    * a < 2: erf(a) from the series 2/sqrt(pi) e^(-a^2) sum_n 2^n a^(2n+1) / (2n+1)!!,
+      whose terms are all positive (no cancellation);
+    * a >= 2: erfc(a) from its continued fraction
+      e^(-a^2)/sqrt(pi) / (a + (1/2)/(a + 1/(a + (3/2)/(a + ...)))), evaluated
+      backwards from 80 terms, which keeps the far left tail's relative accuracy
+      (Phi(-30) ~ 5e-198 is not rounded to 0 by a subtraction).
+    """
+    xf = np.asarray(x, dtype=np.float64)
+    a = np.abs(xf) * _SQRT_HALF
+    half_erfc = np.empty_like(a)
+    near = a < 2.0
+    s = a[near]
+    term = s.copy()
+    total = s.copy()
+    two_a2 = 2.0 * s * s
+    for n in range(1, 50):
+        term *= two_a2 / (2 * n + 1)
+        total += term
+    half_erfc[near] = 0.5 - _INV_SQRT_PI * np.exp(-s * s) * total
+    z = a[~near]
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = z.copy()
+        for k in range(80, 0, -1):
+            t = z + (0.5 * k) / t
+        half_erfc[~near] = 0.5 * _INV_SQRT_PI * np.exp(-z * z) / t
+    out = np.where(xf >= 0, 1.0 - half_erfc, half_erfc)
+    out[np.isnan(xf)] = np.nan
+    return out.astype(x.dtype, copy=False) if x.dtype.kind == "f" else out
+
+
+_SQRT_HALF = float(np.sqrt(0.5))
+_INV_SQRT_PI = float(1.0 / np.sqrt(np.pi))
+_INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
+_SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
+
+
+@rule("ndtr", saves=SAVES_INPUTS, elementwise=True)
+def NDTR(x):
+    """Phi(x) = P(N(0, 1) <= x), the standard normal CDF (``torch.special.ndtr``)."""
+    return _np_ndtr(x), None
+
+
+@NDTR.defvjp
+def _(g, out, ctx, needs, xp, x):
+    return (g * xp.exp(x * x * -0.5) * _INV_SQRT_2PI,)  # Phi' = the normal density
+
+
+@rule("gelu", saves=SAVES_INPUTS, elementwise=True, role="activation", activation="gelu")
+def GELU(x, *, approximate):
+    """x Phi(x) (``approximate='none'``), or PyTorch's tanh approximation
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (``approximate='tanh'``)."""
+    if approximate == "tanh":
+        inner = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
+        return 0.5 * x * (1 + inner), inner
+    return x * _np_ndtr(x), None
+
+
+@GELU.defvjp
+def _(g, out, ctx, needs, xp, x):
+    if isinstance(x, Tensor) or ctx is None:
+        if ctx is None:  # exact: d/dx x Phi(x) = Phi(x) + x phi(x)
+            return (g * (xp.ndtr(x) + x * xp.exp(x * x * -0.5) * _INV_SQRT_2PI),)
+        t = xp.tanh((x + x * x * x * 0.044715) * _SQRT_2_OVER_PI)
+    else:
+        t = ctx  # tanh(u), saved by the forward pass
+    du = (1 + x * x * (3 * 0.044715)) * _SQRT_2_OVER_PI
+    return (g * ((1 + t) * 0.5 + x * 0.5 * (1 - t * t) * du),)
+
+
+@rule("silu", saves=SAVES_INPUTS, elementwise=True, role="activation", activation="silu")
+def SILU(x):
+    """x sigmoid(x) (also called swish)."""
+    return x * _np_sigmoid(x), None
+
+
+@SILU.defvjp
+def _(g, out, ctx, needs, xp, x):
+    s = xp.sigmoid(x)
+    return (g * (s * (1 + x * (1 - s))),)  # s + x s (1 - s)
+
+
+@rule("elu", saves=SAVES_OUT, elementwise=True, role="activation", activation="elu")
+def ELU(x, *, alpha):
+    """x for x > 0, alpha (e^x - 1) otherwise."""
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))), alpha
+
+
+@ELU.defvjp
+def _(g, out, ctx, needs, xp, x):
+    # for x <= 0 the slope alpha e^x is out + alpha: the output alone says it all
+    # (out > 0 exactly where x > 0), so the node keeps only the output
+    pos = value(out) > 0
+    return (xp.where(pos, g, g * (out + ctx)),)
+
+
 @rule("clip", saves=SAVES_INPUTS, elementwise=True)
 def CLIP(x, *, lo, hi):
     """Clamp to [lo, hi]; gradient 1 inside (bounds included), 0 outside."""
@@ -1534,6 +1635,29 @@ def softplus(a: Any) -> Tensor:
     return _unary(SOFTPLUS, a)
 
 
+def ndtr(a: Any) -> Tensor:
+    """The standard normal CDF Phi(a) (``torch.special.ndtr``)."""
+    return _unary(NDTR, a)
+
+
+def gelu(a: Any, approximate: str = "none") -> Tensor:
+    """a Phi(a), the Gaussian error linear unit; ``approximate='tanh'`` for PyTorch's
+    tanh form."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _unary(GELU, a, approximate=approximate)
+
+
+def silu(a: Any) -> Tensor:
+    """a sigmoid(a) (swish)."""
+    return _unary(SILU, a)
+
+
+def elu(a: Any, alpha: float = 1.0) -> Tensor:
+    """a if a > 0 else alpha (exp(a) - 1)."""
+    return _unary(ELU, a, alpha=float(alpha))
+
+
 def clip(a: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
     """Clamp to [min, max] (either may be None)."""
     if min is None and max is None:
@@ -1729,6 +1853,8 @@ NUMPY_NS = SimpleNamespace(
     cos=np.cos,
     sin=np.sin,
     sigmoid=_np_sigmoid,
+    tanh=np.tanh,
+    ndtr=_np_ndtr,
     broadcast_to=np.broadcast_to,
     transpose=np.transpose,
     swapaxes=np.swapaxes,
@@ -1742,6 +1868,8 @@ TENSOR_NS = SimpleNamespace(
     cos=cos,
     sin=sin,
     sigmoid=sigmoid,
+    tanh=tanh,
+    ndtr=ndtr,
     broadcast_to=broadcast_to,
     transpose=transpose,
     swapaxes=swapaxes,

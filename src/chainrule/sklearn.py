@@ -23,6 +23,12 @@ Faithful to scikit-learn where it matters for results:
   ``n_iter_no_change`` on the training loss, or on the validation score with
   ``early_stopping``), ``learning_rate`` schedules for ``solver="sgd"``.
 
+Training runs on :func:`chainrule.fit` (compiled by ``cr.compile`` where it
+can be), with scikit-learn's batch order, penalty, stopping rule and
+learning-rate schedules as callbacks; the fitted estimator carries a
+:class:`~chainrule.spec.ModelSpec` (``model_spec_``), so ``cr.onnx.export``
+and :meth:`save` work on it like on a CLI-trained model.
+
 Differences: ``solver="lbfgs"`` and ``sample_weight`` are not supported;
 Adam is chainrule's (PyTorch's) Adam, whose epsilon sits outside the bias
 correction (scikit-learn's sits inside), a difference of order ``epsilon``;
@@ -60,9 +66,11 @@ from sklearn.utils import check_random_state, gen_batches, shuffle
 from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from . import nn, optim
+from . import nn
 from .nn import functional as F
+from .spec import ACTIVATIONS, ModelSpec, make_optimizer, probabilities
 from .tensor import Tensor, no_grad
+from .training import Callback, fit
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -74,13 +82,9 @@ except ImportError:  # pragma: no cover - older scikit-learn
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
-_ACTIVATIONS = {
-    "identity": nn.Identity,
-    "logistic": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-}
+# scikit-learn's activation names, plus leaky_relu; the layers come from the shared table
+_ACTIVATIONS = {k: ACTIVATIONS[k] for k in ("identity", "logistic", "tanh", "relu",
+                                             "leaky_relu")}
 _SOLVERS = ("adam", "sgd")
 _LEARNING_RATES = ("constant", "invscaling", "adaptive")
 
@@ -204,7 +208,8 @@ class _BaseMLP(BaseEstimator):
         positive("max_iter", self.max_iter, integral=True)
         positive("tol", self.tol, zero=True)
         positive("momentum", self.momentum, zero=True)
-        positive("n_iter_no_change", self.n_iter_no_change, integral=True)
+        if not (isinstance(self.n_iter_no_change, float) and self.n_iter_no_change == np.inf):
+            positive("n_iter_no_change", self.n_iter_no_change, integral=True)
         positive("epsilon", self.epsilon)
         if self.momentum > 1:
             raise ValueError(f"momentum must be <= 1, got {self.momentum!r}.")
@@ -287,12 +292,46 @@ class _BaseMLP(BaseEstimator):
     def _make_optimizer(self) -> Any:
         params = list(self.model_.parameters())
         if self.solver == "adam":
-            return optim.Adam(params, lr=self.learning_rate_init,
-                              betas=(self.beta_1, self.beta_2), eps=self.epsilon)
+            return make_optimizer("adam", params, lr=self.learning_rate_init,
+                                  betas=(self.beta_1, self.beta_2), eps=self.epsilon)
         # Nesterov needs some momentum to look ahead with; without it, plain SGD
-        nesterov = bool(self.nesterovs_momentum) and self.momentum > 0
-        return optim.SGD(params, lr=self.learning_rate_init, momentum=self.momentum,
-                         nesterov=nesterov)
+        return make_optimizer("sgd", params, lr=self.learning_rate_init,
+                              momentum=self.momentum, nesterov=bool(self.nesterovs_momentum))
+
+    def _spec(self) -> ModelSpec:
+        """The fitted network as a model spec (what export and save use)."""
+        classifier = isinstance(self, ClassifierMixin)
+        classes = [c.item() if isinstance(c, np.generic) else c
+                   for c in self.classes_] if classifier else None
+        out = getattr(self, "out_activation_", "identity")
+        spec = ModelSpec(
+            task="classification" if classifier else "regression",
+            n_features=int(self._units[0]), n_outputs=int(self.n_outputs_),
+            hidden=self._units[1:-1], activation=self.activation, dropout=self.dropout,
+            target={"classes": classes, "output": out,
+                    "multilabel": classifier and not self._single_label()},
+            training={"optimizer": self.solver, "lr": float(self.learning_rate_init),
+                      "batch_size": 0 if self.batch_size == "auto" else int(self.batch_size),
+                      "epochs": int(self.max_iter), "patience": None, "val_size": None,
+                      "seed": None},
+            data={"trained_by": type(self).__name__},
+        )
+        spec.architecture = self.model_.get_config()
+        return spec
+
+    @property
+    def model_spec_(self) -> ModelSpec:
+        check_is_fitted(self)
+        return self._spec()
+
+    def save(self, path: Any) -> Any:
+        """Write the fitted network and its spec as a chainrule checkpoint
+        (``cr.load_predictor(path)`` then predicts with it, no scikit-learn needed)."""
+        from .io import save
+
+        check_is_fitted(self)
+        self._load_arrays()
+        return save(self.model_, path, metadata={"spec": self._spec().to_dict()})
 
     def _set_lr(self, lr: float) -> None:
         for group in self._optimizer.param_groups:
@@ -335,6 +374,7 @@ class _BaseMLP(BaseEstimator):
             self.t_ = 0
             self.loss_curve_ = []
             self._no_improvement_count = 0
+            self.__dict__.pop("_best_weights", None)
             if self.early_stopping:
                 self.validation_scores_ = []
                 self.validation_loss_curve_ = []
@@ -398,6 +438,7 @@ class _BaseMLP(BaseEstimator):
 
     def _train(self, X: np.ndarray, target: np.ndarray, incremental: bool) -> None:
         # -- set-up: validation split, batch size --------------------------------
+        X_val = t_val = None
         if self.early_stopping:
             X, X_val, target, t_val = self._split_validation(X, target)
         n = X.shape[0]
@@ -408,76 +449,48 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
                               "It is going to be clipped", stacklevel=4)
             batch = int(np.clip(self.batch_size, 1, n))
-        idx = np.arange(n)
-        model, opt = self.model_, self._optimizer
-
-        # -- epochs ------------------------------------------------------------
+        if self.early_stopping and not hasattr(self, "_best_weights"):
+            # scikit-learn starts from the initial weights as the "best" ones
+            self._best_weights = self._weights()
         self.n_iter_ = 0
-        for _ in range(self.max_iter):
-            if self.shuffle:
-                idx = shuffle(idx, random_state=self._random_state)
-            model.train()
-            total = 0.0
-            for sl in gen_batches(n, batch):
-                rows = idx[sl]
-                xb, tb = X[rows], target[rows]
-                opt.zero_grad()
-                loss = self._data_loss(model(Tensor(xb)), tb)
-                penalty = self._penalty(xb.shape[0])
-                if penalty is not None:
-                    loss = loss + penalty
-                loss.backward()
-                opt.step()
-                # weight each batch's loss by its size: the epoch loss is a sample mean
-                total += float(loss.item()) * xb.shape[0]
-
-            # -- epoch end: bookkeeping, stopping rule, schedule ------------------
-            self.n_iter_ += 1
-            self.t_ += n
-            self.loss_ = total / n
-            self.loss_curve_.append(self.loss_)
-            if self.verbose:
-                print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
-            if self.early_stopping:
-                self._track_validation(X_val, t_val)
-            else:
-                self._track_loss()
-            if self.solver == "sgd" and self.learning_rate == "invscaling":
-                self._lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
-                self._set_lr(self._lr)
-
-            if self._no_improvement_count > self.n_iter_no_change:
-                what = "Validation score" if self.early_stopping else "Training loss"
-                msg = (f"{what} did not improve more than tol={self.tol:f} for "
-                       f"{self.n_iter_no_change} consecutive epochs.")
-                if self.solver == "sgd" and self.learning_rate == "adaptive" \
-                        and self._lr > 1e-6:
-                    # 'adaptive': divide the step by 5 and carry on, until it is tiny
-                    self._lr /= 5.0
-                    self._set_lr(self._lr)
-                    self._no_improvement_count = 0
-                    if self.verbose:
-                        print(f"{msg} Setting learning rate to {self._lr:f}")
-                else:
-                    if self.verbose:
-                        print(f"{msg} Stopping.")
-                    break
-            if incremental:
-                break
-            if self.n_iter_ == self.max_iter:
-                warnings.warn(
-                    f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
-                    "the optimization hasn't converged yet.",
-                    ConvergenceWarning,
-                    stacklevel=4,
-                )
-        model.eval()
+        epochs = 1 if incremental else int(self.max_iter)
+        rules = _SklearnRules(self, X_val, t_val, incremental, n)
+        if getattr(self, "out_activation_", None) == "softmax":
+            target = target.argmax(axis=1)  # class indices: what cross_entropy takes
+        # -- the epochs: chainrule's own training loop ----------------------------
+        fit(self.model_, self._batch_loss, self._optimizer,
+            _Batches(X, target, batch, self.shuffle, self._random_state), epochs=epochs,
+            callbacks=[rules], metrics=None, progress=False, compile="auto")
+        self.model_.eval()
         if self.early_stopping:
             # keep the weights of the best validation epoch, as scikit-learn does
-            with no_grad():
-                for lin, (w, b) in zip(self._linears(), self._best_weights):
-                    lin.weight.data[...] = w
-                    lin.bias.data[...] = b
+            self._set_weights(self._best_weights)
+        if rules.warn_max_iter:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                "the optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+
+    def _batch_loss(self, out: Tensor, target: Any) -> Tensor:
+        """The batch loss scikit-learn minimises: data loss + its L2 penalty.
+
+        ``target`` is the batch's own Tensor, used as it is (no NumPy work on
+        it here), so that a step replayed by ``cr.compile`` reads each new
+        batch's targets."""
+        loss = self._data_loss(out, target)
+        penalty = self._penalty(out.shape[0])
+        return loss if penalty is None else loss + penalty
+
+    def _weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(lin.weight.data.copy(), lin.bias.data.copy()) for lin in self._linears()]
+
+    def _set_weights(self, weights: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        with no_grad():
+            for lin, (w, b) in zip(self._linears(), weights):
+                lin.weight.data[...] = w
+                lin.bias.data[...] = b
 
     def _track_loss(self) -> None:
         last = self.loss_curve_[-1]
@@ -487,12 +500,19 @@ class _BaseMLP(BaseEstimator):
             self._no_improvement_count = 0
         self.best_loss_ = min(self.best_loss_, last)
 
-    def _track_validation(self, X_val: np.ndarray, t_val: np.ndarray) -> None:
+    def _track_validation(self, X_val: np.ndarray, t_val: np.ndarray) -> bool:
+        """Record the validation loss and score; False when the outputs are not finite
+        (a diverged fit: the score is NaN and training stops)."""
         self.model_.eval()
         with no_grad():
             out = self.model_(Tensor(X_val))
+        finite = bool(np.isfinite(out.data).all())
+        if finite:
             self.validation_loss_curve_.append(float(self._data_loss(out, t_val).item()))
-        score = self._score_encoded(X_val, t_val)
+            score = self._score_encoded(X_val, t_val)
+        else:
+            self.validation_loss_curve_.append(float("nan"))
+            score = float("nan")
         self.validation_scores_.append(score)
         if self.verbose:
             print(f"Validation score: {score:f}")
@@ -502,8 +522,8 @@ class _BaseMLP(BaseEstimator):
             self._no_improvement_count = 0
         if score > self.best_validation_score_:
             self.best_validation_score_ = score
-            self._best_weights = [(lin.weight.data.copy(), lin.bias.data.copy())
-                                  for lin in self._linears()]
+            self._best_weights = self._weights()
+        return finite
 
     # ----- pickling ---------------------------------------------------------
 
@@ -634,6 +654,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 lb.fit(y)
             else:
                 lb.fit(np.asarray(classes))
+                extra = np.setdiff1d(unique_labels(y), lb.classes_)
+                if len(extra):
+                    # scikit-learn's message: labels outside `classes` are an error
+                    raise ValueError(
+                        f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                        f"{lb.classes_}. 'y' has {unique_labels(y)}."
+                    )
             self._label_binarizer = lb
             self.classes_ = lb.classes_
         elif first:
@@ -659,23 +686,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         # 0/1 indicator columns (one column for two classes, one per label)
         return self._label_binarizer.transform(y).astype(np.float64)
 
-    def _data_loss(self, out: Tensor, target: np.ndarray) -> Tensor:
+    def _data_loss(self, out: Tensor, target: Any) -> Tensor:
         if self.out_activation_ == "softmax":
             # softmax + log-loss fused: the gradient is (p - onehot) / n, the notes' a^L - y
-            return F.cross_entropy(out, target.argmax(axis=1))
+            labels = target if np.ndim(target) == 1 else np.asarray(target).argmax(axis=1)
+            return F.cross_entropy(out, labels)
         # one logistic unit per column; scikit-learn sums over columns, averages over rows
-        t = target.astype(out.dtype, copy=False)
-        return F.binary_cross_entropy_with_logits(out, t, reduction="sum") * (
+        return F.binary_cross_entropy_with_logits(out, target, reduction="sum") * (
             1.0 / out.shape[0])
 
     def _proba(self, out: np.ndarray) -> np.ndarray:
-        if self.out_activation_ == "softmax":
-            z = out - out.max(axis=1, keepdims=True)
-            e = np.exp(z)
-            return e / e.sum(axis=1, keepdims=True)
-        # a stable logistic: exp of a non-positive number never overflows
-        e = np.exp(-np.abs(out))
-        return np.where(out >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        return probabilities(out, self.out_activation_).astype(out.dtype, copy=False)
 
     def _score_encoded(self, X: np.ndarray, target: np.ndarray) -> float:
         with no_grad():
@@ -767,9 +788,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             )
         return y2
 
-    def _data_loss(self, out: Tensor, target: np.ndarray) -> Tensor:
+    def _data_loss(self, out: Tensor, target: Any) -> Tensor:
         # half the squared error, averaged over samples and outputs (scikit-learn's)
-        return F.mse_loss(out, target.astype(out.dtype, copy=False)) * 0.5
+        return F.mse_loss(out, target) * 0.5
 
     def _score_encoded(self, X: np.ndarray, target: np.ndarray) -> float:
         with no_grad():
@@ -791,3 +812,73 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         X = _validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
         out = self._forward(X)
         return out.ravel() if self.n_outputs_ == 1 else out
+
+
+# --------------------------------------------------------------------------
+# scikit-learn's batch order and epoch rules, as chainrule.fit's data and callback
+# --------------------------------------------------------------------------
+
+
+class _Batches:
+    """scikit-learn's mini-batches: the row order reshuffled every epoch with the
+    estimator's RandomState (``sklearn.utils.shuffle``), then ``gen_batches``."""
+
+    def __init__(self, X: np.ndarray, target: np.ndarray, batch: int, shuffle_rows: bool,
+                 rng: np.random.RandomState) -> None:
+        self.X, self.target, self.batch = X, target, batch
+        self.shuffle_rows, self.rng = shuffle_rows, rng
+        self.idx = np.arange(X.shape[0])
+
+    def __iter__(self) -> Any:
+        if self.shuffle_rows:
+            self.idx = shuffle(self.idx, random_state=self.rng)
+        for sl in gen_batches(self.X.shape[0], self.batch):
+            rows = self.idx[sl]
+            yield Tensor._const(self.X[rows]), Tensor._const(self.target[rows])
+
+
+class _SklearnRules(Callback):
+    """The end of each epoch as scikit-learn has it: bookkeeping, the stopping rule
+    (training loss, or validation score with ``early_stopping``), the learning-rate
+    schedules of ``solver='sgd'``."""
+
+    def __init__(self, est: _BaseMLP, X_val: Any, t_val: Any, incremental: bool,
+                 n: int) -> None:
+        self.est, self.X_val, self.t_val = est, X_val, t_val
+        self.incremental, self.n = incremental, n
+        self.warn_max_iter = False
+
+    def on_epoch_end(self, trainer: Any, logs: dict[str, Any]) -> Any:
+        est = self.est
+        est.n_iter_ += 1
+        est.t_ += self.n
+        est.loss_ = float(logs["loss"])
+        est.loss_curve_.append(est.loss_)
+        if est.verbose:
+            print(f"Iteration {est.n_iter_}, loss = {est.loss_:.8f}")
+        if est.early_stopping:
+            if not est._track_validation(self.X_val, self.t_val):
+                return "the validation outputs are not finite (training diverged)"
+        else:
+            est._track_loss()
+        if est.solver == "sgd" and est.learning_rate == "invscaling":
+            est._lr = float(est.learning_rate_init) / (est.t_ + 1) ** est.power_t
+            est._set_lr(est._lr)
+        if est._no_improvement_count > est.n_iter_no_change:
+            what = "Validation score" if est.early_stopping else "Training loss"
+            msg = (f"{what} did not improve more than tol={est.tol:f} for "
+                   f"{est.n_iter_no_change} consecutive epochs.")
+            if est.solver == "sgd" and est.learning_rate == "adaptive" and est._lr > 1e-6:
+                # 'adaptive': divide the step by 5 and carry on, until it is tiny
+                est._lr /= 5.0
+                est._set_lr(est._lr)
+                est._no_improvement_count = 0
+                if est.verbose:
+                    print(f"{msg} Setting learning rate to {est._lr:f}")
+            else:
+                if est.verbose:
+                    print(f"{msg} Stopping.")
+                return msg
+        if not self.incremental and est.n_iter_ == est.max_iter:
+            self.warn_max_iter = True
+        return None

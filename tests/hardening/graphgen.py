@@ -218,6 +218,10 @@ _unary("tanh", cr.tanh)
 _unary("sigmoid", cr.sigmoid)
 _unary("softplus", cr.softplus)
 _unary("relu", cr.relu, kinks=[0.0])
+_unary("ndtr", cr.ops.ndtr)
+_unary("gelu", cr.ops.gelu)
+_unary("silu", cr.ops.silu)
+_unary("elu", cr.ops.elu, kinks=[0.0])
 _unary("astype", lambda x: x.astype(np.float64))
 _unary("clone", lambda x: x.clone())
 
@@ -635,6 +639,50 @@ def _loss_builders():
         red = draw(st.sampled_from(["mean", "sum", "none"]))
         return Step(f"mse_loss(n{i}, n{j}, {red})",
                     lambda ns: F.mse_loss(ns[i], ns[j], reduction=red))
+
+
+    @builder("cross_entropy_weighted")
+    def _(draw, nodes, rng):
+        i = pick(draw, nodes, two_d)
+        if i is None:
+            return None
+        n, c = nodes[i].shape
+        labels = rng.integers(0, c, n)
+        weight = rng.uniform(0.2, 2.0, c)
+        red = draw(st.sampled_from(["mean", "sum", "none"]))
+        ls = draw(st.sampled_from([0.0, 0.1]))
+        return Step(f"cross_entropy(n{i}, {labels.tolist()}, {red}, ls={ls}, weight)",
+                    lambda ns: F.cross_entropy(ns[i], labels, reduction=red,
+                                               label_smoothing=ls, weight=weight))
+
+    @builder("l1_loss")
+    def _(draw, nodes, rng):
+        i = pick(draw, nodes)
+        j = pick(draw, nodes, lambda v: v.shape == nodes[i].shape)
+        if i == j or not clear_of((nodes[i] - nodes[j]).data, [0.0]):
+            return None
+        red = draw(st.sampled_from(["mean", "sum", "none"]))
+        return Step(f"l1_loss(n{i}, n{j}, {red})",
+                    lambda ns: F.l1_loss(ns[i], ns[j], reduction=red))
+
+    @builder("huber_loss")
+    def _(draw, nodes, rng):
+        i = pick(draw, nodes)
+        j = pick(draw, nodes, lambda v: v.shape == nodes[i].shape)
+        d = (nodes[i] - nodes[j]).data
+        if not (clear_of(d, [1.0]) and clear_of(d, [-1.0])):
+            return None
+        red = draw(st.sampled_from(["mean", "sum", "none"]))
+        return Step(f"huber_loss(n{i}, n{j}, {red})",
+                    lambda ns: F.huber_loss(ns[i], ns[j], reduction=red))
+
+    @builder("normalize")
+    def _(draw, nodes, rng):
+        i = pick(draw, nodes, lambda v: v.ndim == 2 and v.shape[0] >= 2 and v.shape[1] >= 2)
+        if i is None or not (nodes[i].data.std(axis=1) > 0.05).all():
+            return None
+        return Step(f"layer_norm(n{i})",
+                    lambda ns: F.layer_norm(ns[i], ns[i].shape[-1]))
 
 
 _loss_builders()

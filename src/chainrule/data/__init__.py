@@ -6,7 +6,10 @@
 * :func:`load_digits`: the UCI handwritten digits, shipped in the package
   (Alpaydin & Kaynak, 1998, https://doi.org/10.24432/C50P49, CC BY 4.0)
 * :func:`load_mnist`: MNIST / Fashion-MNIST IDX files (optional verified download)
-* :func:`load_csv`: a user's own numeric table
+* :func:`load_csv`: a user's own numeric table (parsed by pandas)
+* :func:`read_table`, :class:`TablePreprocessor`: raw tables with categorical
+  columns and missing values; :class:`Standardizer`
+* :class:`CSVStream`: train on a CSV file larger than memory
 * :func:`make_xor`, :func:`make_moons`, :func:`make_spirals`, :func:`make_encoder`
 
 >>> from chainrule.data import DataLoader, load_digits, train_test_split
@@ -22,8 +25,10 @@ from .dataset import Dataset, Subset, TensorDataset, random_split
 from .digits import DIGITS_CITATION, load_digits
 from .loader import DataLoader
 from .mnist import DownloadError, default_cache_dir, download_mnist, load_mnist, read_idx
-from .preprocessing import one_hot, standardize, train_test_split
+from .preprocessing import Standardizer, one_hot, standardize, train_test_split
+from .stream import CSVStream
 from .synthetic import make_encoder, make_moons, make_spirals, make_xor
+from .tables import TablePreprocessor, read_table
 
 __all__ = [
     "Dataset",
@@ -34,6 +39,10 @@ __all__ = [
     "train_test_split",
     "one_hot",
     "standardize",
+    "Standardizer",
+    "read_table",
+    "TablePreprocessor",
+    "CSVStream",
     "load_digits",
     "DIGITS_CITATION",
     "load_mnist",

@@ -1,13 +1,10 @@
-"""Numeric tables from CSV files, read with the standard ``csv`` module."""
+"""Numeric tables from CSV files (parsed by pandas; see :mod:`chainrule.data.tables`)."""
 
 from __future__ import annotations
 
-import csv
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -15,6 +12,8 @@ import numpy as np
 from ._common import DataFormatError
 
 __all__ = ["load_csv", "CSVData"]
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -53,22 +52,6 @@ class CSVData:
         return [self.classes[int(i)] for i in np.asarray(indices).ravel()]
 
 
-def _number(text: str) -> float | None:
-    """The finite float in ``text``, or None. NaN and Inf count as bad values:
-    they would poison training silently."""
-    try:
-        v = float(text)
-    except ValueError:
-        return None
-    # beyond float32's range the value would turn into inf in X (float32)
-    return v if math.isfinite(v) and abs(v) <= _F32_MAX else None
-
-
-_F32_MAX = float(np.finfo(np.float32).max)
-
-
-def _is_blank(row: list[str]) -> bool:
-    return all(not c.strip() for c in row)
 
 
 def _label_value(v: float) -> int | float:
@@ -76,9 +59,9 @@ def _label_value(v: float) -> int | float:
 
 
 def load_csv(
-    path: str | os.PathLike[str],
+    path: Any,
     target: int | str = -1,
-    delimiter: str = ",",
+    delimiter: str | None = None,
     header: bool | Literal["auto"] = "auto",
     classification: bool | None = None,
     encoding: str = "utf-8-sig",
@@ -87,10 +70,10 @@ def load_csv(
 
     Parameters
     ----------
-    path : file path
+    path : file path, or a pandas DataFrame / 2-D NumPy array holding the table
     target : column name (needs a header) or index; negative counts from the
         end. Default: the last column.
-    delimiter : one character, "," by default.
+    delimiter : one character; default: detected among ``, ; TAB |``.
     header : True, False or "auto" (a first row is a header when some column
         holds a number below it but not in it, or when it holds no number).
     classification : None, True or False
@@ -100,8 +83,10 @@ def load_csv(
         numeric.
     encoding : the default "utf-8-sig" also strips a byte-order mark.
 
-    Every feature cell must be a finite number. A bad row raises
-    :class:`DataFormatError` naming the file, line, column and the text found.
+    Every feature cell must be a finite number (tables with categorical
+    columns or gaps go through :class:`~chainrule.data.TablePreprocessor`).
+    A bad cell raises :class:`DataFormatError` naming the file, line, column
+    and the text found. The file is parsed by pandas' C reader.
 
     Returns
     -------
@@ -113,108 +98,91 @@ def load_csv(
     ((150, 4), ['setosa', 'versicolor', 'virginica'])
     >>> X, y = data                     # unpacks to (X, y)
     """
-    path = Path(path)
-    with open(path, newline="", encoding=encoding) as f:
-        reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
-        # (physical line number, cells); blank lines anywhere are skipped.
-        try:
-            rows = [(reader.line_num, r) for r in reader if not _is_blank(r)]
-        except UnicodeDecodeError as e:
-            raise DataFormatError(
-                f"{path}: not {encoding} text (byte 0x{e.object[e.start]:02x} cannot be "
-                "decoded); is this a CSV file?"
-            ) from None
-        except csv.Error as e:
-            raise DataFormatError(f"{path}, line {reader.line_num}: {e}") from None
-    if not rows:
-        raise DataFormatError(f"{path}: the file is empty (no rows)")
+    from .tables import _numeric, missing_or_bad, not_float32, read_table
 
-    first = [c.strip() for c in rows[0][1]]
-    if header == "auto":
-        if isinstance(target, str):
-            has_header = True
-        elif len(rows) == 1:
-            has_header = all(_number(c) is None for c in first)
-        else:
-            second = rows[1][1]
-            has_header = all(_number(c) is None for c in first) or any(
-                _number(a) is None and _number(b) is not None
-                for a, b in zip(first, second)
-            )
-    else:
-        has_header = bool(header)
-    if has_header:
-        names = [c if c else f"column_{i}" for i, c in enumerate(first)]
-        data = rows[1:]
-    else:
-        names = [f"column_{i}" for i in range(len(first))]
-        data = rows
-    if not data:
-        raise DataFormatError(f"{path}: only a header line ({', '.join(names)}), no data rows")
+    df = read_table(path, delimiter=delimiter, header=header, encoding=encoding,
+                    prefer_header=isinstance(target, str))
+    names = [str(c) for c in df.columns]
+    where = str(path) if isinstance(path, (str, os.PathLike)) else "the table"
     ncol = len(names)
     if ncol < 2:
         raise DataFormatError(
-            f"{path}: found {ncol} column; need at least one feature column and the target"
+            f"{where}: found {ncol} column; need at least one feature column and the target"
         )
+    if len(df) == 0:
+        raise DataFormatError(f"{where}: only a header line ({', '.join(names)}), no data rows")
+    meta = df.attrs.get("chainrule_source") or {}
+    has_header = meta.get("header", True)
 
     # Resolve the target column.
     if isinstance(target, str):
         if not has_header:
-            raise ValueError(f"load_csv: target={target!r} is a name but {path} is read "
+            raise ValueError(f"load_csv: target={target!r} is a name but {where} is read "
                              "without a header; pass a column index")
         if target not in names:
-            raise ValueError(f"load_csv: no column named {target!r} in {path}; columns: "
+            raise ValueError(f"load_csv: no column named {target!r} in {where}; columns: "
                              f"{names}")
         t = names.index(target)
     elif isinstance(target, int) and not isinstance(target, bool):
         if not -ncol <= target < ncol:
             raise ValueError(f"load_csv: target index {target} out of range for {ncol} "
-                             f"columns in {path}")
+                             f"columns in {where}")
         t = target % ncol
     else:
         raise TypeError(f"load_csv: target must be a column name or index, got {target!r}")
-    feat = [i for i in range(ncol) if i != t]
+    feat = [names[i] for i in range(ncol) if i != t]
+    tname = names[t]
 
-    X = np.empty((len(data), len(feat)), dtype=np.float32)
-    raw_target: list[str] = []
-    for r, (line, cells) in enumerate(data):
-        if len(cells) != ncol:
-            raise DataFormatError(
-                f"{path}, line {line}: expected {ncol} columns, found {len(cells)}: "
-                f"{delimiter.join(cells)!r}"
-            )
-        for j, i in enumerate(feat):
-            text = cells[i].strip()
-            v = _number(text)
-            if v is None:
-                what = "empty cell" if not text else f"{text!r} is not a finite float32 number"
-                raise DataFormatError(
-                    f"{path}, line {line}, column {i + 1} ({names[i]!r}): {what}"
-                )
-            X[r, j] = v
-        text = cells[t].strip()
-        if not text:
-            raise DataFormatError(
-                f"{path}, line {line}, column {t + 1} ({names[t]!r}): empty target cell"
-            )
-        raw_target.append(text)
+    if all(df[c].dtype.kind in "biuf" for c in feat) and not df[feat].isna().to_numpy().any():
+        # the usual case, all numbers: one conversion, then the float32 range check
+        X64 = df[feat].to_numpy(dtype=np.float64)
+        if not (np.isfinite(X64).all() and np.abs(X64).max(initial=0) <= _F32_MAX):
+            r, j = (int(v) for v in np.argwhere(~np.isfinite(X64) | (np.abs(
+                np.nan_to_num(X64)) > _F32_MAX))[0])
+            raise DataFormatError(not_float32(df, r, feat[j], X64[r, j]))
+        X = X64.astype(np.float32)
+        feat_done = True
+    else:
+        X = np.empty((len(df), len(feat)), dtype=np.float32)
+        feat_done = False
+    for j, name in enumerate([] if feat_done else feat):
+        values = _numeric(df[name], name, df)
+        bad = np.isnan(values)
+        if bad.any():
+            raise DataFormatError(missing_or_bad(df, int(np.flatnonzero(bad)[0]), name))
+        X[:, j] = values
 
-    values = [_number(s) for s in raw_target]
-    numeric = all(v is not None for v in values)
+    col = df[tname]
+    raw = col.to_numpy()
+    empty = np.asarray(col.isna())
+    if empty.any():
+        r = int(np.flatnonzero(empty)[0])
+        where_cell = missing_or_bad(df, r, tname).rsplit(": ", 1)[0]
+        raise DataFormatError(f"{where_cell}: empty target cell")
+    if raw.dtype.kind in "biuf":
+        values = raw.astype(np.float64)
+        numeric = True
+    else:
+        import pandas as pd
+
+        values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64,
+                                                              na_value=np.nan)
+        numeric = not np.isnan(values).any()
     if classification is False and not numeric:
-        k = next(k for k, v in enumerate(values) if v is None)
+        from .tables import locate
+
+        k = int(np.flatnonzero(np.isnan(values))[0])
         raise DataFormatError(
-            f"{path}, line {data[k][0]}, column {t + 1} ({names[t]!r}): target "
-            f"{raw_target[k]!r} is not a number (classification=False)"
+            f"{locate(df, k, tname)}: target {str(raw[k]).strip()!r} is not a number "
+            "(classification=False)"
         )
     if numeric and not classification:
-        y = np.asarray(values, dtype=np.float32)
-        return CSVData(X, y, [names[i] for i in feat], names[t])
+        return CSVData(X, values.astype(np.float32), feat, tname)
     if numeric:
-        labels: list[Any] = [_label_value(v) for v in values]  # type: ignore[arg-type]
+        labels: list[Any] = [_label_value(float(v)) for v in values]
     else:
-        labels = raw_target
+        labels = [str(v).strip() for v in raw]
     classes = sorted(set(labels))
     index = {c: k for k, c in enumerate(classes)}
     y = np.array([index[c] for c in labels], dtype=np.int64)
-    return CSVData(X, y, [names[i] for i in feat], names[t], classes, index)
+    return CSVData(X, y, feat, tname, classes, index)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ._common import SeedLike, as_array, make_rng
 
-__all__ = ["train_test_split", "one_hot", "standardize"]
+__all__ = ["train_test_split", "one_hot", "standardize", "Standardizer"]
 
 
 def _test_count(n: int, test_size: float | int) -> int:
@@ -138,6 +138,106 @@ def one_hot(y: Any, num_classes: int | None = None, dtype: Any = np.float32) -> 
     return out
 
 
+class Standardizer:
+    """Per-column standardisation ``(x - mean) / std`` with a fit/transform API.
+
+    Statistics are computed in float64 (a float32 sum over many rows loses
+    digits); constant columns are centred but not divided (their std is taken
+    as 1). :meth:`partial_fit` accumulates over chunks (Chan et al.'s pairwise
+    update), so a table larger than memory can be scaled in one pass. The
+    state is two lists of numbers (:meth:`get_state`), stored in checkpoints.
+
+    >>> sc = Standardizer().fit(X_train)
+    >>> X_tr, X_te = sc.transform(X_train), sc.transform(X_test)
+    >>> Standardizer.from_state(sc.get_state()).transform(X_test)   # the same numbers
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean_: np.ndarray | None = None
+        self._m2: np.ndarray | None = None
+
+    def fit(self, X: Any) -> Standardizer:
+        """Statistics of the columns of ``X`` (n, d), replacing any earlier ones."""
+        self.n, self.mean_, self._m2 = 0, None, None
+        return self.partial_fit(X)
+
+    def partial_fit(self, X: Any) -> Standardizer:
+        """Add the rows of ``X`` to the statistics."""
+        a = as_array(X)
+        if a.ndim != 2:
+            raise ValueError(f"Standardizer: expected a 2-D array (n, d), got shape {a.shape}")
+        if self.mean_ is not None and a.shape[1] != self.mean_.shape[0]:
+            raise ValueError(f"Standardizer: X has {a.shape[1]} columns, the statistics so "
+                             f"far have {self.mean_.shape[0]}")
+        k = a.shape[0]
+        if k == 0:
+            return self
+        mean = a.mean(axis=0, dtype=np.float64)
+        m2 = ((a - mean) ** 2).sum(axis=0, dtype=np.float64)
+        if self.mean_ is None:
+            self.n, self.mean_, self._m2 = k, mean, m2
+            return self
+        n = self.n + k
+        delta = mean - self.mean_
+        self.mean_ = self.mean_ + delta * (k / n)
+        self._m2 = self._m2 + m2 + delta**2 * (self.n * k / n)
+        self.n = n
+        return self
+
+    @property
+    def scale_(self) -> np.ndarray:
+        """The standard deviations used (1 for constant columns)."""
+        if self.mean_ is None:
+            raise RuntimeError("Standardizer: call fit() first")
+        std = np.sqrt(self._m2 / self.n)
+        return np.where(std > 0, std, 1.0)
+
+    def transform(self, X: Any) -> np.ndarray:
+        """``(X - mean) / std``; floating X keeps its dtype, integers become float32."""
+        a = as_array(X)
+        if self.mean_ is None:
+            raise RuntimeError("Standardizer: call fit() first")
+        if a.ndim != 2 or a.shape[1] != self.mean_.shape[0]:
+            raise ValueError(f"Standardizer: X has shape {a.shape}, expected (n, "
+                             f"{self.mean_.shape[0]})")
+        dtype = a.dtype if np.issubdtype(a.dtype, np.floating) else np.dtype(np.float32)
+        return ((a - self.mean_) / self.scale_).astype(dtype)
+
+    def inverse_transform(self, X: Any) -> np.ndarray:
+        a = as_array(X)
+        return (a * self.scale_ + self.mean_).astype(a.dtype if a.dtype.kind == "f"
+                                                     else np.float32)
+
+    def fit_transform(self, X: Any) -> np.ndarray:
+        return self.fit(X).transform(X)
+
+    def get_state(self) -> dict[str, Any]:
+        """``{"mean": [...], "std": [...], "n": rows}``: plain JSON."""
+        return {"mean": self.mean_.tolist() if self.mean_ is not None else None,
+                "std": self.scale_.tolist() if self.mean_ is not None else None,
+                "n": int(self.n)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Standardizer:
+        mean = np.asarray(state["mean"], dtype=np.float64)
+        std = np.asarray(state["std"], dtype=np.float64)
+        if mean.shape != std.shape or mean.ndim != 1:
+            raise ValueError("Standardizer.from_state: mean and std must be lists of the "
+                             "same length")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("Standardizer.from_state: mean and std must be finite, std > 0")
+        self = cls()
+        self.n = int(state.get("n") or 1)
+        self.mean_ = mean
+        self._m2 = std**2 * self.n
+        return self
+
+    def __repr__(self) -> str:
+        d = None if self.mean_ is None else self.mean_.shape[0]
+        return f"Standardizer(columns={d}, rows={self.n})"
+
+
 @overload
 def standardize(X_train: Any, X_test: None = None) -> np.ndarray: ...
 @overload
@@ -158,15 +258,13 @@ def standardize(X_train: Any, X_test: Any = None) -> np.ndarray | tuple[np.ndarr
     """
     a = as_array(X_train)
     dtype = a.dtype if np.issubdtype(a.dtype, np.floating) else np.dtype(np.float32)
-    # Statistics in float64: a float32 sum over many rows loses digits.
-    mean = a.mean(axis=0, dtype=np.float64)
-    std = a.std(axis=0, dtype=np.float64)
-    std = np.where(std > 0, std, 1.0)
-    tr = ((a - mean) / std).astype(dtype)
+    flat = a.reshape(a.shape[0], -1) if a.ndim != 2 else a
+    sc = Standardizer().fit(flat)
+    tr = sc.transform(flat).reshape(a.shape).astype(dtype)
     if X_test is None:
         return tr
     b = as_array(X_test)
     if b.shape[1:] != a.shape[1:]:
         raise ValueError(f"standardize: X_test rows have shape {b.shape[1:]}, X_train rows "
                          f"{a.shape[1:]}")
-    return tr, ((b - mean) / std).astype(dtype)
+    return tr, sc.transform(b.reshape(b.shape[0], -1)).reshape(b.shape).astype(dtype)

@@ -7,13 +7,21 @@
 
 from . import functional, init, utils
 from .layers import (
+    ELU,
+    GELU,
     LAYERS,
+    BatchNorm1d,
     BCELoss,
     BCEWithLogitsLoss,
+    CategoricalEmbedding,
     CrossEntropyLoss,
     Dropout,
+    Embedding,
     Flatten,
+    HuberLoss,
     Identity,
+    L1Loss,
+    LayerNorm,
     LeakyReLU,
     Linear,
     LogSoftmax,
@@ -22,6 +30,8 @@ from .layers import (
     ReLU,
     Sequential,
     Sigmoid,
+    SiLU,
+    SmoothL1Loss,
     Softmax,
     Tanh,
     build,
@@ -32,5 +42,6 @@ __all__ = [
     "functional", "init", "utils", "Module", "Parameter", "IncompatibleKeys",
     "Linear", "Sequential", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
     "Identity", "Flatten", "Dropout", "MSELoss", "BCELoss", "BCEWithLogitsLoss",
-    "CrossEntropyLoss", "NLLLoss", "build", "LAYERS",
+    "CrossEntropyLoss", "NLLLoss", "build", "LAYERS", "GELU", "SiLU", "ELU", "LayerNorm",
+    "BatchNorm1d", "Embedding", "CategoricalEmbedding", "L1Loss", "HuberLoss", "SmoothL1Loss",
 ]

@@ -31,9 +31,10 @@ from ..tensor import Tensor, _mode
 
 __all__ = [
     "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "softplus",
-    "linear", "dropout", "flatten",
+    "gelu", "silu", "elu", "linear", "dropout", "flatten", "layer_norm", "batch_norm",
+    "embedding",
     "cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
-    "mse_loss",
+    "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
 ]
 
 # ==========================================================================
@@ -62,6 +63,22 @@ def tanh(input: Any) -> Tensor:  # noqa: A002
 
 def softplus(input: Any) -> Tensor:  # noqa: A002
     return ops.softplus(input)
+
+
+def gelu(input: Any, approximate: str = "none") -> Tensor:  # noqa: A002
+    """x Phi(x), Phi the standard normal CDF; ``approximate='tanh'`` is PyTorch's
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return ops.gelu(input, approximate)
+
+
+def silu(input: Any) -> Tensor:  # noqa: A002
+    """x sigmoid(x) (swish)."""
+    return ops.silu(input)
+
+
+def elu(input: Any, alpha: float = 1.0) -> Tensor:  # noqa: A002
+    """x for x > 0, alpha (e^x - 1) otherwise."""
+    return ops.elu(input, alpha)
 
 
 def _axis(dim: int | None, axis: int | None) -> int:
@@ -118,6 +135,160 @@ def dropout(input: Any, p: float = 0.5, training: bool = True,  # noqa: A002
         if _mode.tracer is not None:  # cr.compile: draw a fresh mask on every replay
             _mode.tracer.produced(mask, _dropout_mask, (generator, x.shape, dt, p))
     return ops.mul(input, mask)
+
+
+# ==========================================================================
+# Normalisation layers: one rule that standardises over some axes
+# ==========================================================================
+
+
+@rule("normalize", saves=Saves(inputs=(True,), out=True),
+      grads=("({g} - mean({g}) - {out} * mean({g} * {out})) / sigma",))
+def NORMALIZE(x, *running, axes, eps, momentum):
+    """(x - mean) / sqrt(var + eps) over ``axes`` (biased variance).
+
+    ``running`` is empty, or the arrays ``(running_mean, running_var,
+    num_batches_tracked)`` that batch normalisation updates here, in the
+    forward pass, with the batch statistics (the variance unbiased, as in
+    PyTorch). They are operands rather than settings so that ``cr.compile``
+    sees them as state of the step: a replayed step updates them too, and
+    its verification restores them like any other tensor it changes.
+    """
+    mean = x.mean(axis=axes, keepdims=True)
+    d = x - mean
+    var = (d * d).mean(axis=axes, keepdims=True)
+    inv = 1.0 / np.sqrt(var + eps)
+    if running:
+        rmean, rvar, counter = running
+        n = x.size // mean.size
+        if n < 2:
+            raise ValueError(
+                f"batch_norm: expected more than 1 value per channel when training, got "
+                f"input shape {x.shape}"
+            )
+        rmean *= 1.0 - momentum
+        rmean += momentum * mean.reshape(rmean.shape)
+        rvar *= 1.0 - momentum
+        rvar += (momentum * n / (n - 1)) * var.reshape(rvar.shape)
+        counter += 1
+    return (d * inv).astype(x.dtype, copy=False), (axes, inv.astype(x.dtype, copy=False), eps)
+
+
+@NORMALIZE.defvjp
+def _(g, out, ctx, needs, xp, x, *running):
+    # With xhat = out: dL/dx = (g - mean(g) - xhat mean(g xhat)) / sigma
+    axes, inv, eps = ctx
+    if isinstance(x, Tensor):  # create_graph: sigma depends on x, so rebuild it from x
+        d = x - x.mean(axis=axes, keepdims=True)
+        inv = ((d * d).mean(axis=axes, keepdims=True) + eps) ** -0.5
+    gx = (g - g.mean(axis=axes, keepdims=True)
+          - out * (g * out).mean(axis=axes, keepdims=True)) * inv
+    return (gx,) + (None,) * len(running)
+
+
+def _normalize(x: Any, axes: tuple[int, ...], eps: float, running: tuple = (),
+               momentum: float = 0.0) -> Tensor:
+    return ops.apply(NORMALIZE, x, *running, axes=axes, eps=float(eps),
+                     momentum=float(momentum))
+
+
+def layer_norm(input: Any, normalized_shape: Any, weight: Any = None,  # noqa: A002
+               bias: Any = None, eps: float = 1e-5) -> Tensor:
+    """Standardise over the last ``len(normalized_shape)`` axes, then scale and shift.
+
+    Parameters
+    ----------
+    input : Tensor (..., *normalized_shape)
+    normalized_shape : int or tuple of int
+    weight, bias : Tensor of shape ``normalized_shape``, optional
+    eps : float
+
+    >>> F.layer_norm(cr.randn(4, 8), 8).shape
+    (4, 8)
+    """
+    shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) \
+        else tuple(normalized_shape)
+    x = value(input) if isinstance(input, Tensor) else np.asarray(input)
+    k = len(shape)
+    if k == 0 or x.shape[x.ndim - k:] != tuple(shape):
+        raise ValueError(
+            f"layer_norm: input of shape {x.shape} does not end in normalized_shape {shape}"
+        )
+    out = _normalize(input, tuple(range(x.ndim - k, x.ndim)), eps)
+    if weight is not None:
+        out = ops.mul(out, weight)
+    if bias is not None:
+        out = ops.add(out, bias)
+    return out
+
+
+def batch_norm(input: Any, running_mean: Any, running_var: Any,  # noqa: A002
+               weight: Any = None, bias: Any = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5,
+               num_batches_tracked: Any = None) -> Tensor:
+    """Batch normalisation over the batch axis of (N, C) or (N, C, L) input (PyTorch's).
+
+    Training: standardise with the batch's mean and (biased) variance and move
+    ``running_mean`` / ``running_var`` towards the batch's mean and unbiased
+    variance by ``momentum``. Evaluation: standardise with the running
+    statistics. ``weight`` / ``bias`` (C,) scale and shift each channel.
+
+    >>> rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    >>> F.batch_norm(cr.randn(8, 3), rm, rv, training=True).shape
+    (8, 3)
+    """
+    x = value(input) if isinstance(input, Tensor) else np.asarray(input)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"batch_norm: expected input of shape (N, C) or (N, C, L), got {x.shape}")
+    c = x.shape[1]
+    chan = (1, c) if x.ndim == 2 else (1, c, 1)
+    axes = (0,) if x.ndim == 2 else (0, 2)
+
+    def arr(t: Any) -> Any:
+        return None if t is None else (value(t) if isinstance(t, Tensor) else np.asarray(t))
+
+    rm, rv = arr(running_mean), arr(running_var)
+    for name, a in (("running_mean", rm), ("running_var", rv)):
+        if a is not None and a.shape != (c,):
+            raise ValueError(f"batch_norm: {name} has shape {a.shape}, expected ({c},)")
+    if training or rm is None:
+        running: tuple = ()
+        if training and rm is not None and rv is not None:
+            # Tensors stay Tensors (a module's buffers): cr.compile then tracks them
+            counter = num_batches_tracked if num_batches_tracked is not None \
+                else np.zeros((), np.int64)
+            running = (running_mean, running_var, counter)
+        out = _normalize(input, axes, eps, running, momentum)
+    else:
+        inv = (1.0 / np.sqrt(rv.astype(np.float64) + eps)).astype(x.dtype)
+        out = ops.mul(ops.sub(input, rm.reshape(chan).astype(x.dtype)), inv.reshape(chan))
+    if weight is not None:
+        out = ops.mul(out, ops.reshape(weight, chan))
+    if bias is not None:
+        out = ops.add(out, ops.reshape(bias, chan))
+    return out
+
+
+def embedding(input: Any, weight: Any) -> Tensor:  # noqa: A002
+    """Rows of ``weight`` (num_embeddings, dim) at integer indices ``input`` (any shape).
+
+    Returns shape ``input.shape + (dim,)``. Repeated indices accumulate their
+    gradients into the same row.
+
+    >>> F.embedding(np.array([2, 0, 2]), cr.randn(5, 3)).shape
+    (3, 3)
+    """
+    idx = value(input) if isinstance(input, Tensor) else np.asarray(input)
+    w = value(weight) if isinstance(weight, Tensor) else np.asarray(weight)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
+    n = w.shape[0]
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        bad = int(idx.ravel()[np.flatnonzero((idx.ravel() < 0) | (idx.ravel() >= n))[0]])
+        raise IndexError(
+            f"embedding: index {bad} is out of range for {n} embeddings (valid: 0..{n - 1})"
+        )
+    return ops.getitem(weight, idx.astype(np.intp, copy=False))
 
 
 def _dropout_mask(generator: np.random.Generator | None, shape: tuple, dt: np.dtype,
@@ -381,11 +552,67 @@ def _(g, out, ctx, needs, xp, x, y):
     return gx, gy
 
 
+@rule("cross_entropy_weighted", saves=Saves(inputs=(True,)), role="loss", activation="softmax",
+      grads=("w_target * (softmax({0}) - onehot(target)) * {g} / sum(w_target)",))
+def CROSS_ENTROPY_WEIGHTED(x, *, target, weight, reduction, label_smoothing):
+    """Class-weighted cross-entropy (PyTorch's ``weight=``): row i counts weight[target_i].
+
+    Per row: (1 - eps) w[y] (-log p_y) + eps / C sum_k w_k (-log p_k); the
+    'mean' divides the sum by sum_i w[y_i], not by N, as PyTorch does.
+    """
+    n, c = x.shape
+    _check_label_range(target, c, "cross_entropy")
+    p, lse = _softmax_rows(x)
+    rows = np.arange(n)
+    wy = weight[target]
+    loss = wy * (lse[:, 0] - x[rows, target])
+    if label_smoothing:
+        smooth = (weight * (lse - x)).sum(axis=1)
+        loss = (1.0 - label_smoothing) * loss + (label_smoothing / c) * smooth
+    denom = wy.sum()
+    if reduction == "mean":
+        out = np.asarray(loss.sum() / denom)
+    else:
+        out = _reduce(loss, reduction)
+    return out, (target, weight, reduction, label_smoothing, p, denom)
+
+
+@CROSS_ENTROPY_WEIGHTED.defvjp
+def _(g, out, ctx, needs, xp, x):
+    # d/dz of row i: (1 - eps) w_y (p - onehot_y) + eps / C (sum_k w_k p - w)
+    target, weight, reduction, ls, p, denom = ctx
+    n, c = x.shape
+    rows = np.arange(n)
+    if isinstance(x, Tensor):
+        p = _diff_softmax(x, xp)
+    onehot = np.zeros(x.shape, dtype=x.dtype)
+    onehot[rows, target] = 1.0
+    wy = weight[target][:, None]
+    d = (p - onehot) * (wy * (1.0 - ls))
+    if ls:
+        d = d + (p * weight.sum() - weight) * (ls / c)
+    if reduction == "mean":
+        scale = g / denom
+    else:
+        scale = _grad_scale(g, reduction, n, (n, 1))
+    return (d * scale,)
+
+
+def _class_weight(weight: Any, c: int, dtype: np.dtype, who: str) -> np.ndarray:
+    w = value(weight) if isinstance(weight, Tensor) else np.asarray(weight, dtype=np.float64)
+    if w.shape != (c,):
+        raise ValueError(f"{who}: weight must have shape ({c},), one per class, got {w.shape}")
+    if w.dtype.kind not in "fiu" or not np.all(np.isfinite(w)) or (w < 0).any():
+        raise ValueError(f"{who}: class weights must be finite and >= 0, got {w!r}")
+    return w.astype(dtype)
+
+
 def cross_entropy(
     input: Any,  # noqa: A002
     target: Any,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    weight: Any = None,
 ) -> Tensor:
     """Cross-entropy between logits and class labels (or class probabilities).
 
@@ -399,6 +626,10 @@ def cross_entropy(
         'mean' averages over the N rows.
     label_smoothing : float in [0, 1]
         Mix the target with the uniform distribution (PyTorch's definition).
+    weight : array of shape (C,), optional
+        A weight per class (for imbalanced classes): each row's loss is
+        multiplied by the weight of its label, and ``'mean'`` divides by the
+        sum of those weights (PyTorch's definition).
 
     Returns
     -------
@@ -416,10 +647,18 @@ def cross_entropy(
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{who}: label_smoothing must be in [0, 1], got {label_smoothing}")
     t = value(target) if isinstance(target, Tensor) else np.asarray(target)
+    w = None if weight is None or x.ndim != 2 else _class_weight(weight, x.shape[1], x.dtype, who)
     if t.dtype.kind == "f" and t.ndim == 2:
         if x.ndim != 2:
             raise ValueError(f"{who}: input must have shape (N, C), got {x.shape}")
         tgt = _same_shape_target(input, target, who)
+        if w is not None:
+            # -sum_k w_k q_k log p_k: the smoothed target times the weights, averaged over N
+            if label_smoothing:
+                tgt = ops.add(ops.mul(tgt, 1.0 - label_smoothing),
+                              label_smoothing / x.shape[1])
+            return ops.apply(CROSS_ENTROPY_PROBS, input, ops.mul(tgt, w),
+                             reduction=reduction, label_smoothing=0.0)
         return ops.apply(CROSS_ENTROPY_PROBS, input, tgt, reduction=reduction,
                          label_smoothing=float(label_smoothing))
     if reduction == "mean" and x.ndim == 2 and x.shape[0] == 0:
@@ -428,6 +667,9 @@ def cross_entropy(
             "undefined; skip empty batches or use reduction='sum'"
         )
     labels = _check_labels(x, t, who)
+    if w is not None:
+        return ops.apply(CROSS_ENTROPY_WEIGHTED, input, target=labels, weight=w,
+                         reduction=reduction, label_smoothing=float(label_smoothing))
     return ops._unary(CROSS_ENTROPY, input, target=labels, reduction=reduction,
                       label_smoothing=float(label_smoothing))
 
@@ -614,7 +856,93 @@ def mse_loss(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noq
     >>> F.mse_loss(cr.tensor([1.0, 2.0]), np.array([1.0, 0.0], dtype=np.float32)).item()
     2.0
     """
-    who = "mse_loss"
-    _check_reduction(reduction, who)
-    tgt = _same_shape_target(input, target, who)
-    return ops.apply(MSE, input, tgt, reduction=reduction)
+    return _elementwise_loss(MSE, input, target, reduction)
+
+
+def _elementwise_loss(r: Any, input: Any, target: Any, reduction: str,  # noqa: A002
+                      **params: Any) -> Tensor:
+    """A loss rule over (input, target) of one shape, after the shared checks."""
+    _check_reduction(reduction, r.name)
+    tgt = _same_shape_target(input, target, r.name)
+    return ops.apply(r, input, tgt, reduction=reduction, **params)
+
+
+# ==========================================================================
+# l1_loss, huber_loss, smooth_l1_loss: robust regression losses
+# ==========================================================================
+
+
+@rule("l1_loss", saves=SAVES_INPUTS, role="loss",
+      grads=("sign({0} - {1}) * {g} / n", "-sign({0} - {1}) * {g} / n"))
+def L1(x, y, *, reduction):
+    """|x - y| elementwise."""
+    return _reduce(np.abs(x - y), reduction), reduction
+
+
+@L1.defvjp
+def _(g, out, ctx, needs, xp, x, y):
+    # sign(x - y), 0 where they are equal (PyTorch's choice at the kink)
+    gd = np.sign(value(x) - value(y)) * _grad_scale(g, ctx, value(x).size, value(x).shape)
+    return (gd if needs[0] else None, -gd if needs[1] else None)
+
+
+def l1_loss(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noqa: A002
+    """Mean absolute error: mean(|input - target|); shapes must match.
+
+    >>> F.l1_loss(cr.tensor([1.0, 2.0]), np.array([0.0, 4.0], dtype=np.float32)).item()
+    1.5
+    """
+    return _elementwise_loss(L1, input, target, reduction)
+
+
+@rule("huber_loss", saves=SAVES_INPUTS, role="loss",
+      grads=("clip({0} - {1}, -delta, delta) * {g} / n",
+             "-clip({0} - {1}, -delta, delta) * {g} / n"))
+def HUBER(x, y, *, reduction, delta):
+    """0.5 d^2 where |d| < delta, delta (|d| - delta / 2) elsewhere; d = x - y."""
+    d = x - y
+    a = np.abs(d)
+    loss = np.where(a < delta, 0.5 * d * d, delta * (a - 0.5 * delta))
+    return _reduce(loss.astype(d.dtype, copy=False), reduction), (reduction, delta)
+
+
+@HUBER.defvjp
+def _(g, out, ctx, needs, xp, x, y):
+    # d inside the quadratic zone, +-delta outside: the error clipped to [-delta, delta]
+    reduction, delta = ctx
+    d = x - y
+    dv = value(d)
+    scale = _grad_scale(g, reduction, dv.size, dv.shape)
+    if isinstance(d, Tensor):
+        gd = xp.where(np.abs(dv) <= delta, d, np.sign(dv) * delta) * scale
+    else:
+        gd = np.clip(d, -delta, delta) * scale
+    return (gd if needs[0] else None, -gd if needs[1] else None)
+
+
+def huber_loss(input: Any, target: Any, reduction: str = "mean",  # noqa: A002
+               delta: float = 1.0) -> Tensor:
+    """Huber loss: quadratic for errors below ``delta``, linear above (PyTorch's).
+
+    Less sensitive to outliers than :func:`mse_loss`; its gradient is the
+    error clipped to [-delta, delta].
+
+    >>> F.huber_loss(cr.tensor([0.5, 3.0]), np.zeros(2, np.float32)).item()
+    1.3125
+    """
+    if not (isinstance(delta, (int, float)) and delta > 0 and np.isfinite(delta)):
+        raise ValueError(f"huber_loss: delta must be a number > 0, got {delta!r}")
+    return _elementwise_loss(HUBER, input, target, reduction, delta=float(delta))
+
+
+def smooth_l1_loss(input: Any, target: Any, reduction: str = "mean",  # noqa: A002
+                   beta: float = 1.0) -> Tensor:
+    """PyTorch's smooth L1: 0.5 d^2 / beta where |d| < beta, |d| - beta / 2 elsewhere.
+
+    Equal to ``huber_loss(..., delta=beta) / beta``; ``beta=0`` is the L1 loss.
+    """
+    if not (isinstance(beta, (int, float)) and beta >= 0 and np.isfinite(beta)):
+        raise ValueError(f"smooth_l1_loss: beta must be a number >= 0, got {beta!r}")
+    if beta == 0:
+        return l1_loss(input, target, reduction)
+    return ops.mul(huber_loss(input, target, reduction, delta=beta), 1.0 / beta)

@@ -23,8 +23,9 @@ from .module import STRUCTURE, Module, Parameter, _adopt
 
 __all__ = [
     "Linear", "Sequential", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
-    "Identity", "Flatten", "Dropout", "MSELoss", "BCELoss", "BCEWithLogitsLoss",
-    "CrossEntropyLoss", "NLLLoss", "build", "LAYERS",
+    "GELU", "SiLU", "ELU", "LayerNorm", "BatchNorm1d", "Embedding", "CategoricalEmbedding",
+    "Identity", "Flatten", "Dropout", "MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss",
+    "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "NLLLoss", "build", "LAYERS",
 ]
 
 
@@ -248,6 +249,43 @@ class Tanh(_Configurable):
         return F.tanh(x)
 
 
+class GELU(_Configurable):
+    """x Phi(x) (Phi the standard normal CDF); ``approximate='tanh'`` for the tanh form."""
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x: Any) -> Any:
+        return F.gelu(x, self.approximate)
+
+    def _config_args(self) -> dict[str, Any]:
+        return {"approximate": self.approximate} if self.approximate != "none" else {}
+
+
+class SiLU(_Configurable):
+    """x sigmoid(x) (swish)."""
+
+    def forward(self, x: Any) -> Any:
+        return F.silu(x)
+
+
+class ELU(_Configurable):
+    """x for x > 0, alpha (e^x - 1) otherwise."""
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, x: Any) -> Any:
+        return F.elu(x, self.alpha)
+
+    def _config_args(self) -> dict[str, Any]:
+        return {"alpha": self.alpha}
+
+
 class Softmax(_Configurable):
     """softmax along ``dim`` (``axis`` is accepted as an alias); default the last axis."""
 
@@ -314,6 +352,194 @@ class Dropout(_Configurable):
         return {"p": self.p}
 
 
+# ----- normalisation and embeddings ------------------------------------------
+
+
+def _check_count(who: str, name: str, n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{who}: {name} must be a positive int, got {n!r}")
+    return int(n)
+
+
+class LayerNorm(_Configurable):
+    """Standardise each sample over its last axes, then scale and shift (PyTorch's).
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        The trailing shape to normalise over, e.g. the number of features.
+    eps : float, default 1e-5
+    elementwise_affine : bool, default True
+        Learn ``weight`` (ones) and ``bias`` (zeros) of shape ``normalized_shape``.
+
+    >>> cr.nn.LayerNorm(8)(cr.randn(4, 8)).shape
+    (4, 8)
+    """
+
+    def __init__(self, normalized_shape: Any, eps: float = 1e-5,
+                 elementwise_affine: bool = True, dtype: Any = np.float32) -> None:
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) \
+            else tuple(normalized_shape)
+        self.normalized_shape = tuple(_check_count("LayerNorm", "normalized_shape", d)
+                                      for d in shape)
+        self.eps = float(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        if self.elementwise_affine:
+            self.weight = Parameter(np.ones(self.normalized_shape, dtype=dtype))
+            self.bias = Parameter(np.zeros(self.normalized_shape, dtype=dtype))
+        else:
+            self.weight = self.bias = None
+
+    def forward(self, x: Any) -> Any:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def _config_args(self) -> dict[str, Any]:
+        shape = self.normalized_shape
+        return {"normalized_shape": shape[0] if len(shape) == 1 else list(shape),
+                "eps": self.eps, "elementwise_affine": self.elementwise_affine}
+
+
+class BatchNorm1d(_Configurable):
+    """Batch normalisation of (N, C) or (N, C, L) input (PyTorch's ``BatchNorm1d``).
+
+    In training mode each channel is standardised with the batch's mean and
+    variance, and ``running_mean`` / ``running_var`` follow the batch
+    statistics with ``momentum``; in eval mode the running statistics are
+    used, so a prediction does not depend on the rest of its batch. The
+    running statistics are buffers: they are in ``state_dict()`` and in
+    saved checkpoints (with ``num_batches_tracked``, as in PyTorch).
+
+    >>> bn = cr.nn.BatchNorm1d(3)
+    >>> bn(cr.randn(16, 3)).shape       # training: updates the running statistics
+    (16, 3)
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, dtype: Any = np.float32) -> None:
+        super().__init__()
+        self.num_features = _check_count("BatchNorm1d", "num_features", num_features)
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"BatchNorm1d: momentum must be in [0, 1], got {momentum!r}")
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.affine = bool(affine)
+        c = self.num_features
+        if self.affine:
+            self.weight = Parameter(np.ones(c, dtype=dtype))
+            self.bias = Parameter(np.zeros(c, dtype=dtype))
+        else:
+            self.weight = self.bias = None
+        self.register_buffer("running_mean", np.zeros(c, dtype=dtype))
+        self.register_buffer("running_var", np.ones(c, dtype=dtype))
+        self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
+
+    def forward(self, x: Any) -> Any:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training, self.momentum, self.eps, self.num_batches_tracked)
+
+    def _config_args(self) -> dict[str, Any]:
+        return {"num_features": self.num_features, "eps": self.eps,
+                "momentum": self.momentum, "affine": self.affine}
+
+
+class Embedding(_Configurable):
+    """A lookup table: integer index i -> row i of ``weight`` (num_embeddings, embedding_dim).
+
+    Initialised N(0, 1) as in PyTorch. Input: integer array of any shape;
+    output: that shape + (embedding_dim,).
+
+    >>> cr.nn.Embedding(10, 3)(np.array([1, 4, 4])).shape
+    (3, 3)
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: Any = np.float32,
+                 generator: np.random.Generator | None = None) -> None:
+        super().__init__()
+        self.num_embeddings = _check_count("Embedding", "num_embeddings", num_embeddings)
+        self.embedding_dim = _check_count("Embedding", "embedding_dim", embedding_dim)
+        self.weight = Parameter(np.empty((self.num_embeddings, self.embedding_dim), dtype=dtype))
+        init.normal_(self.weight, 0.0, 1.0, generator=generator)
+
+    def forward(self, x: Any) -> Any:
+        return F.embedding(x, self.weight)
+
+    def _config_args(self) -> dict[str, Any]:
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim}
+
+
+class CategoricalEmbedding(_Configurable):
+    """The input layer of a table with categorical columns: embed the codes, keep the numbers.
+
+    Input rows are ``[numeric features..., code_1, ..., code_k]`` (float; the
+    last k columns hold integer category codes, as written by
+    :class:`chainrule.data.TablePreprocessor` with ``categorical='embed'``).
+    Output: the numeric features followed by one ``nn.Embedding`` vector per
+    categorical column, concatenated: width ``numeric_features + sum(dims)``.
+
+    Parameters
+    ----------
+    numeric_features : int
+    cardinalities : list of int
+        Number of codes of each categorical column.
+    dims : list of int
+        Embedding width of each categorical column.
+
+    >>> emb = cr.nn.CategoricalEmbedding(2, [3, 5], [2, 3])
+    >>> emb(cr.tensor(np.array([[0.1, -1.0, 2, 4]], np.float32))).shape
+    (1, 7)
+    """
+
+    def __init__(self, numeric_features: int, cardinalities: Any, dims: Any,
+                 dtype: Any = np.float32) -> None:
+        super().__init__()
+        if isinstance(numeric_features, bool) or not isinstance(
+                numeric_features, (int, np.integer)) or numeric_features < 0:
+            raise ValueError("CategoricalEmbedding: numeric_features must be an int >= 0, "
+                             f"got {numeric_features!r}")
+        cards, dims = list(cardinalities), list(dims)
+        if len(cards) != len(dims) or not cards:
+            raise ValueError("CategoricalEmbedding: give one embedding width per categorical "
+                             f"column (cardinalities {cards}, dims {dims})")
+        self.numeric_features = int(numeric_features)
+        self.cardinalities = [_check_count("CategoricalEmbedding", "cardinality", c)
+                              for c in cards]
+        self.dims = [_check_count("CategoricalEmbedding", "dim", d) for d in dims]
+        self.embeddings = [Embedding(c, d, dtype=dtype) for c, d in zip(self.cardinalities,
+                                                                         self.dims)]
+
+    @property
+    def in_features(self) -> int:
+        return self.numeric_features + len(self.cardinalities)
+
+    @property
+    def out_features(self) -> int:
+        return self.numeric_features + sum(self.dims)
+
+    def forward(self, x: Any) -> Any:
+        arr = ops.value(x) if isinstance(x, ops.Tensor) else np.asarray(x)
+        if arr.ndim != 2 or arr.shape[1] != self.in_features:
+            raise ValueError(
+                f"CategoricalEmbedding: expected input of shape (N, {self.in_features}) "
+                f"({self.numeric_features} numeric columns + {len(self.cardinalities)} "
+                f"category codes), got {arr.shape}"
+            )
+        m = self.numeric_features
+        parts = [ops.getitem(x, (slice(None), slice(0, m)))] if m else []
+        for j, emb in enumerate(self.embeddings):
+            codes = arr[:, m + j]
+            idx = codes.astype(np.int64)
+            if not np.array_equal(idx, codes):
+                raise ValueError(f"CategoricalEmbedding: column {m + j} must hold integer "
+                                 "category codes")
+            parts.append(emb(idx))
+        return ops.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def _config_args(self) -> dict[str, Any]:
+        return {"numeric_features": self.numeric_features,
+                "cardinalities": list(self.cardinalities), "dims": list(self.dims)}
+
+
 # ----- losses ---------------------------------------------------------------
 
 
@@ -336,6 +562,40 @@ class MSELoss(_Loss):
     """mean((input - target)^2); see :func:`~chainrule.nn.functional.mse_loss`."""
 
     _fn = staticmethod(F.mse_loss)
+
+
+class L1Loss(_Loss):
+    """mean(|input - target|); see :func:`~chainrule.nn.functional.l1_loss`."""
+
+    _fn = staticmethod(F.l1_loss)
+
+
+class HuberLoss(_Loss):
+    """Quadratic below ``delta``, linear above; see :func:`~chainrule.nn.functional.huber_loss`."""
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
+        super().__init__(reduction)
+        self.delta = float(delta)
+
+    def forward(self, input: Any, target: Any) -> Any:  # noqa: A002
+        return F.huber_loss(input, target, self.reduction, self.delta)
+
+    def _config_args(self) -> dict[str, Any]:
+        return {"reduction": self.reduction, "delta": self.delta}
+
+
+class SmoothL1Loss(_Loss):
+    """PyTorch's smooth L1; see :func:`~chainrule.nn.functional.smooth_l1_loss`."""
+
+    def __init__(self, reduction: str = "mean", beta: float = 1.0) -> None:
+        super().__init__(reduction)
+        self.beta = float(beta)
+
+    def forward(self, input: Any, target: Any) -> Any:  # noqa: A002
+        return F.smooth_l1_loss(input, target, self.reduction, self.beta)
+
+    def _config_args(self) -> dict[str, Any]:
+        return {"reduction": self.reduction, "beta": self.beta}
 
 
 class BCELoss(_Loss):
@@ -363,24 +623,35 @@ class CrossEntropyLoss(_Loss):
     >>> loss = cr.nn.CrossEntropyLoss()(model(x), labels)
     """
 
-    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0) -> None:
+    def __init__(self, weight: Any = None, reduction: str = "mean",
+                 label_smoothing: float = 0.0) -> None:
+        if isinstance(weight, str):  # the old positional order was (reduction, ...)
+            weight, reduction = None, weight
         super().__init__(reduction)
         self.label_smoothing = float(label_smoothing)
+        self.weight = None if weight is None else np.asarray(
+            ops.value(weight), dtype=np.float64)
 
     def forward(self, input: Any, target: Any) -> Any:  # noqa: A002
-        return F.cross_entropy(input, target, self.reduction, self.label_smoothing)
+        return F.cross_entropy(input, target, self.reduction, self.label_smoothing,
+                               weight=self.weight)
 
     def _config_args(self) -> dict[str, Any]:
-        return {"reduction": self.reduction, "label_smoothing": self.label_smoothing}
+        cfg: dict[str, Any] = {"reduction": self.reduction,
+                               "label_smoothing": self.label_smoothing}
+        if self.weight is not None:
+            cfg["weight"] = self.weight.tolist()
+        return cfg
 
 
 # ----- rebuilding from a config ---------------------------------------------
 
 LAYERS: dict[str, type[Module]] = {
     cls.__name__: cls
-    for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Identity,
-                Flatten, Dropout, MSELoss, BCELoss, BCEWithLogitsLoss, CrossEntropyLoss,
-                NLLLoss)
+    for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, ELU, Softmax, LogSoftmax,
+                Identity, Flatten, Dropout, LayerNorm, BatchNorm1d, Embedding,
+                CategoricalEmbedding, MSELoss, L1Loss, HuberLoss, SmoothL1Loss, BCELoss,
+                BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss)
 }
 
 

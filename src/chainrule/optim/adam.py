@@ -76,10 +76,7 @@ class Adam(Optimizer):
                 if self._decoupled:
                     w *= 1 - lr * wd
                 else:
-                    t = self._buf(w, 1)
-                    np.multiply(w, wd, out=t)
-                    np.add(g, t, out=t)
-                    g = t
+                    g = self._l2(g, w, wd)
             t = self._buf(w, 2)
             # m.lerp_(g, 1 - beta1): m + w (g - m), the form PyTorch uses for w < 0.5
             np.subtract(g, m, out=t)

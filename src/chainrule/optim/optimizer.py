@@ -205,6 +205,16 @@ class Optimizer:
             self._views = {v: a for v, a in self._views.items() if v[1:] != (like.dtype, k)}
         return buf[:n].reshape(like.shape)
 
+    def _l2(self, g: np.ndarray, w: np.ndarray, wd: float) -> np.ndarray:
+        """``g + wd * w`` (weight decay as an L2 term in the gradient), in scratch
+        buffer 1; ``g`` itself when ``wd`` is 0."""
+        if wd == 0:
+            return g
+        t = self._buf(w, 1)
+        np.multiply(w, wd, out=t)
+        np.add(g, t, out=t)
+        return t
+
     def _grad(self, p: Tensor, maximize: bool) -> np.ndarray:
         g = p._grad.data
         if g.shape != p.data.shape:

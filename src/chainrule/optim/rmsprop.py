@@ -62,11 +62,7 @@ class RMSprop(Optimizer):
                 if centered:
                     state["grad_avg"] = np.zeros_like(w)
             state["step"] += 1
-            if wd != 0:
-                t = self._buf(w, 1)
-                np.multiply(w, wd, out=t)
-                np.add(g, t, out=t)
-                g = t
+            g = self._l2(g, w, wd)
             sq = state["square_avg"]
             avg = self._buf(w, 2)
             sq *= alpha

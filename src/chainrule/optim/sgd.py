@@ -67,11 +67,7 @@ class SGD(Optimizer):
             w = p.data
             blas = fused and _blas.supports(w)
             g = self._grad(p, group["maximize"])
-            if wd != 0:
-                t = self._buf(w, 1)
-                np.multiply(w, wd, out=t)
-                np.add(g, t, out=t)
-                g = t
+            g = self._l2(g, w, wd)
             if mom != 0:
                 state = self.state.setdefault(p, {})
                 buf = state.get("momentum_buffer")
