@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import chainrule as cr
@@ -40,20 +40,29 @@ def test_every_rule_is_generated_or_excluded_with_a_reason():
     assert all(isinstance(r, str) and r for r in EXCLUDED.values())
 
 
+class _Hit(Exception):
+    """A generated program recorded the rule: the probe can stop."""
+
+
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_each_builder_records_its_rule(name):
     """A builder really produces its rule (so coverage cannot drift silently)."""
-    hits = []
 
-    @settings(max_examples=25, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    # derandomized: a builder with a narrow precondition (two same-shape
+    # operands whose difference stays clear of a kink) hits in most random
+    # runs but not all, and this test is about coverage, not about luck
+    @settings(max_examples=60, deadline=None, database=None, derandomize=True,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @given(programs(max_steps=3, only=name))
     def probe(prog):
         if name in prog.rules():
-            hits.append(prog)
+            raise _Hit
 
-    probe()
-    assert hits, f"the builder for {name!r} never recorded a {name!r} node"
+    try:
+        probe()
+    except _Hit:
+        return
+    pytest.fail(f"the builder for {name!r} never recorded a {name!r} node")
 
 
 def _count(prog):
