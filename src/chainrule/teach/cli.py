@@ -115,8 +115,8 @@ def protect_expression(argv: Sequence[str], subcommand: str | None = "explain") 
 
     ``chainrule explain "-(y*log(a) + (1-y)*log(1-a))" ...``: argparse takes
     any argument starting with ``-`` for an option. An argument after the
-    subcommand that starts with ``-`` but is none of explain's options (nor
-    a number) gets a leading space, which argparse reads as a positional
+    subcommand that starts with ``-`` but is none of explain's options gets a
+    leading space, which argparse reads as a positional
     argument and the expression parser ignores. The options are also moved
     after the positional arguments, so ``EXPR --out g.dot x=1`` works too.
     ``subcommand=None``: ``argv`` holds explain's own arguments
@@ -145,19 +145,11 @@ def protect_expression(argv: Sequence[str], subcommand: str | None = "explain") 
             options += argv[i:i + width]
             i += width
             continue
-        if arg.startswith("-") and len(arg) > 1 and not _is_number(arg):
-            arg = " " + arg  # not an option: the expression
+        if arg.startswith("-") and len(arg) > 1:
+            arg = " " + arg  # not an option: the expression (" -3" parses as -3 too)
         positional.append(arg)
         i += 1
     return argv[:start] + positional + options
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _piece_names(out: Tensor, order: list, pieces: dict[int, str]) -> None:
