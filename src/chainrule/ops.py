@@ -141,18 +141,45 @@ class Rule:
     as a cached 0-d array of the other operand's dtype (the same values, bit
     for bit, for + - * /; NumPy converts such an array faster than a Python
     float).
+
+    What the op *is*, for the views that explain a graph (``cr.explain``,
+    drawings, the MLP view), is declared here too, never guessed elsewhere:
+
+    * ``elementwise``: output element i depends only on input element i
+      (after broadcasting), so the local gradient d(out)/d(input) is a
+      diagonal, shown as an array of the output's shape;
+    * ``show``: how the op reads in a formula, with ``{0}``, ``{1}`` ... for
+      the operands' names (``"{0} + {1}"``; default ``"name({0}, ...)"``);
+    * ``role``: ``"activation"``, ``"affine"`` (a layer's z = W a + b) or
+      ``"loss"``; ``activation`` names the activation the op is or applies
+      (``"sigmoid"``; ``"relu"`` for the fused ``linear_relu``; ``"softmax"``
+      for ``cross_entropy``, which applies it to its logits);
+    * ``grads``: the VJP of each operand as a short formula in ``{g}`` (the
+      backpropagated gradient), ``{out}`` and the operands ``{0}``, ``{1}``
+      ... (the last entry serves any further operands), for ops whose local
+      gradient is not a diagonal.
     """
 
     __slots__ = ("name", "forward", "vjp", "vjp_inplace", "check", "doc", "saves", "split",
-                 "plans", "weak_scalars")
+                 "plans", "weak_scalars", "elementwise", "show", "role", "activation", "grads")
 
     def __init__(self, name: str, forward: Callable, saves: Saves | None = None,
-                 weak_scalars: bool = False) -> None:
+                 weak_scalars: bool = False, *, elementwise: bool = False,
+                 show: str | None = None, role: str | None = None,
+                 activation: str | None = None, grads: tuple[str, ...] = ()) -> None:
+        if role not in (None, "activation", "affine", "loss"):
+            raise ValueError(f"rule {name!r}: role must be activation, affine or loss, "
+                             f"not {role!r}")
         self.name = name
         self.forward = forward
         self.saves = SAVES_ALL if saves is None else saves
         self.plans: dict[tuple[bool, ...], tuple[tuple[bool, ...], bool]] = {}
         self.weak_scalars = weak_scalars
+        self.elementwise = elementwise
+        self.show = show
+        self.role = role
+        self.activation = activation
+        self.grads = tuple(grads)
         self.vjp: Callable | None = None
         self.vjp_inplace: Callable | None = None
         self.check: Callable | None = None
@@ -223,11 +250,14 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
-def rule(name: str, *, saves: Saves | None = None,
-         weak_scalars: bool = False) -> Callable[[Callable], Rule]:
+def rule(name: str, *, saves: Saves | None = None, weak_scalars: bool = False,
+         elementwise: bool = False, show: str | None = None, role: str | None = None,
+         activation: str | None = None, grads: tuple[str, ...] = ()) -> Callable[[Callable], Rule]:
     """Register a forward function as a rule; attach its VJP with ``@R.defvjp``.
 
     ``saves``: what the VJP reads (see :class:`Saves`; default: everything).
+    ``elementwise``, ``show``, ``role``, ``activation`` and ``grads`` say
+    what the op is, for the teaching views (see :class:`Rule`).
 
     >>> @rule("cube", saves=SAVES_INPUTS)
     ... def CUBE(x):
@@ -240,7 +270,8 @@ def rule(name: str, *, saves: Saves | None = None,
     def register(fwd: Callable) -> Rule:
         if name in RULES:
             raise ValueError(f"rule: an op named {name!r} is already registered")
-        r = Rule(name, fwd, saves, weak_scalars)
+        r = Rule(name, fwd, saves, weak_scalars, elementwise=elementwise, show=show, role=role,
+                 activation=activation, grads=grads)
         RULES[name] = r
         return r
 
@@ -629,7 +660,7 @@ def _is_basic(index: Any) -> bool:
 # ==========================================================================
 
 
-@rule("add", saves=SAVES_NOTHING, weak_scalars=True)
+@rule("add", saves=SAVES_NOTHING, weak_scalars=True, elementwise=True, show="{0} + {1}")
 def ADD(a, b):
     return a + b, None
 
@@ -642,7 +673,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("sub", saves=SAVES_NOTHING, weak_scalars=True)
+@rule("sub", saves=SAVES_NOTHING, weak_scalars=True, elementwise=True, show="{0} - {1}")
 def SUB(a, b):
     return a - b, None
 
@@ -655,7 +686,13 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("mul", saves=Saves(inputs=((1,), (0,))), weak_scalars=True)
+@rule(
+    "mul",
+    saves=Saves(inputs=((1,), (0,))),
+    weak_scalars=True,
+    elementwise=True,
+    show="{0} * {1}",
+)
 def MUL(a, b):
     return a * b, None
 
@@ -668,7 +705,13 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("div", saves=Saves(inputs=(False, True), out=(1,)), weak_scalars=True)
+@rule(
+    "div",
+    saves=Saves(inputs=(False, True), out=(1,)),
+    weak_scalars=True,
+    elementwise=True,
+    show="{0} / {1}",
+)
 def DIV(a, b):
     return a / b, None
 
@@ -682,7 +725,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("pow", saves=Saves(inputs=((0, 1), (0,)), out=(1,)))
+@rule("pow", saves=Saves(inputs=((0, 1), (0,)), out=(1,)), elementwise=True, show="{0} ** {1}")
 def POW(a, b):
     return a**b, None
 
@@ -699,7 +742,7 @@ def _(g, out, ctx, needs, xp, a, b):
     return ga, gb
 
 
-@rule("neg", saves=SAVES_NOTHING)
+@rule("neg", saves=SAVES_NOTHING, elementwise=True, show="-{0}")
 def NEG(a):
     return -a, None
 
@@ -709,7 +752,7 @@ def _(g, out, ctx, needs, xp, a):
     return (-g,)
 
 
-@rule("maximum", saves=SAVES_INPUTS)
+@rule("maximum", saves=SAVES_INPUTS, elementwise=True)
 def MAXIMUM(a, b):
     """Elementwise maximum; at ties the gradient is split evenly between a and b."""
     return np.maximum(a, b), None
@@ -725,7 +768,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("minimum", saves=SAVES_INPUTS)
+@rule("minimum", saves=SAVES_INPUTS, elementwise=True)
 def MINIMUM(a, b):
     """Elementwise minimum; at ties the gradient is split evenly between a and b."""
     return np.minimum(a, b), None
@@ -741,7 +784,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("where", saves=SAVES_NOTHING)
+@rule("where", saves=SAVES_NOTHING, elementwise=True, show="where(cond, {0}, {1})")
 def WHERE(a, b, *, cond):
     return np.where(cond, a, b), cond
 
@@ -772,7 +815,7 @@ def _(g, out, ctx, needs, xp, a, b):
 # ==========================================================================
 
 
-@rule("abs", saves=SAVES_INPUTS)
+@rule("abs", saves=SAVES_INPUTS, elementwise=True)
 def ABS(x):
     """|x|; the gradient at 0 is taken as 0."""
     return np.abs(x), None
@@ -783,7 +826,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * np.sign(value(x)),)
 
 
-@rule("exp", saves=SAVES_OUT)
+@rule("exp", saves=SAVES_OUT, elementwise=True)
 def EXP(x):
     return np.exp(x), None
 
@@ -793,7 +836,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * out,)  # d e^x / dx = e^x: reuse the output
 
 
-@rule("log", saves=SAVES_INPUTS)
+@rule("log", saves=SAVES_INPUTS, elementwise=True)
 def LOG(x):
     return np.log(x), None
 
@@ -803,7 +846,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g / x,)
 
 
-@rule("sqrt", saves=SAVES_OUT)
+@rule("sqrt", saves=SAVES_OUT, elementwise=True)
 def SQRT(x):
     return np.sqrt(x), None
 
@@ -813,7 +856,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * 0.5 / out,)
 
 
-@rule("sin", saves=SAVES_INPUTS)
+@rule("sin", saves=SAVES_INPUTS, elementwise=True)
 def SIN(x):
     return np.sin(x), None
 
@@ -823,7 +866,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * xp.cos(x),)
 
 
-@rule("cos", saves=SAVES_INPUTS)
+@rule("cos", saves=SAVES_INPUTS, elementwise=True)
 def COS(x):
     return np.cos(x), None
 
@@ -833,7 +876,7 @@ def _(g, out, ctx, needs, xp, x):
     return (-g * xp.sin(x),)
 
 
-@rule("tanh", saves=SAVES_OUT)
+@rule("tanh", saves=SAVES_OUT, elementwise=True, role="activation", activation="tanh")
 def TANH(x):
     return np.tanh(x), None
 
@@ -843,7 +886,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * (1 - out * out),)  # tanh' = 1 - tanh^2: reuse the output
 
 
-@rule("sigmoid", saves=SAVES_OUT)
+@rule("sigmoid", saves=SAVES_OUT, elementwise=True, role="activation", activation="sigmoid")
 def SIGMOID(x):
     """sigma(x) = 1 / (1 + e^-x), computed without overflow for any x."""
     return _np_sigmoid(x), None
@@ -866,7 +909,7 @@ def _np_relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(x, 0, out=out)
 
 
-@rule("relu", saves=SAVES_OUT)
+@rule("relu", saves=SAVES_OUT, elementwise=True, role="activation", activation="relu")
 def RELU(x):
     """max(x, 0); the gradient at 0 is taken as 0 (as in PyTorch)."""
     return _np_relu(x), None
@@ -883,7 +926,13 @@ def _(g, out, ctx, needs, xp, x):
     return (g,)
 
 
-@rule("leaky_relu", saves=SAVES_INPUTS)
+@rule(
+    "leaky_relu",
+    saves=SAVES_INPUTS,
+    elementwise=True,
+    role="activation",
+    activation="leaky_relu",
+)
 def LEAKY_RELU(x, *, negative_slope):
     """x for x > 0, negative_slope * x otherwise (slope used at 0)."""
     return np.where(x > 0, x, x * negative_slope), negative_slope
@@ -894,7 +943,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * np.where(value(x) > 0, 1.0, ctx).astype(value(x).dtype),)
 
 
-@rule("softplus", saves=SAVES_INPUTS)
+@rule("softplus", saves=SAVES_INPUTS, elementwise=True, role="activation", activation="softplus")
 def SOFTPLUS(x):
     """log(1 + e^x), written as max(x, 0) + log1p(e^-|x|) so it never overflows."""
     return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))), None
@@ -946,7 +995,7 @@ _INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 _SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
 
 
-@rule("ndtr", saves=SAVES_INPUTS)
+@rule("ndtr", saves=SAVES_INPUTS, elementwise=True)
 def NDTR(x):
     """Phi(x) = P(N(0, 1) <= x), the standard normal CDF (``torch.special.ndtr``)."""
     return _np_ndtr(x), None
@@ -957,7 +1006,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * xp.exp(x * x * -0.5) * _INV_SQRT_2PI,)  # Phi' = the normal density
 
 
-@rule("gelu", saves=SAVES_INPUTS)
+@rule("gelu", saves=SAVES_INPUTS, elementwise=True, role="activation", activation="gelu")
 def GELU(x, *, approximate):
     """x Phi(x) (``approximate='none'``), or PyTorch's tanh approximation
     0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (``approximate='tanh'``)."""
@@ -979,7 +1028,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * ((1 + t) * 0.5 + x * 0.5 * (1 - t * t) * du),)
 
 
-@rule("silu", saves=SAVES_INPUTS)
+@rule("silu", saves=SAVES_INPUTS, elementwise=True, role="activation", activation="silu")
 def SILU(x):
     """x sigmoid(x) (also called swish)."""
     return x * _np_sigmoid(x), None
@@ -991,7 +1040,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * (s * (1 + x * (1 - s))),)  # s + x s (1 - s)
 
 
-@rule("elu", saves=SAVES_OUT)
+@rule("elu", saves=SAVES_OUT, elementwise=True, role="activation", activation="elu")
 def ELU(x, *, alpha):
     """x for x > 0, alpha (e^x - 1) otherwise."""
     return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))), alpha
@@ -1005,7 +1054,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.where(pos, g, g * (out + ctx)),)
 
 
-@rule("clip", saves=SAVES_INPUTS)
+@rule("clip", saves=SAVES_INPUTS, elementwise=True)
 def CLIP(x, *, lo, hi):
     """Clamp to [lo, hi]; gradient 1 inside (bounds included), 0 outside."""
     return np.clip(x, lo, hi), (lo, hi)
@@ -1023,7 +1072,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * inside,)
 
 
-@rule("astype", saves=SAVES_NOTHING)
+@rule("astype", saves=SAVES_NOTHING, elementwise=True)
 def ASTYPE(x, *, dtype):
     return x.astype(dtype), None
 
@@ -1033,7 +1082,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g.astype(x.dtype),)
 
 
-@rule("clone", saves=SAVES_NOTHING)
+@rule("clone", saves=SAVES_NOTHING, elementwise=True)
 def CLONE(x):
     return x.copy(), None
 
@@ -1048,7 +1097,7 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("sum", saves=SAVES_NOTHING)
+@rule("sum", saves=SAVES_NOTHING, grads=("{g} copied to every entry of {0} that was summed",))
 def SUM(x, *, axis, keepdims):
     axes = _norm_axes(axis, x.ndim, "sum")
     return np.sum(x, axis=axes, keepdims=keepdims), (axes, keepdims)
@@ -1060,7 +1109,11 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.broadcast_to(_expand_reduced(g, axes, keepdims, x.shape), x.shape),)
 
 
-@rule("mean", saves=SAVES_NOTHING)
+@rule(
+    "mean",
+    saves=SAVES_NOTHING,
+    grads=("{g} / n copied to every entry of {0} that was averaged",),
+)
 def MEAN(x, *, axis, keepdims):
     axes = _norm_axes(axis, x.ndim, "mean")
     if x.size == 0:
@@ -1085,7 +1138,11 @@ def _extremum_vjp(g, out, ctx, needs, xp, x):
     return (_expand_reduced(g, axes, keepdims, x.shape) * share.astype(value(x).dtype),)
 
 
-@rule("max", saves=SAVES_ALL)
+@rule(
+    "max",
+    saves=SAVES_ALL,
+    grads=("{g} at the maxima of {0} (split evenly between ties), 0 elsewhere",),
+)
 def MAX(x, *, axis, keepdims):
     """Maximum over ``axis``; at ties the gradient is split evenly between the maxima."""
     axes = _norm_axes(axis, x.ndim, "max")
@@ -1097,7 +1154,11 @@ def MAX(x, *, axis, keepdims):
 MAX.defvjp(_extremum_vjp)
 
 
-@rule("min", saves=SAVES_ALL)
+@rule(
+    "min",
+    saves=SAVES_ALL,
+    grads=("{g} at the minima of {0} (split evenly between ties), 0 elsewhere",),
+)
 def MIN(x, *, axis, keepdims):
     """Minimum over ``axis``; at ties the gradient is split evenly between the minima."""
     axes = _norm_axes(axis, x.ndim, "min")
@@ -1109,7 +1170,7 @@ def MIN(x, *, axis, keepdims):
 MIN.defvjp(_extremum_vjp)
 
 
-@rule("var", saves=SAVES_INPUTS)
+@rule("var", saves=SAVES_INPUTS, grads=("{g} * 2 ({0} - mean) / (n - ddof)",))
 def VAR(x, *, axis, keepdims, ddof):
     axes = _norm_axes(axis, x.ndim, "var")
     n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
@@ -1128,7 +1189,7 @@ def _(g, out, ctx, needs, xp, x):
     return (_expand_reduced(g, axes, keepdims, x.shape) * centred * (2.0 / dof),)
 
 
-@rule("logsumexp", saves=SAVES_ALL)
+@rule("logsumexp", saves=SAVES_ALL, grads=("{g} * softmax({0})",))
 def LOGSUMEXP(x, *, axis, keepdims):
     """log(sum(exp(x))) over ``axis``, shifted by the maximum so nothing overflows."""
     axes = _norm_axes(axis, x.ndim, "logsumexp")
@@ -1147,7 +1208,13 @@ def _(g, out, ctx, needs, xp, x):
     return (_expand_reduced(g, axes, keepdims, x.shape) * xp.exp(x - outk),)  # = softmax(x)
 
 
-@rule("softmax", saves=SAVES_OUT)
+@rule(
+    "softmax",
+    saves=SAVES_OUT,
+    role="activation",
+    activation="softmax",
+    grads=("{out} * ({g} - sum({g} * {out}))",),
+)
 def SOFTMAX(x, *, axis):
     """exp(x) / sum(exp(x)) along ``axis`` (shifted by the max: no overflow)."""
     _norm_axes(axis, x.ndim, "softmax")
@@ -1162,7 +1229,7 @@ def _(g, out, ctx, needs, xp, x):
     return (out * (g - (g * out).sum(axis=ctx, keepdims=True)),)
 
 
-@rule("log_softmax", saves=SAVES_OUT)
+@rule("log_softmax", saves=SAVES_OUT, grads=("{g} - softmax({0}) * sum({g})",))
 def LOG_SOFTMAX(x, *, axis):
     """x - logsumexp(x) along ``axis``."""
     _norm_axes(axis, x.ndim, "log_softmax")
@@ -1180,7 +1247,12 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("matmul", saves=Saves(inputs=((1,), (0,))))
+@rule(
+    "matmul",
+    saves=Saves(inputs=((1,), (0,))),
+    show="{0} @ {1}",
+    grads=("{g} @ {1}ᵀ", "{0}ᵀ @ {g}"),
+)
 def MATMUL(a, b):
     """Matrix product with NumPy's rules: 1-D operands are promoted, batch dims broadcast."""
     if np.ndim(a) == 0 or np.ndim(b) == 0:
@@ -1264,7 +1336,13 @@ def _ones(n: int, dtype: str) -> np.ndarray:
     return v
 
 
-@rule("linear", saves=Saves(inputs=((1,), (0,), False)))
+@rule(
+    "linear",
+    saves=Saves(inputs=((1,), (0,), False)),
+    show="{0} @ {1}ᵀ + {2}",
+    role="affine",
+    grads=("{g} @ {1}", "{g}ᵀ @ {0}", "{g} summed over the rows"),
+)
 def LINEAR(x, w, b):
     """Fused affine map ``x @ w.T + b`` (PyTorch's layout: w is (out, in)).
 
@@ -1302,7 +1380,13 @@ def _(g, out, ctx, needs, xp, x, w, b):
     return gx, gw, gb
 
 
-@rule("linear_nobias", saves=Saves(inputs=((1,), (0,))))
+@rule(
+    "linear_nobias",
+    saves=Saves(inputs=((1,), (0,))),
+    show="{0} @ {1}ᵀ",
+    role="affine",
+    grads=("{g} @ {1}", "{g}ᵀ @ {0}"),
+)
 def LINEAR_NOBIAS(x, w):
     """``x @ w.T`` (a Linear layer without bias)."""
     return x @ w.T, None
@@ -1323,7 +1407,18 @@ def _(g, out, ctx, needs, xp, x, w):
     return gx, gw
 
 
-@rule("linear_relu", saves=Saves(inputs=((1,), (0,), False)))
+@rule(
+    "linear_relu",
+    saves=Saves(inputs=((1,), (0,), False)),
+    show="relu({0} @ {1}ᵀ + {2})",
+    role="affine",
+    activation="relu",
+    grads=(
+        "δ @ {1} with δ = {g} * relu'(z)",
+        "δᵀ @ {0} with δ = {g} * relu'(z)",
+        "δ summed over the rows, δ = {g} * relu'(z)",
+    ),
+)
 def LINEAR_RELU(x, w, b):
     """``relu(x @ w.T + b)`` as one node: a Linear layer and the ReLU after it.
 
@@ -1366,7 +1461,7 @@ def _(g, out, ctx, inplace):
 # ==========================================================================
 
 
-@rule("reshape", saves=SAVES_NOTHING)
+@rule("reshape", saves=SAVES_NOTHING, grads=("{g} reshaped back to the shape of {0}",))
 def RESHAPE(x, *, shape):
     return np.reshape(x, shape), None
 
@@ -1376,7 +1471,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g.reshape(x.shape),)
 
 
-@rule("transpose", saves=SAVES_NOTHING)
+@rule("transpose", saves=SAVES_NOTHING, grads=("{g} with the axes permuted back",))
 def TRANSPOSE(x, *, axes):
     if axes is not None and sorted(a % builtins.max(x.ndim, 1) for a in axes) != list(
         range(x.ndim)
@@ -1391,7 +1486,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.transpose(g, inverse),)
 
 
-@rule("broadcast_to", saves=SAVES_NOTHING)
+@rule("broadcast_to", saves=SAVES_NOTHING, grads=("{g} summed over the broadcast axes",))
 def BROADCAST_TO(x, *, shape):
     return np.broadcast_to(x, shape), None
 
@@ -1401,7 +1496,11 @@ def _(g, out, ctx, needs, xp, x):
     return (sum_to_shape(g, x.shape),)
 
 
-@rule("getitem", saves=SAVES_NOTHING)
+@rule(
+    "getitem",
+    saves=SAVES_NOTHING,
+    grads=("{g} added into zeros shaped like {0} at the indexed entries",),
+)
 def GETITEM(x, *, index):
     """``x[index]``: basic slices and integer/boolean arrays."""
     return x[index], index
@@ -1413,7 +1512,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.scatter_add(g, ctx, x.shape, x.dtype),)
 
 
-@rule("scatter_add", saves=SAVES_NOTHING)
+@rule("scatter_add", saves=SAVES_NOTHING, grads=("{g} read at the index",))
 def SCATTER_ADD(g, *, index, shape):
     """A zero array of ``shape`` with ``g`` added at ``index`` (getitem's VJP, differentiable)."""
     return _np_scatter_add(g, index, shape, g.dtype), index
@@ -1424,7 +1523,7 @@ def _(g, out, ctx, needs, xp, src):
     return (g[ctx],)
 
 
-@rule("concatenate", saves=SAVES_NOTHING)
+@rule("concatenate", saves=SAVES_NOTHING, grads=("the part of {g} that {0} filled",))
 def CONCATENATE(*xs, axis):
     out = np.concatenate(xs, axis=axis)
     ax = axis % out.ndim
@@ -1441,7 +1540,7 @@ def _(g, out, ctx, needs, xp, *xs):
     )
 
 
-@rule("stack", saves=SAVES_NOTHING)
+@rule("stack", saves=SAVES_NOTHING, grads=("the slice of {g} that {0} filled",))
 def STACK(*xs, axis):
     out = np.stack(xs, axis=axis)
     return out, axis % out.ndim
