@@ -113,8 +113,10 @@ float64 = _np.float64
 def __getattr__(name: str) -> object:
     # cr.sklearn is imported on first use only: scikit-learn is an optional
     # dependency, and `import chainrule` must not pay for (or need) it.
-    if name == "sklearn":
+    if name in ("sklearn", "playground"):
+        # cr.playground() starts the web playground; its server is imported on
+        # first use only, like the optional scikit-learn estimators
         import importlib
 
-        return importlib.import_module(".sklearn", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'chainrule' has no attribute {name!r}")

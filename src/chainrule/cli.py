@@ -7,6 +7,7 @@
     chainrule evaluate runs/digits/model.safetensors digits
     chainrule predict runs/iris/model.safetensors new.csv --out predictions.csv
     chainrule explain "0.5*(sigmoid(w*x+b)-y)**2" w=0.5 x=1 b=0 y=1
+    chainrule playground dataset=spiral hidden=8,8   # the backpropagation playground
 
 Everything a later ``evaluate`` / ``predict`` needs is stored in the checkpoint
 itself (``cr.save`` metadata): the architecture, the class names, the feature
@@ -123,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and use multi-layer perceptrons built on chainrule, "
         "a reverse-mode autodiff engine in NumPy.",
         epilog="Run 'chainrule COMMAND --help' for a command's options. "
-        "Quick start: 'chainrule train' trains on the bundled handwritten digits.",
+        "Quick start: 'chainrule train' trains on the bundled handwritten digits; "
+        "'chainrule playground' opens the backpropagation playground in the browser.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true",
@@ -242,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
         cli_explain = None
     if cli_explain is not None:
         cli_explain.add_parser(sub)
+
+    # -- playground (owned by chainrule.playground.cli) -----------------------
+    from .playground import cli as playground_cli
+
+    playground_cli.add_parser(sub)
     return parser
 
 
