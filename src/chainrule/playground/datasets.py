@@ -243,7 +243,9 @@ class Data:
 
 def _split(P: np.ndarray, y: np.ndarray, cfg: Config, classify: bool
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    test = 1.0 - cfg.train / 100.0
+    # a count, not a fraction: 1 - 0.7 is 0.30000000000000004, which rounds up a row
+    n = len(P)
+    test = min(n - 1, max(1, n - round(n * cfg.train / 100)))
     if classify:
         try:
             return train_test_split(P, y, test_size=test, seed=_rng(cfg.seed, 1), stratify=y)

@@ -209,10 +209,17 @@ class Session:
             raise TrainingDiverged(self.diverged)
         self.opt.zero_grad()
         loss.backward()
+        params = list(self.model.parameters())
+        before = [p.numpy().copy() for p in params]  # small networks: copies are cheap
         self.opt.step()
-        if not all(np.isfinite(p.numpy()).all() for p in self.model.parameters()):
+        if not all(np.isfinite(p.numpy()).all() for p in params):
+            # keep the last finite weights, so that the page still shows a network
+            with no_grad():
+                for p, old in zip(params, before):
+                    p.copy_(old)
             self.diverged = (f"training diverged at epoch {self.epoch}, step {self.iteration}: "
-                             "a weight overflowed; lower the learning rate and reset")
+                             "the step made a weight overflow; lower the learning rate and "
+                             "reset")
             raise TrainingDiverged(self.diverged)
         self._pos += len(idx)
         self.iteration += 1
@@ -226,12 +233,14 @@ class Session:
         """Run whole epochs (finishing the current one first) or single mini-batch steps."""
         if self.diverged:
             raise TrainingDiverged(self.diverged)
-        for _ in range(batches):
-            self._step()
-        for _ in range(epochs):
-            start = self.epoch
-            while self.epoch == start:
+        # overflow is caught by the finite checks in _step and reported on the page
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for _ in range(batches):
                 self._step()
+            for _ in range(epochs):
+                start = self.epoch
+                while self.epoch == start:
+                    self._step()
 
     def _record(self) -> None:
         """One point of the loss curves and of the gradient-magnitude view (per epoch)."""
@@ -267,6 +276,7 @@ class Session:
         return a
 
     def metrics(self) -> dict[str, float | None]:
+        """Data loss (no penalty) and accuracy on the training and test rows; None if not finite."""
         out: dict[str, float | None] = {}
         for part, X, T, y in (("train", self.data.X_train, self.T_train, self.data.y_train),
                               ("test", self.data.X_test, self.T_test, self.data.y_test)):
@@ -367,6 +377,11 @@ class Session:
 
     def snapshot(self, grid: int = 100, maps: int = 24, since: int = 0) -> dict[str, Any]:
         """The state after training: counters, losses, weights, heatmaps, new history points."""
+        # weights near overflow draw as saturated colours, without warnings on the console
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._snapshot(grid, maps, since)
+
+    def _snapshot(self, grid: int, maps: int, since: int) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "iteration": self.iteration,
@@ -487,9 +502,9 @@ def snippet(filename: str, cfg: Config, data: Data, n_out: int, output: str) -> 
         tail = ("p = cr.sigmoid(out).numpy()[:, 0]  # P(class 1)\n"
                 f"print((p > 0.5).astype(int))      # class indices; names: {data.classes!r}")
     elif output == "identity":
-        tail = ("a = out.numpy()                   # sigmoid outputs, trained with squared error\n"
-                + ("print((a[:, 0] > 0.5).astype(int))" if n_out == 1
-                   else "print(a.argmax(axis=1))")
+        tail = ("p = out.numpy()                   # sigmoid outputs, trained with squared error\n"
+                + ("print((p[:, 0] > 0.5).astype(int))" if n_out == 1
+                   else "print(p.argmax(axis=1))")
                 + f"  # class indices; names: {data.classes!r}")
     else:
         tail = (f"y = out.numpy()[:, 0] * {data.y_std!r} + {data.y_mean!r}"

@@ -292,17 +292,30 @@ class App {
     this.clearMessage();
     const t0 = performance.now();
     const f0 = this.boundary.frames;
-    // one queued request per frame, so that a change of settings slips in between frames
-    const frame = async () => {
-      if (!this.playing) return;
-      this.render(await this.trainRequest());
-      const secs = (performance.now() - t0) / 1000;
-      if (secs > 1) $("fps").textContent = `${((this.boundary.frames - f0) / secs).toFixed(1)} frames/s`;
+    // Each frame's request goes through the queue (so a change of settings slips in
+    // between frames), and the next one is sent before this one is drawn: the server
+    // trains the next epoch while the page paints.
+    const request = () => {
+      const p = this.queue.then(() => this.trainRequest());
+      this.queue = p.catch(() => null);
+      return p;
     };
     (async () => {
-      while (this.playing) {
-        await this.enqueue(frame);
-        await new Promise((r) => requestAnimationFrame(() => r()));
+      let pending = request();
+      try {
+        while (this.playing) {
+          const snap = await pending;
+          if (this.playing && !snap.diverged) pending = request();
+          this.render(snap);
+          const secs = (performance.now() - t0) / 1000;
+          if (secs > 1) $("fps").textContent = `${((this.boundary.frames - f0) / secs).toFixed(1)} frames/s`;
+          await new Promise((r) => requestAnimationFrame(() => r()));
+        }
+        // a frame already asked for when the pause came is trained: show it
+        const last = await pending;
+        if (last && last !== this.last) this.render(last);
+      } catch (e) {
+        this.fail(e);
       }
     })();
   }
