@@ -596,3 +596,20 @@ def test_help_lists_the_playground(capsys):
         build_parser().parse_args(["playground", "--help"])
     out = capsys.readouterr().out
     assert "--no-browser" in out and "--host" in out and "127.0.0.1" in out
+
+
+def test_a_weight_set_by_hand_is_used_and_bad_ones_are_refused(server):
+    d = server.post("/api/session", {"config": {"dataset": "xor", "hidden": "3"}})
+    snap = server.post("/api/weight", {"session": d["session"], "layer": 1, "row": 2, "col": 1,
+                                       "value": -2.5})
+    assert snap["weights"][0]["W"][2][1] == -2.5 and snap["epoch"] == 0
+    W = weights_of(snap)
+    X = server.app.sessions[d["session"]].data.X_test
+    _, shown = np_forward(W, X, "tanh", "sigmoid")
+    assert snap["metrics"]["test_acc"] == pytest.approx(
+        np.mean(shown.argmax(axis=1) == server.app.sessions[d["session"]].data.y_test))
+    for bad, words in (({"layer": 3}, "layer 3 does not exist"), ({"row": 3}, "outside"),
+                       ({"value": "nan"}, "not a number"), ({"value": 1e9}, "not a number"),
+                       ({"col": 1.5}, "whole numbers")):
+        body = {"session": d["session"], "layer": 1, "row": 0, "col": 0, "value": 1.0, **bad}
+        assert words in server.post("/api/weight", body, expect=400)["error"]

@@ -266,6 +266,23 @@ def test_editing_the_network_is_kept_in_the_url(page, server, browser):
     shot(page, "network", "#network-panel")
 
 
+def test_click_an_edge_to_set_its_weight_hover_a_neuron_to_see_it(page, server):
+    open_page(page, server, "#dataset=circle&hidden=3")
+    edge = page.locator("#network path.edge[data-key='2:0:1']")
+    edge.dispatch_event("click")  # the curve's box centre need not lie on its stroke
+    page.fill("#network .weight-edit", "-1.75")
+    page.press("#network .weight-edit", "Enter")
+    s = session_of(page, server)
+    page.wait_for_function("window.__playground.last.weights[1].W[0][1] === -1.75")
+    assert s.linears[1].weight.numpy()[0, 1] == np.float32(-1.75)
+    before = page.evaluate("document.getElementById('boundary').toDataURL()")
+    page.hover("#network .node[data-layer='1'][data-unit='2']")
+    during = page.evaluate("document.getElementById('boundary').toDataURL()")
+    page.mouse.move(5, 5)
+    after = page.evaluate("document.getElementById('boundary').toDataURL()")
+    assert during != before and after == before
+
+
 def test_a_refused_link_says_why_and_shows_the_defaults(page, server):
     page.goto(f"{server.base}/#hidden=8,99&lr=0.1")
     page.wait_for_selector("body.ready")

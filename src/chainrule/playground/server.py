@@ -9,6 +9,7 @@ POST     ``/api/session``                 ``{config}`` -> a new session: data, n
 POST     ``/api/config``                  ``{session, config}`` -> live change, or a rebuild
 POST     ``/api/train``                   ``{session, epochs | batches, since}`` -> new state
 POST     ``/api/stepthrough``             ``{session, mode, index}`` -> the ledger, for the page
+POST     ``/api/weight``                  ``{session, layer, row, col, value}``: set one weight
 POST     ``/api/upload?name=FILE``        the CSV bytes -> an upload id and a summary
 GET      ``/api/export/<session>/model.safetensors``, ``.../model.py``: the downloads
 =======  ===============================  =================================================
@@ -173,6 +174,15 @@ class App:
             except TrainingDiverged:
                 pass  # the snapshot carries the message; the page stops playing
             return s.snapshot(since=since, **_sizes(body))
+
+    def weight(self, body: dict[str, Any]) -> dict[str, Any]:
+        s = self.session(body)
+        args = [body.get(k) for k in ("layer", "row", "col")]
+        if any(isinstance(a, bool) or not isinstance(a, int) for a in args):
+            raise HTTPError(400, "weight: layer, row and col must be whole numbers")
+        with s.lock:
+            s.set_weight(*args, body.get("value"))
+            return s.snapshot(since=_count(body, "since", 10**9), **_sizes(body))
 
     def stepthrough(self, body: dict[str, Any]) -> dict[str, Any]:
         s = self.session(body)
@@ -343,7 +353,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, app.upload(name, raw))
             return
         routes = {"/api/session": app.new_session, "/api/config": app.configure,
-                  "/api/train": app.train, "/api/stepthrough": app.stepthrough}
+                  "/api/train": app.train, "/api/stepthrough": app.stepthrough,
+                  "/api/weight": app.weight}
         fn = routes.get(url.path)
         if fn is None:
             raise HTTPError(404, f"no API call {url.path}")

@@ -253,6 +253,21 @@ class Session:
         self._norm_count = 0
         self.history.append(point)
 
+    def set_weight(self, layer: int, row: int, col: int, value: float) -> None:
+        """Set one weight by hand (TF Playground's click-to-edit): W^layer[row, col] = value."""
+        if not 1 <= layer <= len(self.linears):
+            raise ConfigError(f"weight: layer {layer} does not exist (1 to {len(self.linears)})")
+        W = self.linears[layer - 1].weight
+        rows, cols = W.shape
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise ConfigError(f"weight: W{layer}[{row}, {col}] is outside its shape "
+                              f"({rows}, {cols})")
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and abs(value) <= 1e6):
+            raise ConfigError(f"weight: {value!r} is not a number from -1e6 to 1e6")
+        with no_grad():
+            W[row, col] = value
+
     # ----- reading the network ------------------------------------------------
 
     def _forward(self, X: np.ndarray) -> np.ndarray:

@@ -28,7 +28,12 @@ class App {
     this.queue = Promise.resolve(); // one request at a time per session
     this.frames = 0;
     this.upload = null;
-    this.network = new NetworkView($("network"), { meta, onChange: (p) => this.change(p) });
+    this.network = new NetworkView($("network"), {
+      meta,
+      onChange: (p) => this.change(p),
+      onWeight: (l, k, j, value) => this.setWeight(l, k, j, value),
+      onHover: (map) => this.boundary.preview(map),
+    });
     this.boundary = new BoundaryView($("boundary"), { onPick: (row) => this.pick(row) });
     this.curves = new CurvesView($("loss-chart"), $("grad-chart"), $("grad-legend"));
     this.stepper = new StepThroughView($("step-panel"), this.network, {
@@ -324,6 +329,15 @@ class App {
     this.playing = false;
     $("play").textContent = "▶ Play";
     $("play").classList.remove("playing");
+  }
+
+  setWeight(layer, row, col, value) {
+    this.stepper.close();
+    return this.enqueue(async () => {
+      this.render(await post("/api/weight", {
+        session: this.session, layer, row, col, value, since: this.curves.history.length,
+      }));
+    });
   }
 
   // ----- step-through -------------------------------------------------------------------------

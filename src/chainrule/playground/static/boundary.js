@@ -133,6 +133,14 @@ export class BoundaryView {
     }
   }
 
+  // While a neuron is hovered, the big plot shows what that neuron computes (as in
+  // TF Playground); null goes back to the network's output.
+  preview(map) {
+    if (!map) { this.draw(); return; }
+    paintField(this.canvas, map.n, (i) => diverging(map.toUnit(map.vals[i])), 0.75);
+    this._points();
+  }
+
   mark(rows) {
     this.marked = rows || [];
     this.draw();

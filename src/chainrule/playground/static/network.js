@@ -27,9 +27,12 @@ export function fmt(v, digits = 4) {
 }
 
 export class NetworkView {
-  constructor(root, { onChange, meta }) {
+  constructor(root, { onChange, onWeight, onHover, meta }) {
     this.root = root;
     this.onChange = onChange;
+    this.onWeight = onWeight;
+    this.onHover = onHover;
+    this.nodeMaps = [];
     this.meta = meta;
     this.svg = root.querySelector("svg");
     this.canvasLayer = root.querySelector(".maps");
@@ -94,6 +97,7 @@ export class NetworkView {
           }, this.edgeGroup);
           path.addEventListener("mouseenter", (ev) => this._tip(ev, l, k, j));
           path.addEventListener("mouseleave", () => { this.tip.hidden = true; });
+          path.addEventListener("click", (ev) => this._edit(ev, l, k, j));
           this.edges.push({ path, l, k, j, ax, ay, bx, by });
         });
       }
@@ -107,6 +111,8 @@ export class NetworkView {
         const g = el("g", { class: "node", "data-layer": c, "data-unit": i }, this.nodeGroup);
         const rect = el("rect", { x: x - s / 2, y: y - s / 2, width: s, height: s, rx: 3 }, g);
         const label = el("text", { x: x, y: y + s / 2 + 11, class: "node-value" }, g);
+        g.addEventListener("mouseenter", () => this.onHover && this.onHover(this.nodeMaps[c] && this.nodeMaps[c][i]));
+        g.addEventListener("mouseleave", () => this.onHover && this.onHover(null));
         if (c === 0) {
           const f = this.inputs[i];
           g.classList.toggle("off", !f.on);
@@ -130,13 +136,16 @@ export class NetworkView {
       this.nodes.push(list);
     });
     // input feature maps are fixed for the session
+    this.nodeMaps = cols.map(() => []);
     if (d.input_maps) {
       activeInputs.forEach((row, j) => {
         const vals = decode(d.input_maps[j]);
         const n = Math.round(Math.sqrt(vals.length));
         let m = 0;
         for (const v of vals) m = Math.max(m, Math.abs(v));
-        paintNeuron(this.nodes[0][row].canvas, vals, n, (v) => v / (m || 1));
+        const toUnit = (v) => v / (m || 1);
+        paintNeuron(this.nodes[0][row].canvas, vals, n, toUnit);
+        this.nodeMaps[0][row] = { vals, n, toUnit };
       });
     }
     this.activeInputs = activeInputs;
@@ -198,13 +207,43 @@ export class NetworkView {
     if (!this.weights) return;
     const w = this.weights[l - 1].W[k][j];
     const from = l === 1 ? this.inputs[this.activeInputs[j]].label : `neuron ${j + 1} of layer ${l - 1}`;
-    let text = `W${sup(l)}[${k + 1},${j + 1}] = ${fmt(w, 5)}  (${from} → ${l === this.sizes.length - 1 ? "output" : "layer " + l} neuron ${k + 1})`;
+    let text = `W${sup(l)}[${k + 1},${j + 1}] = ${fmt(w, 5)}  (${from} → ${l === this.sizes.length - 1 ? "output" : "layer " + l} neuron ${k + 1}; click to edit)`;
     if (this.edgeText && this.edgeText[`${l}:${k}:${j}`]) text += `\n${this.edgeText[`${l}:${k}:${j}`]}`;
     this.tip.textContent = text;
     const r = this.root.getBoundingClientRect();
     this.tip.style.left = `${ev.clientX - r.left + 12}px`;
     this.tip.style.top = `${ev.clientY - r.top + 12}px`;
     this.tip.hidden = false;
+  }
+
+  // Click an edge to type its weight (as in TF Playground); Enter sets it, Escape cancels.
+  _edit(ev, l, k, j) {
+    if (!this.weights || !this.onWeight) return;
+    const old = this.root.querySelector(".weight-edit");
+    if (old) old.remove();
+    const input = document.createElement("input");
+    input.className = "weight-edit";
+    input.type = "text";
+    input.value = String(this.weights[l - 1].W[k][j]);
+    input.dataset.key = `${l}:${k}:${j}`;
+    const r = this.root.getBoundingClientRect();
+    input.style.left = `${ev.clientX - r.left - 40}px`;
+    input.style.top = `${ev.clientY - r.top - 12}px`;
+    let closed = false;
+    // removing the input blurs it, and blur closes it too: close once
+    const close = () => { if (!closed) { closed = true; input.remove(); } };
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") {
+        const v = Number(input.value);
+        const ok = input.value.trim() !== "" && Number.isFinite(v);
+        close();
+        if (ok) this.onWeight(l, k, j, v);
+      } else if (e.key === "Escape") close();
+    });
+    input.addEventListener("blur", close);
+    this.root.appendChild(input);
+    input.focus();
+    input.select();
   }
 
   update(snap) {
@@ -230,7 +269,9 @@ export class NetworkView {
         const last = layer === this.nodes.length - 1;
         const toUnit = last ? scaleFor(outKind, null, this.yScale || 1) : scaleFor("hidden", act);
         for (let u = 0; u < units; u++) {
-          paintNeuron(this.nodes[layer][u].canvas, vals.subarray(u * per, (u + 1) * per), n, toUnit);
+          const mine = vals.subarray(u * per, (u + 1) * per);
+          paintNeuron(this.nodes[layer][u].canvas, mine, n, toUnit);
+          this.nodeMaps[layer][u] = { vals: mine, n, toUnit };
         }
       });
     }
