@@ -188,6 +188,9 @@ class App {
       b.hidden = ds !== "csv" && isReg !== regression;
     }
     $("csv-target-box").hidden = cfg.dataset !== "csv";
+    // an uploaded table has its own rows and noise
+    $("noise-box").hidden = cfg.dataset === "csv";
+    $("samples-box").hidden = cfg.dataset === "csv";
     $("data-notes").textContent = (desc.data.notes || []).join(" ");
     const sizes = [desc.data.features.length, ...cfg.hidden, this.desc.network.sizes.at(-1)];
     $("network-summary").textContent = sizes.join("-");
