@@ -293,10 +293,23 @@ export class NetworkView {
     }
     this.edgeText = spec.edges || {};
     const active = new Set(spec.active || []);
+    // edges can carry their own numbers (dL/dw): coloured by sign, sized by magnitude
+    const values = spec.values || null;
+    let top = 0;
+    if (values) for (const v of Object.values(values)) top = Math.max(top, Math.abs(v));
     for (const e of this.edges) {
       const key = `${e.l}:${e.k}:${e.j}`;
       if (active.has(key)) {
         e.path.classList.add("active");
+        if (values && key in values) {
+          const v = values[key];
+          const t = Math.abs(v) / (top || 1);
+          e.path.classList.add("valued");
+          // inline and important: above the stepping view's black for highlighted edges
+          e.path.style.setProperty("stroke", css(v >= 0 ? POS : NEG), "important");
+          e.path.style.setProperty("stroke-width", (0.8 + 6 * t).toFixed(2), "important");
+          e.path.style.setProperty("stroke-opacity", (0.35 + 0.65 * t).toFixed(2), "important");
+        }
         const text = this.edgeText[key];
         if (text && active.size <= 16) {
           // along the curve, near the end where the edges fan out, so labels do not pile up
@@ -329,7 +342,10 @@ export class NetworkView {
       c.g.classList.remove("current", "lit");
       c.label.textContent = "";
     }
-    for (const e of this.edges || []) e.path.classList.remove("active");
+    for (const e of this.edges || []) {
+      e.path.classList.remove("active", "valued");
+      for (const prop of ["stroke", "stroke-width", "stroke-opacity"]) e.path.style.removeProperty(prop);
+    }
     if (this.labelGroup) this.labelGroup.innerHTML = "";
   }
 }

@@ -267,6 +267,7 @@ export class StepThroughView {
     const body = h("tbody");
     const edges = {};
     const active = [];
+    const values = {};
     rows.forEach((row, k) => {
       const tr = h("tr", {}, h("th", {}, `${this.isOutput(l) ? "output" : "neuron"} ${k + 1}`));
       row.forEach((g, i) => {
@@ -274,13 +275,14 @@ export class StepThroughView {
         const key = `${l}:${k}:${i}`;
         edges[key] = `∂L/∂w=${fmt(g, 3)}`;
         active.push(key);
+        if (typeof g === "number") values[key] = g;
       });
       tr.append(h("td", {}, lay.db ? num(lay.db[k]) : "–"));
       body.append(tr);
     });
     table.append(body);
     this.detail.append(
-      h("p", { class: "explain" }, `Each weight's gradient is the δ of the neuron it feeds times the activation it carries, ∂L/∂W${sup(l)}ₖⱼ = δ${sup(l)}ₖ a${sup(l - 1)}ⱼ${v.batch > 1 ? `, summed over the ${v.batch} rows` : ""}; ∂L/∂b = δ. A gradient-descent step moves each weight by −(learning rate) × this number.`),
+      h("p", { class: "explain" }, `Each weight's gradient is the δ of the neuron it feeds times the activation it carries, ∂L/∂W${sup(l)}ₖⱼ = δ${sup(l)}ₖ a${sup(l - 1)}ⱼ${v.batch > 1 ? `, summed over the ${v.batch} rows` : ""}; ∂L/∂b = δ. A gradient-descent step moves each weight by −(learning rate) × this number. On the network the edges into ${this.isOutput(l) ? "the output layer" : "layer " + l} now show ∂L/∂w: blue positive, orange negative, thicker larger (hover one for its value).`),
       table);
     if (v.regularization && lay.W_terms.length > 1) {
       this.detail.append(h("p", { class: "explain" }, `With ${v.regularization.toUpperCase()} regularisation each weight has a second successor, the penalty; what the optimizer receives is the sum of both terms (the engine's ∂L/∂W):`));
@@ -291,6 +293,6 @@ export class StepThroughView {
       t.append(h("tr", { class: "sum" }, h("td", {}, "∂L/∂W total"), h("td", {}, num(lay.W_grad[0][0])), h("td", {}, "(first entry)")));
       this.detail.append(t);
     }
-    this.network.highlight({ layer: l, unit: -1, nodes: {}, edges, active });
+    this.network.highlight({ layer: l, unit: -1, nodes: {}, edges, active, values, labelAt: 0.5 });
   }
 }
