@@ -140,6 +140,11 @@ def main(figures: bool | None = None) -> dict[str, dict]:
     """Run every example; return their key numbers (figures only when asked)."""
     if figures is None:
         figures = os.environ.get("CHAINRULE_FIGURES") == "1"
+    with cr.keep_values():  # every value is shown, so every node keeps it
+        return _run(figures)
+
+
+def _run(figures: bool) -> dict[str, dict]:
     results = {
         "example_1_2": example_1_2(),
         "example_5_6": example_5_6(),

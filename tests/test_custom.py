@@ -138,11 +138,12 @@ def test_check_graph_passes_on_a_real_model_graph():
     W1 = cr.tensor(rng.normal(size=(4, 3)).astype(np.float32), requires_grad=True)
     b1 = cr.tensor(np.zeros(4, np.float32), requires_grad=True)
     W2 = cr.tensor(rng.normal(size=(4, 2)).astype(np.float32), requires_grad=True)
-    h = cr.linear(x, W1, b1).tanh()
-    logits = h @ W2
-    loss = -(cr.log_softmax(logits, axis=1)[np.arange(5), np.array([0, 1, 0, 1, 1])]).mean()
-    loss = loss + 0.1 * (W1**2).sum() + cr.softplus(logits).max(axis=0).sum()
-    loss = loss + Cube.apply(h.reshape(-1)[:3]).sum() + cr.sum(cr.sigmoid(h.T), axis=(0, 1))
+    with cr.keep_values():  # check_graph re-runs each op on its recorded operands
+        h = cr.linear(x, W1, b1).tanh()
+        logits = h @ W2
+        loss = -(cr.log_softmax(logits, axis=1)[np.arange(5), np.array([0, 1, 0, 1, 1])]).mean()
+        loss = loss + 0.1 * (W1**2).sum() + cr.softplus(logits).max(axis=0).sum()
+        loss = loss + Cube.apply(h.reshape(-1)[:3]).sum() + cr.sum(cr.sigmoid(h.T), axis=(0, 1))
     report = check_graph(loss)
     assert len(report.checked) >= 15 and not report.skipped, report.skipped
     loss.backward()  # the graph is intact afterwards
@@ -151,11 +152,12 @@ def test_check_graph_passes_on_a_real_model_graph():
 
 def test_check_graph_names_the_first_wrong_node():
     x = f64([0.5, -1.0, 2.0], name="x")
-    h = cr.tanh(x * 2.0)
-    bad = WrongCube.apply(h)
-    bad.name = "bad"
-    worse = WrongCube.apply(bad)  # also wrong, but later in forward order
-    loss = cr.sigmoid(worse).sum()
+    with cr.keep_values():
+        h = cr.tanh(x * 2.0)
+        bad = WrongCube.apply(h)
+        bad.name = "bad"
+        worse = WrongCube.apply(bad)  # also wrong, but later in forward order
+        loss = cr.sigmoid(worse).sum()
     with pytest.raises(GraphCheckError) as info:
         check_graph(loss)
     msg = str(info.value)
@@ -165,6 +167,13 @@ def test_check_graph_names_the_first_wrong_node():
     # plain gradcheck agrees that the derivative is wrong
     with pytest.raises(cr.GradcheckError):
         cr.gradcheck(lambda t: WrongCube.apply(t).sum(), [np.array([0.5, 1.5])])
+
+
+def test_check_graph_needs_the_values_and_says_how_to_keep_them():
+    x = f64([1.0, 2.0])
+    loss = (x * 2.0).exp().sum()
+    with pytest.raises(RuntimeError, match=r"check_graph: the value of '.*' .*cr.keep_values"):
+        check_graph(loss)
 
 
 def test_check_graph_needs_the_graph():

@@ -170,7 +170,7 @@ def test_order_is_deterministic_and_topological():
         sent.setdefault(id(node), i)
     checked = 0
     for node in order:
-        for p in node._parents:
+        for p in node.parents:
             if id(p) in sent:
                 assert sent[id(p)] > sent[id(node)]
                 checked += 1
@@ -230,45 +230,82 @@ def test_backward_frees_saved_values():
     assert ref() is None  # the intermediate is no longer held by the graph
 
 
-def _probe_rule(uses_out, seen):
-    """y = 3x, recording whether its output array is still alive when its VJP runs."""
-    probe = cr.ops.Rule("probe", lambda x: (x * 3.0, None), uses_out=uses_out)
+def _probe_rule(saves, seen):
+    """y = 3x, recording at its VJP whether it got its output and its input
+    and whether its output array is still alive."""
+    probe = cr.ops.Rule("probe", lambda x: (x * 3.0, None), saves=saves)
 
     @probe.defvjp
     def _(g, out, ctx, needs, xp, x):
-        seen.append((out is None, seen_ref[0]() is not None))
+        seen.append((out is not None, type(x) is np.ndarray, seen_ref[0]() is not None))
         return (g * 3.0,)
 
     seen_ref = [None]
     return probe, seen_ref
 
 
-def test_a_node_whose_vjp_needs_no_output_is_freed_before_its_vjp_runs():
-    # the walk lets go of such a node before calling the VJP, so that an
-    # activation nobody else holds no longer counts towards the peak memory
-    for uses_out, expected in [(False, (True, False)), (True, (False, True))]:
+def test_a_node_keeps_exactly_what_its_rule_declares():
+    # an output no VJP reads is freed as soon as the user lets go of it, before
+    # backward; one the rule keeps stays until its VJP has run
+    cases = [
+        (cr.ops.SAVES_NOTHING, (False, False, False)),
+        (cr.ops.SAVES_OUT, (True, False, True)),
+        (cr.ops.SAVES_INPUTS, (False, True, False)),
+    ]
+    for saves, expected in cases:
         seen = []
-        probe, ref = _probe_rule(uses_out, seen)
+        probe, ref = _probe_rule(saves, seen)
         x = cr.tensor(np.ones(1000), requires_grad=True)
         y = cr.apply(probe, x)
         ref[0] = weakref.ref(y.data)
         loss = (y * 2.0).sum()
         del y
+        assert (ref[0]() is not None) == expected[2]
         loss.backward()
         assert seen == [expected]
         np.testing.assert_array_equal(x.grad.numpy(), 6.0)
-    # a node the user still holds keeps its value, and retain_graph keeps the graph
+    # a value the user still holds stays, and retain_graph keeps what was saved
     seen = []
-    probe, ref = _probe_rule(False, seen)
+    probe, ref = _probe_rule(cr.ops.SAVES_OUT, seen)
     x = cr.tensor(np.ones(3), requires_grad=True)
     y = cr.apply(probe, x)
     ref[0] = weakref.ref(y.data)
     loss = (y * 2.0).sum()
     loss.backward(retain_graph=True)
     loss.backward()
-    assert seen == [(True, True), (True, True)]
+    assert seen == [(True, False, True), (True, False, True)]
     np.testing.assert_array_equal(x.grad.numpy(), 12.0)
     np.testing.assert_array_equal(y.numpy(), 3.0)
+
+
+def test_a_chain_of_scalings_keeps_no_intermediate_alive():
+    # y * 0.999 keeps only the 0-d constant, + 0.001 nothing: the chain's
+    # intermediate arrays die as the forward pass moves on (issue 17's chain)
+    x = cr.tensor(np.ones((64, 64), np.float32), requires_grad=True)
+    refs = []
+    y = x
+    for _ in range(50):
+        y = y * 0.999
+        refs.append(weakref.ref(y.data))
+        y = y + 0.001
+        refs.append(weakref.ref(y.data))
+    loss = y.sum()
+    alive = sum(r() is not None for r in refs)
+    assert alive == 1  # the last y, which this test still holds
+    loss.backward()
+    np.testing.assert_allclose(x.grad.numpy(), 0.999 ** 50, rtol=1e-5)
+
+
+def test_keep_values_keeps_every_value_and_operand():
+    x = cr.tensor(np.ones(4), requires_grad=True)
+    c = cr.tensor(np.full(4, 2.0), name="c")
+    with cr.keep_values():
+        assert cr.is_keeping_values()
+        y = x + c
+    assert not cr.is_keeping_values()
+    assert y._node.kept[1][1] is c and y._node.value is y.data
+    z = x + c
+    assert z._node.kept is None and z._node.value is None
 
 
 def _mask_spy(monkeypatch):
@@ -496,10 +533,11 @@ def test_backward_observer_sees_visits_and_one_term_per_operand_slot():
 
     from chainrule.tensor import run_backward
     run_backward((f,), (None,), retain_graph=True, inputs=[b], observer=Obs())
-    assert events[0] == ("visit", f, 1.0)
-    assert events[1] == ("term", f, 0, x, 3.0)
-    assert events[2] == ("visit", x, 3.0)
-    assert events[3:5] == [("term", x, 0, b, 3.0), ("term", x, 1, b, 3.0)]
+    # the walk reports graph vertices: op nodes, and leaves themselves
+    assert events[0] == ("visit", f._node, 1.0)
+    assert events[1] == ("term", f._node, 0, x._node, 3.0)
+    assert events[2] == ("visit", x._node, 3.0)
+    assert events[3:5] == [("term", x._node, 0, b, 3.0), ("term", x._node, 1, b, 3.0)]
     assert events[5] == ("visit", b, 6.0)
 
 
@@ -534,6 +572,34 @@ def test_in_place_change_of_saved_input_is_detected():
         w.add_(1.0)
     with pytest.raises(RuntimeError, match=r"'w'.*modified in place"):
         y.backward()
+
+
+@pytest.mark.parametrize("change", [
+    "y.detach().mul_(10)", "y[0:2].mul_(10)", "y.reshape(3).mul_(10)",
+    "x.detach().mul_(10)", "x[1:].add_(1)",
+])
+def test_in_place_change_through_any_alias_of_a_saved_value_is_detected(change):
+    # exp keeps its output y; mul keeps both its operands (x and y): a change
+    # to that memory through a view, a reshape, detach() or the ndarray behind
+    # it would make the gradient 10x off, so backward refuses, naming the op
+    x = cr.tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    y = x.exp()
+    loss = (y * x).sum()
+    with cr.no_grad():
+        eval(change, {"x": x, "y": y})
+    with pytest.raises(RuntimeError, match=r"backward: '(mul|exp)' saved .*modified in place"):
+        loss.backward()
+
+
+def test_in_place_change_of_memory_no_node_kept_is_allowed():
+    # add keeps nothing, so changing its operand later cannot make a gradient wrong
+    x = cr.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    h = x * 1.0
+    loss = (h + 1.0).sum()
+    with cr.no_grad():
+        h.detach().mul_(10)
+    loss.backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 1.0])
 
 
 def test_in_place_on_recorded_tensor_is_refused():
@@ -719,3 +785,47 @@ def test_functional_leaves_grad_untouched():
     g = cr.grad(lambda x: (x * w).sum())(np.array([3.0, 4.0]))
     np.testing.assert_allclose(g, [1.0, 2.0])
     assert w._grad is None
+
+
+def test_two_threads_accumulating_into_one_leaf_lose_no_update():
+    # .grad accumulation is a read-modify-write: without the lock, two threads
+    # running backward() on graphs that share a leaf lose updates
+    import threading
+
+    w = cr.tensor(np.zeros((512, 512)), requires_grad=True)
+    x = np.ones((512, 512))
+    n_threads, per_thread = 4, 40
+    start = threading.Barrier(n_threads)
+
+    def work():
+        start.wait()
+        for _ in range(per_thread):
+            (w * x).sum().backward()
+
+    threads = [threading.Thread(target=work) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_array_equal(w.grad.numpy(), n_threads * per_thread)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("op", ["+", "-", "*", "/"])
+def test_python_scalars_give_numpys_own_values_bit_for_bit(dtype, op):
+    # a Python number beside a tensor reaches NumPy as a cached 0-d array of
+    # the tensor's dtype (faster); the values must be NumPy's with the number
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal(64) * 100).astype(dtype)
+    scalars = [0.1, 1e-3, 2.5, -7, 3, 2 ** 24 + 1, 1e30, -0.0, 0.0, float("nan"), 1e-40]
+    fn = {"+": lambda u, v: u + v, "-": lambda u, v: u - v,
+          "*": lambda u, v: u * v, "/": lambda u, v: u / v}[op]
+    with np.errstate(all="ignore"):
+        for s in scalars:
+            for t in (cr.tensor(a), cr.tensor(a, requires_grad=True)):
+                got, want = fn(t, s).numpy(), fn(a, s)
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+                got, want = fn(s, t).numpy(), fn(s, a)
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))

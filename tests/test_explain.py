@@ -19,6 +19,16 @@ from chainrule.expr import ExprError, evaluate, parse, parse_assignment
 F64 = np.float64
 
 
+@pytest.fixture(autouse=True)
+def _keep_values():
+    """The views show every node's value: record each test's graphs inside
+    cr.keep_values() (chainrule otherwise keeps only what backward needs)."""
+    cr.set_keep_values(True)
+    yield
+    cr.set_keep_values(False)
+
+
+
 def leaf(value, name):
     return cr.tensor(value, dtype=F64, requires_grad=True, name=name)
 

@@ -11,6 +11,7 @@ import pytest
 import chainrule as cr
 import chainrule.nn.functional as F
 from chainrule import nn
+from graphwalk import ops
 
 
 class Net(nn.Module):
@@ -321,15 +322,7 @@ def test_sequential_container_behaviour():
 
 
 def _ops_in(t):
-    seen, stack, names = set(), [t], []
-    while stack:
-        t = stack.pop()
-        if id(t) not in seen:
-            seen.add(id(t))
-            if t.op is not None:
-                names.append(t.op)
-            stack.extend(t._parents)
-    return sorted(names)
+    return ops(t)
 
 
 def _mlp(fuse=True):

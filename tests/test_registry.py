@@ -15,7 +15,8 @@ import pytest
 import chainrule as cr
 from cases_ops import CASES as OPS_CASES
 from chainrule.functional import GradcheckError
-from chainrule.tensor import Tensor, run_backward
+from chainrule.ops import Saves
+from chainrule.tensor import Meta, Node, Tensor, run_backward
 
 ALL_CASES = dict(OPS_CASES)
 if importlib.util.find_spec("chainrule.nn") is not None:
@@ -45,20 +46,20 @@ def test_every_rule_has_a_vjp():
 
 
 def _nodes(out):
-    """Every tensor in the graph of ``out``."""
-    seen, stack = set(), [out]
+    """Every node in the graph of ``out``."""
+    seen, stack = set(), [out._node]
     while stack:
-        t = stack.pop()
-        if id(t) not in seen:
-            seen.add(id(t))
-            stack.extend(t._parents)
-            yield t
+        n = stack.pop()
+        if id(n) not in seen:
+            seen.add(id(n))
+            stack.extend(p for p in n.parents if type(p) is Node)
+            yield n
 
 
 def _uses_rule(fn, xs, name):
     """The graph built by fn contains the rule under test (cases can't drift)."""
     out = fn(*[Tensor(x, requires_grad=True) for x in xs])
-    return any(t.op == name for t in _nodes(out))
+    return any(n.op.name == name for n in _nodes(out))
 
 
 @pytest.mark.parametrize("name, cid, make, fn", PARAMS)
@@ -114,52 +115,133 @@ def test_float32_stays_float32(name, cid, make, fn):
     ts = [Tensor(x, requires_grad=True) for x in xs]
     out = fn(*ts)
     # the rule's own nodes: float32 in -> float32 out (cases may mix in float64 on purpose)
-    for t in _nodes(out):
-        if t.op == name and name != "astype" and all(
-            p.dtype == np.float32 for p in t._parents if p.dtype.kind == "f"
+    for n in _nodes(out):
+        if n.op.name == name and name != "astype" and all(
+            a.dtype == np.float32 for a in n.inputs if a.dtype.kind == "f"
         ):
-            assert t.dtype == np.float32, f"{name} turned float32 into {t.dtype}"
+            assert n.dtype == np.float32, f"{name} turned float32 into {n.dtype}"
     out.backward(np.ones(out.shape, out.dtype))
     for t in ts:
         assert t.grad is None or t.grad.dtype == np.float32
 
 
 def _own_node(fn, xs, name):
-    """The rule's node in the graph fn builds, with the arrays its VJP receives."""
-    out = fn(*[Tensor(x, requires_grad=True) for x in xs])
-    node = next(t for t in _nodes(out) if t.op == name)
-    return node, [p.data for p in node._parents]
+    """The rule's node in the graph fn builds, recorded with every value kept."""
+    with cr.keep_values():
+        out = fn(*[Tensor(x, requires_grad=True) for x in xs])
+    return next(n for n in _nodes(out) if n.op.name == name)
 
 
-SHORTCUT_PARAMS = [
-    p for p in PARAMS
-    if cr.RULES[p.values[0]].vjp_inplace is not None or not cr.RULES[p.values[0]].uses_out
-]
+def _minimal(rule, node, needs):
+    """What a plain backward pass hands the VJP for these needs: the kept
+    operands, stand-ins (shape and dtype only) for the others, and the
+    output only if the rule keeps it."""
+    keep, keep_out = rule.plan(needs)
+    args = [a if k or a.ndim == 0 else Meta(a) for a, k in zip(node.inputs, keep)]
+    return args, (node.out if keep_out else None)
 
 
-@pytest.mark.parametrize("name, cid, make, fn", SHORTCUT_PARAMS)
+@pytest.mark.parametrize("name, cid, make, fn", PARAMS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_vjp_shortcuts_give_the_plain_vjps_values_bit_for_bit(name, cid, make, fn, dtype):
-    """``vjp_inplace`` (may overwrite g) and ``uses_out=False`` (gets out=None)
-    are what a plain backward pass calls: they must agree with ``vjp`` exactly."""
+def test_vjp_from_what_the_node_keeps_gives_the_full_vjps_values_bit_for_bit(
+        name, cid, make, fn, dtype):
+    """A plain backward pass calls the VJP with only what the rule declared it
+    keeps (``Saves``), and the in-place variant where the rule has one: for
+    every pattern of which operands need a gradient, both must agree with the
+    VJP given every value, bit for bit. A declaration that leaves out
+    something the VJP reads fails here (a stand-in has no values)."""
     rule = cr.RULES[name]
     rng = np.random.default_rng(3)
-    node, arrays = _own_node(fn, [x.astype(dtype) for x in make(rng)], name)
+    node = _own_node(fn, [x.astype(dtype) for x in make(rng)], name)
     g = rng.standard_normal(node.shape).astype(node.dtype)
-    needs = node._needs
     ns = cr.ops.NUMPY_NS
-    expected = rule.vjp(g.copy(), node.data, node._ctx, needs, ns, *arrays)
-    out = node.data if rule.uses_out else None
-    variants = {"out=None": rule.vjp}
-    if rule.vjp_inplace is not None:
-        variants["vjp_inplace"] = rule.vjp_inplace
-    for label, vjp in variants.items():
-        got = vjp(g.copy(), out, node._ctx, needs, ns, *arrays)
-        for i, (e, r) in enumerate(zip(expected, got)):
-            assert (e is None) == (r is None), (label, i)
-            if e is not None:
-                np.testing.assert_array_equal(np.asarray(r), np.asarray(e), err_msg=f"{label} {i}")
-                assert np.asarray(r).dtype == np.asarray(e).dtype
+    full = list(node.inputs)
+    slots = [i for i, n in enumerate(node.needs) if n]
+    patterns = [tuple(node.needs)] + [
+        tuple(i == j for i in range(len(full))) for j in slots if len(slots) > 1]
+    for needs in patterns:
+        expected = rule.vjp(g.copy(), node.out, node.ctx, needs, ns, *full)
+        args, out = _minimal(rule, node, needs)
+        variants = {"kept values": rule.vjp}
+        if rule.vjp_inplace is not None:
+            variants["vjp_inplace"] = rule.vjp_inplace
+        for label, vjp in variants.items():
+            got = vjp(g.copy(), out, node.ctx, needs, ns, *args)
+            for i, (e, r) in enumerate(zip(expected, got)):
+                if not needs[i]:
+                    continue
+                assert (e is None) == (r is None), (label, needs, i)
+                if e is not None:
+                    np.testing.assert_array_equal(np.asarray(r), np.asarray(e),
+                                                  err_msg=f"{label} {needs} {i}")
+                    assert np.asarray(r).dtype == np.asarray(e).dtype
+
+
+# What each rule's node keeps for backward when every operand needs a
+# gradient: (operand slots kept, output kept). Written out here, apart from
+# the declarations in ops.py, so that a rule that starts keeping more (its
+# output "just in case") fails this test and the change is a decision.
+_IN = "inputs"  # every operand slot
+EXPECTED_SAVES = {
+    "add": ((), False), "sub": ((), False), "neg": ((), False),
+    "mul": ((0, 1), False), "div": ((1,), True), "pow": ((0, 1), True),
+    "maximum": ((0, 1), False), "minimum": ((0, 1), False), "where": ((), False),
+    "abs": ((0,), False), "exp": ((), True), "log": ((0,), False), "sqrt": ((), True),
+    "sin": ((0,), False), "cos": ((0,), False), "tanh": ((), True), "sigmoid": ((), True),
+    "relu": ((), True), "leaky_relu": ((0,), False), "softplus": ((0,), False),
+    "clip": ((0,), False), "astype": ((), False), "clone": ((), False),
+    "sum": ((), False), "mean": ((), False), "max": ((0,), True), "min": ((0,), True),
+    "var": ((0,), False), "logsumexp": ((0,), True), "softmax": ((), True),
+    "log_softmax": ((), True), "matmul": ((0, 1), False), "linear": ((0, 1), False),
+    "linear_nobias": ((0, 1), False), "linear_relu": ((0, 1), False),
+    "reshape": ((), False), "transpose": ((), False), "broadcast_to": ((), False),
+    "getitem": ((), False), "scatter_add": ((), False), "concatenate": ((), False),
+    "stack": ((), False),
+    "cross_entropy": ((0,), False), "cross_entropy_probs": ((0, 1), False),
+    "nll_loss": ((), False), "binary_cross_entropy_with_logits": ((0, 1), False),
+    "binary_cross_entropy": ((0, 1), False), "mse_loss": ((0, 1), False),
+}
+
+
+def test_every_rule_declares_what_it_saves():
+    undeclared = sorted(set(cr.RULES) - set(EXPECTED_SAVES))
+    assert not undeclared, f"add these rules to EXPECTED_SAVES: {undeclared}"
+    for name, (slots, out) in EXPECTED_SAVES.items():
+        rule = cr.RULES[name]
+        n = 1 + max((*slots, 0, 1 if name in ("add", "sub", "mul", "div", "pow", "where",
+                                               "maximum", "minimum", "matmul", "mse_loss",
+                                               "linear_nobias", "cross_entropy_probs",
+                                               "binary_cross_entropy",
+                                               "binary_cross_entropy_with_logits") else 0,
+                     2 if name.startswith("linear") and name != "linear_nobias" else 0))
+        keep, keep_out = rule.plan((True,) * n)
+        assert tuple(i for i, k in enumerate(keep) if k) == slots, name
+        assert keep_out == out, name
+
+
+@pytest.mark.parametrize("name, cid, make, fn", PARAMS)
+def test_nodes_keep_exactly_what_their_rule_declares(name, cid, make, fn):
+    """The engine side of the declarations: a recorded node holds arrays
+    exactly where its rule keeps them, stand-ins elsewhere (0-d constants
+    aside, which are kept whole: a scalar costs nothing)."""
+    out = fn(*[Tensor(x, requires_grad=True) for x in make(np.random.default_rng(4))])
+    for node in _nodes(out):
+        if node.op.name != name:
+            continue
+        keep, keep_out = node.op.plan(node.needs)
+        for i, (a, k) in enumerate(zip(node.inputs, keep)):
+            if k:
+                assert type(a) is np.ndarray, (name, i)
+            elif not (type(a) is np.ndarray and a.ndim == 0):
+                assert isinstance(a, (Node, Tensor, Meta)), (name, i, type(a))
+        assert (node.out is not None) == keep_out, name
+
+
+def test_an_undeclared_rule_keeps_everything():
+    r = cr.ops.Rule("undeclared_square", lambda x: (x * x, None))
+    assert r.saves.plan((True,)) == ((True,), True)
+    assert Saves(inputs=((1,), (0,))).plan((True, False)) == ((False, True), False)
+    assert Saves(rest=True).plan((False, True, False)) == ((True, True, True), False)
 
 
 def test_gradcheck_reports_input_element_and_values():

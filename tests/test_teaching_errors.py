@@ -155,4 +155,4 @@ def test_without_anomaly_mode_nothing_is_recorded_or_checked():
     x = cr.tensor(np.array([0.0]), requires_grad=True)
     with np.errstate(divide="ignore"):
         y = cr.log(x)
-    assert y._meta is None and np.isneginf(y.numpy()).all()
+    assert y._node.meta is None and np.isneginf(y.numpy()).all()

@@ -17,6 +17,16 @@ EDGE = re.compile(r"^\s*(\w+) -> (\w+)(?: \[(.*)\])?;$")
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
 
 
+@pytest.fixture(autouse=True)
+def _keep_values():
+    """The views show every node's value: record each test's graphs inside
+    cr.keep_values() (chainrule otherwise keeps only what backward needs)."""
+    cr.set_keep_values(True)
+    yield
+    cr.set_keep_values(False)
+
+
+
 def parse(source: str) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
     """Node id -> label (with real newlines) and (tail, head, attrs) edges."""
     nodes, edges = {}, []

@@ -98,8 +98,11 @@ from .tensor import (
     detect_anomaly,
     enable_grad,
     is_grad_enabled,
+    is_keeping_values,
+    keep_values,
     no_grad,
     set_grad_enabled,
+    set_keep_values,
     tensor,
 )
 from .training import History, callbacks, fit

@@ -21,7 +21,7 @@ from typing import Any
 
 from .explain import explain
 from .expr import FUNCTIONS, ExprError, evaluate, parse, parse_assignment
-from .tensor import Tensor
+from .tensor import keep_values
 from .viz import INSTALL_HINT, format_value, graph, have_dot, node_names, walk
 
 __all__ = ["add_parser", "configure", "run", "main"]
@@ -82,16 +82,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return configure(parser)
 
 
-def _forward_lines(out: Tensor, pieces: dict[int, str], names: dict[int, str], fmt: Any) -> list:
+def _forward_lines(order: list, pieces: dict[int, str], names: dict[int, str], fmt: Any) -> list:
     lines = []
-    for n in walk([out]):
+    for n in order:
         if n._op is None and not n._requires_grad:
             continue  # constants are visible in the expressions that use them
         label = names[id(n)]
         if n._op is None:
             lines.append(f"  {label} = {fmt(n.data)}")
             continue
-        piece = pieces.get(id(n))
+        piece = pieces.get(id(n.vertex))
         expr = f" = {piece}" if piece and piece != label else ""
         lines.append(f"  {label}{expr} = {fmt(n.data)}")
     return lines
@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         expr = parse(args.expression)
         values = dict(parse_assignment(v) for v in args.variables)
         pieces: dict[int, str] = {}
-        out, leaves = evaluate(expr, values, record=pieces)
+        with keep_values():  # the views show every value
+            out, leaves = evaluate(expr, values, record=pieces)
     except ExprError as exc:
         print(f"chainrule explain: error: {exc}", file=sys.stderr)
         return 2
@@ -133,10 +134,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     exp = explain(out, seed, precision=args.precision, full=args.full)
-    names = node_names(walk([out]))
-    names[id(out)] = exp.root_name
+    order = walk([out])
+    names = node_names(order)
+    names[id(order[-1])] = exp.root_name
     print("Forward pass (values in the order they are computed):")
-    print("\n".join(_forward_lines(out, pieces, names, fmt)))
+    print("\n".join(_forward_lines(order, pieces, names, fmt)))
     print()
     print("Backward pass:")
     print(exp.to_markdown() if args.markdown else exp.to_text())

@@ -77,11 +77,12 @@ from typing import Any
 import numpy as np
 
 from .nn.module import STRUCTURE
-from .ops import NUMPY_NS, _op_error
+from .ops import NUMPY_NS, _op_error, _scalar_array
 from .optim.optimizer import Optimizer
 from .random import _resolve
 from .tensor import (
     _RELEASED,
+    Node,
     Tensor,
     _mode,
     _store_grad,
@@ -224,16 +225,18 @@ class _Recorder:
             dyn = tuple((k, r) for k, r in dynamic.items() if r[0] != _CONST)
         j = tape.n_ops
         tape.n_ops += 1
-        recorded = result._op is not None
+        node = result._node
+        recorded = node is not None
         tape.rules.append(rule)
         tape.recorded.append(recorded)
         if recorded:
-            tape.needs.append(result._needs)
-            # The VJP sees each parent's array: for a Python-scalar operand that
-            # is the 0-d array ops.apply wrapped it in, not the scalar itself.
+            tape.needs.append(node.needs)
+            # The VJP sees each operand as an array: for a Python-scalar operand
+            # that is the 0-d array of the output's dtype the node keeps.
             tape.bwd_refs.append(tuple(
-                r if r[0] != _CONST or isinstance(r[1], np.ndarray) else (_CONST, p.data)
-                for r, p in zip(fwd, result._parents)
+                r if r[0] != _CONST or isinstance(r[1], np.ndarray)
+                else (_CONST, _scalar_array(r[1], result.data.dtype))
+                for r in fwd
             ))
         else:
             tape.needs.append(())
@@ -290,8 +293,8 @@ class _Recorder:
         for j in range(tape.root, -1, -1):
             if not reached[j]:
                 continue
-            node = self.nodes[j]
-            if node._hooks or node._retains:
+            node = self.nodes[j]._node
+            if node._hooks or node._retain is not None:
                 self.error = "gradient hooks or retain_grad() inside the step"
                 return
             tape.order.append(j)
@@ -583,7 +586,7 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
         # the same choices as run_backward: an in-place VJP when g is ours
         # alone; the output dropped before the VJP when the rule never reads it
         inplace = owned[out] and rule.vjp_inplace is not None
-        value = env[out] if rule.uses_out else None
+        value = env[out] if rule.plan(needs)[1] else None
         if free:
             env[out] = None  # as in eager mode, let the value go once nothing needs it
         ctx = ctxs[j]
@@ -641,14 +644,18 @@ def _build(ret: tuple, prog: _Program, env: list) -> Any:
 
 def _result_tensor(data: np.ndarray, tape: _Tape, j: int) -> Tensor:
     """What eager mode returns: a tensor whose graph backward() already freed."""
-    t = Tensor._const(data)
-    if tape.recorded[j]:
-        t._requires_grad = True
-        t._op = tape.rules[j]
-        t._ctx = _RELEASED
-        t._needs = ()
-        t._stamp = _tick()
-    return t
+    if not tape.recorded[j]:
+        return Tensor._const(data)
+    node = object.__new__(Node)
+    node.op = tape.rules[j]
+    node.parents = node.inputs = node.needs = ()
+    node.out = None
+    node.ctx = _RELEASED
+    node.stamp = _tick()
+    node.shape = data.shape
+    node.dtype = data.dtype
+    node.params = {}
+    return Tensor._of(data, node)
 
 
 # ---------------------------------------------------------------------------

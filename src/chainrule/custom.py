@@ -33,7 +33,7 @@ import numpy as np
 from . import ops
 from .ops import NUMPY_NS, Rule
 from .tensor import _RELEASED, Tensor, no_grad
-from .viz import node_names, walk
+from .viz import ValuesNotKept, node_names, walk
 
 __all__ = ["Function", "FunctionCtx", "check_graph", "GraphCheckError", "GraphCheckReport"]
 
@@ -202,52 +202,15 @@ class GraphCheckReport:
         return f"<GraphCheckReport: {len(self.checked)} nodes checked, {len(self.skipped)} skipped>"
 
 
-def _axes_keepdims(node: Tensor) -> dict:
-    axes, keepdims = node._ctx[:2]
-    return {"axis": axes, "keepdims": keepdims}
-
-
-def _var_params(node: Tensor) -> dict:
-    axes, keepdims, dof = node._ctx
-    shape = node._parents[0].shape
-    n = int(np.prod([shape[a] for a in axes])) if axes else 1
-    return {"axis": axes, "keepdims": keepdims, "ddof": n - dof}
-
-
-# The settings (axis, shape, ...) a built-in op was called with are not kept
-# in the graph; they can be read back from what each forward saved in ctx.
-_PARAMS: dict[str, Callable[[Tensor], dict]] = {
-    "sum": _axes_keepdims,
-    "mean": _axes_keepdims,
-    "max": _axes_keepdims,
-    "min": _axes_keepdims,
-    "logsumexp": _axes_keepdims,
-    "var": _var_params,
-    "softmax": lambda n: {"axis": n._ctx},
-    "log_softmax": lambda n: {"axis": n._ctx},
-    "leaky_relu": lambda n: {"negative_slope": n._ctx},
-    "clip": lambda n: {"lo": n._ctx[0], "hi": n._ctx[1]},
-    "where": lambda n: {"cond": n._ctx},
-    "astype": lambda n: {"dtype": np.float64},  # checked in float64 like everything else
-    "reshape": lambda n: {"shape": n.shape},
-    "transpose": lambda n: {"axes": n._ctx},
-    "broadcast_to": lambda n: {"shape": n.shape},
-    "getitem": lambda n: {"index": n._ctx},
-    "scatter_add": lambda n: {"index": n._ctx, "shape": n.shape},
-    "concatenate": lambda n: {"axis": n._ctx[0]},
-    "stack": lambda n: {"axis": n._ctx},
-}
-
-
-def _params(node: Tensor) -> dict | None:
+def _params(node: Any) -> dict:
+    """The settings the op ran with (recorded on its node)."""
     ctx = node._ctx
     if isinstance(ctx, FunctionCtx):
         layout, others = ctx._layout
         return {"layout": layout, "others": others}
-    getter = _PARAMS.get(node._op.name)
-    if getter is not None:
-        return getter(node)
-    return {}
+    if node._op.name == "astype":
+        return {"dtype": np.float64}  # checked in float64 like everything else
+    return dict(node.params)
 
 
 def check_graph(
@@ -272,7 +235,10 @@ def check_graph(
     >>> cr.check_graph(loss)        # before backward(), which frees the graph
     <GraphCheckReport: 7 nodes checked, 0 skipped>
     """
-    order = walk([t])
+    try:
+        order = walk([t])
+    except ValuesNotKept as exc:
+        raise ValuesNotKept(f"check_graph: {exc}") from None
     names = node_names(order)
     rng = np.random.default_rng(seed)
     report = GraphCheckReport()

@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from .tensor import Tensor
-from .viz import _trace_backward, format_value, is_released, local_grads, node_names, walk
+from .viz import (
+    ValuesNotKept,
+    _trace_backward,
+    format_value,
+    is_released,
+    local_grads,
+    node_names,
+    walk,
+)
 
 __all__ = ["explain", "Explanation", "Row", "Term", "ELEMENTWISE_OPS"]
 
@@ -253,15 +261,24 @@ def explain(
             "explain: this tensor does not require grad, so there is no backward pass to "
             "explain; create the inputs with requires_grad=True"
         )
-    order = walk([t])
+    if is_released(t):
+        raise RuntimeError(
+            "explain: the graph behind this tensor was freed by an earlier backward(); "
+            "call cr.explain before backward(), or use backward(retain_graph=True)"
+        )
+    try:
+        order = walk([t])
+    except ValuesNotKept as exc:
+        raise ValuesNotKept(f"explain: {exc}") from None
     if any(is_released(n) for n in order):
         raise RuntimeError(
             "explain: the graph behind this tensor was freed by an earlier backward(); "
             "call cr.explain before backward(), or use backward(retain_graph=True)"
         )
+    root = order[-1]  # walk lists parents first: the root comes last
     names = node_names(order)
     if not t.name and "L" not in names.values():
-        names[id(t)] = "L"  # the notes' name for the output being differentiated
+        names[id(root)] = "L"  # the notes' name for the output being differentiated
     grads, observed = _trace_backward(t, seed, order)
 
     terms_of: dict[int, list[Term]] = {}
@@ -274,7 +291,7 @@ def explain(
     # Rows in the order the engine visited the nodes: each visit reports its
     # terms together, so the successors' first appearances give the order of
     # the op nodes; leaves are visited last, in the order gradients reached them.
-    visit: dict[int, Tensor] = {id(t): t}
+    visit: dict[int, Any] = {id(root): root}
     for succ, *_ in observed:
         visit.setdefault(id(succ), succ)
     for _, _, parent, _, _ in observed:
@@ -293,10 +310,10 @@ def explain(
                 value=np.asarray(node.data),
                 grad=grads.get(id(node)),
                 terms=terms_of.get(id(node), []),
-                is_root=node is t,
+                is_root=node is root,
             )
         )
-    return Explanation(rows, names[id(t)], precision, full)
+    return Explanation(rows, names[id(root)], precision, full)
 
 
 def _make_term(

@@ -175,7 +175,8 @@ def _eval(
 ) -> Any:
     out = _eval_node(node, env, src, record)
     if record is not None and isinstance(out, Tensor) and not isinstance(node, ast.Name):
-        record.setdefault(id(out), _piece(src, node))
+        # keyed by the graph vertex (the op's node), which the views report
+        record.setdefault(id(out._node if out._node is not None else out), _piece(src, node))
     return out
 
 

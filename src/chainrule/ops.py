@@ -39,10 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from .tensor import Tensor, _as_array, _mode, check_forward_anomaly
+from .tensor import Meta, Node, Tensor, _as_array, _mode, _tick, check_forward_anomaly
 
 __all__ = [
-    "Rule", "RULES", "rule", "apply", "sum_to_shape", "value",
+    "Rule", "RULES", "rule", "apply", "sum_to_shape", "value", "Saves",
+    "SAVES_ALL", "SAVES_NOTHING", "SAVES_INPUTS", "SAVES_OUT",
     "add", "sub", "mul", "div", "pow", "matmul", "neg", "abs", "exp", "log", "sqrt",
     "tanh", "sigmoid", "relu", "leaky_relu", "softplus", "sin", "cos",
     "sum", "mean", "max", "min", "var", "logsumexp", "softmax", "log_softmax",
@@ -57,32 +58,95 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 
+class Saves:
+    """What a rule's VJP reads, declared next to the rule (PyTorch's saved tensors).
+
+    A recorded node keeps exactly what is declared here and nothing else, so
+    an intermediate value that no VJP reads is freed as soon as the forward
+    pass moves on. Each entry says when a value is kept:
+
+    * ``True``: whenever the op is recorded; ``False``: never;
+    * a tuple of operand slots: only when one of those operands needs a
+      gradient (``mul`` keeps ``b`` only to compute ``a``'s gradient, and
+      ``a`` only for ``b``'s: ``Saves(inputs=((1,), (0,)))``).
+
+    ``inputs`` gives one entry per operand slot; ``rest`` applies to the
+    slots after them (variadic rules such as ``concatenate``); ``out`` is for
+    the op's own value (rules whose derivative is a function of the output:
+    exp, tanh, sigmoid, softmax). An operand that is not kept reaches the VJP
+    as a stand-in with only ``.shape``, ``.dtype`` and ``.ndim``.
+
+    A rule that declares nothing keeps every operand and its output: a
+    missing declaration costs memory, never a wrong number.
+    """
+
+    __slots__ = ("inputs", "rest", "out")
+
+    def __init__(self, inputs: Sequence[Any] = (), out: Any = False, rest: Any = False) -> None:
+        self.inputs = tuple(inputs)
+        self.rest = rest
+        self.out = out
+
+    @staticmethod
+    def _when(entry: Any, needs: tuple[bool, ...]) -> bool:
+        if entry is True or entry is False:
+            return entry
+        return builtins.any(needs[j] for j in entry if j < len(needs))
+
+    def plan(self, needs: tuple[bool, ...]) -> tuple[tuple[bool, ...], bool]:
+        """(keep operand i?, keep the output?) for operands whose needs are ``needs``."""
+        entries = self.inputs + (self.rest,) * builtins.max(0, len(needs) - len(self.inputs))
+        keep = tuple(self._when(e, needs) for e in entries[:len(needs)])
+        return keep, self._when(self.out, needs)
+
+    def __repr__(self) -> str:
+        return f"Saves(inputs={self.inputs!r}, out={self.out!r}, rest={self.rest!r})"
+
+
+SAVES_ALL = Saves(out=True, rest=True)
+SAVES_NOTHING = Saves()
+SAVES_INPUTS = Saves(rest=True)
+SAVES_OUT = Saves(out=True)
+
+
 class Rule:
     """One differentiable operation: ``forward`` and its ``vjp``, side by side.
 
     ``forward(*arrays, **params) -> (out, ctx)``; ``vjp`` as in the module
-    docstring. ``check(arrays, params, exc)`` may turn a NumPy error into a
-    message that names the op and the shapes. ``vjp_inplace`` (optional) is
-    ``vjp`` allowed to overwrite ``g``. ``uses_out=False`` declares that the
-    VJP never reads ``out``: a plain backward pass then passes ``out=None``
-    and lets go of the node before calling the VJP, so that the node's value,
-    when nothing else holds it (an activation inside a model), is freed
-    before the VJP allocates its gradients. ``split`` (optional, set by
-    :meth:`defsplit`) is the VJP in two steps, so that ``ctx`` can be freed
-    between them.
+    docstring. ``saves`` (a :class:`Saves`) declares which operands and
+    whether the output the VJP reads: the node keeps those and nothing else.
+    ``check(arrays, params, exc)`` may turn a NumPy error into a message
+    that names the op and the shapes. ``vjp_inplace`` (optional) is ``vjp``
+    allowed to overwrite ``g``. ``split`` (optional, set by :meth:`defsplit`)
+    is the VJP in two steps, so that ``ctx`` can be freed between them.
+    ``weak_scalars``: Python int/float operands may be passed to the forward
+    as a cached 0-d array of the other operand's dtype (the same values, bit
+    for bit, for + - * /; NumPy converts such an array faster than a Python
+    float).
     """
 
-    __slots__ = ("name", "forward", "vjp", "vjp_inplace", "check", "doc", "uses_out", "split")
+    __slots__ = ("name", "forward", "vjp", "vjp_inplace", "check", "doc", "saves", "split",
+                 "plans", "weak_scalars")
 
-    def __init__(self, name: str, forward: Callable, uses_out: bool = True) -> None:
+    def __init__(self, name: str, forward: Callable, saves: Saves | None = None,
+                 weak_scalars: bool = False) -> None:
         self.name = name
         self.forward = forward
-        self.uses_out = uses_out
+        self.saves = SAVES_ALL if saves is None else saves
+        self.plans: dict[tuple[bool, ...], tuple[tuple[bool, ...], bool]] = {}
+        self.weak_scalars = weak_scalars
         self.vjp: Callable | None = None
         self.vjp_inplace: Callable | None = None
         self.check: Callable | None = None
         self.split: tuple[Callable, Rule] | None = None
         self.doc = forward.__doc__
+
+    def plan(self, needs: tuple[bool, ...]) -> tuple[tuple[bool, ...], bool]:
+        """What a node of this rule keeps, for operands whose needs are ``needs`` (cached)."""
+        p = self.plans.get(needs)
+        if p is None:
+            p = self.plans[needs] = self.saves.plan(needs)
+        return p
 
     def defvjp(self, fn: Callable) -> Callable:
         self.vjp = fn
@@ -114,7 +178,7 @@ class Rule:
         and ``vjp_inplace`` are set to the composition, for every other caller
         (``create_graph``, an observer, detect_anomaly).
         """
-        if inner.uses_out or inner.vjp is None:
+        if inner.saves.out is not False or inner.vjp is None:
             raise ValueError(f"defsplit: {inner.name!r} must have a VJP that does not read out")
 
         def register(step: Callable) -> Callable:
@@ -141,12 +205,13 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
-def rule(name: str, *, uses_out: bool = True) -> Callable[[Callable], Rule]:
+def rule(name: str, *, saves: Saves | None = None,
+         weak_scalars: bool = False) -> Callable[[Callable], Rule]:
     """Register a forward function as a rule; attach its VJP with ``@R.defvjp``.
 
-    ``uses_out=False``: the VJP never reads the op's output (see :class:`Rule`).
+    ``saves``: what the VJP reads (see :class:`Saves`; default: everything).
 
-    >>> @rule("cube")
+    >>> @rule("cube", saves=SAVES_INPUTS)
     ... def CUBE(x):
     ...     return x ** 3, None
     >>> @CUBE.defvjp
@@ -157,7 +222,7 @@ def rule(name: str, *, uses_out: bool = True) -> Callable[[Callable], Rule]:
     def register(fwd: Callable) -> Rule:
         if name in RULES:
             raise ValueError(f"rule: an op named {name!r} is already registered")
-        r = Rule(name, fwd, uses_out)
+        r = Rule(name, fwd, saves, weak_scalars)
         RULES[name] = r
         return r
 
@@ -180,28 +245,77 @@ def _operand(x: Any) -> Any:
     return _as_array(x)
 
 
-# Constant parents made from Python scalars, shared between ops: ``x * 0.5``
-# in a loop would otherwise build the same 0-d array and leaf on every call.
-# They never require grad and nothing writes to them, so sharing is safe.
-# Zeros are left out (0.0 and -0.0 are equal keys but differ in sign).
-_SCALAR_CONSTS: dict[tuple, Tensor] = {}
+# Python scalars as 0-d arrays of a given dtype, shared between ops: ``x * 0.5``
+# in a loop would otherwise convert the same number on every call (NumPy
+# converts a 0-d array of the right dtype about twice as fast as a Python
+# float), and a VJP gets them as arrays. Read-only, so sharing is safe. Zeros
+# are left out (0.0 and -0.0 are equal keys but differ in sign), and NaN never
+# matches itself.
+_SCALAR_ARRAYS: dict[np.dtype, dict[Any, np.ndarray]] = {}
 
 
-def _wrap(operand: Any, out: np.ndarray) -> Tensor:
-    """A constant operand as a parent node (Python scalars take the output's dtype)."""
-    if isinstance(operand, _SCALARS):
-        key = (type(operand), operand, out.dtype.num)
-        c = _SCALAR_CONSTS.get(key)
-        if c is None:
-            arr = np.asarray(operand, dtype=out.dtype)
-            c = _const(arr)
-            if operand and operand == operand:  # not zero, not NaN
-                if len(_SCALAR_CONSTS) >= 4096:
-                    _SCALAR_CONSTS.clear()
-                arr.flags.writeable = False
-                _SCALAR_CONSTS[key] = c
-        return c
-    return _const(operand)
+def _scalar_array(v: Any, dtype: np.dtype) -> np.ndarray:
+    """``v`` (a Python or NumPy scalar) as a read-only 0-d array of ``dtype``."""
+    cache = _SCALAR_ARRAYS.get(dtype)
+    if cache is None:
+        cache = _SCALAR_ARRAYS[dtype] = {}
+    elif type(v) is not bool:  # True == 1 == 1.0 as keys: harmless, same cast value
+        arr = cache.get(v)
+        if arr is not None:
+            return arr
+    arr = np.asarray(v, dtype=dtype)
+    if v and v == v and type(v) in (int, float):
+        if len(cache) >= 4096:
+            cache.clear()
+        arr.flags.writeable = False
+        cache[v] = arr
+    return arr
+
+
+def _standin(a: Any, parent: Any, out: np.ndarray) -> Any:
+    """What a VJP gets for an operand the rule does not keep: its shape and dtype."""
+    if parent is not None:
+        return parent  # its node, or the leaf tensor: both know shape and dtype
+    if isinstance(a, np.ndarray):
+        return a if a.ndim == 0 else Meta(a)
+    return _scalar_array(a, out.dtype)  # a scalar: a 0-d array, as if it were kept
+
+
+def _kept(a: Any, out: np.ndarray) -> Any:
+    """An operand as a kept array (scalars become 0-d arrays of the output's dtype)."""
+    if isinstance(a, np.ndarray):
+        return a
+    return _scalar_array(a, out.dtype)
+
+
+def _record(out: np.ndarray, rule: Rule, args: Sequence[Any], arrays: Sequence[Any],
+            needs: tuple[bool, ...], ctx: Any, params: dict) -> Tensor:
+    """Make the node of one op and the Tensor that carries its value."""
+    parents = tuple(
+        (a._node if a._node is not None else a) if n else None for a, n in zip(args, needs)
+    )
+    node = _new(Node)
+    node.op = rule
+    node.parents = parents
+    node.ctx = ctx
+    node.needs = needs
+    node.stamp = _tick()
+    node.shape = out.shape
+    node.dtype = out.dtype
+    node.params = params
+    if _mode.keep or _mode.anomaly:  # views asked for every value: keep everything
+        node.inputs = tuple(_kept(a, out) for a in arrays)
+        node.out = out
+        node.kept = (out, tuple(args))
+        if _mode.anomaly:
+            node.meta = check_forward_anomaly(rule.name, out, arrays)
+    else:
+        keep, keep_out = rule.plan(needs)
+        node.inputs = tuple(
+            _kept(a, out) if k else _standin(a, p, out) for a, p, k in zip(arrays, parents, keep)
+        )
+        node.out = out if keep_out else None
+    return _of(out, node)
 
 
 def apply(rule: Rule, *args: Any, **params: Any) -> Tensor:
@@ -212,7 +326,6 @@ def apply(rule: Rule, *args: Any, **params: Any) -> Tensor:
     """
     arrays = []
     needs = []
-    constants = False  # some operand is not a Tensor: it gets a constant parent node
     for a in args:
         if isinstance(a, Tensor):
             arrays.append(a.data)
@@ -220,7 +333,6 @@ def apply(rule: Rule, *args: Any, **params: Any) -> Tensor:
         else:
             arrays.append(_operand(a))
             needs.append(False)
-            constants = True
     try:
         out, ctx = rule.forward(*arrays, **params)
     except (ValueError, TypeError, IndexError) as exc:
@@ -228,23 +340,12 @@ def apply(rule: Rule, *args: Any, **params: Any) -> Tensor:
     if type(out) is not np.ndarray:
         out = np.asarray(out)
     if True in needs and _mode.grad and out.dtype.kind in "fc":
-        parents = args if not constants else tuple(
-            [a if isinstance(a, Tensor) else _wrap(x, out) for a, x in zip(args, arrays)]
-        )
-        t = _record(out, rule, parents, ctx, tuple(needs), arrays)
+        t = _record(out, rule, args, arrays, tuple(needs), ctx, params)
     else:
         t = _const(out)
     if _mode.tracer is not None:  # cr.compile is capturing a step
         _mode.tracer.op(rule, args, arrays, params, t)
     return t
-
-
-def _record(out: np.ndarray, rule: Rule, parents: tuple, ctx: Any, needs: tuple,
-            arrays: Sequence[Any]) -> Tensor:
-    node = _node(out, rule, parents, ctx, needs)
-    if _mode.anomaly:
-        node._meta = check_forward_anomaly(rule.name, out, arrays)
-    return node
 
 
 # The two hot paths, apply() unrolled for one and two operands.
@@ -261,7 +362,23 @@ def _unary(rule: Rule, x: Any, **params: Any) -> Tensor:
     if type(out) is not np.ndarray:
         out = np.asarray(out)
     if x._requires_grad and _mode.grad and out.dtype.kind in "fc":
-        t = _record(out, rule, (x,), ctx, _NEEDS1, (xd,))
+        if _mode.keep or _mode.anomaly:
+            t = _record(out, rule, (x,), (xd,), _NEEDS1, ctx, params)
+        else:
+            node = _new(Node)
+            node.op = rule
+            p = x._node
+            node.parents = (x,) if p is None else (p,)
+            node.ctx = ctx
+            node.needs = _NEEDS1
+            node.stamp = _tick()
+            node.shape = out.shape
+            node.dtype = out.dtype
+            node.params = params
+            keep, keep_out = rule.plan(_NEEDS1)
+            node.inputs = (xd,) if keep[0] else node.parents
+            node.out = out if keep_out else None
+            t = _of(out, node)
     else:
         t = _const(out)
     if _mode.tracer is not None:
@@ -282,6 +399,17 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
     else:
         bd = b if isinstance(b, _SCALARS) else _operand(b)
         rb = False
+    # a Python number beside a floating array: pass NumPy a cached 0-d array
+    # of the array's dtype instead (same values; see _scalar_array)
+    tb = type(bd)
+    if (tb is float or tb is int) and rule.weak_scalars and type(ad) is np.ndarray \
+            and ad.dtype.kind == "f":
+        bd = _scalar_array(bd, ad.dtype)
+    else:
+        ta = type(ad)
+        if (ta is float or ta is int) and rule.weak_scalars and tb is np.ndarray \
+                and bd.dtype.kind == "f":
+            ad = _scalar_array(ad, bd.dtype)
     try:
         out, ctx = rule.forward(ad, bd)
     except (ValueError, TypeError, IndexError) as exc:
@@ -289,11 +417,37 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
     if type(out) is not np.ndarray:
         out = np.asarray(out)
     if (ra or rb) and _mode.grad and out.dtype.kind in "fc":
-        pa = a if ra or isinstance(a, Tensor) else _wrap(ad, out)
-        pb = b if rb or isinstance(b, Tensor) else _wrap(bd, out)
-        t = _node(out, rule, (pa, pb), ctx, (ra, rb))
-        if _mode.anomaly:
-            t._meta = check_forward_anomaly(rule.name, out, (ad, bd))
+        needs = (ra, rb)
+        if _mode.keep or _mode.anomaly:
+            t = _record(out, rule, (a, b), (ad, bd), needs, ctx, _NO_PARAMS)
+        else:
+            node = _new(Node)
+            node.op = rule
+            pa = ((a if a._node is None else a._node) if ra else None)
+            pb = ((b if b._node is None else b._node) if rb else None)
+            node.parents = (pa, pb)
+            node.ctx = ctx
+            node.needs = needs
+            node.stamp = _tick()
+            node.shape = out.shape
+            node.dtype = out.dtype
+            node.params = _NO_PARAMS
+            plan = rule.plans.get(needs)
+            if plan is None:
+                plan = rule.plan(needs)
+            keep, keep_out = plan
+            if type(ad) is not np.ndarray:
+                ad = _scalar_array(ad, out.dtype)
+            if type(bd) is not np.ndarray:
+                bd = _scalar_array(bd, out.dtype)
+            node.inputs = (
+                ad if keep[0] or pa is None and ad.ndim == 0 else
+                (pa if pa is not None else Meta(ad)),
+                bd if keep[1] or pb is None and bd.ndim == 0 else
+                (pb if pb is not None else Meta(bd)),
+            )
+            node.out = out if keep_out else None
+            t = _of(out, node)
     else:
         t = _const(out)
     if _mode.tracer is not None:
@@ -303,8 +457,9 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
 
 _NEEDS1 = (True,)
 _NO_PARAMS: dict[str, Any] = {}
-_node = Tensor._node
 _const = Tensor._const
+_of = Tensor._of
+_new = object.__new__
 
 
 # --------------------------------------------------------------------------
@@ -453,7 +608,7 @@ def _is_basic(index: Any) -> bool:
 # ==========================================================================
 
 
-@rule("add")
+@rule("add", saves=SAVES_NOTHING, weak_scalars=True)
 def ADD(a, b):
     return a + b, None
 
@@ -466,7 +621,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("sub")
+@rule("sub", saves=SAVES_NOTHING, weak_scalars=True)
 def SUB(a, b):
     return a - b, None
 
@@ -479,7 +634,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("mul")
+@rule("mul", saves=Saves(inputs=((1,), (0,))), weak_scalars=True)
 def MUL(a, b):
     return a * b, None
 
@@ -492,7 +647,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("div")
+@rule("div", saves=Saves(inputs=(False, True), out=(1,)), weak_scalars=True)
 def DIV(a, b):
     return a / b, None
 
@@ -506,7 +661,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("pow")
+@rule("pow", saves=Saves(inputs=((0, 1), (0,)), out=(1,)))
 def POW(a, b):
     return a**b, None
 
@@ -523,7 +678,7 @@ def _(g, out, ctx, needs, xp, a, b):
     return ga, gb
 
 
-@rule("neg")
+@rule("neg", saves=SAVES_NOTHING)
 def NEG(a):
     return -a, None
 
@@ -533,7 +688,7 @@ def _(g, out, ctx, needs, xp, a):
     return (-g,)
 
 
-@rule("maximum")
+@rule("maximum", saves=SAVES_INPUTS)
 def MAXIMUM(a, b):
     """Elementwise maximum; at ties the gradient is split evenly between a and b."""
     return np.maximum(a, b), None
@@ -549,7 +704,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("minimum")
+@rule("minimum", saves=SAVES_INPUTS)
 def MINIMUM(a, b):
     """Elementwise minimum; at ties the gradient is split evenly between a and b."""
     return np.minimum(a, b), None
@@ -565,7 +720,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("where")
+@rule("where", saves=SAVES_NOTHING)
 def WHERE(a, b, *, cond):
     return np.where(cond, a, b), cond
 
@@ -596,7 +751,7 @@ def _(g, out, ctx, needs, xp, a, b):
 # ==========================================================================
 
 
-@rule("abs")
+@rule("abs", saves=SAVES_INPUTS)
 def ABS(x):
     """|x|; the gradient at 0 is taken as 0."""
     return np.abs(x), None
@@ -607,7 +762,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * np.sign(value(x)),)
 
 
-@rule("exp")
+@rule("exp", saves=SAVES_OUT)
 def EXP(x):
     return np.exp(x), None
 
@@ -617,7 +772,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * out,)  # d e^x / dx = e^x: reuse the output
 
 
-@rule("log")
+@rule("log", saves=SAVES_INPUTS)
 def LOG(x):
     return np.log(x), None
 
@@ -627,7 +782,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g / x,)
 
 
-@rule("sqrt")
+@rule("sqrt", saves=SAVES_OUT)
 def SQRT(x):
     return np.sqrt(x), None
 
@@ -637,7 +792,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * 0.5 / out,)
 
 
-@rule("sin")
+@rule("sin", saves=SAVES_INPUTS)
 def SIN(x):
     return np.sin(x), None
 
@@ -647,7 +802,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * xp.cos(x),)
 
 
-@rule("cos")
+@rule("cos", saves=SAVES_INPUTS)
 def COS(x):
     return np.cos(x), None
 
@@ -657,7 +812,7 @@ def _(g, out, ctx, needs, xp, x):
     return (-g * xp.sin(x),)
 
 
-@rule("tanh")
+@rule("tanh", saves=SAVES_OUT)
 def TANH(x):
     return np.tanh(x), None
 
@@ -667,7 +822,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * (1 - out * out),)  # tanh' = 1 - tanh^2: reuse the output
 
 
-@rule("sigmoid")
+@rule("sigmoid", saves=SAVES_OUT)
 def SIGMOID(x):
     """sigma(x) = 1 / (1 + e^-x), computed without overflow for any x."""
     return _np_sigmoid(x), None
@@ -690,7 +845,7 @@ def _np_relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(x, 0, out=out)
 
 
-@rule("relu")
+@rule("relu", saves=SAVES_OUT)
 def RELU(x):
     """max(x, 0); the gradient at 0 is taken as 0 (as in PyTorch)."""
     return _np_relu(x), None
@@ -707,7 +862,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g,)
 
 
-@rule("leaky_relu")
+@rule("leaky_relu", saves=SAVES_INPUTS)
 def LEAKY_RELU(x, *, negative_slope):
     """x for x > 0, negative_slope * x otherwise (slope used at 0)."""
     return np.where(x > 0, x, x * negative_slope), negative_slope
@@ -718,7 +873,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * np.where(value(x) > 0, 1.0, ctx).astype(value(x).dtype),)
 
 
-@rule("softplus")
+@rule("softplus", saves=SAVES_INPUTS)
 def SOFTPLUS(x):
     """log(1 + e^x), written as max(x, 0) + log1p(e^-|x|) so it never overflows."""
     return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))), None
@@ -729,7 +884,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * xp.sigmoid(x),)
 
 
-@rule("clip")
+@rule("clip", saves=SAVES_INPUTS)
 def CLIP(x, *, lo, hi):
     """Clamp to [lo, hi]; gradient 1 inside (bounds included), 0 outside."""
     return np.clip(x, lo, hi), (lo, hi)
@@ -747,7 +902,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * inside,)
 
 
-@rule("astype")
+@rule("astype", saves=SAVES_NOTHING)
 def ASTYPE(x, *, dtype):
     return x.astype(dtype), None
 
@@ -757,7 +912,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g.astype(x.dtype),)
 
 
-@rule("clone")
+@rule("clone", saves=SAVES_NOTHING)
 def CLONE(x):
     return x.copy(), None
 
@@ -772,7 +927,7 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("sum")
+@rule("sum", saves=SAVES_NOTHING)
 def SUM(x, *, axis, keepdims):
     axes = _norm_axes(axis, x.ndim, "sum")
     return np.sum(x, axis=axes, keepdims=keepdims), (axes, keepdims)
@@ -784,7 +939,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.broadcast_to(_expand_reduced(g, axes, keepdims, x.shape), x.shape),)
 
 
-@rule("mean")
+@rule("mean", saves=SAVES_NOTHING)
 def MEAN(x, *, axis, keepdims):
     axes = _norm_axes(axis, x.ndim, "mean")
     if x.size == 0:
@@ -809,7 +964,7 @@ def _extremum_vjp(g, out, ctx, needs, xp, x):
     return (_expand_reduced(g, axes, keepdims, x.shape) * share.astype(value(x).dtype),)
 
 
-@rule("max")
+@rule("max", saves=SAVES_ALL)
 def MAX(x, *, axis, keepdims):
     """Maximum over ``axis``; at ties the gradient is split evenly between the maxima."""
     axes = _norm_axes(axis, x.ndim, "max")
@@ -821,7 +976,7 @@ def MAX(x, *, axis, keepdims):
 MAX.defvjp(_extremum_vjp)
 
 
-@rule("min")
+@rule("min", saves=SAVES_ALL)
 def MIN(x, *, axis, keepdims):
     """Minimum over ``axis``; at ties the gradient is split evenly between the minima."""
     axes = _norm_axes(axis, x.ndim, "min")
@@ -833,7 +988,7 @@ def MIN(x, *, axis, keepdims):
 MIN.defvjp(_extremum_vjp)
 
 
-@rule("var")
+@rule("var", saves=SAVES_INPUTS)
 def VAR(x, *, axis, keepdims, ddof):
     axes = _norm_axes(axis, x.ndim, "var")
     n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
@@ -852,7 +1007,7 @@ def _(g, out, ctx, needs, xp, x):
     return (_expand_reduced(g, axes, keepdims, x.shape) * centred * (2.0 / dof),)
 
 
-@rule("logsumexp")
+@rule("logsumexp", saves=SAVES_ALL)
 def LOGSUMEXP(x, *, axis, keepdims):
     """log(sum(exp(x))) over ``axis``, shifted by the maximum so nothing overflows."""
     axes = _norm_axes(axis, x.ndim, "logsumexp")
@@ -871,7 +1026,7 @@ def _(g, out, ctx, needs, xp, x):
     return (_expand_reduced(g, axes, keepdims, x.shape) * xp.exp(x - outk),)  # = softmax(x)
 
 
-@rule("softmax")
+@rule("softmax", saves=SAVES_OUT)
 def SOFTMAX(x, *, axis):
     """exp(x) / sum(exp(x)) along ``axis`` (shifted by the max: no overflow)."""
     _norm_axes(axis, x.ndim, "softmax")
@@ -886,7 +1041,7 @@ def _(g, out, ctx, needs, xp, x):
     return (out * (g - (g * out).sum(axis=ctx, keepdims=True)),)
 
 
-@rule("log_softmax")
+@rule("log_softmax", saves=SAVES_OUT)
 def LOG_SOFTMAX(x, *, axis):
     """x - logsumexp(x) along ``axis``."""
     _norm_axes(axis, x.ndim, "log_softmax")
@@ -904,7 +1059,7 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("matmul")
+@rule("matmul", saves=Saves(inputs=((1,), (0,))))
 def MATMUL(a, b):
     """Matrix product with NumPy's rules: 1-D operands are promoted, batch dims broadcast."""
     if np.ndim(a) == 0 or np.ndim(b) == 0:
@@ -932,8 +1087,6 @@ def _(g, out, ctx, needs, xp, a, b):
             a.T @ g if needs[1] else None,
         )
     a1, b1 = a.ndim == 1, b.ndim == 1
-    a2 = a.reshape((1,) + a.shape) if a1 else a
-    b2 = b.reshape(b.shape + (1,)) if b1 else b
     if a1 and b1:
         g2 = g.reshape((1, 1))
     elif a1:
@@ -942,11 +1095,15 @@ def _(g, out, ctx, needs, xp, a, b):
         g2 = g.reshape(g.shape + (1,))
     else:
         g2 = g
+    a2_shape = (1,) + a.shape if a1 else a.shape
+    b2_shape = b.shape + (1,) if b1 else b.shape
     ga = gb = None
-    if needs[0]:
-        ga = sum_to_shape(g2 @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
-    if needs[1]:
-        gb = sum_to_shape(xp.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
+    if needs[0]:  # reads b (kept when a needs a gradient)
+        b2 = b.reshape(b2_shape) if b1 else b
+        ga = sum_to_shape(g2 @ xp.swapaxes(b2, -1, -2), a2_shape).reshape(a.shape)
+    if needs[1]:  # reads a
+        a2 = a.reshape(a2_shape) if a1 else a
+        gb = sum_to_shape(xp.swapaxes(a2, -1, -2) @ g2, b2_shape).reshape(b.shape)
     return ga, gb
 
 
@@ -986,7 +1143,7 @@ def _ones(n: int, dtype: str) -> np.ndarray:
     return v
 
 
-@rule("linear", uses_out=False)
+@rule("linear", saves=Saves(inputs=((1,), (0,), False)))
 def LINEAR(x, w, b):
     """Fused affine map ``x @ w.T + b`` (PyTorch's layout: w is (out, in)).
 
@@ -1007,16 +1164,13 @@ def _(arrays, params, exc):
 
 @LINEAR.defvjp
 def _(g, out, ctx, needs, xp, x, w, b):
-    if x.ndim != 2:  # fold batch dimensions into one
-        x = x.reshape((-1, x.shape[-1]))
-        g2 = g.reshape((-1, g.shape[-1]))
-    else:
-        g2 = g
+    folded = x.ndim != 2  # fold batch dimensions into one
+    g2 = g.reshape((-1, g.shape[-1])) if folded else g
     gx = gw = gb = None
-    if needs[0]:
+    if needs[0]:  # reads w (kept when x needs a gradient)
         gx = g @ w
-    if needs[1]:
-        gw = g2.T @ x
+    if needs[1]:  # reads x (kept when w needs a gradient)
+        gw = g2.T @ (x.reshape((-1, x.shape[-1])) if folded else x)
     if needs[2]:
         if type(g2) is np.ndarray:
             # the column sums as a matrix-vector product: BLAS runs it about
@@ -1027,7 +1181,7 @@ def _(g, out, ctx, needs, xp, x, w, b):
     return gx, gw, gb
 
 
-@rule("linear_nobias", uses_out=False)
+@rule("linear_nobias", saves=Saves(inputs=((1,), (0,))))
 def LINEAR_NOBIAS(x, w):
     """``x @ w.T`` (a Linear layer without bias)."""
     return x @ w.T, None
@@ -1048,7 +1202,7 @@ def _(g, out, ctx, needs, xp, x, w):
     return gx, gw
 
 
-@rule("linear_relu", uses_out=False)
+@rule("linear_relu", saves=Saves(inputs=((1,), (0,), False)))
 def LINEAR_RELU(x, w, b):
     """``relu(x @ w.T + b)`` as one node: a Linear layer and the ReLU after it.
 
@@ -1060,9 +1214,10 @@ def LINEAR_RELU(x, w, b):
     less per layer, and one pass over memory less.
 
     The VJP reads relu' from a boolean mask kept in ``ctx`` (a quarter of the
-    output's size in float32), not from the output itself, so the rule is
-    ``uses_out=False``: the backward walk can free the output as soon as the
-    next layer's VJP is done with it, before this VJP allocates its gradients.
+    output's size in float32), not from the output itself, so the node does
+    not keep the output (it saves only x and w, see ``saves``): the output is
+    freed as soon as the next layer's VJP is done with it, before this VJP
+    allocates its gradients.
     The VJP is split (:meth:`Rule.defsplit`): delta = g * relu' first, then
     linear's VJP, with the mask freed in between, so neither the output nor
     the mask is alive when the weight gradient is allocated.
@@ -1090,7 +1245,7 @@ def _(g, out, ctx, inplace):
 # ==========================================================================
 
 
-@rule("reshape")
+@rule("reshape", saves=SAVES_NOTHING)
 def RESHAPE(x, *, shape):
     return np.reshape(x, shape), None
 
@@ -1100,7 +1255,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g.reshape(x.shape),)
 
 
-@rule("transpose")
+@rule("transpose", saves=SAVES_NOTHING)
 def TRANSPOSE(x, *, axes):
     if axes is not None and sorted(a % builtins.max(x.ndim, 1) for a in axes) != list(
         range(x.ndim)
@@ -1115,7 +1270,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.transpose(g, inverse),)
 
 
-@rule("broadcast_to")
+@rule("broadcast_to", saves=SAVES_NOTHING)
 def BROADCAST_TO(x, *, shape):
     return np.broadcast_to(x, shape), None
 
@@ -1125,7 +1280,7 @@ def _(g, out, ctx, needs, xp, x):
     return (sum_to_shape(g, x.shape),)
 
 
-@rule("getitem")
+@rule("getitem", saves=SAVES_NOTHING)
 def GETITEM(x, *, index):
     """``x[index]``: basic slices and integer/boolean arrays."""
     return x[index], index
@@ -1137,7 +1292,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.scatter_add(g, ctx, x.shape, x.dtype),)
 
 
-@rule("scatter_add")
+@rule("scatter_add", saves=SAVES_NOTHING)
 def SCATTER_ADD(g, *, index, shape):
     """A zero array of ``shape`` with ``g`` added at ``index`` (getitem's VJP, differentiable)."""
     return _np_scatter_add(g, index, shape, g.dtype), index
@@ -1148,7 +1303,7 @@ def _(g, out, ctx, needs, xp, src):
     return (g[ctx],)
 
 
-@rule("concatenate")
+@rule("concatenate", saves=SAVES_NOTHING)
 def CONCATENATE(*xs, axis):
     out = np.concatenate(xs, axis=axis)
     ax = axis % out.ndim
@@ -1165,7 +1320,7 @@ def _(g, out, ctx, needs, xp, *xs):
     )
 
 
-@rule("stack")
+@rule("stack", saves=SAVES_NOTHING)
 def STACK(*xs, axis):
     out = np.stack(xs, axis=axis)
     return out, axis % out.ndim

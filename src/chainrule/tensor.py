@@ -25,11 +25,13 @@ Everything array-specific lives in the rules (``ops.py``); this file only walks.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import threading
 import traceback
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +49,10 @@ __all__ = [
     "GraphReleasedError",
     "AnomalyError",
     "RemovableHandle",
+    "Node",
+    "keep_values",
+    "set_keep_values",
+    "is_keeping_values",
 ]
 
 
@@ -59,6 +65,7 @@ class _Mode(threading.local):
     def __init__(self) -> None:
         self.grad = True
         self.anomaly = False
+        self.keep = False  # keep_values(): nodes keep every operand and value
         # cr.compile's recorder (compile.py) while it captures or checks a
         # step: told of every op, backward() call, optimizer step, random
         # draw and module call (see compile.py for the protocol); else None
@@ -114,6 +121,59 @@ class no_grad(set_grad_enabled):
     def __init__(self) -> None:
         super().__init__(False)
 
+
+
+class keep_values:
+    """Record the forward pass with every value kept, for the views that show them.
+
+    Outside this block a recorded node keeps only what its backward pass
+    needs (saved tensors), so an intermediate value nobody holds is freed as
+    soon as the forward moves on. Views that show every node's value
+    (``cr.explain``, ``cr.viz.graph``, ``cr.check_graph``, the playground's
+    step-through) need them all: record inside this block, and each node
+    keeps its output and its operands (constants included) until backward
+    frees the graph. Thread-local, like grad mode; ``detect_anomaly`` keeps
+    values too.
+
+    >>> with cr.keep_values():
+    ...     J = (w * x + b - y) ** 2
+    >>> print(cr.explain(J))
+    """
+
+    def __init__(self, mode: bool = True) -> None:
+        self._on = bool(mode)
+        self._prev: list[bool] = []
+
+    def __enter__(self) -> keep_values:
+        self._prev.append(_mode.keep)
+        _mode.keep = self._on
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _mode.keep = self._prev.pop()
+
+    def __call__(self, fn: Callable) -> Callable:
+        import functools
+
+        on = self._on
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with keep_values(on):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+def set_keep_values(mode: bool) -> None:
+    """Switch :class:`keep_values` on or off for this thread, outside any block
+    (at the top of a teaching notebook: every later graph can be explained)."""
+    _mode.keep = bool(mode)
+
+
+def is_keeping_values() -> bool:
+    """True inside :func:`keep_values` (or detect_anomaly) in this thread."""
+    return _mode.keep or _mode.anomaly
 
 
 class enable_grad(set_grad_enabled):
@@ -204,19 +264,131 @@ class GraphReleasedError(RuntimeError):
 
 _RELEASED = object()  # marks a node whose saved values were freed by backward()
 
-# One clock ticks for every recorded node and every in-place change.
-# A node's ``_stamp`` is its tick at creation: unique, and larger than the
-# stamps of its parents, so the backward walk can order nodes by it alone
-# (Chainer's generation numbers, without a separate sort). ``_CLOCK[0]`` is
-# the tick of the latest in-place change; a parent changed after the node was
-# recorded has ``_version > node._stamp``.
+# One clock ticks for every recorded node and every in-place change. A node's
+# ``stamp`` is its tick at creation: unique and larger than the stamps of its
+# parents, so the backward walk can order nodes by it alone (Chainer's
+# generation numbers, without a separate sort).
+#
+# Versions belong to memory, not to Tensors (PyTorch's version counter, shared
+# by a tensor and its views): ``_VERSIONS[id(base)]`` is the tick of the latest
+# in-place change to the memory owned by ``base``. A slice, a reshape or
+# ``detach()`` of a tensor has the same base, so a change made through any of
+# them is seen. ``_CLOCK[0]`` is the latest such tick: a node recorded after
+# it cannot have seen a change, and its check is skipped.
 _tick = itertools.count(1).__next__
 _CLOCK = [0]
+_VERSIONS: dict[int, int] = {}
+_VERSION_REFS: dict[int, Any] = {}  # id(base) -> weak reference dropping the entry
 _new = object.__new__
 
 
-def _bump(t: Tensor) -> None:
-    _CLOCK[0] = t._version = _tick()
+def _storage(a: Any) -> Any:
+    """The object that owns ``a``'s memory (NumPy keeps ``.base`` pointing at it)."""
+    base = getattr(a, "base", None)
+    return a if base is None else base
+
+
+def _forget(key: int, ref: Any) -> None:
+    if _VERSION_REFS.get(key) is ref:  # the base was freed: its id may be reused
+        del _VERSION_REFS[key]
+        _VERSIONS.pop(key, None)
+
+
+def _bump(t: Any) -> None:
+    """Record an in-place change of the memory behind ``t`` (a Tensor or an ndarray)."""
+    base = _storage(t.data if isinstance(t, Tensor) else t)
+    key = id(base)
+    tick = _tick()
+    if key not in _VERSION_REFS:
+        try:
+            _VERSION_REFS[key] = weakref.ref(base, functools.partial(_forget, key))
+        except TypeError:  # a base that takes no weak references (bytes): keep the entry
+            pass
+    _VERSIONS[key] = tick
+    _CLOCK[0] = tick
+
+
+def _version_of(a: Any) -> int:
+    return _VERSIONS.get(id(_storage(a)), 0)
+
+
+class Node:
+    """One recorded op: what the backward pass needs of it (PyTorch's ``grad_fn``).
+
+    An op returns a Tensor holding its value (``.data``) and this node
+    (``._node``). The graph is made of nodes, not of values: ``parents[i]`` is
+    the node that computed operand ``i``, the leaf Tensor itself for a leaf
+    that requires grad, or ``None`` for an operand that does not. So an
+    intermediate value nobody holds is freed as soon as the forward pass
+    moves on, unless the rule's VJP reads it (saved tensors):
+
+    * ``inputs[i]`` is operand ``i``'s array when the rule saves it (see
+      ``ops.Saves``), otherwise a stand-in that knows only its shape and
+      dtype (the parent node, the leaf, or a :class:`Meta`);
+    * ``out`` is the op's own value when the rule saves it, else ``None``;
+    * ``ctx`` is whatever small context the forward kept (axes, a mask);
+    * ``params`` are the settings the op was called with (axis, ...).
+
+    Inside :func:`keep_values` (and :class:`detect_anomaly`) a node also keeps
+    every operand and its value, for the views that show them (``kept``).
+    """
+
+    # The hot path sets these slots; what a node rarely has (a name, hooks,
+    # retain_grad, a source line, kept values) lives in the instance dict,
+    # made on first use, with the class attributes below as defaults.
+    __slots__ = ("op", "parents", "inputs", "out", "ctx", "needs", "stamp", "shape", "dtype",
+                 "params", "__dict__", "__weakref__")
+    name: str | None = None
+    meta: Any = None  # detect_anomaly: the source line that created the node
+    kept: tuple | None = None  # keep_values: (output, operands as given)
+    _hooks: list[Callable] | None = None  # register_hook on the output tensor
+    _retain: Any = None  # retain_grad: a weak reference to the output tensor
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def released(self) -> bool:
+        """True once a backward pass without ``retain_graph`` has freed what it saved."""
+        return self.ctx is _RELEASED
+
+    @property
+    def value(self) -> np.ndarray | None:
+        """The op's output, where the node kept it (saved for its VJP, or keep_values)."""
+        if self.out is not None:
+            return self.out
+        return None if self.kept is None else self.kept[0]
+
+    def __repr__(self) -> str:
+        label = f" {self.name!r}" if self.name else ""
+        return f"<node {self.op.name}{label} shape={self.shape}>"
+
+
+class Meta:
+    """Shape and dtype of an operand whose value a VJP does not read (not saved)."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, a: Any) -> None:
+        self.shape = a.shape
+        self.dtype = a.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __repr__(self) -> str:
+        return f"<not saved: shape={self.shape} dtype={self.dtype}>"
+
 
 _FLOAT_KINDS = "fc"
 
@@ -267,27 +439,16 @@ class Tensor:
     tensor([2., 4.], dtype=float32)
     """
 
-    # The per-op hot path sets only these slots; everything a node rarely
-    # needs (a stored gradient, hooks, a name) lives in the instance dict,
-    # created on first use, with the class attributes below as defaults.
-    __slots__ = (
-        "data",
-        "_requires_grad",
-        "_op",
-        "_parents",
-        "_ctx",
-        "_needs",
-        "_stamp",
-        "__dict__",
-        "__weakref__",
-    )
+    # The per-op hot path sets only these slots: the value, whether it
+    # requires grad, and the node of the op that computed it (None for a
+    # leaf). Everything a tensor rarely needs (a stored gradient, hooks, a
+    # name) lives in the instance dict, created on first use, with the class
+    # attributes below as defaults.
+    __slots__ = ("data", "_requires_grad", "_node", "__dict__", "__weakref__")
     _grad: Tensor | None = None
-    _version = 0  # the clock value of the last in-place change (0: never changed)
-    _retains = False
-    _hooks: list[Callable] | None = None
+    _hooks: list[Callable] | None = None  # leaves; a non-leaf keeps them on its node
     _post_hooks: list[Callable] | None = None  # run after .grad is accumulated (leaves)
-    _meta: Any = None
-    name: str | None = None
+    _name: str | None = None
 
     # so that ``ndarray * Tensor`` calls Tensor.__rmul__ and returns a Tensor
     __array_priority__ = 1000.0
@@ -300,11 +461,9 @@ class Tensor:
         name: str | None = None,
     ) -> None:
         self.data = _as_array(data, dtype)
-        self._op = None
-        self._parents: tuple[Tensor, ...] = ()
-        self._ctx = None
+        self._node = None
         if name is not None:
-            self.name = name
+            self._name = name
         self._requires_grad = False
         if requires_grad:
             self.requires_grad = True
@@ -312,33 +471,58 @@ class Tensor:
     # ----- graph construction (used by ops.apply) -------------------------
 
     @classmethod
-    def _node(cls, data: np.ndarray, op: Any, parents: tuple, ctx: Any, needs: tuple) -> Tensor:
-        """Make a non-leaf tensor; the per-op hot path, so no checks here.
-
-        ``needs[i]``: whether parent i requires grad (the VJP skips the others).
-        ``_stamp`` remembers the in-place clock, to detect later changes to
-        the values this op saved for backward.
-        """
-        t = _new(cls)
-        t.data = data
-        t._requires_grad = True
-        t._op = op
-        t._parents = parents
-        t._ctx = ctx
-        t._needs = needs
-        t._stamp = _tick()
-        return t
-
-    @classmethod
     def _const(cls, data: np.ndarray) -> Tensor:
         """Wrap an array without copying it (results of unrecorded ops)."""
         t = _new(cls)
         t.data = data
         t._requires_grad = False
-        t._op = None
-        t._parents = ()
-        t._ctx = None
+        t._node = None
         return t
+
+    @classmethod
+    def _of(cls, data: np.ndarray, node: Node) -> Tensor:
+        """A tensor for ``node``'s output ``data`` (what an op returns; also how
+        a recorded backward pass sees a saved value: gradients flowing into it
+        go to ``node``)."""
+        t = _new(cls)
+        t.data = data
+        t._requires_grad = True
+        t._node = node
+        return t
+
+    # ----- names ----------------------------------------------------------
+
+    @property
+    def name(self) -> str | None:
+        """A label used by drawings (``cr.viz.graph``) and traces (``cr.explain``)."""
+        node = self._node
+        return self._name if node is None else node.name
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"name: expected a string or None, got {type(value).__name__}")
+        node = self._node
+        if node is None:
+            self._name = value
+        else:  # the node carries it, so views of the graph see it after the tensor is gone
+            node.name = value
+
+    def named(self, name: str) -> Tensor:
+        """Set :attr:`name` and return ``self``: ``x = (b * b).named("x")``."""
+        self.name = name
+        return self
+
+    @property
+    def _op(self) -> Any:
+        """The rule that computed this tensor, or None for a leaf (internal)."""
+        node = self._node
+        return None if node is None else node.op
+
+    @property
+    def _version(self) -> int:
+        """The tick of the latest in-place change to this tensor's memory (0: none)."""
+        return _version_of(self.data)
 
     # ----- properties -----------------------------------------------------
 
@@ -356,10 +540,10 @@ class Tensor:
                 f"this one has dtype {self.data.dtype}; convert first, e.g. "
                 f"cr.tensor(values, dtype=np.float32, requires_grad=True)"
             )
-        if not flag and self._op is not None:
+        if not flag and self._node is not None:
             raise RuntimeError(
                 "requires_grad: this tensor was computed by a recorded op "
-                f"({self._op.name}); use .detach() to get a tensor outside the graph"
+                f"({self._node.op.name}); use .detach() to get a tensor outside the graph"
             )
         self._requires_grad = flag
 
@@ -371,9 +555,10 @@ class Tensor:
     @property
     def grad(self) -> Tensor | None:
         """dL/dself after ``backward()``; kept for leaves and ``retain_grad()`` tensors."""
-        if self._grad is None and self._op is not None and not self._retains:
+        node = self._node
+        if self._grad is None and node is not None and node._retain is None:
             warnings.warn(
-                f"reading .grad of a non-leaf tensor (computed by {self._op.name}): "
+                f"reading .grad of a non-leaf tensor (computed by {node.op.name}): "
                 "backward() keeps gradients only for leaves (tensors you created "
                 "with requires_grad=True). To read the backpropagated gradient of "
                 "an intermediate value such as z^l (that is delta^l), call "
@@ -398,17 +583,17 @@ class Tensor:
     @property
     def grad_fn(self) -> GradFn | None:
         """The op that produced this tensor (``None`` for leaves)."""
-        return None if self._op is None else GradFn(self)
+        return None if self._node is None else GradFn(self._node)
 
     @property
     def is_leaf(self) -> bool:
         """True for tensors not computed by a recorded op (PyTorch's definition)."""
-        return self._op is None
+        return self._node is None
 
     @property
     def op(self) -> str | None:
         """Name of the op that produced this tensor, or None for a leaf."""
-        return None if self._op is None else self._op.name
+        return None if self._node is None else self._node.op.name
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -500,8 +685,8 @@ class Tensor:
             self.data, separator=", ", prefix="tensor(", threshold=200, precision=4
         )
         extra = [f"dtype={self.data.dtype}"]
-        if self._op is not None:
-            extra.append(f"grad_fn=<{self._op.name}>")
+        if self._node is not None:
+            extra.append(f"grad_fn=<{self._node.op.name}>")
         elif self._requires_grad:
             extra.append("requires_grad=True")
         if self.name:
@@ -539,13 +724,16 @@ class Tensor:
                 "retain_grad: this tensor does not require grad, so no gradient "
                 "will ever reach it"
             )
-        if self._op is not None:
-            self._retains = True
+        node = self._node
+        if node is not None and node._retain is None:
+            # weakly: once nobody holds this tensor, nobody can read its .grad
+            node._retain = weakref.ref(self)
         return self
 
     @property
     def retains_grad(self) -> bool:
-        return self._retains
+        node = self._node
+        return node is not None and node._retain is not None
 
     def register_hook(self, fn: Callable[[Tensor], Tensor | None]) -> RemovableHandle:
         """Call ``fn(grad)`` when dL/dself is computed; a returned tensor replaces it.
@@ -556,10 +744,11 @@ class Tensor:
             raise RuntimeError(
                 "register_hook: this tensor does not require grad, so the hook would never run"
             )
-        if self._hooks is None:
-            self._hooks = []
-        self._hooks.append(fn)
-        return RemovableHandle(self._hooks, fn)
+        owner: Any = self if self._node is None else self._node  # the graph's vertex
+        if owner._hooks is None:
+            owner._hooks = []
+        owner._hooks.append(fn)
+        return RemovableHandle(owner._hooks, fn)
 
     def register_post_accumulate_grad_hook(
         self, fn: Callable[[Tensor], None]
@@ -572,7 +761,7 @@ class Tensor:
         starts its all-reduce there). Its return value is ignored. Not called
         by ``cr.grad``/``cr.vjp``, which do not accumulate into ``.grad``.
         """
-        if not self._requires_grad or self._op is not None:
+        if not self._requires_grad or self._node is not None:
             raise RuntimeError(
                 "register_post_accumulate_grad_hook: only leaf tensors that require "
                 "grad accumulate into .grad, so the hook would never run on this one"
@@ -862,22 +1051,22 @@ class RemovableHandle:
 class GradFn:
     """A read-only view of the op that produced a tensor (``t.grad_fn``)."""
 
-    __slots__ = ("_t",)
+    __slots__ = ("_node",)
 
-    def __init__(self, t: Tensor) -> None:
-        self._t = t
+    def __init__(self, node: Node) -> None:
+        self._node = node
 
     @property
     def name(self) -> str:
-        return self._t._op.name
+        return self._node.op.name
 
-    @property
-    def inputs(self) -> tuple[Tensor, ...]:
-        return self._t._parents
+    def name_(self) -> str:  # PyTorch spells it grad_fn.name()
+        return self._node.op.name
 
     @property
     def next_functions(self) -> tuple[GradFn | None, ...]:
-        return tuple(p.grad_fn for p in self._t._parents)
+        """The grad_fn of each operand (None for leaves and constants)."""
+        return tuple(GradFn(p) if type(p) is Node else None for p in self._node.parents)
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
@@ -885,10 +1074,10 @@ class GradFn:
     def __eq__(self, other: object) -> bool:
         if isinstance(other, str):
             return other == self.name
-        return isinstance(other, GradFn) and other._t is self._t
+        return isinstance(other, GradFn) and other._node is self._node
 
     def __hash__(self) -> int:
-        return hash(id(self._t))
+        return hash(id(self._node))
 
 
 def tensor(
@@ -911,30 +1100,43 @@ def tensor(
 # --------------------------------------------------------------------------
 
 
-def _released_error(node: Tensor) -> GraphReleasedError:
+def _describe(node: Node) -> str:
+    return f"'{node.op.name}'" + (f" (node '{node.name}')" if node.name else "")
+
+
+def _released_error(node: Node) -> GraphReleasedError:
     return GraphReleasedError(
-        f"backward: the graph through '{node._op.name}' was already freed by an earlier "
+        f"backward: the graph through {_describe(node)} was already freed by an earlier "
         "backward() call (the values it saved for the backward pass are gone). "
         "Either call backward(retain_graph=True) the first time if you need to "
         "backpropagate through the same graph twice, or recompute the forward pass."
     )
 
 
-def _check_versions(node: Tensor) -> None:
-    for p in node._parents:
-        if p._version > node._stamp:
-            what = f"'{p.name}'" if p.name else f"its input of shape {p.shape}"
+def _check_versions(node: Node) -> None:
+    """Refuse a saved value whose memory was changed in place after it was saved."""
+    stamp = node.stamp
+    def label(i: int, a: np.ndarray) -> str:
+        p = node.parents[i] if i < len(node.parents) else None
+        name = getattr(p, "name", None)
+        return f"its input {i} ({f'{name!r}, ' if name else ''}shape {a.shape})"
+
+    saved = [(label(i, a), a) for i, a in enumerate(node.inputs) if type(a) is np.ndarray]
+    if node.out is not None:
+        saved.append((f"its output (shape {node.out.shape})", node.out))
+    for what, a in saved:
+        if _VERSIONS.get(id(_storage(a)), 0) > stamp:
+            where = f"\nThe op was created at:\n{node.meta}" if node.meta else (
+                " Run the forward pass inside cr.detect_anomaly() to see the line that "
+                "created the op.")
             raise RuntimeError(
-                f"backward: '{node._op.name}' saved {what} for the backward pass, but it "
-                "was modified in place after the op was recorded, so the gradient would "
-                "be wrong. Modify a copy (t.clone()) instead, or make the change before "
-                "the forward pass (optimizer.step() belongs after backward())."
+                f"backward: {_describe(node)} saved {what} for the backward pass, but that "
+                "memory was modified in place after the op was recorded (through the tensor "
+                "itself or any view of it: a slice, a reshape, .detach(), .numpy()), so the "
+                "gradient would be wrong. Modify a copy (t.clone()) instead, or make the "
+                "change before the forward pass (optimizer.step() belongs after "
+                f"backward()).{where}"
             )
-    if node._version > node._stamp:
-        raise RuntimeError(
-            f"backward: the output of '{node._op.name}' was modified in place after it was "
-            "recorded, so the gradient would be wrong; modify a copy (t.clone()) instead."
-        )
 
 
 def _seed(root: Tensor, grad: Any) -> np.ndarray:
@@ -956,6 +1158,24 @@ def _seed(root: Tensor, grad: Any) -> np.ndarray:
     return g
 
 
+def vertex(t: Tensor) -> Any:
+    """The graph vertex of ``t``: its node, or the tensor itself for a leaf."""
+    node = t._node
+    return t if node is None else node
+
+
+def _graph_operand(a: Any, parent: Any) -> Any:
+    """A saved operand as a Tensor of the graph, for a recorded backward pass:
+    gradients flowing into it reach ``parent`` (so gradients of gradients do)."""
+    if type(a) is not np.ndarray:
+        return a  # a stand-in: the VJP reads only its shape and dtype
+    if parent is None:
+        return Tensor._const(a)
+    if type(parent) is Node:
+        return Tensor._of(a, parent)
+    return parent  # a leaf: the tensor itself
+
+
 def run_backward(
     roots: Sequence[Tensor],
     seeds: Sequence[Any],
@@ -970,12 +1190,14 @@ def run_backward(
     scalar). With ``inputs=None`` gradients are accumulated into ``.grad`` of
     leaves (``Tensor.backward``); otherwise the gradients w.r.t. ``inputs``
     are returned and no ``.grad`` is touched (``cr.grad``/``cr.vjp``).
-    ``observer`` (used by ``cr.explain``) sees the walk: ``observer.visit(node,
-    g)`` when the walk reaches a node with its backpropagated gradient ``g``
-    (hooks applied), then ``observer.term(node, slot, parent, contribution)``
-    for every operand slot of that node whose parent gets a gradient: the
-    term dL/dnode x dnode/dparent of the parent's sum over successors. ``retain_graph`` defaults to
-    ``create_graph``, since a recorded backward pass refers to the graph.
+    ``observer`` (used by ``cr.explain``) sees the walk: ``observer.visit(v,
+    g)`` when the walk reaches a vertex ``v`` (a :class:`Node`, or a leaf
+    Tensor) with its backpropagated gradient ``g`` (hooks applied), then
+    ``observer.term(node, slot, parent, contribution)`` for every operand slot
+    of that node whose parent gets a gradient: the term dL/dnode x
+    dnode/dparent of the parent's sum over successors. ``retain_graph``
+    defaults to ``create_graph``, since a recorded backward pass refers to
+    the graph.
     """
     if retain_graph is None:
         retain_graph = create_graph
@@ -994,19 +1216,21 @@ def run_backward(
     # statement here would cost more than a small op's whole backward step)
     xp = _ops.TENSOR_NS if create_graph else _ops.NUMPY_NS
 
-    table: dict[Tensor, Any] = {}  # the gradient table: node -> dL/dnode
-    owned: set[Tensor] = set()  # nodes whose table entry we may update in place
+    table: dict[Any, Any] = {}  # the gradient table: vertex -> dL/dvertex
+    owned: set[Any] = set()  # vertices whose table entry we may update in place
     for r, s in zip(roots, seeds):
         g = _seed(r, s)
         if create_graph:
             g = Tensor._const(g)
-        if r in table:
-            table[r] = table[r] + g
+        v = vertex(r)
+        if v in table:
+            table[v] = table[v] + g
+            owned.discard(v)
         else:
-            table[r] = g
-            owned.add(r)
+            table[v] = g
+            owned.add(v)
 
-    wanted = None if inputs is None else {t: i for i, t in enumerate(inputs)}
+    wanted = None if inputs is None else {vertex(t): i for i, t in enumerate(inputs)}
     results: list[Any] = [None] * (0 if inputs is None else len(inputs))
     anomaly = _mode.anomaly
     # Rules with a ``vjp_inplace`` may write their result into g when the
@@ -1015,14 +1239,14 @@ def run_backward(
     reuse = not create_graph and observer is None and not anomaly
 
     # The walk order: always take the pending node recorded last (largest
-    # ``_stamp``). Every successor of a node was recorded after it, so when a
+    # ``stamp``). Every successor of a node was recorded after it, so when a
     # node comes up, all its contributions are already in the table; this is
     # a topological order found without a separate pass over the graph.
-    # Leaves (no stamp, no parents) get keys after every node, in arrival order.
-    heap: list[tuple[int, Tensor]] = []
+    # Leaves (no stamp) get keys after every node, in arrival order.
+    heap: list[tuple[int, Any]] = []
     leaf_key = itertools.count(1).__next__
-    for r in table:
-        heapq.heappush(heap, (leaf_key() if r._op is None else -r._stamp, r))
+    for v in table:
+        heapq.heappush(heap, (-v.stamp if type(v) is Node else leaf_key(), v))
     heappush = heapq.heappush
     heappop = heapq.heappop
 
@@ -1037,7 +1261,8 @@ def run_backward(
             node = heappop(heap)[1]
             g = table.pop(node)
             mine = node in owned
-            owned.discard(node)
+            if mine:
+                owned.discard(node)
             if node._hooks:
                 for hook in list(node._hooks):
                     new = hook(g if create_graph else Tensor._const(g))
@@ -1049,78 +1274,85 @@ def run_backward(
             if observer is not None:
                 observer.visit(node, g)
 
-            op = node._op
+            if type(node) is not Node:  # a leaf: the gradient arrives here
+                if wanted is None:
+                    _store_grad(node, g, mine, create_graph)
+                    if node._post_hooks:
+                        for hook in list(node._post_hooks):
+                            hook(node)
+                elif node in wanted:
+                    results[wanted[node]] = g
+                continue
             if wanted is not None:
                 if node in wanted:
                     results[wanted[node]] = g
                     mine = False
-            elif op is None or node._retains:
-                _store_grad(node, g, mine, create_graph)
-                mine = False
-                if node._post_hooks:
-                    for hook in list(node._post_hooks):
-                        hook(node)
-            if op is None:
-                continue
+            elif node._retain is not None:
+                t = node._retain()
+                if t is not None:
+                    _store_grad(t, g, mine, create_graph)
+                    mine = False
 
             # ---- the local step: backpropagated gradient x local gradient ----
-            ctx = node._ctx
+            op = node.op
+            ctx = node.ctx
             if ctx is _RELEASED:
                 raise _released_error(node)
-            parents = node._parents
-            if _CLOCK[0] > node._stamp:  # something changed in place since this op ran
+            if _CLOCK[0] > node.stamp:  # something changed in place since this op ran
                 _check_versions(node)
-            needs = node._needs
+            needs = node.needs
+            parents = node.parents
+            ins = node.inputs
             if create_graph:
-                pgs = op.vjp(g, node, ctx, needs, xp, *parents)
+                out = node.out
+                pgs = op.vjp(g, None if out is None else Tensor._of(out, node), ctx, needs, xp,
+                             *[_graph_operand(a, p) for a, p in zip(ins, parents)])
             else:
-                out = node.data
+                out = node.out
                 vjp = op.vjp
                 if reuse:
                     inplace = mine and op.vjp_inplace is not None  # g is ours alone
-                    if not op.uses_out:
-                        # Nothing below needs the node itself: let go of it now,
-                        # so that if nothing else holds it (an activation inside
-                        # a model), its value is freed before the VJP allocates.
-                        out = None
-                        if not retain_graph:
-                            node._ctx = _RELEASED
-                            node._parents = ()
-                        node = None
                     if op.split is not None:
                         # the VJP's elementwise step, then let go of ctx (a mask)
                         # before the second step allocates its results
                         step, inner = op.split
                         g = step(g, out, ctx, inplace)
-                        if node is not None and not retain_graph:
-                            node._ctx = _RELEASED
+                        if not retain_graph:
+                            node.ctx = _RELEASED
                         ctx = out = None
                         vjp = inner.vjp
                     elif inplace:
                         vjp = op.vjp_inplace  # the rule may write into g
-                if len(parents) == 2:
-                    pgs = vjp(g, out, ctx, needs, xp, parents[0].data, parents[1].data)
-                elif len(parents) == 1:
-                    pgs = vjp(g, out, ctx, needs, xp, parents[0].data)
+                if len(ins) == 2:
+                    pgs = vjp(g, out, ctx, needs, xp, ins[0], ins[1])
+                elif len(ins) == 1:
+                    pgs = vjp(g, out, ctx, needs, xp, ins[0])
                 else:
-                    pgs = vjp(g, out, ctx, needs, xp, *[p.data for p in parents])
+                    pgs = vjp(g, out, ctx, needs, xp, *ins)
             if anomaly:
-                _check_finite_vjp(node, g, pgs, parents)
-            if node is not None and not retain_graph:
-                node._ctx = _RELEASED
-                node._parents = ()
+                _check_finite_vjp(node, g, pgs)
+            if not retain_graph:  # free what was saved, and the graph behind it
+                node.ctx = _RELEASED
+                node.inputs = ()
+                node.out = None
+                node.parents = ()
+                if node.kept is not None:
+                    node.kept = None
 
             # ---- the sum over successors: add into each parent's entry ----
-            for slot, (p, pg) in enumerate(zip(parents, pgs)):
-                if pg is None or not p._requires_grad:
+            for slot, p in enumerate(parents):
+                if p is None:
                     continue
-                pg = conform_grad(op, pg, p.data, not create_graph)
+                pg = pgs[slot]
+                if pg is None:
+                    continue
+                pg = conform_grad(op, pg, p, not create_graph)
                 if observer is not None:
                     observer.term(node, slot, p, pg)
                 old = table.get(p)
                 if old is None:
                     table[p] = pg
-                    heappush(heap, (leaf_key() if p._op is None else -p._stamp, p))
+                    heappush(heap, (-p.stamp if type(p) is Node else leaf_key(), p))
                     if not create_graph and pg is not g and pg.base is None:
                         owned.add(p)
                 elif p in owned:
@@ -1138,62 +1370,80 @@ def run_backward(
     return results if inputs is not None else None
 
 
-def conform_grad(op: Any, pg: Any, pd: np.ndarray, arrays: bool = True) -> Any:
-    """A VJP's result for a parent with data ``pd``: same shape (else the rule
-    is wrong: say which) and same dtype (float32 stays float32 end to end)."""
+def conform_grad(op: Any, pg: Any, parent: Any, arrays: bool = True) -> Any:
+    """A VJP's result for ``parent`` (anything with ``.shape``/``.dtype``): the
+    parent's shape (else the rule is wrong: say which) and dtype (float32
+    stays float32 end to end)."""
     if arrays and type(pg) is not np.ndarray:
         pg = np.asarray(pg)  # 0-d results come back as NumPy scalars
-    if pg.shape != pd.shape:
+    shape = parent.shape
+    if pg.shape != shape:
         raise RuntimeError(
             f"backward: the VJP of '{op.name}' returned a gradient of shape "
-            f"{pg.shape} for an input of shape {pd.shape} (a bug in that rule)"
+            f"{pg.shape} for an input of shape {shape} (a bug in that rule)"
         )
     dt = pg.dtype
-    if dt is not pd.dtype and dt != pd.dtype:  # `is`: the cheap common case
-        pg = pg.astype(pd.dtype)
+    pdt = parent.dtype
+    if dt is not pdt and dt != pdt:  # `is`: the cheap common case
+        pg = pg.astype(pdt)
     return pg
 
 
-def _store_grad(node: Tensor, g: Any, mine: bool, create_graph: bool) -> None:
-    """Accumulate dL/dnode into ``node.grad`` (leaves and retain_grad tensors)."""
-    old = node._grad
-    if create_graph:
-        node._grad = g if old is None else old + g
-        return
-    if old is None:
-        node._grad = Tensor._const(g if mine else g.copy())
-    elif old.shape == g.shape and old.data.flags.writeable:
-        np.add(old.data, g, out=old.data, casting="unsafe")
-        _bump(old)
-    else:
-        node._grad = Tensor._const(old.data + g)
+# Accumulating into .grad is a read-modify-write; two threads running
+# backward() on graphs that share a leaf would lose updates without it.
+_GRAD_LOCK = threading.Lock()
 
 
-def _check_finite_grad(node: Tensor, g: Any) -> None:
+def _store_grad(t: Tensor, g: Any, mine: bool, create_graph: bool) -> None:
+    """Accumulate dL/dt into ``t.grad`` (leaves and retain_grad tensors)."""
+    with _GRAD_LOCK:
+        old = t._grad
+        if create_graph:
+            t._grad = (g if isinstance(g, Tensor) else Tensor._const(g)) if old is None \
+                else old + g
+            return
+        if old is None:
+            t._grad = Tensor._const(g if mine else g.copy())
+        elif old.shape == g.shape and old.data.flags.writeable:
+            np.add(old.data, g, out=old.data, casting="unsafe")
+            _bump(old)
+        else:
+            t._grad = Tensor._const(old.data + g)
+
+
+def _where(node: Any) -> str:
+    return node.meta or "(created outside detect_anomaly, no source line recorded)"
+
+
+def _check_finite_grad(node: Any, g: Any) -> None:
     arr = _ops.value(g)
     if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all():
-        where = node._meta or "(created outside detect_anomaly, no source line recorded)"
-        what = node._op.name if node._op is not None else f"leaf {node.name or node.shape}"
+        if type(node) is Node:
+            what, where = node.op.name, _where(node)
+        else:
+            what, where = f"leaf {node.name or node.shape}", "(a leaf: made by your code)"
         raise AnomalyError(
             f"detect_anomaly: the gradient flowing into '{what}' is not finite "
             f"({_summary(arr)}).\nThe node was created at:\n{where}"
         )
 
 
-def _check_finite_vjp(node: Tensor, g: Any, pgs: Sequence[Any], parents: Sequence[Tensor]) -> None:
+def _check_finite_vjp(node: Node, g: Any, pgs: Sequence[Any]) -> None:
     """Blame the op whose backward turned a finite gradient into a NaN/Inf (sqrt at 0)."""
-    for i, (p, pg) in enumerate(zip(parents, pgs)):
-        if pg is None or not p._requires_grad:
+    for i, (p, pg) in enumerate(zip(node.parents, pgs)):
+        if pg is None or p is None:
             continue
         arr = _ops.value(pg)
         if np.issubdtype(np.asarray(arr).dtype, np.inexact) and not np.isfinite(arr).all():
-            where = node._meta or "(created outside detect_anomaly, no source line recorded)"
-            ins = "\n".join(f"  input {k}: {_summary(q.data)}" for k, q in enumerate(parents))
+            operands = node.kept[1] if node.kept is not None else node.inputs
+            ins = "\n".join(f"  input {k}: {_summary(_ops.value(q))}"
+                            if not isinstance(q, (Node, Meta)) else f"  input {k}: shape {q.shape}"
+                            for k, q in enumerate(operands))
             raise AnomalyError(
-                f"detect_anomaly: the backward of '{node._op.name}' produced a non-finite "
+                f"detect_anomaly: the backward of '{node.op.name}' produced a non-finite "
                 f"gradient for its input {i} ({_summary(arr)}) from the finite gradient "
                 f"{_summary(_ops.value(g))} flowing into it.\nIts inputs:\n{ins}\n"
-                f"The op was created at:\n{where}"
+                f"The op was created at:\n{_where(node)}"
             )
 
 

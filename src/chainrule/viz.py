@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .ops import NUMPY_NS
-from .tensor import _RELEASED, Tensor, run_backward
+from .tensor import _RELEASED, Node, Tensor, run_backward
 
 __all__ = [
     "Graph",
@@ -63,27 +63,127 @@ def have_dot() -> bool:
 # --------------------------------------------------------------------------
 
 
-def walk(roots: Sequence[Tensor]) -> list[Tensor]:
-    """Every tensor reachable from ``roots`` (constants included), parents first.
+class ValuesNotKept(RuntimeError):
+    """A view needs values that the forward pass did not keep (see ``cr.keep_values``)."""
 
-    An explicit stack, no recursion: deep graphs do not overflow.
+
+class GraphVertex:
+    """One vertex of a recorded graph as the views see it: an op's node, a
+    leaf, or a constant operand, with its value.
+
+    The engine keeps only what backward needs (saved tensors); the values
+    shown here come from a forward pass recorded inside ``cr.keep_values()``
+    (every node then keeps its output and operands). ``_op``, ``_parents``,
+    ``_ctx``, ``_needs``, ``params``, ``_meta``, ``data``, ``name`` mirror the
+    node; ``vertex`` is what the backward walk reports (a Node or a leaf).
     """
-    order: list[Tensor] = []
-    seen: set[int] = set()
-    stack: list[tuple[Tensor, bool]] = [(r, False) for r in reversed(list(roots))]
+
+    __slots__ = ("vertex", "data", "name", "_op", "_parents", "_ctx", "_needs", "params",
+                 "_requires_grad", "_grad", "_meta", "__dict__")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def tensor(self) -> Tensor:
+        """A Tensor whose graph vertex is this one (to ask the engine for dL/dit)."""
+        v = self.vertex
+        return v if isinstance(v, Tensor) else Tensor._of(self.data, v)
+
+
+def _not_kept(node: Node) -> ValuesNotKept:
+    return ValuesNotKept(
+        f"the value of '{node.op.name}' (shape {node.shape}) was not kept: chainrule keeps "
+        "only what the backward pass needs. Record the forward pass inside "
+        "`with cr.keep_values():` (or call cr.set_keep_values(True) once, e.g. at the top "
+        "of a notebook) to show every value."
+    )
+
+
+def walk(roots: Sequence[Tensor]) -> list[GraphVertex]:
+    """Every vertex reachable from ``roots`` (constants included), parents first.
+
+    An explicit stack, no recursion: deep graphs do not overflow. Raises
+    :class:`ValuesNotKept` when an op's value is needed but was not kept,
+    unless the graph was freed by backward (``is_released`` then says so).
+    """
+    views: dict[int, GraphVertex] = {}
+
+    def leaf(t: Tensor) -> GraphVertex:
+        v = views.get(id(t))
+        if v is None:
+            v = views[id(t)] = _new_vertex(t, t.data, t.name, None, t._requires_grad)
+            v._grad = t._grad
+        return v
+
+    def const(a: Any, dtype: Any) -> GraphVertex:
+        if isinstance(a, Tensor):
+            if a._node is None:
+                return leaf(a)
+            a = a.data
+        arr = a if isinstance(a, np.ndarray) else np.asarray(a, dtype=dtype)
+        return _new_vertex(None, arr, None, None, False)
+
+    def of_node(n: Node, data: Any) -> GraphVertex:
+        v = views.get(id(n))
+        if v is None:
+            if data is None and n.ctx is not _RELEASED:
+                data = n.value
+                if data is None:
+                    raise _not_kept(n)
+            v = views[id(n)] = _new_vertex(n, data, n.name, n, True)
+        return v
+
+    order: list[GraphVertex] = []
+    done: set[int] = set()
+    stack: list[tuple[Any, bool]] = []
+    for r in reversed(list(roots)):
+        stack.append((of_node(r._node, r.data) if r._node is not None else leaf(r), False))
     while stack:
-        node, done = stack.pop()
-        if done:
-            order.append(node)
+        v, expanded = stack.pop()
+        if expanded:
+            order.append(v)
             continue
-        if id(node) in seen:
+        if id(v) in done:
             continue
-        seen.add(id(node))
-        stack.append((node, True))
-        for p in reversed(node._parents):
-            if id(p) not in seen:
+        done.add(id(v))
+        stack.append((v, True))
+        n = v._op and v.vertex
+        if not isinstance(n, Node) or n.ctx is _RELEASED:
+            continue
+        if n.kept is None:
+            raise _not_kept(n)
+        parents = []
+        for p, a in zip(n.parents, n.kept[1]):
+            if type(p) is Node:
+                parents.append(of_node(p, None))
+            elif p is not None:
+                parents.append(leaf(p))
+            else:
+                parents.append(const(a, n.dtype))
+        v._parents = tuple(parents)
+        for p in reversed(parents):
+            if id(p) not in done:
                 stack.append((p, False))
     return order
+
+
+def _new_vertex(vertex: Any, data: Any, name: str | None, node: Node | None,
+                requires_grad: bool) -> GraphVertex:
+    v = GraphVertex.__new__(GraphVertex)
+    v.vertex = vertex
+    v.data = np.asarray(data) if data is not None else None
+    v.name = name
+    v._op = None if node is None else node.op
+    v._parents = ()
+    v._ctx = None if node is None else node.ctx
+    v._needs = () if node is None else node.needs
+    v.params = {} if node is None else node.params
+    v._requires_grad = requires_grad
+    v._grad = None
+    v._meta = None if node is None else node.meta
+    return v
 
 
 def node_names(order: Sequence[Tensor]) -> dict[int, str]:
@@ -141,45 +241,52 @@ def format_value(a: Any, precision: int = 4, full: bool = False, max_items: int 
     return f"shape {a.shape}, norm {norm}, [{first}, ...]"
 
 
-def is_released(t: Tensor) -> bool:
-    """True when an earlier backward() freed the graph behind ``t``."""
-    return t._op is not None and t._ctx is _RELEASED
+def is_released(t: Any) -> bool:
+    """True when an earlier backward() freed the graph behind ``t`` (a vertex or a Tensor)."""
+    node = t._node if isinstance(t, Tensor) else t.vertex
+    return isinstance(node, Node) and node.ctx is _RELEASED
 
 
 def _trace_backward(
-    root: Tensor, seed: Any, order: Sequence[Tensor]
-) -> tuple[dict[int, np.ndarray], list[tuple[Tensor, np.ndarray, Tensor, np.ndarray, int]]]:
-    """dL/dnode for every node that requires grad, plus every term of every sum.
+    root: Tensor, seed: Any, order: Sequence[GraphVertex]
+) -> tuple[dict[int, np.ndarray], list[tuple[Any, np.ndarray, Any, np.ndarray, int]]]:
+    """dL/dvertex for every vertex that requires grad, plus every term of every sum.
 
-    Uses ``run_backward(inputs=...)`` so that no ``.grad`` is touched and the
-    graph is retained. Hooks are switched off for the walk: they may have side
-    effects (counters, logging) that a look at the graph must not trigger.
+    Keys and terms use the views in ``order`` (by ``id``). Uses
+    ``run_backward(inputs=...)`` so that no ``.grad`` is touched and the
+    graph is retained. Hooks are switched off for the walk: they may have
+    side effects (counters, logging) that a look at the graph must not
+    trigger.
     """
-    nodes = [t for t in order if t._requires_grad]
-    terms: list[tuple[Tensor, np.ndarray, Tensor, np.ndarray, int]] = []
+    views = [v for v in order if v._requires_grad]
+    by_vertex = {id(v.vertex): v for v in views}
+    terms: list[tuple[Any, np.ndarray, Any, np.ndarray, int]] = []
 
     class _Observe:
         g: Any = None
 
-        def visit(self, node: Tensor, g: Any) -> None:
+        def visit(self, node: Any, g: Any) -> None:
             # a copy: the engine may add later terms into the same buffer in place
             self.g = np.array(g, copy=True)
 
-        def term(self, node: Tensor, slot: int, parent: Tensor, contribution: Any) -> None:
-            terms.append((node, self.g, parent, np.array(contribution, copy=True), slot))
+        def term(self, node: Any, slot: int, parent: Any, contribution: Any) -> None:
+            terms.append((by_vertex[id(node)], self.g, by_vertex[id(parent)],
+                          np.array(contribution, copy=True), slot))
 
     observe = _Observe()
-    saved_hooks = {id(t): t._hooks for t in nodes if t._hooks}
-    for t in nodes:
-        if t._hooks:
-            t._hooks = None
+    vertices = [v.vertex for v in views]
+    saved_hooks = {id(x): x._hooks for x in vertices if x._hooks}
+    for x in vertices:
+        if x._hooks:
+            x._hooks = None
     try:
-        got = run_backward((root,), (seed,), retain_graph=True, inputs=nodes, observer=observe)
+        got = run_backward((root,), (seed,), retain_graph=True,
+                           inputs=[v.tensor for v in views], observer=observe)
     finally:
-        for t in nodes:
-            if id(t) in saved_hooks:
-                t._hooks = saved_hooks[id(t)]
-    grads = {id(t): np.asarray(g) for t, g in zip(nodes, got or []) if g is not None}
+        for x in vertices:
+            if id(x) in saved_hooks:
+                x._hooks = saved_hooks[id(x)]
+    grads = {id(v): np.asarray(g) for v, g in zip(views, got or []) if g is not None}
     return grads, terms
 
 
@@ -281,18 +388,18 @@ _TAG = "_cr_modules"  # attribute set on traced nodes: [(path, module), ...] out
 
 
 def _tag(out: Any, module: Any, path: str, args: Any) -> None:
-    stop = {id(t) for t in _tensors_in(args)}
-    stack = [t for t in _tensors_in(out)]
+    stop = {id(t._node) for t in _tensors_in(args) if t._node is not None}
+    stack: list[Any] = [t._node for t in _tensors_in(out) if t._node is not None]
     seen: set[int] = set()
     while stack:
-        t = stack.pop()
-        if id(t) in seen or id(t) in stop or t._op is None:
+        n = stack.pop()
+        if id(n) in seen or id(n) in stop or type(n) is not Node:
             continue
-        seen.add(id(t))
-        tags = t.__dict__.setdefault(_TAG, [])
+        seen.add(id(n))
+        tags = n.__dict__.setdefault(_TAG, [])
         if not any(m is module for _, m in tags):
             tags.insert(0, (path, module))  # outer modules finish later: prepend
-        stack.extend(t._parents)
+        stack.extend(n.parents)
 
 
 @contextlib.contextmanager
@@ -477,9 +584,10 @@ def graph(
     order = walk(roots)
     names = node_names(order)
     notes: list[str] = []
-    root_ids = {id(r) for r in roots}
+    root_vertices = {id(r._node if r._node is not None else r) for r in roots}
+    root_ids = {id(v) for v in order if id(v.vertex) in root_vertices}
 
-    released = [n for n in order if is_released(n)]
+    released = [n for n in order if is_released(n)] or [r for r in roots if is_released(r)]
     if released:
         notes.append(
             "part of this graph was freed by backward(); call backward(retain_graph=True) "
@@ -645,7 +753,7 @@ def _groups(
     group: dict[int, tuple[int, str, Any]] = {}
     untraced = True
     for n in order:
-        tags = n.__dict__.get(_TAG) if hasattr(n, "__dict__") else None
+        tags = n.vertex.__dict__.get(_TAG) if isinstance(n.vertex, Node) else None
         if not tags:
             continue
         untraced = False

@@ -76,15 +76,9 @@ class Program:
         """The rules this program's graph records (for coverage counts)."""
         ts = [Tensor(x, requires_grad=True) for x in self.inputs]
         out = run(self, ts)
-        seen, stack, names = set(), [out], set()
-        while stack:
-            t = stack.pop()
-            if id(t) in seen:
-                continue
-            seen.add(id(t))
-            if t.op is not None:
-                names.add(t.op)
-            stack.extend(t._parents)
+        from graphwalk import ops
+
+        names = set(ops(out))
         return names
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..ops import rule, value
+from ..ops import SAVES_INPUTS, SAVES_NOTHING, Saves, rule, value
 from ..random import _resolve
 from ..tensor import Tensor, _mode
 
@@ -295,7 +295,7 @@ def _diff_log_softmax(x: Any, xp: Any) -> Any:
 # ==========================================================================
 
 
-@rule("cross_entropy")
+@rule("cross_entropy", saves=Saves(inputs=(True,)))
 def CROSS_ENTROPY(x, *, target, reduction, label_smoothing):
     """-log softmax(x)[target] per row; x (N, C) logits, target (N,) int labels."""
     n, c = x.shape
@@ -339,7 +339,7 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("cross_entropy_probs")
+@rule("cross_entropy_probs", saves=Saves(inputs=(True, (0,))))
 def CROSS_ENTROPY_PROBS(x, y, *, reduction, label_smoothing):
     """-sum_k y_k log softmax(x)_k per row; x and y of shape (N, C)."""
     n, c = x.shape
@@ -358,11 +358,13 @@ def _(g, out, ctx, needs, xp, x, y):
     reduction, ls, p, logp = ctx
     n, c = x.shape
     scale = _grad_scale(g, reduction, n, (n, 1))
-    q = y * (1.0 - ls) + ls / c if ls else y
     if isinstance(x, Tensor):
         p = _diff_softmax(x, xp)
         logp = _diff_log_softmax(x, xp)
-    gx = (p * q.sum(axis=1, keepdims=True) - q) * scale if needs[0] else None
+    gx = None
+    if needs[0]:  # reads y (kept only then)
+        q = y * (1.0 - ls) + ls / c if ls else y
+        gx = (p * q.sum(axis=1, keepdims=True) - q) * scale
     gy = logp * (scale * -(1.0 - ls)) if needs[1] else None
     return gx, gy
 
@@ -423,7 +425,7 @@ def cross_entropy(
 # ==========================================================================
 
 
-@rule("nll_loss")
+@rule("nll_loss", saves=SAVES_NOTHING)
 def NLL_LOSS(x, *, target, reduction):
     """-x[i, target_i] per row; x (N, C) log-probabilities."""
     n = x.shape[0]
@@ -459,7 +461,7 @@ def nll_loss(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noq
 # ==========================================================================
 
 
-@rule("binary_cross_entropy_with_logits")
+@rule("binary_cross_entropy_with_logits", saves=Saves(inputs=(True, (0,))))
 def BCE_WITH_LOGITS(x, y, *, reduction):
     """BCE(sigmoid(x), y) = max(x, 0) - x y + log(1 + e^-|x|): finite for any x."""
     loss = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
@@ -507,7 +509,7 @@ _LOG_FLOOR = -100.0  # PyTorch clamps log(p) and log(1 - p) at -100 so p = 0 or 
 _DENOM_FLOOR = 1e-12  # and keeps p (1 - p) away from 0 in the gradient
 
 
-@rule("binary_cross_entropy")
+@rule("binary_cross_entropy", saves=SAVES_INPUTS)
 def BCE(p, y, *, reduction):
     """-(y log p + (1 - y) log(1 - p)), each log clamped at -100."""
     with np.errstate(divide="ignore"):
@@ -565,7 +567,7 @@ def binary_cross_entropy(input: Any, target: Any, reduction: str = "mean") -> Te
 # ==========================================================================
 
 
-@rule("mse_loss")
+@rule("mse_loss", saves=SAVES_INPUTS)
 def MSE(x, y, *, reduction):
     """(x - y)^2 elementwise."""
     d = x - y
