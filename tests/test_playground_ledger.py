@@ -110,3 +110,65 @@ def test_a_ledger_that_lacks_what_the_page_shows_is_refused_by_name(damage, word
     with pytest.raises(StepThroughUnavailable, match=None) as e:
         view(led, X, input_names=["a", "b"])
     assert words in str(e.value)
+
+
+# --------------------------------------------------------------------------
+# the real ledger, through the server's session, against the notes in NumPy
+# --------------------------------------------------------------------------
+
+LEDGER_CASES = [
+    ({"dataset": "spiral", "hidden": "8,8", "loss": "ce"}, "ce"),
+    ({"dataset": "xor", "hidden": "5,3", "act": "relu", "loss": "bce"}, "bce"),
+    ({"dataset": "gauss", "classes": "3", "hidden": "4", "act": "sigmoid", "loss": "mse"},
+     "mse-sigmoid"),
+    ({"dataset": "reg-plane", "hidden": "3", "act": "identity"}, "mse"),
+    ({"dataset": "circle", "hidden": "4", "reg": "l2", "rrate": "0.1"}, "bce"),
+]
+
+
+def _has_ledger() -> bool:  # TEMPORARY until wip/13-ledger lands on main
+    import inspect
+
+    from chainrule.explain import explain
+
+    return "model" in inspect.signature(explain).parameters
+
+
+@pytest.mark.skipif(not _has_ledger(), reason="cr.explain(model=, neurons=) comes with issue 13")
+@pytest.mark.parametrize("params,loss", LEDGER_CASES)
+def test_the_served_step_through_is_the_notes_recursion(params, loss):
+    from playground_helpers import notes_recursion
+
+    from chainrule.playground.config import Config
+    from chainrule.playground.datasets import make_data
+    from chainrule.playground.session import Session
+
+    cfg = Config.from_params({**params, "batch": "6", "samples": "60"})
+    s = Session("t", cfg, make_data(cfg))
+    s.train(epochs=2)
+    v = s.stepthrough("batch")
+    rows = np.asarray(v["rows"])
+    assert v["batch"] == 6 and rows.tolist() == s.next_batch().tolist()
+    W = [(m.weight.numpy(), m.bias.numpy()) for m in s.linears]
+    rec = notes_recursion(W, s.data.X_train[rows], s.data.y_train[rows], cfg.act, loss)
+    close = dict(rtol=2e-4, atol=1e-6)
+    assert len(v["layers"]) == len(rec)
+    for layer, want, (Wl, _) in zip(v["layers"], rec, W):
+        np.testing.assert_allclose(np.array(layer["z"], float), want["z"], **close)
+        np.testing.assert_allclose(np.array(layer["delta"], float), want["delta"], **close)
+        np.testing.assert_allclose(np.array(layer["dW"], float), want["dW"], **close)
+        np.testing.assert_allclose(np.array(layer["db"], float), want["db"], **close)
+        for j, n in enumerate(layer["neurons"]):
+            np.testing.assert_allclose(n["delta"], want["delta"][:, j], **close)
+            if n["terms"]:
+                prods = np.array([t["product"] for t in n["terms"]])
+                np.testing.assert_allclose(n["sum"], prods.sum(axis=0), **close)
+                np.testing.assert_allclose(n["delta"], np.multiply(n["sigma_prime"], n["sum"]),
+                                           **close)
+                for t in n["terms"]:
+                    np.testing.assert_allclose(t["product"],
+                                               np.multiply(t["delta_next"], t["weight"]), **close)
+        if cfg.reg == "l2":  # the engine's dL/dW: the layer's term plus the penalty's
+            np.testing.assert_allclose(np.array(layer["W_grad"], float),
+                                       want["dW"] + cfg.rrate * Wl, **close)
+            assert len(layer["W_terms"]) == 2
