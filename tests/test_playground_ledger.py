@@ -137,11 +137,10 @@ def _has_ledger() -> bool:  # TEMPORARY until wip/13-ledger lands on main
 @pytest.mark.skipif(not _has_ledger(), reason="cr.explain(model=, neurons=) comes with issue 13")
 @pytest.mark.parametrize("params,loss", LEDGER_CASES)
 def test_the_served_step_through_is_the_notes_recursion(params, loss):
-    from playground_helpers import notes_recursion
-
     from chainrule.playground.config import Config
     from chainrule.playground.datasets import make_data
     from chainrule.playground.session import Session
+    from playground_helpers import notes_recursion
 
     cfg = Config.from_params({**params, "batch": "6", "samples": "60"})
     s = Session("t", cfg, make_data(cfg))
