@@ -17,43 +17,38 @@ async function answer(response) {
   return body;
 }
 
-export async function post(path, payload) {
+// fetch, with a network failure said in words (the server stopped, most likely)
+async function request(path, options, failure) {
   let response;
   try {
-    response = await fetch(path, {
-      method: "POST",
-      // the custom header is what a cross-site form cannot send (see server.py)
-      headers: { "Content-Type": "application/json", "X-Chainrule": "1" },
-      body: JSON.stringify(payload),
-    });
+    response = await fetch(path, options);
   } catch (e) {
-    throw new Error("cannot reach the playground server (is `chainrule playground` still running?)");
+    throw new Error(failure);
   }
   return answer(response);
 }
 
-export async function get(path) {
-  let response;
-  try {
-    response = await fetch(path);
-  } catch (e) {
-    throw new Error("cannot reach the playground server (is `chainrule playground` still running?)");
-  }
-  return answer(response);
+const UNREACHABLE = "cannot reach the playground server (is `chainrule playground` still running?)";
+
+export function post(path, payload) {
+  return request(path, {
+    method: "POST",
+    // the custom header is what a cross-site form cannot send (see server.py)
+    headers: { "Content-Type": "application/json", "X-Chainrule": "1" },
+    body: JSON.stringify(payload),
+  }, UNREACHABLE);
 }
 
-export async function upload(file) {
-  let response;
-  try {
-    response = await fetch(`/api/upload?name=${encodeURIComponent(file.name)}`, {
-      method: "POST",
-      headers: { "Content-Type": "text/csv", "X-Chainrule": "1" },
-      body: file,
-    });
-  } catch (e) {
-    throw new Error("the upload did not reach the server");
-  }
-  return answer(response);
+export function get(path) {
+  return request(path, {}, UNREACHABLE);
+}
+
+export function upload(file) {
+  return request(`/api/upload?name=${encodeURIComponent(file.name)}`, {
+    method: "POST",
+    headers: { "Content-Type": "text/csv", "X-Chainrule": "1" },
+    body: file,
+  }, "the upload did not reach the server");
 }
 
 // base64 of little-endian float32 / uint8 (what session.encode writes) -> typed array

@@ -7,7 +7,11 @@
 const LAYER_COLOURS = ["#0877bd", "#f59322", "#2ca02c", "#9467bd", "#d62728", "#8c564b",
   "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#1f3b73"];
 
-function frame(ctx, w, h, pad) {
+// clear a chart and draw its axes; returns what the drawing needs
+function frame(canvas, pad) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width;
+  const h = canvas.height;
   ctx.clearRect(0, 0, w, h);
   ctx.strokeStyle = "#c8c8c8";
   ctx.lineWidth = 1;
@@ -16,6 +20,7 @@ function frame(ctx, w, h, pad) {
   ctx.lineTo(pad.l, h - pad.b);
   ctx.lineTo(w - pad.r, h - pad.b);
   ctx.stroke();
+  return { ctx, w, h };
 }
 
 function line(ctx, xs, ys, sx, sy, colour, width = 1.5) {
@@ -64,12 +69,8 @@ export class CurvesView {
   }
 
   _loss() {
-    const c = this.loss;
-    const ctx = c.getContext("2d");
-    const w = c.width;
-    const h = c.height;
     const pad = { l: 38, r: 8, t: 8, b: 18 };
-    frame(ctx, w, h, pad);
+    const { ctx, w, h } = frame(this.loss, pad);
     const H = this.history;
     if (!H.length) return;
     const xs = H.map((p) => p.epoch);
@@ -88,12 +89,8 @@ export class CurvesView {
   }
 
   _grad() {
-    const c = this.grad;
-    const ctx = c.getContext("2d");
-    const w = c.width;
-    const h = c.height;
     const pad = { l: 46, r: 8, t: 8, b: 18 };
-    frame(ctx, w, h, pad);
+    const { ctx, w, h } = frame(this.grad, pad);
     const H = this.history.filter((p) => p.grad_norms);
     this.legend.innerHTML = "";
     if (!H.length) {
