@@ -252,6 +252,23 @@ class App {
     $("step").addEventListener("click", () => { this.pause(); this.trainOnce(); });
     $("reset").addEventListener("click", () => { this.pause(); this.enqueue(() => this.start(this.params)); });
 
+    // space plays and pauses (outside text fields); a new window size lays the network out again
+    document.addEventListener("keydown", (ev) => {
+      if (ev.key !== " " || ["INPUT", "SELECT", "TEXTAREA", "BUTTON"].includes(ev.target.tagName)) return;
+      ev.preventDefault();
+      if (this.playing) this.pause(); else this.play();
+    });
+    let resizing = null;
+    window.addEventListener("resize", () => {
+      clearTimeout(resizing);
+      resizing = setTimeout(() => {
+        if (!this.desc || !this.last) return;
+        this.network.setup(this.desc);
+        this.network.update(this.last);
+        if (this.stepper.active) this.stepper.render();
+      }, 150);
+    });
+
     $("csv-file").addEventListener("change", () => this.uploadFile());
     $("csv-target").addEventListener("change", () => this.useUpload(this.upload, $("csv-target").value));
 
