@@ -613,3 +613,13 @@ def test_a_weight_set_by_hand_is_used_and_bad_ones_are_refused(server):
                        ({"col": 1.5}, "whole numbers")):
         body = {"session": d["session"], "layer": 1, "row": 0, "col": 0, "value": 1.0, **bad}
         assert words in server.post("/api/weight", body, expect=400)["error"]
+
+
+def test_a_new_network_on_the_same_data_does_not_remake_the_data(server):
+    d = server.post("/api/session", {"config": {"dataset": "spiral"}})
+    sess = server.app.sessions[d["session"]]
+    data = sess.data
+    server.post("/api/config", {"session": d["session"], "config": {**d["params"], "hidden": "5"}})
+    assert sess.data is data
+    server.post("/api/config", {"session": d["session"], "config": {**d["params"], "noise": "10"}})
+    assert sess.data is not data

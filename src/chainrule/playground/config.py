@@ -197,6 +197,12 @@ class Config:
         return any(getattr(self, f.name) != getattr(other, f.name)
                    for f in fields(self) if f.name not in live)
 
+    def data_changed(self, other: Config) -> bool:
+        """True when ``other`` needs its data made again, not only a new network."""
+        keys = ("dataset", "problem", "classes", "samples", "noise", "train", "seed", "csv",
+                "target", "features")
+        return any(getattr(self, k) != getattr(other, k) for k in keys)
+
 
 # ----- one parser per key ------------------------------------------------------
 

@@ -157,7 +157,8 @@ class App:
         s = self.session(body)
         with s.lock:
             cfg = self._config(body, s.cfg)
-            data = make_data(cfg, self.uploads) if s.cfg.needs_rebuild(cfg) else None
+            # the data is made again only when it changes (an uploaded table is parsed anew)
+            data = make_data(cfg, self.uploads) if s.cfg.data_changed(cfg) else None
             rebuilt = s.reconfigure(cfg, data)
             if rebuilt:
                 return {"rebuilt": True, **s.describe(**_sizes(body))}
