@@ -91,6 +91,7 @@ class Playground:
             shown = "127.0.0.1"  # reachable from everywhere; this machine calls itself that
         self.base_url = f"http://{shown}:{port}/"
         self.url = self.base_url + fragment
+        self._stopped = False
         self._thread = threading.Thread(target=server.serve_forever, name="chainrule-playground",
                                         daemon=True)
         self._thread.start()
@@ -100,7 +101,10 @@ class Playground:
         return int(self.server.server_address[1])
 
     def stop(self) -> None:
-        """Stop serving and release the port."""
+        """Stop serving and release the port (again: nothing happens)."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)

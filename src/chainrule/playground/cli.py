@@ -71,14 +71,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"playground: --port {args.port} is not a port number (0 to 65535)")
     pg = playground(port=args.port, host=args.host, open_browser=False, verbose=args.verbose,
                     **_settings(args.settings))
-    print(f"chainrule playground: serving at {pg.url}", flush=True)
-    print("press Ctrl-C to stop", file=sys.stderr, flush=True)
-    if args.browser:
-        import webbrowser
+    # Ctrl-C is how the playground ends: whenever it comes, stop and exit 0
+    try:
+        print(f"chainrule playground: serving at {pg.url}", flush=True)
+        print("press Ctrl-C to stop", file=sys.stderr, flush=True)
+        if args.browser:
+            import webbrowser
 
-        try:
-            webbrowser.open(pg.url)
-        except Exception:  # a headless machine: the printed URL is enough
-            pass
-    pg.wait()
+            try:
+                webbrowser.open(pg.url)
+            except Exception:  # a headless machine: the printed URL is enough
+                pass
+        pg.wait()
+    except KeyboardInterrupt:
+        pg.stop()
     return 0
