@@ -623,3 +623,20 @@ def test_a_new_network_on_the_same_data_does_not_remake_the_data(server):
     assert sess.data is data
     server.post("/api/config", {"session": d["session"], "config": {**d["params"], "noise": "10"}})
     assert sess.data is not data
+
+
+def test_column_names_cannot_inject_code_into_the_snippet(server, tmp_path):
+    evil = '"a\nraise SystemExit(7)\n#"'
+    text = f"{evil},b,label\n" + "".join(f"{i % 7},{i % 3},{i % 2}\n" for i in range(40))
+    _, info = upload(server, "evil.csv", text.encode())
+    d = server.post("/api/session", {"config": {"dataset": "csv", "csv": info["id"],
+                                                "loss": "ce"}})
+    status, headers, blob = server.request("GET", f"/api/export/{d['session']}/model.safetensors")
+    name = headers["Content-Disposition"].split('"')[1]
+    (tmp_path / name).write_bytes(blob)
+    _, _, code = server.request("GET", f"/api/export/{d['session']}/model.py")
+    assert b"\nraise SystemExit" not in code
+    (tmp_path / "snippet.py").write_bytes(code)
+    run = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr

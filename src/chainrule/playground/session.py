@@ -507,7 +507,7 @@ def snippet(filename: str, cfg: Config, data: Data, n_out: int, output: str) -> 
         exprs = ", ".join(cols[f] for f in data.features)
         prep.append("a, b = P[:, 0], P[:, 1]\n"
                     f"X = np.stack([{exprs}], axis=1).astype(np.float32)"
-                    f"   # the input features: {', '.join(data.feature_names)}")
+                    f"   # the input features: {data.feature_names!r}")
     else:
         prep.append("X = P.astype(np.float32)")
     if output == "softmax":
@@ -537,7 +537,9 @@ def snippet(filename: str, cfg: Config, data: Data, n_out: int, output: str) -> 
         ")\n"
         f'cr.load("{filename}").load_into(model)   # weights checked by name and shape\n'
         f'# or, without writing the layers: model = cr.load_model("{filename}")\n\n'
-        f"P = np.array([[{example}]])             # raw inputs: {', '.join(data.input_names)}\n"
+        # names come from the user's CSV header: repr keeps a newline in one from ending
+        # the comment (the snippet is code the user runs)
+        f"P = np.array([[{example}]])             # raw inputs: {data.input_names!r}\n"
         + "\n".join(prep) + "\n"
         "with cr.no_grad():\n"
         "    out = model(cr.tensor(X))\n"
