@@ -640,3 +640,24 @@ def test_column_names_cannot_inject_code_into_the_snippet(server, tmp_path):
     run = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr
+
+
+def test_a_page_that_goes_away_mid_answer_leaves_no_traceback(capfd):
+    import socket
+    import struct
+
+    s = Server()
+    try:
+        d = s.post("/api/session", {"config": {"dataset": "xor", "samples": "2000"}})
+        body = json.dumps({"session": d["session"], "epochs": 3}).encode()
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", s.port))
+            sock.sendall(b"POST /api/train HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Chainrule: 1\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # reset: the answer has nowhere to go
+        assert s.get("/api/meta")["version"]  # still serving
+        s.post("/api/train", {"session": d["session"], "epochs": 1})
+    finally:
+        s.close()
+    assert "Traceback" not in capfd.readouterr().err

@@ -299,6 +299,9 @@ class Handler(BaseHTTPRequestHandler):
             if not self._host_ok():
                 raise HTTPError(403, "this server answers only requests for localhost")
             fn()
+        except ConnectionError:
+            # the page went away mid-answer (a closed tab while playing): nothing to tell
+            self.close_connection = True
         except HTTPError as e:
             self._error(e.status, str(e))
         except (ConfigError, UploadError, StepThroughUnavailable) as e:
@@ -374,6 +377,12 @@ class PlaygroundServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a browser closing its connection is routine, not worth a traceback
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     def __init__(self, address: tuple[str, int], app: App | None = None,
                  verbose: bool = False) -> None:
