@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     emit("## Per-op overhead\n\nA chain of 1,000 elementwise ops (`y * 0.999`, `+ 0.001`) "
          "then `sum()`, forward + backward, µs per op (median).\n")
     emit(overhead.table(overhead.measure(reps=max(reps, 10), settle=args.settle)))
+    emit("\nThe same chain's memory, each figure from a fresh process: minor page faults "
+         "per op over 20 runs (the allocator touching memory it gave back to the system), "
+         "and the peak bytes allocated during one run beyond what was live before it.\n")
+    emit(overhead.memory_table(overhead.memory()))
 
     # ---- MLP step ----------------------------------------------------------
     results, skipped = mlp_step.measure(batches, reps, include_torch_compile=not args.quick,

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 N_OPS = 1000
 SHAPES = ((1,), (64, 64))
 
@@ -127,6 +129,147 @@ def measure(reps: int = 30, settle: float = 0.25) -> dict[tuple[int, ...], dict[
     return results
 
 
+def faults_per_op(name: str, shape: tuple[int, ...], runs: int = 20) -> float | None:
+    """Minor page faults per op of the chain, forward + backward, in this process.
+
+    Run it in a fresh process (``_env.in_process``): the count depends on what
+    the allocator did before. A fault per op means the allocator handed memory
+    back to the system after one run and touches it again in the next: glibc
+    trims the top of its heap when a backward pass frees many arrays at once.
+    """
+    import resource
+
+    run = make_runner(name, shape)
+    if run is None:
+        return None
+    run()  # warm up: first-call imports, caches
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(runs):
+        run()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return (after - before) / (runs * (N_OPS + 1))
+
+
+_NUMPY_DOMAIN = 389047  # the tracemalloc domain NumPy reports its data buffers in
+
+
+def chain_memory(name: str, shape: tuple[int, ...]) -> tuple[float, float] | None:
+    """(bytes of arrays the recorded graph holds after the forward pass, peak
+    bytes of one forward + backward run), beyond what was live before it.
+
+    chainrule: ``tracemalloc``; the first figure counts NumPy's data buffers
+    only (its own tracemalloc domain), the peak counts everything, Python
+    objects included (each recorded op is a node, a few hundred bytes).
+    PyTorch: the profiler's memory events, which see tensor storage only
+    (not its C++ graph nodes), summed in order.
+    """
+    import gc
+    import tracemalloc
+
+    if name == "PyTorch eager":
+        try:
+            import torch
+            from torch.profiler import ProfilerActivity, profile
+        except ImportError:
+            return None
+        x = torch.ones(shape, dtype=torch.float32, requires_grad=True)
+        for _ in range(3):
+            _chain(x).backward()
+        x.grad = None
+        with _quiet_profiler(), profile(activities=[ProfilerActivity.CPU],
+                                        profile_memory=True) as prof:
+            y = _chain(x)
+            mark = torch.ones(1)  # a marker allocation between forward and backward
+            del mark
+            y.backward()
+        events = sorted((e for e in prof.profiler.kineto_results.events()
+                         if e.name() == "[memory]"), key=lambda e: e.start_ns())
+        total = peak = after_forward = 0
+        marker_seen = 0
+        for e in events:
+            total += e.nbytes()
+            peak = max(peak, total)
+            if e.nbytes() == 4 and not marker_seen:  # the 1-float marker
+                marker_seen = 1
+                after_forward = total - 4
+        return float(after_forward), float(peak)
+    run = make_runner(name, shape)
+    if run is None:
+        return None
+    import chainrule as cr
+
+    x = cr.tensor(np.ones(shape, np.float32), requires_grad=True)
+    for _ in range(3):
+        _chain(x).backward()
+    x.grad = None
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.DomainFilter(True, _NUMPY_DOMAIN)])
+    base = tracemalloc.get_traced_memory()[0]
+    y = _chain(x)
+    after = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.DomainFilter(True, _NUMPY_DOMAIN)])
+    y.backward()
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    held = sum(st.size_diff for st in after.compare_to(before, "filename"))
+    return float(held), float(peak)
+
+
+class _quiet_profiler:
+    """The torch profiler prints start/stop lines on stderr; keep reports clean."""
+
+    def __enter__(self):
+        import os
+
+        self._null = open(os.devnull, "w")  # noqa: SIM115
+        self._fd = os.dup(2)
+        os.dup2(self._null.fileno(), 2)
+
+    def __exit__(self, *exc):
+        import os
+
+        os.dup2(self._fd, 2)
+        os.close(self._fd)
+        self._null.close()
+
+
+def memory(shapes: tuple[tuple[int, ...], ...] = SHAPES,
+           names: tuple[str, ...] = ("chainrule", "PyTorch eager")) -> dict:
+    """Page faults per op and the chain's memory, each framework and shape
+    measured in fresh processes of their own."""
+    from ._env import in_process
+
+    out: dict = {}
+    for shape in shapes:
+        for n in names:
+            f = in_process((__name__, "faults_per_op", (n, shape)))
+            m = in_process((__name__, "chain_memory", (n, shape)))
+            if f is not None or m is not None:
+                out[(shape, n)] = (f, m)
+    return out
+
+
+def memory_table(rows: dict) -> str:
+    lines = ["| shape | framework | page faults per op | arrays held after forward (KiB) "
+             "| peak, forward + backward (KiB) |", "|---|---|---:|---:|---:|"]
+    for (shape, n), (f, m) in rows.items():
+        ref = rows.get((shape, "PyTorch eager"), (None, None))[1]
+        cells = []
+        for k in (0, 1):
+            if m is None:
+                cells.append("n/a")
+                continue
+            v = m[k] / 1024
+            r = ref[k] / 1024 if ref else None
+            cells.append(f"{v:,.1f}" + (f" ({v / r:.2f}x torch)" if r and n != "PyTorch eager"
+                                         else ""))
+        lines.append(f"| {shape} | {n} | {'n/a' if f is None else f'{f:.3f}'} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table(results: dict[tuple[int, ...], dict[str, float]]) -> str:
     names: list[str] = []
     for r in results.values():
@@ -155,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
 
     pin_threads(args.threads)
     print(table(measure(args.reps)))
+    print()
+    print(memory_table(memory()))
 
 
 if __name__ == "__main__":

@@ -256,3 +256,18 @@ def test_gradcheck_reports_input_element_and_values():
     msg = str(info.value)
     assert "input 0" in msg and "element (1,)" in msg
     assert "analytic 6.0" in msg and "numeric 4.0" in msg
+
+
+def test_saved_tensors_page_matches_the_rules():
+    """docs/saved-tensors.md lists what every rule keeps; it must say what the code does."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "saved-tensors.md").read_text()
+    rows = dict(
+        line.strip("| ").split(" | ", 1)
+        for line in page.splitlines()
+        if line.startswith("| `")
+    )
+    documented = {k.strip("`"): v.rstrip(" |") for k, v in rows.items()}
+    actual = {name: r.saves.describe() for name, r in cr.RULES.items()}
+    assert documented == actual, sorted(set(documented.items()) ^ set(actual.items()))

@@ -11,6 +11,12 @@ recorded as code runs, and the neural-network toolkit on top of it.
 
 from __future__ import annotations
 
+# isort: off
+# First, before NumPy loads OpenBLAS: under mpiexec with several ranks on a
+# node, give each rank's BLAS its share of the cores (see _rank_env).
+from . import _rank_env  # noqa: F401
+# isort: on
+
 import numpy as _np
 
 from . import data, nn, ops, optim, random, training, viz

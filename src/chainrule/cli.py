@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress output; print only the final result")
     g.add_argument("--no-compile", dest="compile", action="store_false",
                    help="run every step eagerly (no cr.compile replay)")
+    g.add_argument("--distributed", action="store_true",
+                   help="data-parallel training on the ranks of an MPI job: "
+                        "'mpiexec -n 4 chainrule train --distributed ...' (needs "
+                        "pip install \"chainrule[mpi]\"); --batch-size stays the global batch, "
+                        "so the result matches one process; rank 0 prints and writes the files")
     tr.set_defaults(func=cmd_train)
 
     # -- evaluate ----------------------------------------------------------
@@ -476,7 +481,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .training import EarlyStopping, WeightChangeStopping, evaluate
 
-    say = (lambda *a, **k: None) if args.quiet else print
+    rank = _distributed_start(args)
+    say = (lambda *a, **k: None) if args.quiet or rank else print
 
     # -- data --------------------------------------------------------------
     ds = load_training_data(args)
@@ -544,7 +550,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     history = cr.fit(model, loss_fn, opt, (Xtr, ttr), epochs=args.epochs, val=val,
                      callbacks=callbacks, metrics=_metrics(task), batch_size=batch,
                      shuffle=True, seed=args.seed, progress=not args.quiet,
-                     compile="auto" if args.compile else False)
+                     compile="auto" if args.compile else False, distributed=args.distributed)
     seconds = time.perf_counter() - t0
     samples = len(Xtr) * history.epochs
     rate = samples / seconds if seconds > 0 else float("nan")
@@ -565,6 +571,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         sc = _regression_scores(pred, ds.y_test)
         metrics = {"test_rmse": sc["rmse"], "test_r2": sc["r2"], "test_mse": sc["mse"]}
         result = f"test RMSE: {sc['rmse']:.4g}  test R^2: {sc['r2']:.4f}"
+
+    if rank:
+        return 0  # the replicas are equal: rank 0 alone reports and writes the files
 
     # -- files ---------------------------------------------------------------
     out = Path(args.out) if args.out else Path("runs") / _safe_name(ds.name)
@@ -604,6 +613,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     say("wrote " + ", ".join(str(p) for p in written))
     print(result)
     return 0
+
+
+def _distributed_start(args: argparse.Namespace) -> int:
+    """Start MPI for --distributed (returns this rank); refuse a rank of an MPI job
+    started without it (every rank would train alone and write the same files)."""
+    from . import _rank_env
+
+    size = _rank_env.launcher_world_size() or 1
+    if not args.distributed:
+        if size > 1:
+            message = (f"this is one of {size} ranks started by mpiexec, but without "
+                       "--distributed: every rank would train the same model on all the data "
+                       "and write the same files; add --distributed")
+            try:  # join MPI only to stop the whole job at once with this message
+                from .distributed import comm
+            except ImportError:
+                raise CLIError(message) from None
+            comm.init()
+            comm.abort(f"{PROG} train: {message}", 2)
+        return 0
+    import warnings
+
+    from .distributed import comm  # ImportError names the pip install
+
+    if not _rank_env.launched():
+        print(f"{PROG}: note: --distributed, but not started by mpiexec: training as a "
+              "single process (run 'mpiexec -n N chainrule train --distributed ...')",
+              file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # said just above
+        return comm.init().rank
+
+
+def _stop_other_ranks(status: int) -> None:
+    """After a failure under --distributed: the other ranks would wait for this one."""
+    comm = sys.modules.get("chainrule.distributed.comm")
+    if status and comm is not None and comm.is_initialized() and comm.world_size() > 1:
+        comm.abort(f"rank {comm.rank()} of {comm.world_size()} failed (exit status "
+                   f"{status}); stopping the other ranks", status)
 
 
 def _safe_name(name: str) -> str:
@@ -851,6 +899,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"{PROG}: interrupted", file=sys.stderr)
+        _stop_other_ranks(130)
         return 130
     except SystemExit:
         raise
@@ -859,12 +908,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        _stop_other_ranks(2)
         return 2
     except Exception as exc:  # a bug: still one line, the traceback is behind --debug
         if debug:
             raise
         print(f"{PROG}: error: internal error: {type(exc).__name__}: {_one_line(exc)} "
               "(run again with --debug for the traceback)", file=sys.stderr)
+        _stop_other_ranks(1)
         return 1
 
 

@@ -99,6 +99,23 @@ class Saves:
         keep = tuple(self._when(e, needs) for e in entries[:len(needs)])
         return keep, self._when(self.out, needs)
 
+    def describe(self) -> str:
+        """In words, e.g. ``"operand 0 (when operand 1 needs a gradient); output"``."""
+
+        def when(entry: Any, what: str) -> str | None:
+            if entry is False:
+                return None
+            if entry is True:
+                return what
+            return f"{what} (when {' or '.join(f'operand {j}' for j in entry)} needs a gradient)"
+
+        parts = [when(e, f"operand {i}") for i, e in enumerate(self.inputs)]
+        if self.rest is not False:
+            parts.append(when(self.rest, "every further operand" if self.inputs
+                              else "every operand"))
+        parts.append(when(self.out, "output"))
+        return "; ".join(p for p in parts if p) or "nothing"
+
     def __repr__(self) -> str:
         return f"Saves(inputs={self.inputs!r}, out={self.out!r}, rest={self.rest!r})"
 
@@ -404,7 +421,9 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
     tb = type(bd)
     if (tb is float or tb is int) and rule.weak_scalars and type(ad) is np.ndarray \
             and ad.dtype.kind == "f":
-        bd = _scalar_array(bd, ad.dtype)
+        cache = _SCALAR_ARRAYS.get(ad.dtype)
+        c = None if cache is None else cache.get(bd)
+        bd = _scalar_array(bd, ad.dtype) if c is None else c
     else:
         ta = type(ad)
         if (ta is float or ta is int) and rule.weak_scalars and tb is np.ndarray \
@@ -417,7 +436,7 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
     if type(out) is not np.ndarray:
         out = np.asarray(out)
     if (ra or rb) and _mode.grad and out.dtype.kind in "fc":
-        needs = (ra, rb)
+        needs = _NEEDS2[ra][rb]  # shared tuples: a node per op, but no tuple per op
         if _mode.keep or _mode.anomaly:
             t = _record(out, rule, (a, b), (ad, bd), needs, ctx, _NO_PARAMS)
         else:
@@ -456,6 +475,7 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
 
 
 _NEEDS1 = (True,)
+_NEEDS2 = (((False, False), (False, True)), ((True, False), (True, True)))
 _NO_PARAMS: dict[str, Any] = {}
 _const = Tensor._const
 _of = Tensor._of

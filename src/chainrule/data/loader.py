@@ -26,8 +26,9 @@ class DataLoader:
     batch_size : int or None, default 32
         Samples per batch. ``None`` means one batch holding the whole dataset:
         plain (full-batch) gradient descent.
-    shuffle : bool, default True
-        Draw a new random order at the start of every epoch.
+    shuffle : bool, optional
+        Draw a new random order at the start of every epoch (the default,
+        unless a ``sampler`` is given).
     seed : int, numpy Generator or None
         With an int, epoch ``k`` uses a generator derived from ``(seed, k)``:
         the order is reproducible and differs between epochs. A Generator is
@@ -35,6 +36,11 @@ class DataLoader:
         (``chainrule.random``) when present, else NumPy's fresh entropy.
     drop_last : bool, default False
         Drop the final batch when it is smaller than ``batch_size``.
+    sampler : iterable of int, optional
+        Yields the indices to batch, in order, each epoch (e.g. a
+        ``chainrule.distributed.DistributedSampler``: this rank's shard).
+        It decides the order, so it cannot be combined with
+        ``shuffle=True``; :meth:`set_epoch` is passed on to it.
 
     Each iteration yields a tuple of :class:`~chainrule.Tensor` (one per array):
     ``X`` of shape ``(batch, ...)`` keeps its dtype (float32 stays float32,
@@ -54,9 +60,10 @@ class DataLoader:
         self,
         data: Dataset | tuple[Any, ...] | list[Any],
         batch_size: int | None = 32,
-        shuffle: bool = True,
+        shuffle: bool | None = None,
         seed: SeedLike = None,
         drop_last: bool = False,
+        sampler: Any = None,
     ) -> None:
         if isinstance(data, (tuple, list)):
             data = TensorDataset(*data)
@@ -79,9 +86,15 @@ class DataLoader:
                 f"batch, got {batch_size!r}"
             )
         check_seed(seed, "DataLoader")
+        if sampler is not None and shuffle:
+            raise ValueError(
+                "DataLoader: sampler and shuffle=True cannot be combined: the sampler decides "
+                "the order (DistributedSampler shuffles by itself)"
+            )
         self.dataset = data
+        self.sampler = sampler
         self.batch_size = None if batch_size is None else int(batch_size)
-        self.shuffle = bool(shuffle)
+        self.shuffle = sampler is None if shuffle is None else bool(shuffle)
         self.seed = seed
         self.drop_last = bool(drop_last)
         self.epoch = 0  # counts started iterations; picks epoch k's order
@@ -89,7 +102,7 @@ class DataLoader:
 
     def __len__(self) -> int:
         """Number of batches per epoch."""
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         if n == 0:
             return 0
         if self.batch_size is None:
@@ -97,10 +110,16 @@ class DataLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration use epoch ``epoch``'s order (int seeds only)."""
+        """Make the next iteration use epoch ``epoch``'s order (int seeds, samplers)."""
         self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
 
     def _order(self) -> np.ndarray:
+        if self.sampler is not None:
+            if hasattr(self.sampler, "indices"):
+                return np.asarray(self.sampler.indices(), dtype=np.int64)
+            return np.fromiter(iter(self.sampler), dtype=np.int64)
         n = len(self.dataset)
         if not self.shuffle:
             return np.arange(n)

@@ -260,7 +260,9 @@ class ModelCheckpoint(Callback):
     save_optimizer : bool, default True
         Store the optimizer state too, so training can resume exactly.
 
-    The epoch's logs go into the checkpoint's metadata. Writes are atomic.
+    The epoch's logs go into the checkpoint's metadata. Writes are atomic. In
+    ``fit(distributed=True)`` rank 0 alone writes, and every rank waits until
+    the file is complete.
 
     >>> ckpt = cr.callbacks.ModelCheckpoint("best.cr", monitor="val_accuracy")
     """
@@ -297,16 +299,18 @@ class ModelCheckpoint(Callback):
                 return
             self._tracker.best = self.best = value
         path = self.path.format(**logs)
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)  # "ckpt/epoch{epoch}.cr" on a first run
-        meta = {k: v for k, v in logs.items() if isinstance(v, (int, float, str, bool))}
-        save(
-            trainer.model,
-            path,
-            optimizer=trainer.optimizer if self.save_optimizer else None,
-            metadata=meta,
-        )
+        if trainer.rank == 0:  # in a distributed fit the replicas are equal: one file
+            parent = os.path.dirname(path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)  # "ckpt/epoch{epoch}.cr" on a first run
+            meta = {k: v for k, v in logs.items() if isinstance(v, (int, float, str, bool))}
+            save(
+                trainer.model,
+                path,
+                optimizer=trainer.optimizer if self.save_optimizer else None,
+                metadata=meta,
+            )
+        trainer.barrier()  # no rank goes on (and may read the file) before it is complete
         self.saved.append(path)
 
 

@@ -186,6 +186,11 @@ def evaluate(
     {'loss': 0.08, 'accuracy': 0.975}
     """
     loader = _as_loader(data, batch_size, False, None, "data")
+    return _evaluate_meter(model, loss_fn, loader, metrics).values()
+
+
+def _evaluate_meter(model: Any, loss_fn: Any, loader: Any, metrics: Any) -> _Meter:
+    """The sums behind :func:`evaluate` (fit adds them up over ranks when distributed)."""
     was_training = getattr(model, "training", None)
     _set_mode(model, False)
     meter, resolved = _Meter(), None
@@ -201,7 +206,7 @@ def evaluate(
     finally:
         if was_training is not None:
             _set_mode(model, was_training)
-    return meter.values()
+    return meter
 
 
 def _set_mode(model: Any, training: bool) -> None:
@@ -240,6 +245,10 @@ class Trainer:
     compiled : CompiledStep or None
         The :func:`chainrule.compile` wrapper running the steps (its ``stats``
         say how many were replayed), or None when training eagerly.
+    rank, world_size : int
+        This process's rank and the number of ranks (0 and 1 unless
+        ``fit(distributed=True)``). Callbacks that write files do so on rank
+        0 only, then call :meth:`barrier`.
     """
 
     def __init__(self, model: Any, loss_fn: Any, optimizer: Any, scheduler: Any,
@@ -257,6 +266,14 @@ class Trainer:
         self.stop_training = False
         self.stop_reason: str | None = None
         self.compiled: Any = None
+        self.rank = 0
+        self.world_size = 1
+        self._barrier: Callable[[], None] | None = None
+
+    def barrier(self) -> None:
+        """Wait for every rank (``fit(distributed=True)``); nothing in one process."""
+        if self._barrier is not None:
+            self._barrier()
 
     def request_stop(self, reason: str | None = None) -> None:
         """Stop after the current batch (or epoch, from ``on_epoch_end``)."""
@@ -445,6 +462,7 @@ def fit(
     compile: bool | str = "auto",
     max_steps: int | None = None,
     initial_epoch: int = 0,
+    distributed: bool = False,
 ) -> History:
     """Train ``model`` by mini-batch gradient descent; return a :class:`History`.
 
@@ -493,6 +511,14 @@ def fit(
         Epochs already done (when resuming): training runs epochs
         ``initial_epoch + 1 .. epochs`` and a seeded loader replays the same
         data order as an uninterrupted run.
+    distributed : bool
+        Train data-parallel on the ranks of an MPI job (``mpiexec -n N``; see
+        :mod:`chainrule.distributed`). ``batch_size`` stays the global batch
+        (each rank takes ``batch_size / N`` per step, so the run matches one
+        process with the same batch); rank 0 alone shows progress and writes
+        checkpoints; the History holds the metrics over all ranks, and every
+        rank stops at the same point. Callbacks see the model itself, not its
+        ``DistributedDataParallel`` wrapper.
 
     Returns
     -------
@@ -519,14 +545,21 @@ def fit(
         raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"fit: max_steps must be >= 1, got {max_steps}")
-    train_loader = _as_loader(train, batch_size, shuffle, seed, "train")
-    val_loader = None if val is None else _as_loader(val, batch_size, False, None, "val")
+    run = _distributed_run(model, train, val, batch_size, shuffle, seed) if distributed else None
+    if run is None:
+        train_loader = _as_loader(train, batch_size, shuffle, seed, "train")
+        val_loader = None if val is None else _as_loader(val, batch_size, False, None, "val")
+    else:  # the wrapped model trains; callbacks and validation see the model itself
+        model, train_loader, val_loader, seed = run.ddp, run.train_loader, run.val_loader, run.seed
+    plain_model = model if run is None else run.module
     callbacks = list(callbacks)
     if scheduler is not None:
         callbacks.append(LRSchedulerCallback(scheduler))
-    trainer = Trainer(model, loss_fn, optimizer, scheduler, epochs, val_loader is not None)
+    trainer = Trainer(plain_model, loss_fn, optimizer, scheduler, epochs, val_loader is not None)
+    if run is not None:
+        trainer.rank, trainer.world_size, trainer._barrier = run.rank, run.world_size, run.barrier
     history = trainer.history
-    display = _Progress(progress, epochs, initial_epoch)
+    display = _Progress(progress and trainer.rank == 0, epochs, initial_epoch)
     resolved: list[Any] | None = None  # metrics, fixed at the first batch (needs the labels)
     outputs: list[Any] = [None]  # the last batch's outputs (an array, not a Tensor)
 
@@ -554,9 +587,11 @@ def fit(
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch - 1)  # seeded order depends on the epoch only
             if seed is not None:
-                _seed_epoch(seed, epoch)
+                _seed_epoch(seed, epoch, trainer.rank)
             lr = _current_lr(optimizer)
             _call(callbacks, "on_epoch_begin", trainer, {"epoch": epoch, "lr": lr})
+            if run is not None:
+                run.agree_stop(trainer)
             if trainer.stop_training:  # asked for in on_train_begin / on_epoch_begin
                 break
             n_samples = _dataset_size(train_loader)
@@ -570,14 +605,20 @@ def fit(
                 xb, yb = _batch_pair(batch)
                 _call(callbacks, "on_batch_begin", trainer,
                       {"epoch": epoch, "batch": b, "step": trainer.step + 1})
-                loss, out = run_step(xb, yb)
-                outputs[0] = out.data  # the values, for the metrics
+                if run is None:
+                    loss, out = run_step(xb, yb)
+                else:
+                    loss, out = run.step(run_step, step, xb, yb, optimizer)
                 trainer.step += 1
-                loss_value = float(loss.item())
-                del loss, out  # the graph was freed by backward; drop the last references
-                if resolved is None:
-                    resolved = _resolve_metrics(metrics, loss_fn, yb.data)
-                meter.add(len(xb), loss_value, resolved, outputs[0], yb.data)
+                if loss is None:  # distributed: no samples on this rank in a short last step
+                    loss_value = math.nan
+                else:
+                    outputs[0] = out.data  # the values, for the metrics
+                    loss_value = float(loss.item())
+                    del loss, out  # the graph was freed by backward; drop the last references
+                    if resolved is None:
+                        resolved = _resolve_metrics(metrics, loss_fn, yb.data)
+                    meter.add(len(xb), loss_value, resolved, outputs[0], yb.data)
                 display.batch_end(len(xb), meter)
                 _call(callbacks, "on_batch_end", trainer,
                       {"epoch": epoch, "batch": b, "step": trainer.step,
@@ -586,18 +627,22 @@ def fit(
                     if trainer.stop_reason is None:
                         trainer.stop_reason = f"max_steps={max_steps} reached"
                     trainer.stop_training = True
+                if run is not None:
+                    run.agree_stop(trainer)
                 if trainer.stop_training:
                     break
             train_seconds = time.perf_counter() - t0
+            if run is not None:
+                run.sum_meter(meter, [m.name for m in resolved or ()], "training")
 
             # ---- validation --------------------------------------------------
             record: dict[str, Any] = {"epoch": epoch, "steps": trainer.step}
             record.update(meter.values())
             if val_loader is not None:
-                record.update({
-                    f"val_{k}": v
-                    for k, v in evaluate(model, loss_fn, val_loader, resolved or ()).items()
-                })
+                vmeter = _evaluate_meter(plain_model, loss_fn, val_loader, resolved or ())
+                if run is not None and run.val_sharded:
+                    run.sum_meter(vmeter, [m.name for m in resolved or ()], "validation")
+                record.update({f"val_{k}": v for k, v in vmeter.values().items()})
             record["lr"] = lr
             record["seconds"] = time.perf_counter() - t0
             record["samples_per_s"] = meter.n / train_seconds if train_seconds > 0 else math.nan
@@ -605,11 +650,15 @@ def fit(
             # ---- epoch end ---------------------------------------------------
             history.append(record)
             _call(callbacks, "on_epoch_end", trainer, record)
+            if run is not None:
+                run.agree_stop(trainer)
             display.epoch_end(record, last=trainer.stop_training or epoch == epochs)
             if trainer.stop_training:
                 break
     finally:
         display.close()
+        if run is not None:
+            run.close()
 
     # ---- end of training -----------------------------------------------------
     history.stop_reason = trainer.stop_reason
@@ -623,21 +672,31 @@ def fit(
     return history
 
 
-def _seed_epoch(seed: int, epoch: int) -> None:
+def _seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
     """Re-seed the global generator (Dropout masks) from ``(seed, epoch)``.
 
     Per epoch rather than once, so that epoch k's randomness does not depend
     on how many epochs ran before it: a run resumed at ``initial_epoch``
-    draws the same masks as an uninterrupted one.
+    draws the same masks as an uninterrupted one. Ranks other than 0 of a
+    distributed run draw their own masks (their samples are different ones).
     """
     from .. import random as cr_random
 
-    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, np.uint64)
+    key = [int(seed), int(epoch)] + ([int(rank)] if rank else [])
+    state = np.random.SeedSequence(key).generate_state(2, np.uint64)
     cr_random.manual_seed(int(state[0]) << 64 | int(state[1]))
 
 
+def _distributed_run(model: Any, train: Data, val: Data | None, batch_size: int | None,
+                     shuffle: bool, seed: int | None) -> Any:
+    """fit(distributed=True)'s set-up: see chainrule.distributed.training (needs mpi4py)."""
+    from ..distributed.training import FitRun
+
+    return FitRun(model, train, val, batch_size, shuffle, seed)
+
+
 def _dataset_size(loader: Any) -> int | None:
-    dataset = getattr(loader, "dataset", None)
+    dataset = getattr(loader, "sampler", None) or getattr(loader, "dataset", None)
     try:
         return len(dataset) if dataset is not None else None
     except TypeError:
