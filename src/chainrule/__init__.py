@@ -22,6 +22,9 @@ import numpy as _np
 from . import data, nn, ops, optim, random, training, viz
 from .compile import compile  # noqa: A004  (cr.compile, as torch.compile)
 from .custom import Function, check_graph
+
+# the old module path first, then the name: `cr.explain` stays the function even
+# after someone imports the module chainrule.explain
 from .explain import explain
 from .factories import (
     arange,

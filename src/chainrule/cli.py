@@ -890,11 +890,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         parser = build_parser()
-        args = parser.parse_args([a for a in argv if a != "--debug"])
+        args = [a for a in argv if a != "--debug"]
+        try:
+            from . import cli_explain
+
+            # an expression starting with '-' is not an option of `explain`
+            args = cli_explain.protect_expression(args)
+        except ImportError:
+            pass
+        args = parser.parse_args(args)
         if getattr(args, "func", None) is None:
             parser.print_help()
             return 2
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`chainrule explain ... | head`): stop quietly
+        from .teach.cli import quiet_broken_pipe
+
+        return quiet_broken_pipe()
     except KeyboardInterrupt:
         if debug:
             raise
