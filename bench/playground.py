@@ -177,11 +177,12 @@ def stepthrough_payload() -> dict[str, Any]:
             return {"skipped": str(e)}
         sess = srv.httpd.app.sessions[d["session"]]
         rows = np.asarray(view["rows"])
-        from chainrule.playground import ledger_view
+        import chainrule as cr
 
-        with ledger_view._keep_values():
+        with cr.keep_values():
             loss = sess.loss(sess.data.X_train[rows], sess.T_train[rows])
-        full = len(json.dumps(ledger_view._ledger(loss, sess.model)).encode())
+        ledger = cr.explain(loss, model=sess.model, neurons=True)
+        full = len(ledger.to_json().encode())
         t = _median_ms(lambda: _post(conn, "/api/stepthrough",
                                      {"session": d["session"], "mode": "batch"}), 5, 1)
         return {"batch": len(rows), "answer bytes": size, "whole ledger bytes": full,

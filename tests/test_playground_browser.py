@@ -127,13 +127,11 @@ def test_xor_trains_below_the_bound_while_the_boundary_redraws(page, server):
 
 
 def expected_ledger(session, rows):
-    """What cr.explain says for the same forward pass (via the step-through's own source)."""
-    from chainrule.playground import ledger_view
-
+    """What cr.explain says for the same forward pass, asked here, not through the server."""
     X = session.data.X_train[rows]
-    with ledger_view._keep_values():
+    with cr.keep_values():
         loss = session.loss(X, session.T_train[rows])
-    return ledger_view._ledger(loss, session.model)
+    return cr.explain(loss, model=session.model, neurons=True).to_dict()
 
 
 def test_step_through_shows_the_ledgers_delta(page, server):
@@ -314,16 +312,3 @@ def test_export_downloads_a_checkpoint(page, server, tmp_path):
     page.click("#show-snippet")
     page.wait_for_selector("#snippet:not([hidden])")
     assert "cr.load(\"playground-moons-5.safetensors\")" in page.inner_text("#snippet")
-
-
-@pytest.fixture(autouse=True)
-def _ledger_until_issue_13(monkeypatch):
-    # TEMPORARY: cr.explain(model=..., neurons=True) is being built on wip/13-ledger
-    import inspect
-
-    from chainrule.explain import explain
-
-    if "model" not in inspect.signature(explain).parameters:
-        import playground_fake_ledger
-
-        playground_fake_ledger.install(monkeypatch)

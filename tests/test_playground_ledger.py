@@ -126,15 +126,6 @@ LEDGER_CASES = [
 ]
 
 
-def _has_ledger() -> bool:  # TEMPORARY until wip/13-ledger lands on main
-    import inspect
-
-    from chainrule.explain import explain
-
-    return "model" in inspect.signature(explain).parameters
-
-
-@pytest.mark.skipif(not _has_ledger(), reason="cr.explain(model=, neurons=) comes with issue 13")
 @pytest.mark.parametrize("params,loss", LEDGER_CASES)
 def test_the_served_step_through_is_the_notes_recursion(params, loss):
     from chainrule.playground.config import Config

@@ -13,12 +13,13 @@ the page needs, :class:`StepThroughUnavailable` says what and where.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from ..teach import ExplainError, explain
+from ..tensor import keep_values
 
 __all__ = ["explain_step", "view", "StepThroughUnavailable", "SCHEMA", "VERSION"]
 
@@ -47,27 +48,12 @@ def _need(record: dict[str, Any], key: str, where: str) -> Any:
     return record[key]
 
 
-def _keep_values() -> Any:
-    """``cr.keep_values()`` where the engine has it, so the forward's values stay readable."""
-    keep = getattr(importlib.import_module("chainrule"), "keep_values", None)
-    return keep() if callable(keep) else contextlib.nullcontext()
-
-
 def _ledger(loss: Any, model: Any) -> dict[str, Any]:
-    """``cr.explain(loss, model=model, neurons=True).to_dict()``, or why it cannot be had."""
-    from ..explain import explain
-
+    """``cr.explain(loss, model=model, neurons=True).to_dict()``: the ledger's JSON form."""
     try:
-        ledger = explain(loss, model=model, neurons=True)
-    except TypeError as e:
-        raise StepThroughUnavailable(
-            "step-through: this chainrule's cr.explain does not build per-layer, per-neuron "
-            f"records (explain(loss, model=..., neurons=True) failed: {e})") from None
-    to_dict = getattr(ledger, "to_dict", None)
-    if not callable(to_dict):
-        raise StepThroughUnavailable("step-through: cr.explain's result has no to_dict(); "
-                                     "the page reads the ledger's JSON form")
-    return to_dict()
+        return explain(loss, model=model, neurons=True).to_dict()
+    except ExplainError as e:  # e.g. a forward not recorded inside keep_values()
+        raise StepThroughUnavailable(f"step-through: {e}") from None
 
 
 def explain_step(model: Any, make_loss: Callable[[], Any], X: np.ndarray, *,
@@ -82,7 +68,8 @@ def explain_step(model: Any, make_loss: Callable[[], Any], X: np.ndarray, *,
     input_names : what the input neurons are called on the page
     float32 : the network computes in float32: values are written with 9 digits
     """
-    with _keep_values():
+    # the per-layer records need every z^l and a^l: the engine frees them otherwise
+    with keep_values():
         loss = make_loss()
     ledger = _ledger(loss, model)
     return view(ledger, X, input_names=input_names, float32=float32)

@@ -52,8 +52,8 @@ def build_model(n_in: int, hidden: Sequence[int], n_out: int, activation: str,
                 output_sigmoid: bool, generator: np.random.Generator) -> nn.Sequential:
     """Linear + activation per hidden layer, then a Linear output (and a Sigmoid for MSE).
 
-    ``fuse=False`` keeps every z^l in the graph, so that the step-through sees
-    each layer's pre-activation (a fused Linear+ReLU node never stores it).
+    Training may fuse Linear + ReLU (faster); the step-through records its
+    forward inside ``cr.keep_values()``, which keeps every layer's z^l apart.
     """
     layers: list[nn.Module] = []
     width = n_in
@@ -63,7 +63,7 @@ def build_model(n_in: int, hidden: Sequence[int], n_out: int, activation: str,
     layers.append(nn.Linear(width, n_out, generator=generator))
     if output_sigmoid:
         layers.append(nn.Sigmoid())
-    return nn.Sequential(*layers, fuse=False)
+    return nn.Sequential(*layers)
 
 
 class Session:
