@@ -135,11 +135,13 @@ def expected_ledger(session, rows):
 
 
 def test_step_through_shows_the_ledgers_delta(page, server):
-    open_page(page, server, "#dataset=spiral&hidden=8,8&loss=ce&noise=5")
+    # the learner: train a spiral with a 2-8-8-2 network, pause, step backward
+    open_page(page, server, "#dataset=spiral&hidden=8,8&loss=ce&noise=5&opt=adam&lr=0.01")
     assert page.inner_text("#network-summary") == "2-8-8-2"
-    for _ in range(3):
-        page.click("#step")
-    page.wait_for_function("document.getElementById('epoch').textContent === '000,003'")
+    page.click("#play")
+    page.wait_for_function("window.__playground.last.metrics.test_acc > 0.9", timeout=90_000)
+    page.click("#play")
+    page.wait_for_function("!window.__playground.playing")
     page.fill("#step-index", "17")
     page.click("#step-run-example")
     page.wait_for_selector("#step-panel.has-view")

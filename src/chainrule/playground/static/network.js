@@ -313,8 +313,12 @@ export class NetworkView {
         const text = this.edgeText[key];
         if (text && active.size <= 16) {
           // along the curve, near the end where the edges fan out, so labels do not pile up
-          const [x, y] = this._along(e, spec.labelAt === undefined ? 0.5 : spec.labelAt);
-          const t = el("text", { x, y: y - 3, class: "edge-value" }, this.labelGroup);
+          const at = spec.labelAt === undefined ? 0.5 : spec.labelAt;
+          const [x, y] = this._along(e, at);
+          // near an end of the edge, the label runs away from the node it sits by
+          const anchor = at > 0.6 ? "end" : at < 0.4 ? "start" : "middle";
+          const t = el("text", { x, y: y - 3, class: "edge-value", "text-anchor": anchor },
+            this.labelGroup);
           t.textContent = text;
         }
       }

@@ -170,7 +170,7 @@ export class StepThroughView {
     const edges = {};
     const active = [];
     w.forEach((wi, i) => { edges[`${l}:${j}:${i}`] = `w=${fmt(wi, 3)}`; active.push(`${l}:${j}:${i}`); });
-    this.network.highlight({ layer: l, unit: j, nodes, edges, active, labelAt: 0.3 });
+    this.network.highlight({ layer: l, unit: j, nodes, edges, active, labelAt: 0.08 });
   }
 
   outputAct() {
@@ -252,7 +252,7 @@ export class StepThroughView {
       h("div", { class: "eq" }, `σ′(z${sup(l)}${sub(j + 1)}) = ${ACT_NAME[lay.activation] || lay.activation}′(`, num(lay.z[b][j]), ") = ", num(nr.sigma_prime[b], "num sigma-prime")),
       h("div", { class: "eq big" }, `δ${sup(l)}${sub(j + 1)} = σ′(z) · Σ = `, deltaSpan),
     );
-    this.network.highlight({ layer: l, unit: j, nodes, edges, active, labelAt: 0.75 });
+    this.network.highlight({ layer: l, unit: j, nodes, edges, active, labelAt: 0.96 });
   }
 
   weights(l) {
