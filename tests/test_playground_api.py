@@ -661,3 +661,29 @@ def test_a_page_that_goes_away_mid_answer_leaves_no_traceback(capfd):
     finally:
         s.close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_step_through_answer_for_2_8_8_2_at_batch_10_is_under_200_kb(server):
+    d = server.post("/api/session", {"config": {"dataset": "spiral", "hidden": "8,8",
+                                                "loss": "ce", "batch": "10"}})
+    server.post("/api/train", {"session": d["session"], "epochs": 2})
+    status, _, raw = server.request("POST", "/api/stepthrough",
+                                    json.dumps({"session": d["session"], "mode": "batch"}).encode(),
+                                    {"X-Chainrule": "1"})
+    view = json.loads(raw)
+    assert status == 200 and view["batch"] == 10 and len(view["layers"]) == 3
+    assert len(raw) < 200_000
+
+
+def test_the_playground_bench_runs():
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench import playground as bench
+
+    fw = bench.forward(reps=1)
+    assert all(v > 0 for v in fw.values())
+    sp = bench.stepthrough_payload()
+    assert sp["batch"] == 10 and sp["answer bytes"] < sp["whole ledger bytes"]
