@@ -687,3 +687,20 @@ def test_the_playground_bench_runs():
     assert all(v > 0 for v in fw.values())
     sp = bench.stepthrough_payload()
     assert sp["batch"] == 10 and sp["answer bytes"] < sp["whole ledger bytes"]
+
+
+def test_the_docs_page_python_runs_as_written(tmp_path, monkeypatch):
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "playground.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    for code in blocks:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "<docs/playground.md>", "exec"), {"__name__": "__doc_block__"})
+        assert out.getvalue()
