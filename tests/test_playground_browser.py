@@ -126,6 +126,20 @@ def test_xor_trains_below_the_bound_while_the_boundary_redraws(page, server):
     shot(page, "xor")
 
 
+def test_a_deep_sigmoid_stack_shows_its_gradients_vanish(page, server):
+    open_page(page, server, "#dataset=circle&hidden=6,6,6,6,6,6&act=sigmoid&lr=0.3")
+    for _ in range(5):
+        page.click("#step")
+    page.wait_for_function("document.getElementById('epoch').textContent === '000,005'")
+    norms = page.evaluate("window.__playground.curves.history.at(-1).grad_norms")
+    assert len(norms) == 7
+    # each layer's gradient is smaller than the next one's, the first by orders of magnitude
+    assert all(a < b for a, b in zip(norms, norms[1:])), norms
+    assert norms[0] < 1e-3 * norms[-1]
+    assert page.locator("#grad-legend .legend-item").count() == 7
+    shot(page, "vanishing", "#output-panel")
+
+
 def expected_ledger(session, rows):
     """What cr.explain says for the same forward pass, asked here, not through the server."""
     X = session.data.X_train[rows]
@@ -287,6 +301,14 @@ def test_click_an_edge_to_set_its_weight_hover_a_neuron_to_see_it(page, server):
     page.mouse.move(5, 5)
     after = page.evaluate("document.getElementById('boundary').toDataURL()")
     assert during != before and after == before
+
+
+def test_a_link_pasted_into_the_same_tab_loads_its_setup(page, server):
+    open_page(page, server, "#dataset=xor")
+    page.goto(f"{server.base}/#dataset=gauss&classes=4&loss=ce&hidden=3")  # fragment only
+    page.wait_for_function("document.getElementById('network-summary').textContent === "
+                           "'2-3-4'")
+    assert page.locator("#datasets button.selected").inner_text() == "Gaussians"
 
 
 def test_a_refused_link_says_why_and_shows_the_defaults(page, server):

@@ -87,6 +87,15 @@ class App {
   }
 
   async init() {
+    // a link pasted into this tab changes only the fragment: start over from it
+    window.addEventListener("hashchange", () => {
+      this.pause();
+      this.enqueue(() => this.load());
+    });
+    return this.load();
+  }
+
+  async load() {
     const params = readFragment();
     try {
       await this.start(params);
@@ -118,6 +127,7 @@ class App {
 
   render(snap) {
     this.last = snap;
+    this.frames += 1;
     this.network.update(snap);
     this.boundary.update(snap.boundary);
     if (snap.history && snap.history.length) this.curves.add(snap.history);
@@ -316,7 +326,7 @@ class App {
     $("play").classList.add("playing");
     this.clearMessage();
     const t0 = performance.now();
-    const f0 = this.boundary.frames;
+    const f0 = this.frames;
     // Each frame's request goes through the queue (so a change of settings slips in
     // between frames), and the next one is sent before this one is drawn: the server
     // trains the next epoch while the page paints.
@@ -333,7 +343,7 @@ class App {
           if (this.playing && !snap.diverged) pending = request();
           this.render(snap);
           const secs = (performance.now() - t0) / 1000;
-          if (secs > 1) $("fps").textContent = `${((this.boundary.frames - f0) / secs).toFixed(1)} frames/s`;
+          if (secs > 1) $("fps").textContent = `${((this.frames - f0) / secs).toFixed(1)} frames/s`;
           await new Promise((r) => requestAnimationFrame(() => r()));
         }
         // a frame already asked for when the pause came is trained: show it

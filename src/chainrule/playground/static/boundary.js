@@ -77,6 +77,14 @@ export class BoundaryView {
     if (!this.data || !this.data.two_d || !b) {
       ctx.fillStyle = css(MID);
       ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
+      if (this.data && !this.data.two_d) {
+        ctx.fillStyle = "#555";
+        ctx.font = "13px system-ui, sans-serif";
+        ctx.textAlign = "center";
+        const mid = this.canvas.height / 2;
+        ctx.fillText(`${this.data.features.length} input columns:`, this.canvas.width / 2, mid - 10);
+        ctx.fillText("no plane to draw the boundary on", this.canvas.width / 2, mid + 10);
+      }
       return;
     }
     const value = decode(b.value);

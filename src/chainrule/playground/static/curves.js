@@ -111,13 +111,14 @@ export class CurvesView {
     const last = Math.max(first + 1, xs[xs.length - 1]);
     const sx = (x) => pad.l + (w - pad.l - pad.r) * (x - first) / (last - first);
     const sy = (v) => h - pad.b - (h - pad.t - pad.b) * (Math.log10(v) - a) / (b - a);
+    const every = Math.ceil((b - a) / 4); // at most five labelled decades
     for (let e = a; e <= b; e++) {
       ctx.strokeStyle = "#eee";
       ctx.beginPath();
       ctx.moveTo(pad.l, sy(10 ** e));
       ctx.lineTo(w - pad.r, sy(10 ** e));
       ctx.stroke();
-      label(ctx, `1e${e}`, pad.l - 3, sy(10 ** e) + 4, "right");
+      if ((e - a) % every === 0) label(ctx, `1e${e}`, pad.l - 3, sy(10 ** e) + 4, "right");
     }
     for (let l = 0; l < L; l++) {
       const colour = LAYER_COLOURS[l % LAYER_COLOURS.length];
@@ -126,7 +127,8 @@ export class CurvesView {
       item.className = "legend-item";
       item.style.color = colour;
       const v = H[H.length - 1].grad_norms[l];
-      item.textContent = `W${l + 1 === L ? " out" : l + 1}: ${v.toPrecision(3)}`;
+      const shown = v !== 0 && Math.abs(v) < 1e-3 ? v.toExponential(2) : v.toPrecision(3);
+      item.textContent = `W${l + 1 === L ? " out" : l + 1}: ${shown}`;
       this.legend.appendChild(item);
     }
     label(ctx, `epoch ${last}`, w - pad.r, h - 4, "right");

@@ -187,7 +187,10 @@ export class NetworkView {
         mk("−", `remove a neuron from layer ${l + 1}`, () => set(n - 1), n <= 1),
       );
       const t = document.createElement("span");
-      t.textContent = `${n} neuron${n === 1 ? "" : "s"}`;
+      // many layers leave little room between columns: the number alone then
+      const roomy = (x1 - x0) / (ncol - 1) > 95;
+      t.textContent = roomy ? `${n} neuron${n === 1 ? "" : "s"}` : String(n);
+      t.title = `${n} neuron${n === 1 ? "" : "s"} in layer ${l + 1}`;
       box.append(t);
       bar.append(box);
     });
