@@ -704,3 +704,21 @@ def test_the_docs_page_python_runs_as_written(tmp_path, monkeypatch):
         with contextlib.redirect_stdout(out):
             exec(compile(code, "<docs/playground.md>", "exec"), {"__name__": "__doc_block__"})
         assert out.getvalue()
+
+
+def test_the_browser_opens_outside_jupyter_and_the_page_shows_inline_inside(monkeypatch):
+    import types
+    import webbrowser
+
+    opened: list[str] = []
+    monkeypatch.setattr(webbrowser, "open", lambda url, *a, **k: opened.append(url))
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    pg = cr.playground(port=0)
+    pg.stop()
+    assert opened == [pg.url]
+    shell = types.SimpleNamespace(config={"IPKernelApp": {"connection_file": "k.json"}})
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    pg = cr.playground(port=0)
+    pg.stop()
+    assert opened == [opened[0]]  # not opened again: the notebook shows the iframe
+    assert f'src="{pg.url}"' in pg._repr_html_()
