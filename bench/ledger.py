@@ -8,7 +8,8 @@ On the 784-256-256-10 ReLU MLP at batch 128 (float32, softmax cross-entropy):
   and forward run with that tree too, in the same round-robin: the ledger
   must not slow ``backward()`` or ``Module.__call__`` when it is not used.
 * ``forward``: the forward pass alone (the cost of the module-call path,
-  which checks for forward hooks); backward = step - forward.
+  which checks for forward hooks); ``backward``: ``backward(retain_graph=True)``
+  on one recorded graph, again and again (the walk alone).
 * ``explain``: the forward pass inside ``cr.keep_values()`` and
   ``cr.explain(loss, model=model)`` with its layer records (the target is
   under 1 s); ``explain+neurons`` adds the per-neuron sums of the notes.
@@ -56,6 +57,11 @@ def make_runner(what: str, src: str | None = None, sizes: tuple = SIZES,
     elif what == "forward":
         def run() -> None:
             loss_fn(model(x), y)
+    elif what == "backward":
+        loss = loss_fn(model(x), y)  # one graph, walked again and again: backward() alone
+
+        def run() -> None:
+            loss.backward(retain_graph=True)
     elif what in ("explain", "explain+neurons"):
         neurons = what == "explain+neurons"
 
@@ -75,12 +81,14 @@ def measure(reps: int = 15, settle: float = 0.25, baseline: str | None = None,
 
     makers = {"step": ("bench.ledger", "make_runner", ("step", None)),
               "forward": ("bench.ledger", "make_runner", ("forward", None)),
+              "backward": ("bench.ledger", "make_runner", ("backward", None)),
               "explain": ("bench.ledger", "make_runner", ("explain", None))}
     if neurons:
         makers["explain+neurons"] = ("bench.ledger", "make_runner", ("explain+neurons", None))
     if baseline:
         makers["step (baseline)"] = ("bench.ledger", "make_runner", ("step", baseline))
         makers["forward (baseline)"] = ("bench.ledger", "make_runner", ("forward", baseline))
+        makers["backward (baseline)"] = ("bench.ledger", "make_runner", ("backward", baseline))
     samples, skipped = interleaved(makers, reps=reps, inner=3, settle=settle)
     return {k: median(v) for k, v in samples.items()}, skipped
 
@@ -91,11 +99,11 @@ def table(times: dict[str, float]) -> str:
     for name, t in times.items():
         lines.append(f"| {name} | {t * 1e3:.2f} | {t / step:.2f} |")
     if "step (baseline)" in times:
-        bw = times["step"] - times["forward"]
-        bw0 = times["step (baseline)"] - times["forward (baseline)"]
         lines.append("")
-        lines.append(f"backward() alone (step - forward): {bw * 1e3:.2f} ms here, "
-                     f"{bw0 * 1e3:.2f} ms baseline, ratio {bw / bw0:.3f}")
+        for what in ("step", "forward", "backward"):
+            if f"{what} (baseline)" in times:
+                ratio = times[what] / times[f"{what} (baseline)"]
+                lines.append(f"{what}: this tree / baseline = {ratio:.3f}")
     return "\n".join(lines)
 
 
