@@ -124,9 +124,10 @@ float64 = _np.float64
 
 
 def __getattr__(name: str) -> object:
-    # cr.sklearn and cr.onnx are imported on first use only: scikit-learn and
-    # onnx are optional dependencies, and `import chainrule` must not pay for them.
-    if name in ("sklearn", "onnx"):
+    # Imported on first use only: cr.sklearn and cr.onnx need optional
+    # dependencies (scikit-learn, onnx), and cr.playground() starts a web
+    # server; `import chainrule` must not pay for (or need) any of them.
+    if name in ("sklearn", "onnx", "playground"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
