@@ -263,6 +263,8 @@ class _Recorder:
             self.tape.state.append(state)
 
     def module(self, m: Any) -> None:
+        if self.error is None and m.has_forward_hooks():
+            self.error = "forward hooks on a module (a replay would skip them)"
         self.tape.modules.append((m, m.training))
         self.tape.structure = STRUCTURE[0]
 

@@ -143,18 +143,45 @@ class Rule:
     as a cached 0-d array of the other operand's dtype (the same values, bit
     for bit, for + - * /; NumPy converts such an array faster than a Python
     float).
+
+    What the op *is*, for the views that explain a graph (``cr.explain``,
+    drawings, the MLP view), is declared here too, never guessed elsewhere:
+
+    * ``elementwise``: output element i depends only on input element i
+      (after broadcasting), so the local gradient d(out)/d(input) is a
+      diagonal, shown as an array of the output's shape;
+    * ``show``: how the op reads in a formula, with ``{0}``, ``{1}`` ... for
+      the operands' names (``"{0} + {1}"``; default ``"name({0}, ...)"``);
+    * ``role``: ``"activation"``, ``"affine"`` (a layer's z = W a + b) or
+      ``"loss"``; ``activation`` names the activation the op is or applies
+      (``"sigmoid"``; ``"relu"`` for the fused ``linear_relu``; ``"softmax"``
+      for ``cross_entropy``, which applies it to its logits);
+    * ``grads``: the VJP of each operand as a short formula in ``{g}`` (the
+      backpropagated gradient), ``{out}`` and the operands ``{0}``, ``{1}``
+      ... (the last entry serves any further operands), for ops whose local
+      gradient is not a diagonal.
     """
 
     __slots__ = ("name", "forward", "vjp", "vjp_inplace", "check", "doc", "saves", "split",
-                 "plans", "weak_scalars")
+                 "plans", "weak_scalars", "elementwise", "show", "role", "activation", "grads")
 
     def __init__(self, name: str, forward: Callable, saves: Saves | None = None,
-                 weak_scalars: bool = False) -> None:
+                 weak_scalars: bool = False, *, elementwise: bool = False,
+                 show: str | None = None, role: str | None = None,
+                 activation: str | None = None, grads: tuple[str, ...] = ()) -> None:
+        if role not in (None, "activation", "affine", "loss"):
+            raise ValueError(f"rule {name!r}: role must be activation, affine or loss, "
+                             f"not {role!r}")
         self.name = name
         self.forward = forward
         self.saves = SAVES_ALL if saves is None else saves
         self.plans: dict[tuple[bool, ...], tuple[tuple[bool, ...], bool]] = {}
         self.weak_scalars = weak_scalars
+        self.elementwise = elementwise
+        self.show = show
+        self.role = role
+        self.activation = activation
+        self.grads = tuple(grads)
         self.vjp: Callable | None = None
         self.vjp_inplace: Callable | None = None
         self.check: Callable | None = None
@@ -225,11 +252,14 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
-def rule(name: str, *, saves: Saves | None = None,
-         weak_scalars: bool = False) -> Callable[[Callable], Rule]:
+def rule(name: str, *, saves: Saves | None = None, weak_scalars: bool = False,
+         elementwise: bool = False, show: str | None = None, role: str | None = None,
+         activation: str | None = None, grads: tuple[str, ...] = ()) -> Callable[[Callable], Rule]:
     """Register a forward function as a rule; attach its VJP with ``@R.defvjp``.
 
     ``saves``: what the VJP reads (see :class:`Saves`; default: everything).
+    ``elementwise``, ``show``, ``role``, ``activation`` and ``grads`` say
+    what the op is, for the teaching views (see :class:`Rule`).
 
     >>> @rule("cube", saves=SAVES_INPUTS)
     ... def CUBE(x):
@@ -242,7 +272,8 @@ def rule(name: str, *, saves: Saves | None = None,
     def register(fwd: Callable) -> Rule:
         if name in RULES:
             raise ValueError(f"rule: an op named {name!r} is already registered")
-        r = Rule(name, fwd, saves, weak_scalars)
+        r = Rule(name, fwd, saves, weak_scalars, elementwise=elementwise, show=show, role=role,
+                 activation=activation, grads=grads)
         RULES[name] = r
         return r
 
@@ -714,7 +745,7 @@ def _float_dtype(out: np.ndarray, *operands: Any, redo: Callable | None = None) 
 # ==========================================================================
 
 
-@rule("add", saves=SAVES_NOTHING, weak_scalars=True)
+@rule("add", saves=SAVES_NOTHING, weak_scalars=True, elementwise=True, show="{0} + {1}")
 def ADD(a, b):
     out = a + b
     if out.dtype is not _F32:
@@ -730,7 +761,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("sub", saves=SAVES_NOTHING, weak_scalars=True)
+@rule("sub", saves=SAVES_NOTHING, weak_scalars=True, elementwise=True, show="{0} - {1}")
 def SUB(a, b):
     out = a - b
     if out.dtype is not _F32:
@@ -746,7 +777,13 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("mul", saves=Saves(inputs=((1,), (0,))), weak_scalars=True)
+@rule(
+    "mul",
+    saves=Saves(inputs=((1,), (0,))),
+    weak_scalars=True,
+    elementwise=True,
+    show="{0} * {1}",
+)
 def MUL(a, b):
     out = a * b
     if out.dtype is not _F32:
@@ -762,7 +799,13 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("div", saves=Saves(inputs=(False, True), out=(1,)), weak_scalars=True)
+@rule(
+    "div",
+    saves=Saves(inputs=(False, True), out=(1,)),
+    weak_scalars=True,
+    elementwise=True,
+    show="{0} / {1}",
+)
 def DIV(a, b):
     out = a / b
     if out.dtype is not _F32:
@@ -779,7 +822,8 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("pow", saves=Saves(inputs=((0, 1), (0, 1)), out=(1,)))
+@rule("pow", saves=Saves(inputs=((0, 1), (0, 1)), out=(1,)), elementwise=True,
+      show="{0} ** {1}")
 def POW(a, b):
     out = a**b
     if out.dtype is not _F32:
@@ -817,7 +861,7 @@ def _(g, out, ctx, needs, xp, a, b):
     return ga, gb
 
 
-@rule("neg", saves=SAVES_NOTHING)
+@rule("neg", saves=SAVES_NOTHING, elementwise=True, show="-{0}")
 def NEG(a):
     return -a, None
 
@@ -827,7 +871,7 @@ def _(g, out, ctx, needs, xp, a):
     return (-g,)
 
 
-@rule("maximum", saves=SAVES_INPUTS)
+@rule("maximum", saves=SAVES_INPUTS, elementwise=True)
 def MAXIMUM(a, b):
     """Elementwise maximum; at ties the gradient is split evenly between a and b."""
     out = np.maximum(a, b)
@@ -853,7 +897,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("minimum", saves=SAVES_INPUTS)
+@rule("minimum", saves=SAVES_INPUTS, elementwise=True)
 def MINIMUM(a, b):
     """Elementwise minimum; at ties the gradient is split evenly between a and b."""
     out = np.minimum(a, b)
@@ -872,7 +916,7 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("where", saves=SAVES_NOTHING)
+@rule("where", saves=SAVES_NOTHING, elementwise=True, show="where(cond, {0}, {1})")
 def WHERE(a, b, *, cond):
     out = np.where(cond, a, b)
     if out.dtype is not _F32:
@@ -906,7 +950,7 @@ def _(g, out, ctx, needs, xp, a, b):
 # ==========================================================================
 
 
-@rule("abs", saves=SAVES_INPUTS)
+@rule("abs", saves=SAVES_INPUTS, elementwise=True)
 def ABS(x):
     """|x|; the gradient at 0 is taken as 0."""
     return np.abs(x), None
@@ -917,7 +961,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * np.sign(value(x)),)
 
 
-@rule("exp", saves=SAVES_OUT)
+@rule("exp", saves=SAVES_OUT, elementwise=True)
 def EXP(x):
     out = np.exp(x)
     if out.dtype is not _F32:
@@ -930,7 +974,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * out,)  # d e^x / dx = e^x: reuse the output
 
 
-@rule("log", saves=SAVES_INPUTS)
+@rule("log", saves=SAVES_INPUTS, elementwise=True)
 def LOG(x):
     out = np.log(x)
     if out.dtype is not _F32:
@@ -943,7 +987,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g / x,)
 
 
-@rule("sqrt", saves=SAVES_OUT)
+@rule("sqrt", saves=SAVES_OUT, elementwise=True)
 def SQRT(x):
     out = np.sqrt(x)
     if out.dtype is not _F32:
@@ -956,7 +1000,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * 0.5 / out,)
 
 
-@rule("sin", saves=SAVES_INPUTS)
+@rule("sin", saves=SAVES_INPUTS, elementwise=True)
 def SIN(x):
     out = np.sin(x)
     if out.dtype is not _F32:
@@ -969,7 +1013,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * xp.cos(x),)
 
 
-@rule("cos", saves=SAVES_INPUTS)
+@rule("cos", saves=SAVES_INPUTS, elementwise=True)
 def COS(x):
     out = np.cos(x)
     if out.dtype is not _F32:
@@ -982,7 +1026,7 @@ def _(g, out, ctx, needs, xp, x):
     return (-g * xp.sin(x),)
 
 
-@rule("tanh", saves=SAVES_OUT)
+@rule("tanh", saves=SAVES_OUT, elementwise=True, role="activation", activation="tanh")
 def TANH(x):
     out = np.tanh(x)
     if out.dtype is not _F32:
@@ -995,7 +1039,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * (1 - out * out),)  # tanh' = 1 - tanh^2: reuse the output
 
 
-@rule("sigmoid", saves=SAVES_OUT)
+@rule("sigmoid", saves=SAVES_OUT, elementwise=True, role="activation", activation="sigmoid")
 def SIGMOID(x):
     """sigma(x) = 1 / (1 + e^-x), computed without overflow for any x."""
     out = _np_sigmoid(x)
@@ -1021,7 +1065,7 @@ def _np_relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(x, 0, out=out)
 
 
-@rule("relu", saves=SAVES_OUT)
+@rule("relu", saves=SAVES_OUT, elementwise=True, role="activation", activation="relu")
 def RELU(x):
     """max(x, 0); the gradient at 0 is taken as 0 (as in PyTorch)."""
     return _np_relu(x), None
@@ -1038,7 +1082,13 @@ def _(g, out, ctx, needs, xp, x):
     return (g,)
 
 
-@rule("leaky_relu", saves=SAVES_INPUTS)
+@rule(
+    "leaky_relu",
+    saves=SAVES_INPUTS,
+    elementwise=True,
+    role="activation",
+    activation="leaky_relu",
+)
 def LEAKY_RELU(x, *, negative_slope):
     """x for x > 0, negative_slope * x otherwise (slope used at 0)."""
     out = np.where(x > 0, x, x * negative_slope)
@@ -1052,7 +1102,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * np.where(value(x) > 0, 1.0, ctx).astype(value(x).dtype),)
 
 
-@rule("softplus", saves=SAVES_INPUTS)
+@rule("softplus", saves=SAVES_INPUTS, elementwise=True, role="activation", activation="softplus")
 def SOFTPLUS(x):
     """log(1 + e^x), written as max(x, 0) + log1p(e^-|x|) so it never overflows."""
     out = _np_softplus(x)
@@ -1111,7 +1161,7 @@ _INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 _SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
 
 
-@rule("ndtr", saves=SAVES_INPUTS)
+@rule("ndtr", saves=SAVES_INPUTS, elementwise=True)
 def NDTR(x):
     """Phi(x) = P(N(0, 1) <= x), the standard normal CDF (``torch.special.ndtr``)."""
     out = _np_ndtr(x)
@@ -1125,7 +1175,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * xp.exp(x * x * -0.5) * _INV_SQRT_2PI,)  # Phi' = the normal density
 
 
-@rule("gelu", saves=SAVES_INPUTS)
+@rule("gelu", saves=SAVES_INPUTS, elementwise=True, role="activation", activation="gelu")
 def GELU(x, *, approximate):
     """x Phi(x) (``approximate='none'``), or PyTorch's tanh approximation
     0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (``approximate='tanh'``)."""
@@ -1149,7 +1199,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * ((1 + t) * 0.5 + x * 0.5 * (1 - t * t) * du),)
 
 
-@rule("silu", saves=SAVES_INPUTS)
+@rule("silu", saves=SAVES_INPUTS, elementwise=True, role="activation", activation="silu")
 def SILU(x):
     """x sigmoid(x) (also called swish)."""
     x = _as_float(x)  # integers: float32, as in PyTorch
@@ -1162,7 +1212,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * (s * (1 + x * (1 - s))),)  # s + x s (1 - s)
 
 
-@rule("elu", saves=SAVES_OUT)
+@rule("elu", saves=SAVES_OUT, elementwise=True, role="activation", activation="elu")
 def ELU(x, *, alpha):
     """x for x > 0, alpha (e^x - 1) otherwise."""
     x = _as_float(x)  # integers: float32, as in PyTorch
@@ -1177,7 +1227,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.where(pos, g, g * (out + ctx)),)
 
 
-@rule("clip", saves=SAVES_INPUTS)
+@rule("clip", saves=SAVES_INPUTS, elementwise=True)
 def CLIP(x, *, lo, hi):
     """Clamp to [lo, hi]; gradient 1 inside (bounds included), 0 outside."""
     out = np.clip(x, lo, hi)
@@ -1198,7 +1248,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * inside,)
 
 
-@rule("astype", saves=SAVES_NOTHING)
+@rule("astype", saves=SAVES_NOTHING, elementwise=True)
 def ASTYPE(x, *, dtype):
     return x.astype(dtype), None
 
@@ -1208,7 +1258,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g.astype(x.dtype),)
 
 
-@rule("clone", saves=SAVES_NOTHING)
+@rule("clone", saves=SAVES_NOTHING, elementwise=True)
 def CLONE(x):
     return x.copy(), None
 
@@ -1223,7 +1273,7 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("sum", saves=SAVES_NOTHING)
+@rule("sum", saves=SAVES_NOTHING, grads=("{g} copied to every entry of {0} that was summed",))
 def SUM(x, *, axis, keepdims):
     axes = _norm_axes(axis, x.ndim, "sum")
     return np.sum(x, axis=axes, keepdims=keepdims), (axes, keepdims)
@@ -1243,7 +1293,11 @@ def _count(shape: tuple, axes: tuple[int, ...]) -> int:
     return n
 
 
-@rule("mean", saves=SAVES_NOTHING)
+@rule(
+    "mean",
+    saves=SAVES_NOTHING,
+    grads=("{g} / n copied to every entry of {0} that was averaged",),
+)
 def MEAN(x, *, axis, keepdims):
     axes = _norm_axes(axis, x.ndim, "mean")
     if x.size == 0:
@@ -1274,7 +1328,11 @@ def _extremum_vjp(g, out, ctx, needs, xp, x):
     return (_expand_reduced(g, axes, keepdims, x.shape) * share.astype(value(x).dtype),)
 
 
-@rule("max", saves=SAVES_ALL)
+@rule(
+    "max",
+    saves=SAVES_ALL,
+    grads=("{g} at the maxima of {0} (split evenly between ties), 0 elsewhere",),
+)
 def MAX(x, *, axis, keepdims):
     """Maximum over ``axis``; at ties the gradient is split evenly between the maxima."""
     axes = _norm_axes(axis, x.ndim, "max")
@@ -1286,7 +1344,11 @@ def MAX(x, *, axis, keepdims):
 MAX.defvjp(_extremum_vjp)
 
 
-@rule("min", saves=SAVES_ALL)
+@rule(
+    "min",
+    saves=SAVES_ALL,
+    grads=("{g} at the minima of {0} (split evenly between ties), 0 elsewhere",),
+)
 def MIN(x, *, axis, keepdims):
     """Minimum over ``axis``; at ties the gradient is split evenly between the minima."""
     axes = _norm_axes(axis, x.ndim, "min")
@@ -1341,7 +1403,7 @@ def _dof(x: np.ndarray, axes: tuple[int, ...], correction: Any, op: str) -> int:
     return n - correction
 
 
-@rule("var", saves=SAVES_INPUTS)
+@rule("var", saves=SAVES_INPUTS, grads=("{g} * 2 ({0} - mean) / (n - correction)",))
 def VAR(x, *, axis, keepdims, correction):
     """Variance over ``axis``: sum((x - mean)^2) / (n - correction)."""
     axes = _norm_axes(axis, x.ndim, "var")
@@ -1355,7 +1417,8 @@ def _(g, out, ctx, needs, xp, x):
     return (_expand_reduced(g, axes, keepdims, x.shape) * _centred(x, axes) * (2.0 / dof),)
 
 
-@rule("std", saves=SAVES_ALL)
+@rule("std", saves=SAVES_ALL,
+      grads=("{g} ({0} - mean) / ((n - correction) {out}), 0 where {out} is 0",))
 def STD(x, *, axis, keepdims, correction):
     """Standard deviation over ``axis``: sqrt(var); its gradient is 0 where it is 0."""
     axes = _norm_axes(axis, x.ndim, "std")
@@ -1378,7 +1441,7 @@ def _(g, out, ctx, needs, xp, x):
     return (gk * _centred(x, axes) / (outk * dof),)
 
 
-@rule("logsumexp", saves=SAVES_ALL)
+@rule("logsumexp", saves=SAVES_ALL, grads=("{g} * softmax({0})",))
 def LOGSUMEXP(x, *, axis, keepdims):
     """log(sum(exp(x))) over ``axis``, shifted by the maximum so nothing overflows."""
     axes = _norm_axes(axis, x.ndim, "logsumexp")
@@ -1411,7 +1474,13 @@ def _as_float(x: np.ndarray) -> np.ndarray:
     return x if x.dtype.kind in "fc" else x.astype(_F32)
 
 
-@rule("softmax", saves=SAVES_OUT)
+@rule(
+    "softmax",
+    saves=SAVES_OUT,
+    role="activation",
+    activation="softmax",
+    grads=("{out} * ({g} - sum({g} * {out}))",),
+)
 def SOFTMAX(x, *, axis):
     """exp(x) / sum(exp(x)) along ``axis`` (shifted by the max: no overflow)."""
     axes = _softmax_axes(x, axis, "softmax")
@@ -1427,7 +1496,7 @@ def _(g, out, ctx, needs, xp, x):
     return (out * (g - (g * out).sum(axis=ctx, keepdims=True)),)
 
 
-@rule("log_softmax", saves=SAVES_OUT)
+@rule("log_softmax", saves=SAVES_OUT, grads=("{g} - softmax({0}) * sum({g})",))
 def LOG_SOFTMAX(x, *, axis):
     """x - logsumexp(x) along ``axis``."""
     axes = _softmax_axes(x, axis, "log_softmax")
@@ -1446,7 +1515,12 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("matmul", saves=Saves(inputs=((1,), (0,))))
+@rule(
+    "matmul",
+    saves=Saves(inputs=((1,), (0,))),
+    show="{0} @ {1}",
+    grads=("{g} @ {1}ᵀ", "{0}ᵀ @ {g}"),
+)
 def MATMUL(a, b):
     """Matrix product with NumPy's rules: 1-D operands are promoted, batch dims broadcast."""
     if np.ndim(a) == 0 or np.ndim(b) == 0:
@@ -1533,7 +1607,13 @@ def _ones(n: int, dtype: str) -> np.ndarray:
     return v
 
 
-@rule("linear", saves=Saves(inputs=((1,), (0,), False)))
+@rule(
+    "linear",
+    saves=Saves(inputs=((1,), (0,), False)),
+    show="{0} @ {1}ᵀ + {2}",
+    role="affine",
+    grads=("{g} @ {1}", "{g}ᵀ @ {0}", "{g} summed over the rows"),
+)
 def LINEAR(x, w, b):
     """Fused affine map ``x @ w.T + b`` (PyTorch's layout: w is (out, in)).
 
@@ -1574,7 +1654,13 @@ def _(g, out, ctx, needs, xp, x, w, b):
     return gx, gw, gb
 
 
-@rule("linear_nobias", saves=Saves(inputs=((1,), (0,))))
+@rule(
+    "linear_nobias",
+    saves=Saves(inputs=((1,), (0,))),
+    show="{0} @ {1}ᵀ",
+    role="affine",
+    grads=("{g} @ {1}", "{g}ᵀ @ {0}"),
+)
 def LINEAR_NOBIAS(x, w):
     """``x @ w.T`` (a Linear layer without bias)."""
     out = x @ w.T
@@ -1598,7 +1684,18 @@ def _(g, out, ctx, needs, xp, x, w):
     return gx, gw
 
 
-@rule("linear_relu", saves=Saves(inputs=((1,), (0,), False)))
+@rule(
+    "linear_relu",
+    saves=Saves(inputs=((1,), (0,), False)),
+    show="relu({0} @ {1}ᵀ + {2})",
+    role="affine",
+    activation="relu",
+    grads=(
+        "δ @ {1} with δ = {g} * relu'(z)",
+        "δᵀ @ {0} with δ = {g} * relu'(z)",
+        "δ summed over the rows, δ = {g} * relu'(z)",
+    ),
+)
 def LINEAR_RELU(x, w, b):
     """``relu(x @ w.T + b)`` as one node: a Linear layer and the ReLU after it.
 
@@ -1643,7 +1740,7 @@ def _(g, out, ctx, inplace):
 # ==========================================================================
 
 
-@rule("reshape", saves=SAVES_NOTHING)
+@rule("reshape", saves=SAVES_NOTHING, grads=("{g} reshaped back to the shape of {0}",))
 def RESHAPE(x, *, shape):
     return np.reshape(x, shape), None
 
@@ -1653,7 +1750,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g.reshape(x.shape),)
 
 
-@rule("transpose", saves=SAVES_NOTHING)
+@rule("transpose", saves=SAVES_NOTHING, grads=("{g} with the axes permuted back",))
 def TRANSPOSE(x, *, axes):
     if axes is not None and sorted(a % builtins.max(x.ndim, 1) for a in axes) != list(
         range(x.ndim)
@@ -1668,7 +1765,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.transpose(g, inverse),)
 
 
-@rule("broadcast_to", saves=SAVES_NOTHING)
+@rule("broadcast_to", saves=SAVES_NOTHING, grads=("{g} summed over the broadcast axes",))
 def BROADCAST_TO(x, *, shape):
     return np.broadcast_to(x, shape), None
 
@@ -1678,7 +1775,11 @@ def _(g, out, ctx, needs, xp, x):
     return (sum_to_shape(g, x.shape),)
 
 
-@rule("getitem", saves=SAVES_NOTHING)
+@rule(
+    "getitem",
+    saves=SAVES_NOTHING,
+    grads=("{g} added into zeros shaped like {0} at the indexed entries",),
+)
 def GETITEM(x, *, index):
     """``x[index]``: basic slices and integer/boolean arrays."""
     return x[index], _owned(index)
@@ -1690,7 +1791,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.scatter_add(g, ctx, x.shape, x.dtype),)
 
 
-@rule("scatter_add", saves=SAVES_NOTHING)
+@rule("scatter_add", saves=SAVES_NOTHING, grads=("{g} read at the index",))
 def SCATTER_ADD(g, *, index, shape):
     """A zero array of ``shape`` with ``g`` added at ``index`` (getitem's VJP, differentiable)."""
     return _np_scatter_add(g, index, shape, g.dtype), index
@@ -1701,7 +1802,7 @@ def _(g, out, ctx, needs, xp, src):
     return (g[ctx],)
 
 
-@rule("concatenate", saves=SAVES_NOTHING)
+@rule("concatenate", saves=SAVES_NOTHING, grads=("the part of {g} that {0} filled",))
 def CONCATENATE(*xs, axis):
     out = np.concatenate(xs, axis=axis)
     if out.dtype is not _F32:
@@ -1720,7 +1821,7 @@ def _(g, out, ctx, needs, xp, *xs):
     )
 
 
-@rule("stack", saves=SAVES_NOTHING)
+@rule("stack", saves=SAVES_NOTHING, grads=("the slice of {g} that {0} filled",))
 def STACK(*xs, axis):
     out = np.stack(xs, axis=axis)
     if out.dtype is not _F32:

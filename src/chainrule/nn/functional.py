@@ -143,7 +143,8 @@ def dropout(input: Any, p: float = 0.5, training: bool = True,  # noqa: A002
 # ==========================================================================
 
 
-@rule("normalize", saves=Saves(inputs=(True,), out=True))
+@rule("normalize", saves=Saves(inputs=(True,), out=True),
+      grads=("({g} - mean({g}) - {out} * mean({g} * {out})) / sigma",))
 def NORMALIZE(x, *running, axes, eps, momentum):
     """(x - mean) / sqrt(var + eps) over ``axes`` (biased variance).
 
@@ -483,7 +484,13 @@ def _diff_log_softmax(x: Any, xp: Any) -> Any:
 # ==========================================================================
 
 
-@rule("cross_entropy", saves=Saves(inputs=(True,)))
+@rule(
+    "cross_entropy",
+    saves=Saves(inputs=(True,)),
+    role="loss",
+    activation="softmax",
+    grads=("(softmax({0}) - onehot(target)) * {g} / N",),
+)
 def CROSS_ENTROPY(x, *, target, reduction, label_smoothing):
     """-log softmax(x)[target] per row; x (N, C) logits, target (N,) int labels."""
     n, c = x.shape
@@ -529,7 +536,13 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("cross_entropy_probs", saves=Saves(inputs=(True, (0,))))
+@rule(
+    "cross_entropy_probs",
+    saves=Saves(inputs=(True, (0,))),
+    role="loss",
+    activation="softmax",
+    grads=("(softmax({0}) * sum({1}) - {1}) * {g} / N", "-log_softmax({0}) * {g} / N"),
+)
 def CROSS_ENTROPY_PROBS(x, y, *, reduction, label_smoothing):
     """-sum_k y_k log softmax(x)_k per row; x and y of shape (N, C)."""
     n, c = x.shape
@@ -559,7 +572,8 @@ def _(g, out, ctx, needs, xp, x, y):
     return gx, gy
 
 
-@rule("cross_entropy_weighted", saves=Saves(inputs=(True,)))
+@rule("cross_entropy_weighted", saves=Saves(inputs=(True,)), role="loss", activation="softmax",
+      grads=("w_target * (softmax({0}) - onehot(target)) * {g} / sum(w_target)",))
 def CROSS_ENTROPY_WEIGHTED(x, *, target, weight, reduction, label_smoothing):
     """Class-weighted cross-entropy (PyTorch's ``weight=``): row i counts weight[target_i].
 
@@ -687,7 +701,7 @@ def cross_entropy(
 # ==========================================================================
 
 
-@rule("nll_loss", saves=SAVES_NOTHING)
+@rule("nll_loss", saves=SAVES_NOTHING, role="loss", grads=("-onehot(target) * {g} / N",))
 def NLL_LOSS(x, *, target, reduction):
     """-x[i, target_i] per row; x (N, C) log-probabilities."""
     n = x.shape[0]
@@ -723,7 +737,13 @@ def nll_loss(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noq
 # ==========================================================================
 
 
-@rule("binary_cross_entropy_with_logits", saves=Saves(inputs=(True, (0,))))
+@rule(
+    "binary_cross_entropy_with_logits",
+    saves=Saves(inputs=(True, (0,))),
+    role="loss",
+    activation="sigmoid",
+    grads=("(sigmoid({0}) - {1}) * {g} / n", "-{0} * {g} / n"),
+)
 def BCE_WITH_LOGITS(x, y, *, reduction):
     """BCE(sigmoid(x), y) = max(x, 0) - x y + log(1 + e^-|x|): finite for any x."""
     loss = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
@@ -771,7 +791,12 @@ _LOG_FLOOR = -100.0  # PyTorch clamps log(p) and log(1 - p) at -100 so p = 0 or 
 _DENOM_FLOOR = 1e-12  # and keeps p (1 - p) away from 0 in the gradient
 
 
-@rule("binary_cross_entropy", saves=SAVES_INPUTS)
+@rule(
+    "binary_cross_entropy",
+    saves=SAVES_INPUTS,
+    role="loss",
+    grads=("({0} - {1}) / ({0} (1 - {0})) * {g} / n", "(log(1 - {0}) - log({0})) * {g} / n"),
+)
 def BCE(p, y, *, reduction):
     """-(y log p + (1 - y) log(1 - p)), each log clamped at -100."""
     with np.errstate(divide="ignore"):
@@ -829,7 +854,12 @@ def binary_cross_entropy(input: Any, target: Any, reduction: str = "mean") -> Te
 # ==========================================================================
 
 
-@rule("mse_loss", saves=SAVES_INPUTS)
+@rule(
+    "mse_loss",
+    saves=SAVES_INPUTS,
+    role="loss",
+    grads=("2 ({0} - {1}) * {g} / n", "-2 ({0} - {1}) * {g} / n"),
+)
 def MSE(x, y, *, reduction):
     """(x - y)^2 elementwise."""
     d = x - y
@@ -864,7 +894,8 @@ def _elementwise_loss(r: Any, input: Any, target: Any, reduction: str,  # noqa: 
 # ==========================================================================
 
 
-@rule("l1_loss", saves=SAVES_INPUTS)
+@rule("l1_loss", saves=SAVES_INPUTS, role="loss",
+      grads=("sign({0} - {1}) * {g} / n", "-sign({0} - {1}) * {g} / n"))
 def L1(x, y, *, reduction):
     """|x - y| elementwise."""
     return _reduce(np.abs(x - y), reduction), reduction
@@ -886,7 +917,9 @@ def l1_loss(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noqa
     return _elementwise_loss(L1, input, target, reduction)
 
 
-@rule("huber_loss", saves=SAVES_INPUTS)
+@rule("huber_loss", saves=SAVES_INPUTS, role="loss",
+      grads=("clip({0} - {1}, -delta, delta) * {g} / n",
+             "-clip({0} - {1}, -delta, delta) * {g} / n"))
 def HUBER(x, y, *, reduction, delta):
     """0.5 d^2 where |d| < delta, delta (|d| - delta / 2) elsewhere; d = x - y."""
     d = x - y

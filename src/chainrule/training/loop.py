@@ -425,18 +425,20 @@ def _replay_safe(model: Any, loss_fn: Any) -> bool:
 
     A replay skips the Python of the step (see ``chainrule.compile``). chainrule's
     own modules and losses have no branches on data values and no side effects,
-    so steps built only from them are safe. A user-defined module or loss, or a
-    module whose ``forward`` was patched on the instance (as
-    ``GradientNormRecorder`` does to watch deltas) may do anything: run eagerly.
+    so steps built only from them are safe. A user-defined module or loss, a
+    module whose ``forward`` was patched on the instance, or one with forward
+    hooks (as ``GradientNormRecorder`` registers to watch deltas) may do
+    anything: run eagerly.
     """
     modules = model.modules() if hasattr(model, "modules") else None
     if modules is None:
         return False
     for m in modules:
-        if not _ours(type(m)) or "forward" in vars(m):
+        if not _ours(type(m)) or "forward" in vars(m) or m.has_forward_hooks():
             return False
     if hasattr(loss_fn, "forward"):  # a loss module
-        return _ours(type(loss_fn)) and "forward" not in vars(loss_fn)
+        return (_ours(type(loss_fn)) and "forward" not in vars(loss_fn)
+                and not getattr(loss_fn, "has_forward_hooks", bool)())
     return _ours(loss_fn)
 
 
