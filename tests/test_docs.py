@@ -16,7 +16,8 @@ Conventions a page follows (checked here):
   printed output: it must match what the block prints (numbers to the digits
   shown; a line ``...`` stands for any lines), so a transcript cannot drift
   from the code; a ```console output block is a transcript of ``$ chainrule``
-  commands, which are run and compared the same way;
+  commands (or a ```console command is followed by its ```text output), which
+  are run and compared the same way;
 * a count written ``<!--count:NAME-->47<!--/count-->`` is generated from the
   code (``COUNTS``); ``CHAINRULE_WRITE_DOCS=1 pytest tests/test_docs.py -k
   counts`` rewrites them;
@@ -112,8 +113,11 @@ def test_output_blocks_belong_to_a_python_block():
         bs = blocks(page)
         for prev, b in zip([None, *bs], bs):
             if "output" in b.words and b.lang != "console":
-                assert prev is not None and prev.lang == "python" and prev.skip is None, (
-                    f"{b.where}: an output block must follow the python block it shows")
+                assert prev is not None and prev.skip is None and (
+                    prev.lang == "python" or (prev.lang == "console" and "output" not in
+                                              prev.words)), (
+                    f"{b.where}: an output block must follow the python block (or the "
+                    "console command) it shows")
 
 
 def test_pages_stand_on_their_own():
@@ -210,12 +214,26 @@ def test_output_comparison_is_strict_where_it_should_be():
     assert not _same_output("[1] J\n", "[2] J")
 
 
-@pytest.mark.parametrize(
-    "block", [b for b in ALL if b.lang == "console" and "output" in b.words],
-    ids=lambda b: b.where)
+def _transcripts() -> list[Block]:
+    """```console output blocks, and ```console commands followed by ```text output."""
+    out = []
+    for page in PAGES:
+        bs = blocks(page)
+        for b, nxt in zip(bs, [*bs[1:], None]):
+            if b.lang != "console":
+                continue
+            if "output" in b.words:
+                out.append(b)
+            elif nxt is not None and nxt.lang == "text" and "output" in nxt.words:
+                out.append(Block(b.page, b.line, b.lang, b.words, b.code + nxt.code, None))
+    return out
+
+
+@pytest.mark.parametrize("block", _transcripts(), ids=lambda b: b.where)
 def test_console_transcript_is_what_the_command_prints(block, tmp_path, monkeypatch):
-    """A ```console output block: each ``$ chainrule ...`` command runs, and what it
-    prints must be what the page shows (``...`` lines stand for any lines)."""
+    """A ```console output block (or a ```console command followed by a ```text
+    output block): each ``$ chainrule ...`` command runs, and what it prints
+    must be what the page shows (``...`` lines stand for any lines)."""
     import shlex
 
     from chainrule.cli import main
