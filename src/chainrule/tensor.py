@@ -1267,27 +1267,26 @@ def _released_error(node: Node) -> GraphReleasedError:
 def _check_versions(node: Node) -> None:
     """Refuse a saved value whose memory was changed in place after it was saved."""
     stamp = node.stamp
-    def label(i: int, a: np.ndarray) -> str:
-        p = node.parents[i] if i < len(node.parents) else None
-        name = getattr(p, "name", None)
-        return f"its input {i} ({f'{name!r}, ' if name else ''}shape {a.shape})"
+    for i, a in enumerate(node.inputs):
+        if type(a) is np.ndarray and _VERSIONS.get(id(_storage(a)), 0) > stamp:
+            p = node.parents[i] if i < len(node.parents) else None
+            name = getattr(p, "name", None)
+            _changed(node, f"its input {i} ({f'{name!r}, ' if name else ''}shape {a.shape})")
+    out = node.out
+    if out is not None and _VERSIONS.get(id(_storage(out)), 0) > stamp:
+        _changed(node, f"its output (shape {out.shape})")
 
-    saved = [(label(i, a), a) for i, a in enumerate(node.inputs) if type(a) is np.ndarray]
-    if node.out is not None:
-        saved.append((f"its output (shape {node.out.shape})", node.out))
-    for what, a in saved:
-        if _VERSIONS.get(id(_storage(a)), 0) > stamp:
-            where = f"\nThe op was created at:\n{node.meta}" if node.meta else (
-                " Run the forward pass inside cr.detect_anomaly() to see the line that "
-                "created the op.")
-            raise RuntimeError(
-                f"backward: {_describe(node)} saved {what} for the backward pass, but that "
-                "memory was modified in place after the op was recorded (through the tensor "
-                "itself or any view of it: a slice, a reshape, .detach(), .numpy()), so the "
-                "gradient would be wrong. Modify a copy (t.clone()) instead, or make the "
-                "change before the forward pass (optimizer.step() belongs after "
-                f"backward()).{where}"
-            )
+
+def _changed(node: Node, what: str) -> None:
+    where = f"\nThe op was created at:\n{node.meta}" if node.meta else (
+        " Run the forward pass inside cr.detect_anomaly() to see the line that created the op.")
+    raise RuntimeError(
+        f"backward: {_describe(node)} saved {what} for the backward pass, but that memory was "
+        "modified in place after the op was recorded (through the tensor itself or any view "
+        "of it: a slice, a reshape, .detach(), .numpy()), so the gradient would be wrong. "
+        "Modify a copy (t.clone()) instead, or make the change before the forward pass "
+        f"(optimizer.step() belongs after backward()).{where}"
+    )
 
 
 def _seed(root: Tensor, grad: Any) -> np.ndarray:
