@@ -21,7 +21,7 @@ import numpy as _np
 
 from . import data, nn, ops, optim, random, training, viz
 from .compile import compile  # noqa: A004  (cr.compile, as torch.compile)
-from .custom import Function, check_graph
+from .custom import DoubleBackwardError, Function, check_graph, once_differentiable
 
 # the old module path first, then the name: `cr.explain` stays the function even
 # after someone imports the module chainrule.explain
@@ -53,7 +53,11 @@ from .ops import (
     RULES,
     abs,
     add,
+    amax,
+    amin,
     apply,
+    argmax,
+    argmin,
     astype,
     broadcast_to,
     cat,
@@ -64,6 +68,7 @@ from .ops import (
     cos,
     div,
     exp,
+    expand,
     expand_dims,
     flatten,
     getitem,
@@ -72,6 +77,7 @@ from .ops import (
     log,
     log_softmax,
     logsumexp,
+    masked_fill,
     matmul,
     max,
     maximum,
@@ -80,6 +86,7 @@ from .ops import (
     minimum,
     mul,
     neg,
+    permute,
     pow,
     relu,
     reshape,
@@ -89,13 +96,16 @@ from .ops import (
     softmax,
     softplus,
     sqrt,
+    square,
     squeeze,
     stack,
+    std,
     sub,
     sum,
     swapaxes,
     tanh,
     transpose,
+    unsqueeze,
     var,
     where,
 )

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from .tensor import Tensor
+from .random import _resolve
+from .tensor import Tensor, _mode
 
 __all__ = [
     "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
@@ -68,18 +69,49 @@ def full_like(t: Any, fill_value: float, dtype: Any = None, requires_grad: bool 
     return _make(np.full_like(_like(t), fill_value, dtype=dtype), requires_grad)
 
 
-def randn(*shape: Any, seed: int | None = None, dtype: Any = np.float32,
-          requires_grad: bool = False) -> Tensor:
-    """Standard normal samples; ``seed`` makes them reproducible."""
-    rng = np.random.default_rng(seed)
-    return _make(rng.standard_normal(_shape(shape, "randn")).astype(dtype), requires_grad)
+def randn(*shape: Any, seed: int | None = None, generator: np.random.Generator | None = None,
+          dtype: Any = np.float32, requires_grad: bool = False) -> Tensor:
+    """Standard normal samples of ``shape``.
+
+    Drawn from the global generator, so :func:`chainrule.manual_seed` makes
+    them repeat (as ``torch.randn`` follows ``torch.manual_seed``); or from
+    ``generator``, or from a fresh generator seeded with ``seed``.
+
+    >>> cr.manual_seed(0); a = cr.randn(2, 3)
+    >>> cr.manual_seed(0); b = cr.randn(2, 3)
+    >>> bool((a == b).all())
+    True
+    """
+    return _random("randn", shape, seed, generator, dtype, requires_grad)
 
 
-def rand(*shape: Any, seed: int | None = None, dtype: Any = np.float32,
-         requires_grad: bool = False) -> Tensor:
-    """Uniform samples in [0, 1); ``seed`` makes them reproducible."""
-    rng = np.random.default_rng(seed)
-    return _make(rng.random(_shape(shape, "rand")).astype(dtype), requires_grad)
+def rand(*shape: Any, seed: int | None = None, generator: np.random.Generator | None = None,
+         dtype: Any = np.float32, requires_grad: bool = False) -> Tensor:
+    """Uniform samples in [0, 1) of ``shape``; seeded like :func:`randn`."""
+    return _random("rand", shape, seed, generator, dtype, requires_grad)
+
+
+def _random(kind: str, shape: tuple, seed: int | None, generator: np.random.Generator | None,
+            dtype: Any, requires_grad: bool) -> Tensor:
+    if seed is not None and generator is not None:
+        raise TypeError(f"{kind}: give seed= or generator=, not both")
+    if seed is not None:
+        generator = np.random.default_rng(seed)
+    shape = _shape(shape, kind)
+    dt = np.dtype(dtype)
+    arr = _draw(generator, kind, shape, dt)
+    if _mode.tracer is not None:  # cr.compile: a fresh draw on every replay
+        _mode.tracer.produced(arr, _draw, (generator, kind, shape, dt))
+    return _make(arr, requires_grad)
+
+
+def _draw(generator: np.random.Generator | None, kind: str, shape: tuple,
+          dtype: np.dtype) -> np.ndarray:
+    """One draw from ``generator`` (or the global one), in float64 then cast
+    (so a seed gives the same values whatever the dtype)."""
+    rng = _resolve(generator)
+    arr = rng.standard_normal(shape) if kind == "randn" else rng.random(shape)
+    return arr if arr.dtype == dtype else arr.astype(dtype)
 
 
 def arange(start: float, stop: float | None = None, step: float = 1, dtype: Any = None,

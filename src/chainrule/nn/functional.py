@@ -134,7 +134,8 @@ def dropout(input: Any, p: float = 0.5, training: bool = True,  # noqa: A002
         mask = _dropout_mask(generator, x.shape, dt, p)
         if _mode.tracer is not None:  # cr.compile: draw a fresh mask on every replay
             _mode.tracer.produced(mask, _dropout_mask, (generator, x.shape, dt, p))
-    return ops.mul(input, mask)
+    # a Tensor, so the recorded op keeps this fresh mask without copying it
+    return ops.mul(input, Tensor._const(mask))
 
 
 # ==========================================================================
@@ -156,8 +157,11 @@ def NORMALIZE(x, *running, axes, eps, momentum):
     """
     mean = x.mean(axis=axes, keepdims=True)
     d = x - mean
-    var = (d * d).mean(axis=axes, keepdims=True)
+    with np.errstate(over="ignore"):  # an overflow is handled just below
+        var = (d * d).mean(axis=axes, keepdims=True)
     inv = 1.0 / np.sqrt(var + eps)
+    if not np.isfinite(var).all():
+        inv = _inv_std_scaled(d, var, inv, axes, eps)
     if running:
         rmean, rvar, counter = running
         n = x.size // mean.size
@@ -172,6 +176,20 @@ def NORMALIZE(x, *running, axes, eps, momentum):
         rvar += (momentum * n / (n - 1)) * var.reshape(rvar.shape)
         counter += 1
     return (d * inv).astype(x.dtype, copy=False), (axes, inv.astype(x.dtype, copy=False), eps)
+
+
+def _inv_std_scaled(d: np.ndarray, var: np.ndarray, inv: np.ndarray, axes: tuple[int, ...],
+                    eps: float) -> np.ndarray:
+    """1 / sqrt(var + eps) where d * d overflowed (|d| beyond about 1e154 in
+    float64, 1e19 in float32): there inv would be 0 and every output 0, a
+    silently wrong normalisation. The deviations are scaled by their largest
+    magnitude s first: var = s^2 mean((d / s)^2)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        s = np.max(np.abs(d), axis=axes, keepdims=True)
+        s = np.where((s > 0) & np.isfinite(s), s, 1.0)
+        r = d / s
+        scaled = 1.0 / (s * np.sqrt((r * r).mean(axis=axes, keepdims=True) + eps / (s * s)))
+    return np.where(np.isfinite(var), inv, scaled)
 
 
 @NORMALIZE.defvjp
@@ -483,7 +501,9 @@ def CROSS_ENTROPY(x, *, target, reduction, label_smoothing):
     if label_smoothing:
         # PyTorch: (1 - eps) * nll + eps * mean_k(-log p_k)
         loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse[:, 0] - x.mean(axis=1))
-    return _reduce(loss, reduction), (target, reduction, label_smoothing, p)
+    # the labels are copied: refilling the caller's label buffer before
+    # backward() must not change this step's gradient
+    return _reduce(loss, reduction), (target.copy(), reduction, label_smoothing, p)
 
 
 @CROSS_ENTROPY.defvjp
@@ -574,7 +594,9 @@ def CROSS_ENTROPY_WEIGHTED(x, *, target, weight, reduction, label_smoothing):
         out = np.asarray(loss.sum() / denom)
     else:
         out = _reduce(loss, reduction)
-    return out, (target, weight, reduction, label_smoothing, p, denom)
+    # labels and class weights are copied: refilling the caller's buffers
+    # before backward() must not change this step's gradient
+    return out, (target.copy(), weight.copy(), reduction, label_smoothing, p, denom)
 
 
 @CROSS_ENTROPY_WEIGHTED.defvjp
@@ -684,7 +706,7 @@ def NLL_LOSS(x, *, target, reduction):
     """-x[i, target_i] per row; x (N, C) log-probabilities."""
     n = x.shape[0]
     _check_label_range(target, x.shape[1], "nll_loss")
-    return _reduce(-x[np.arange(n), target], reduction), (target, reduction)
+    return _reduce(-x[np.arange(n), target], reduction), (target.copy(), reduction)
 
 
 @NLL_LOSS.defvjp
