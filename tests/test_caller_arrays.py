@@ -123,3 +123,32 @@ def test_compiled_steps_still_read_each_new_batch():
         xb[...] = xb[::-1]
     np.testing.assert_array_equal(model.weight.numpy(), twin.weight.numpy())
     assert compiled.stats["replayed"] >= 1, (compiled.stats, compiled.unsupported)
+
+
+def test_a_constant_tensor_is_kept_by_reference_and_its_changes_are_refused():
+    # A Tensor's memory has a version counter, so the node keeps its array as
+    # it is (no copy of every batch: a training step's first layer keeps its
+    # input) and backward refuses it once it was changed in place.
+    w = cr.tensor(np.ones((3, 2)), requires_grad=True)
+    b = cr.tensor(np.zeros(3), requires_grad=True)
+    x = cr.tensor(np.arange(8.0).reshape(4, 2))
+    out = cr.linear(x, w, b)
+    assert out._node.inputs[0] is x.data
+    loss = out.sum()
+    with cr.no_grad():
+        x.mul_(2.0)
+    with pytest.raises(RuntimeError, match="'linear' saved its input 0 .*modified in place"):
+        loss.backward()
+
+
+def test_a_plain_array_operand_is_copied_once():
+    w = cr.tensor(np.ones((3, 2)), requires_grad=True)
+    b = cr.tensor(np.zeros(3), requires_grad=True)
+    x = np.arange(8.0).reshape(4, 2)
+    out = cr.linear(x, w, b)
+    assert out._node.inputs[0] is not x
+    np.testing.assert_array_equal(out._node.inputs[0], x)
+    x[...] = 100.0  # the caller refills its buffer: the recorded op is not affected
+    out.sum().backward()
+    expected = np.tile(np.arange(8.0).reshape(4, 2).sum(axis=0), (3, 1))
+    np.testing.assert_array_equal(w.grad.numpy(), expected)

@@ -332,17 +332,19 @@ def _standin(a: Any, parent: Any, out: np.ndarray) -> Any:
     return _scalar_array(a, out.dtype)  # a scalar: a 0-d array, as if it were kept
 
 
-def _kept(a: Any, out: np.ndarray, parent: Any = True) -> Any:
+def _kept(a: Any, out: np.ndarray, given: Any = None) -> Any:
     """An operand as a kept array (scalars become 0-d arrays of the output's dtype).
 
-    A constant operand (no ``parent``: a caller's target, mask or table) is
-    copied: the caller may refill that buffer before backward(), which must
-    not change the gradient of the op already recorded (its memory has no
-    version counter: only chainrule's own in-place ops bump one). A read-only
-    array that owns its memory cannot change, and is kept as it is.
+    ``given`` is the operand as the caller passed it. A plain NumPy array (not
+    a Tensor) that the node keeps is copied: the caller may refill that
+    buffer (a batch, a target, a mask) before backward(), which must not
+    change the gradient of the op already recorded, and a raw NumPy write
+    has no version counter to catch it. A Tensor's memory is versioned (its
+    in-place methods bump it, and backward refuses a changed value), so it is
+    kept as it is, as is a read-only array that owns its memory.
     """
     if isinstance(a, np.ndarray):
-        if parent is None and a.ndim and (a.flags.writeable or a.base is not None):
+        if (given is a and a.ndim and (a.flags.writeable or a.base is not None)):
             return a.copy()
         return a
     return _scalar_array(a, out.dtype)
@@ -364,7 +366,7 @@ def _record(out: np.ndarray, rule: Rule, args: Sequence[Any], arrays: Sequence[A
     node.dtype = out.dtype
     node.params = params
     if _mode.keep or _mode.anomaly:  # views asked for every value: keep everything
-        node.inputs = tuple(_kept(a, out, p) for a, p in zip(arrays, parents))
+        node.inputs = tuple(_kept(a, out, g) for a, g in zip(arrays, args))
         node.out = out
         node.kept = (out, tuple(args))
         if _mode.anomaly:
@@ -372,8 +374,8 @@ def _record(out: np.ndarray, rule: Rule, args: Sequence[Any], arrays: Sequence[A
     else:
         keep, keep_out = rule.plan(needs)
         node.inputs = tuple(
-            _kept(a, out, p) if k else _standin(a, p, out)
-            for a, p, k in zip(arrays, parents, keep)
+            _kept(a, out, g) if k else _standin(a, p, out)
+            for a, g, p, k in zip(arrays, args, parents, keep)
         )
         node.out = out if keep_out else None
     return _of(out, node)
@@ -501,12 +503,12 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
             keep, keep_out = plan
             if type(ad) is not np.ndarray:
                 ad = _scalar_array(ad, out.dtype)
-            elif pa is None and keep[0]:
-                ad = _kept(ad, out, None)  # a caller's array: a copy (see _kept)
+            elif keep[0] and a is ad:
+                ad = _kept(ad, out, a)  # a caller's plain array: a copy (see _kept)
             if type(bd) is not np.ndarray:
                 bd = _scalar_array(bd, out.dtype)
-            elif pb is None and keep[1]:
-                bd = _kept(bd, out, None)
+            elif keep[1] and b is bd:
+                bd = _kept(bd, out, b)
             node.inputs = (
                 ad if keep[0] or pa is None and ad.ndim == 0 else
                 (pa if pa is not None else Meta(ad)),
