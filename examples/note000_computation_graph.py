@@ -96,7 +96,7 @@ def fan_out() -> tuple[cr.Tensor, cr.Tensor]:
 def example_7() -> dict[str, float]:
     f, b = fan_out()
     exp = cr.explain(f)
-    terms = {t.successor: float(t.value) for t in exp["b"].terms}
+    terms = {t.successor_name: float(t.product) for t in exp["b"].terms}
     return {"f": f.item(), "via x": terms["x"], "via y": terms["y"], "df/db": float(exp.grad("b"))}
 
 

@@ -124,6 +124,12 @@ CASES: dict[str, list[Case]] = {
     "maximum": binary_cases(cr.maximum, distinct, lambda s: lambda rng: distinct(s)(rng) + 0.05),
     "minimum": binary_cases(cr.minimum, distinct, lambda s: lambda rng: distinct(s)(rng) + 0.05),
     "where": [
+        ("masked_fill", ins(normal((3, 4))),
+         lambda x: x.masked_fill(np.arange(12).reshape(3, 4) % 3 == 0, -2.0) ** 2),
+        ("masked_fill, tensor value", ins(normal((3, 4)), normal(())),
+         lambda x, v: x.masked_fill(np.array([True, False, False, True]), v) * np.arange(4.0)),
+    ]
+    + [
         (
             f"{a}x{b}",
             ins(normal(a), normal(b)),
@@ -141,10 +147,26 @@ CASES: dict[str, list[Case]] = {
     ],
     "sum": reduction_cases(lambda x, ax, kd: cr.sum(x, ax, kd)),
     "mean": reduction_cases(lambda x, ax, kd: x.mean(ax, kd)),
-    "max": reduction_cases(lambda x, ax, kd: x.max(ax, kd), distinct),
-    "min": reduction_cases(lambda x, ax, kd: cr.min(x, ax, kd), distinct),
-    "var": reduction_cases(lambda x, ax, kd: x.var(ax, kd))
-    + [("ddof=1", ins(normal((4, 3))), lambda x: cr.var(x, 0, False, ddof=1))],
+    "max": reduction_cases(lambda x, ax, kd: x.max(axis=ax, keepdims=kd), distinct)
+    + [
+        # PyTorch's max(dim): values gathered at the indices (a getitem node)
+        # next to the full reduction (this rule), in one graph
+        ("dim and full", ins(distinct((3, 4))), lambda x: x.max(1).values * x.max()),
+        ("amax", ins(distinct((2, 3, 4))), lambda x: x.amax(dim=(0, 2), keepdim=True)),
+    ],
+    "min": reduction_cases(lambda x, ax, kd: cr.min(x, axis=ax, keepdims=kd), distinct)
+    + [("amin", ins(distinct((3, 4))), lambda x: cr.amin(x, -1))],
+    "var": reduction_cases(lambda x, ax, kd: x.var(ax, keepdim=kd, correction=0))
+    + [
+        ("unbiased default", ins(normal((4, 3))), lambda x: cr.var(x, 0)),
+        ("ddof=2", ins(normal((4, 3))), lambda x: cr.var(x, axis=0, ddof=2)),
+        ("unbiased=False", ins(normal((2, 5))), lambda x: x.var(dim=1, unbiased=False)),
+    ],
+    "std": reduction_cases(lambda x, ax, kd: x.std(axis=ax, keepdims=kd, correction=0))
+    + [
+        ("unbiased default", ins(normal((4, 3))), lambda x: cr.std(x, 0) * np.arange(3.0)),
+        ("correction=2", ins(normal((5, 2))), lambda x: x.std(dim=0, correction=2)),
+    ],
     "logsumexp": reduction_cases(lambda x, ax, kd: cr.logsumexp(x, ax, kd))
     + [("large", lambda rng: [rng.uniform(-500, 500, (3, 4))], lambda x: cr.logsumexp(x, 1))],
     "softmax": [
@@ -200,9 +222,12 @@ CASES: dict[str, list[Case]] = {
     ],
     "transpose": [
         ("T", ins(normal((3, 4))), lambda x: x.T * np.arange(3.0)),
-        ("perm", ins(normal((2, 3, 4))), lambda x: x.transpose(1, 2, 0) * np.arange(2.0)),
-        ("negative", ins(normal((2, 3, 4))), lambda x: cr.transpose(x, (-1, 0, 1)) * 1.5),
+        ("perm", ins(normal((2, 3, 4))), lambda x: x.permute(1, 2, 0) * np.arange(2.0)),
+        ("negative", ins(normal((2, 3, 4))), lambda x: cr.permute(x, (-1, 0, 1)) * 1.5),
         ("swapaxes", ins(normal((2, 3, 4))), lambda x: x.swapaxes(0, -1) * np.arange(2.0)),
+        ("swap 2-D", ins(normal((3, 4))), lambda x: x.transpose(0, 1) * np.arange(3.0)),
+        ("swap 3-D", ins(normal((2, 3, 4))), lambda x: cr.transpose(x, 0, 2) * np.arange(2.0)),
+        ("numpy axes", ins(normal((2, 3, 4))), lambda x: cr.transpose(x, axes=(2, 0, 1)) ** 2),
     ],
     "broadcast_to": [
         (
@@ -211,6 +236,7 @@ CASES: dict[str, list[Case]] = {
             lambda x: x.broadcast_to((3, 4)) * np.arange(12.0).reshape(3, 4),
         ),
         ("new axes", ins(normal((4,))), lambda x: cr.broadcast_to(x, (2, 3, 4)) ** 2),
+        ("expand", ins(normal((3, 1))), lambda x: x.expand(2, -1, 4) * np.arange(4.0)),
     ],
     "getitem": [
         ("int", ins(normal((3, 4))), lambda x: x[1] * 2.0),

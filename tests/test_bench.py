@@ -105,3 +105,15 @@ def test_memory_table_reports_kib_and_the_ratio_to_pytorch():
     assert lines[4] == "| chainrule eager / PyTorch eager | 1.004x | 1.004x |"
     # without PyTorch there is no ratio row
     assert len(_memory_table({32: {"chainrule eager": 1.0}}).splitlines()) == 3
+
+
+def test_ledger_bench_runners_build_and_run():
+    from bench import ledger
+
+    for what in ("step", "forward", "backward", "explain", "explain+neurons"):
+        ledger.make_runner(what, None, sizes=(6, 5, 4, 3), batch=4)()
+    with pytest.raises(ValueError, match="unknown runner"):
+        ledger.make_runner("nope", None, sizes=(2, 2), batch=1)
+    text = ledger.table({"step": 0.01, "forward": 0.004, "explain": 0.02,
+                         "step (baseline)": 0.0125, "forward (baseline)": 0.004})
+    assert "| explain | 20.00 | 2.00 |" in text and "step: this tree / baseline = 0.800" in text

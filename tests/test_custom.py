@@ -182,3 +182,138 @@ def test_check_graph_needs_the_graph():
     y.backward()
     with pytest.raises(RuntimeError, match="freed by backward"):
         check_graph(y)
+
+
+# --------------------------------------------------------------------------
+# Second derivatives through a Function: right, or a clear error
+# --------------------------------------------------------------------------
+
+
+class NumpySquare(Function):
+    """x^2 with a NumPy backward: first derivatives only."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.numpy() ** 2
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g.numpy() * 2 * x.numpy()
+
+
+class MarkedSquare(Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.numpy() ** 2
+
+    @staticmethod
+    @cr.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g.numpy() * 2 * x.numpy()
+
+
+class ReturnsArray(Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.numpy() ** 2
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x.data * g.data  # .data: plain arrays, the result is an ndarray
+
+
+class NoGradBackward(Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.numpy() ** 2
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        with cr.no_grad():
+            return g * 2 * x
+
+
+class SavesIntermediate(Function):
+    """sigmoid with the output saved as an intermediate (not an input)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        s = x.sigmoid()
+        ctx.save_for_backward(s)
+        return s
+
+    @staticmethod
+    def backward(ctx, g):
+        (s,) = ctx.saved_tensors
+        return g * s * (1 - s)
+
+
+class Identity(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.numpy().copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def test_numpy_backward_gives_first_derivatives():
+    for fn in (NumpySquare, MarkedSquare, ReturnsArray, NoGradBackward, SavesIntermediate):
+        g = cr.grad(lambda t, fn=fn: fn.apply(t).sum())(np.array([1.0, -2.0]))
+        if fn is SavesIntermediate:
+            s = 1 / (1 + np.exp(-np.array([1.0, -2.0])))
+            np.testing.assert_allclose(g, s * (1 - s))
+        else:
+            np.testing.assert_allclose(g, [2.0, -4.0])
+
+
+@pytest.mark.parametrize("fn, says", [
+    (NumpySquare, ".numpy()"),
+    (MarkedSquare, "once_differentiable"),
+    (ReturnsArray, "returned a ndarray for argument 0"),
+    (NoGradBackward, "does not depend on grad_output"),
+    (SavesIntermediate, "not one of its inputs"),
+])
+def test_second_derivative_through_a_numpy_backward_is_refused(fn, says):
+    f = lambda t: fn.apply(t).sum()  # noqa: E731
+    x0 = np.array([1.0, -2.0])
+    with pytest.raises(cr.DoubleBackwardError, match="NumpySquare|Marked|Returns|NoGrad|Saves") \
+            as info:
+        cr.hessian(f)(x0)
+    assert says in str(info.value)
+    with pytest.raises(cr.DoubleBackwardError):
+        cr.grad(lambda t: cr.grad(f)(t).sum())(x0)
+    x = cr.tensor(x0, requires_grad=True)
+    with pytest.raises(cr.DoubleBackwardError):
+        f(x).backward(create_graph=True)
+
+
+def test_second_derivative_through_a_tensor_backward_is_right():
+    x0 = np.array([0.5, -1.5, 2.0])
+    h = cr.hessian(lambda t: Cube.apply(t).sum())(x0)
+    np.testing.assert_allclose(h, np.diag(6 * x0))
+    x = cr.tensor(x0, requires_grad=True)
+    Cube.apply(x).sum().backward(create_graph=True)
+    assert isinstance(x.grad, cr.Tensor) and x.grad.requires_grad
+    np.testing.assert_allclose(x.grad.numpy(), 3 * x0**2)
+    # an optimizer can use it (it used to be a raw ndarray: AttributeError)
+    cr.optim.SGD([x], lr=0.1).step()
+    np.testing.assert_allclose(x.numpy(), x0 - 0.1 * 3 * x0**2)
+
+
+def test_a_backward_that_returns_grad_output_unchanged():
+    x = cr.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    (Identity.apply(x) * x).sum().backward(create_graph=True)
+    assert type(x.grad) is cr.Tensor
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 4.0])  # readable, not guarded
+    h = cr.hessian(lambda t: (Identity.apply(t) ** 2).sum())(np.array([1.0, 3.0]))
+    np.testing.assert_allclose(h, 2 * np.eye(2))

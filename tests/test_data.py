@@ -397,6 +397,27 @@ def test_idx_huge_header_fails_fast_without_allocating(tmp_path, gz):
     assert time.perf_counter() - t0 < 1.0
 
 
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("ndim", [65, 255])
+def test_idx_with_more_dimensions_than_numpy_allows(tmp_path, gz, ndim):
+    # was: a raw NumPy ValueError from reshape ("maximum supported dimension")
+    head = struct.pack(">BBBB", 0, 0, 0x08, ndim) + struct.pack(f">{ndim}I", *([1] * ndim))
+    p = _write(tmp_path / "deep", head + b"\x07", gz)
+    with pytest.raises(DataFormatError, match=rf"deep.*declares {ndim} dimensions"):
+        read_idx(p)
+
+
+@pytest.mark.parametrize("shape", [(0, 28, 28), (3, 0, 28)])
+def test_mnist_without_images_names_the_file(tmp_path, shape):
+    # was: a raw NumPy ValueError from reshape(0, -1)
+    _write(tmp_path / "train-images-idx3-ubyte", _idx_bytes(np.zeros(shape, np.uint8), 0x08),
+           False)
+    _write(tmp_path / "train-labels-idx1-ubyte",
+           _idx_bytes(np.zeros(shape[0], np.uint8), 0x08), False)
+    with pytest.raises(DataFormatError, match=r"train-images-idx3-ubyte: holds no images"):
+        load_mnist(tmp_path)
+
+
 def test_mnist_offline_download_message(tmp_path, monkeypatch):
     # Port 9 on localhost refuses connections at once: no real network is used.
     monkeypatch.setitem(mnist_mod._MIRRORS, "mnist", ["http://127.0.0.1:9/nothing/"])

@@ -42,7 +42,7 @@ def test_note000_computation_graph(capsys):
     assert r["example_7"] == {"f": 14.0, "via x": 7.0, "via y": 2.0, "df/db": 9.0}
     assert r["mlp"]["layers"] == 3 and r["mlp"]["max_diff"] < 1e-12
     out = capsys.readouterr().out
-    assert "dJ/dy_hat x dy_hat/du = 8 x 1 = 8" in out
+    assert "∂J/∂y_hat · ∂y_hat/∂u = 8 · 1 = 8" in out
 
 
 def test_note001_sigmoid_cross_entropy():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickletools
+import re
 import struct
 import time
 import zipfile
@@ -440,3 +441,107 @@ def test_atomic_write_to_a_new_file_in_the_current_directory(tmp_path, monkeypat
     crio.atomic_write("plain.bin", b"abc")
     assert (tmp_path / "plain.bin").read_bytes() == b"abc"
     assert _leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------
+# cr.load where PyTorch users put torch.load (issue 16)
+# --------------------------------------------------------------------------
+
+
+def test_load_is_a_mapping_of_tensors_for_load_state_dict(tmp_path):
+    model = _mlp(1)
+    opt = cr.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(cr.tensor(np.ones((2, 4), np.float32))).sum().backward()
+    opt.step()
+    path = cr.save(model, tmp_path / "m.cr", optimizer=opt, metadata={"epoch": 4})
+    ckpt = cr.load(path)
+    assert list(ckpt.keys()) == list(model.state_dict().keys())
+    assert len(ckpt) == 4 and "0.weight" in ckpt and "momentum_buffer" not in ckpt
+    assert isinstance(ckpt["2.bias"], cr.Tensor)
+    np.testing.assert_array_equal(ckpt["2.bias"].numpy(), model.state_dict()["2.bias"])
+    assert dict(ckpt.items()).keys() == model.state_dict().keys()
+    twin = _mlp(2)
+    twin.load_state_dict(cr.load(path))  # the PyTorch idiom
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(twin.state_dict()[k], v)
+    # metadata and optimizer state are still on it
+    assert ckpt.metadata == {"epoch": 4} and ckpt.optimizer_class == "SGD"
+    assert ckpt.optimizer_state["state"][0]["momentum_buffer"].shape == (8, 4)
+    ckpt.load_into(twin, cr.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9))
+    assert ckpt == ckpt and ckpt != cr.load(path) and hash(ckpt) == hash(ckpt)
+    # a plain safetensors file from another tool too
+    plain = cr.save({"w": np.ones(3)}, tmp_path / "p.safetensors")
+    assert dict(cr.load(plain)).keys() == {"w"}
+
+
+def _crafted_checkpoint(tmp_path, config, tensors=None):
+    """A chainrule checkpoint whose metadata says what we want (no model behind it)."""
+    from safetensors.numpy import save as st_save
+
+    tensors = tensors or {}
+    header = {"format": crio.FORMAT_NAME, "format_version": crio.FORMAT_VERSION,
+              "chainrule_version": cr.__version__,
+              "model": {"class": "Sequential", "keys": list(tensors), "config": config},
+              "optimizer": None, "metadata": None}
+    path = tmp_path / "crafted.cr"
+    path.write_bytes(st_save(tensors, metadata={"chainrule": json.dumps(header)}))
+    return path
+
+
+@pytest.mark.parametrize("config", [
+    [{"type": "Linear", "in_features": 0, "out_features": 10**12}],
+    [{"type": "Linear", "in_features": 10**12, "out_features": 0, "bias": False}],
+    [{"type": "Linear", "in_features": 60000, "out_features": 60000}],
+    [{"type": "Linear", "in_features": 40000, "out_features": 1}] * 4,
+    {"type": "Sequential", "layers": [{"type": "Linear", "in_features": 1,
+                                       "out_features": 10**9}]},
+], ids=["empty weight, huge bias", "huge empty weight", "product", "sum over layers", "nested"])
+def test_tiny_checkpoint_cannot_force_a_huge_allocation(tmp_path, config):
+    import tracemalloc
+
+    path = _crafted_checkpoint(tmp_path, config)
+    assert path.stat().st_size < 600  # a few hundred bytes
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="crafted.cr: the stored architecture"):
+            cr.load_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # refused before anything was allocated
+
+
+def test_config_with_an_unexpected_argument_is_a_checkpoint_error(tmp_path):
+    w = {"0.weight": np.ones((2, 3), np.float32), "0.bias": np.zeros(2, np.float32)}
+    good = [{"type": "Linear", "in_features": 3, "out_features": 2}]
+    assert cr.load_model(_crafted_checkpoint(tmp_path, good, w))[0].out_features == 2
+    for layer, says in [
+        ({"generator": 5}, "cannot be rebuilt (AttributeError"),  # was a raw AttributeError
+        ({"generator": None}, "never writes: config[0].generator"),
+        ({"bogus": 1}, "unexpected keyword argument 'bogus'"),
+    ]:
+        cfg = [dict(good[0], **layer)]
+        with pytest.raises(CheckpointError, match=re.escape(says)):
+            cr.load_model(_crafted_checkpoint(tmp_path, cfg, w))
+    with pytest.raises(CheckpointError, match=r"never writes: config\[1\].size"):
+        cr.load_model(_crafted_checkpoint(tmp_path, good + [{"type": "Identity", "size": 3}], w))
+    with pytest.raises(CheckpointError, match=r"never writes: config.fuse"):
+        cr.load_model(_crafted_checkpoint(
+            tmp_path, {"type": "Sequential", "layers": good, "fuse": False}, w))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_follow_the_umask_and_keep_an_old_mode(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = cr.save(_mlp(), tmp_path / "m.cr")
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+        hist = cr.training.History()
+        assert hist.to_json(tmp_path / "h.json").stat().st_mode & 0o777 == 0o666 & ~umask
+        os.chmod(path, 0o640)
+        cr.save(_mlp(), path)  # an overwrite keeps the file's mode
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left

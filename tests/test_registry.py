@@ -191,7 +191,7 @@ EXPECTED_SAVES = {
     "relu": ((), True), "leaky_relu": ((0,), False), "softplus": ((0,), False),
     "clip": ((0,), False), "astype": ((), False), "clone": ((), False),
     "sum": ((), False), "mean": ((), False), "max": ((0,), True), "min": ((0,), True),
-    "var": ((0,), False), "logsumexp": ((0,), True), "softmax": ((), True),
+    "var": ((0,), False), "std": ((0,), True), "logsumexp": ((0,), True), "softmax": ((), True),
     "log_softmax": ((), True), "matmul": ((0, 1), False), "linear": ((0, 1), False),
     "linear_nobias": ((0, 1), False), "linear_relu": ((0, 1), False),
     "reshape": ((), False), "transpose": ((), False), "broadcast_to": ((), False),

@@ -159,12 +159,35 @@ def test_early_stopping_restores_the_best_epochs_weights():
     best = int(np.argmin(val_losses)) + 1
     assert history.stopped_early and "EarlyStopping" in history.stop_reason
     assert es.best_epoch == history.best_epoch == best
-    assert len(history) == best + 3 + 1  # patience epochs without improvement, then stop
+    assert len(history) == best + 3  # stopped at the 3rd epoch without improvement
     assert len(history) > best  # the final weights are not the best ones...
     final = model.state_dict()
     for k, v in snapshots[best].items():  # ...but they were put back
         assert final[k].tobytes() == v.tobytes(), k
     assert not np.array_equal(snapshots[len(history)]["0.weight"], final["0.weight"])
+
+
+@pytest.mark.parametrize("patience, values, stop", [
+    (3, [1.0, 0.9, 0.95, 0.95, 0.95, 0.8], 5),  # 3 epochs in a row without improvement
+    (3, [1.0, 0.9, 0.95, 0.85, 0.95, 0.95, 0.95], 7),  # an improvement resets the count
+    (1, [1.0, 1.0], 2),
+    (0, [1.0, 1.0], 2),  # as Keras: 0 stops at the first epoch without improvement
+    (2, [3.0, 2.0, 1.0, 0.5], None),
+])
+def test_early_stopping_patience_counts_epochs_without_improvement(patience, values, stop):
+    from types import SimpleNamespace
+
+    es = cr.callbacks.EarlyStopping(monitor="val_loss", patience=patience)
+    trainer = SimpleNamespace(has_val=True, model=_small_model(),
+                              history=SimpleNamespace(monitor=None, mode=None))
+    es.on_train_begin(trainer, {})
+    stopped = None
+    for epoch, v in enumerate(values, start=1):
+        if es.on_epoch_end(trainer, {"epoch": epoch, "val_loss": v}):
+            stopped = epoch
+            break
+    assert stopped == stop
+    assert es.stopped_epoch == stop
 
 
 def test_early_stopping_needs_a_validation_set_for_val_metrics():

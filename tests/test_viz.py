@@ -93,8 +93,8 @@ def test_backward_direction_reverses_edges_and_labels_the_terms():
     nodes, edges = parse(src)
     ids = by_head(nodes)
     pairs = {(t, h): a for t, h, a in edges}
-    assert 'label="1 × 8 = 8"' in pairs[(ids["J = pow"], ids["e = sub"])]
-    assert 'label="8 × 1 = 8"' in pairs[(ids["u = mul"], ids["w"])]
+    assert 'label="1 · 8 = 8"' in pairs[(ids["J = pow"], ids["e = sub"])]
+    assert 'label="8 · 1 = 8"' in pairs[(ids["u = mul"], ids["w"])]
 
 
 def test_no_grads_before_backward_by_default_and_after_backward_with_auto():
@@ -119,7 +119,8 @@ def test_arrays_show_shape_and_a_summary():
 def test_freed_graph_is_noted():
     J, _, _ = regression_graph()
     J.backward()
-    g = viz.graph(J)
+    with pytest.warns(viz.GraphFreedWarning, match="freed by backward"):
+        g = viz.graph(J)
     assert any("freed by backward()" in n for n in g.notes)
     assert "retain_graph=True" in g.source
 
@@ -142,7 +143,9 @@ def test_max_nodes_caps_the_drawing_with_a_note():
 def test_render_without_dot_says_how_to_install(monkeypatch, tmp_path):
     J, _, _ = regression_graph()
     g = viz.graph(J)
-    monkeypatch.setattr(viz.shutil, "which", lambda name: None)
+    from chainrule.teach import draw
+
+    monkeypatch.setattr(draw.shutil, "which", lambda name: None)
     with pytest.raises(viz.GraphvizNotFoundError) as info:
         g.render(tmp_path / "g.svg")
     msg = str(info.value)

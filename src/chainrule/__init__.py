@@ -21,7 +21,10 @@ import numpy as _np
 
 from . import data, nn, ops, optim, random, training, viz
 from .compile import CompileError, CompileWarning, compile  # noqa: A004  (cr.compile, as torch.compile)
-from .custom import Function, check_graph
+from .custom import DoubleBackwardError, Function, check_graph, once_differentiable
+
+# the old module path first, then the name: `cr.explain` stays the function even
+# after someone imports the module chainrule.explain
 from .explain import explain
 from .factories import (
     arange,
@@ -50,7 +53,11 @@ from .ops import (
     RULES,
     abs,
     add,
+    amax,
+    amin,
     apply,
+    argmax,
+    argmin,
     astype,
     broadcast_to,
     cat,
@@ -61,6 +68,7 @@ from .ops import (
     cos,
     div,
     exp,
+    expand,
     expand_dims,
     flatten,
     getitem,
@@ -69,6 +77,7 @@ from .ops import (
     log,
     log_softmax,
     logsumexp,
+    masked_fill,
     matmul,
     max,
     maximum,
@@ -77,6 +86,7 @@ from .ops import (
     minimum,
     mul,
     neg,
+    permute,
     pow,
     relu,
     reshape,
@@ -86,13 +96,16 @@ from .ops import (
     softmax,
     softplus,
     sqrt,
+    square,
     squeeze,
     stack,
+    std,
     sub,
     sum,
     swapaxes,
     tanh,
     transpose,
+    unsqueeze,
     var,
     where,
 )
@@ -121,9 +134,10 @@ float64 = _np.float64
 
 
 def __getattr__(name: str) -> object:
-    # cr.sklearn and cr.onnx are imported on first use only: scikit-learn and
-    # onnx are optional dependencies, and `import chainrule` must not pay for them.
-    if name in ("sklearn", "onnx"):
+    # Imported on first use only: cr.sklearn and cr.onnx need optional
+    # dependencies (scikit-learn, onnx), and cr.playground() starts a web
+    # server; `import chainrule` must not pay for (or need) any of them.
+    if name in ("sklearn", "onnx", "playground"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

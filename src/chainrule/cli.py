@@ -8,6 +8,7 @@
     chainrule predict runs/iris/model.safetensors new.csv --out predictions.csv
     chainrule export runs/iris/model.safetensors --onnx iris.onnx
     chainrule explain "0.5*(sigmoid(w*x+b)-y)**2" w=0.5 x=1 b=0 y=1
+    chainrule playground dataset=spiral hidden=8,8   # the backpropagation playground
 
 Everything a later ``evaluate`` / ``predict`` / ``export`` needs is stored in the
 checkpoint itself: the model spec (:mod:`chainrule.spec`: architecture,
@@ -126,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and use multi-layer perceptrons built on chainrule, "
         "a reverse-mode autodiff engine in NumPy.",
         epilog="Run 'chainrule COMMAND --help' for a command's options. "
-        "Quick start: 'chainrule train' trains on the bundled handwritten digits.",
+        "Quick start: 'chainrule train' trains on the bundled handwritten digits; "
+        "'chainrule playground' opens the backpropagation playground in the browser.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true",
@@ -300,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
         cli_explain = None
     if cli_explain is not None:
         cli_explain.add_parser(sub)
+
+    # -- playground (owned by chainrule.playground.cli) -----------------------
+    from .playground import cli as playground_cli
+
+    playground_cli.add_parser(sub)
     return parser
 
 
@@ -938,11 +945,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         parser = build_parser()
-        args = parser.parse_args([a for a in argv if a != "--debug"])
+        args = [a for a in argv if a != "--debug"]
+        try:
+            from . import cli_explain
+
+            # an expression starting with '-' is not an option of `explain`
+            args = cli_explain.protect_expression(args)
+        except ImportError:
+            pass
+        args = parser.parse_args(args)
         if getattr(args, "func", None) is None:
             parser.print_help()
             return 2
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`chainrule explain ... | head`): stop quietly
+        from .teach.cli import quiet_broken_pipe
+
+        return quiet_broken_pipe()
     except KeyboardInterrupt:
         if debug:
             raise

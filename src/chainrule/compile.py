@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from .capture import Effect
-from .nn.module import SETTINGS_EPOCH, STEP_MARK, Module
+from .nn.module import SETTINGS_EPOCH, STEP_MARK, STRUCTURE, Module
 from .ops import GETITEM, Rule, _op_error, _scalar_array
 from .optim.optimizer import Optimizer
 from .random import default_generator
@@ -899,12 +899,14 @@ class _Guard:
 
     def __init__(self, entries: list[list]) -> None:
         self.entries = entries
-        self.epoch = [SETTINGS_EPOCH[0]]  # module attributes last checked at this count
+        # module attributes last checked at these counts (attribute sets; structure
+        # changes, which include hooks added without setting an attribute)
+        self.epoch = [SETTINGS_EPOCH[0], STRUCTURE[0]]
         self._build()
 
     def _build(self) -> None:
         ns: dict[str, Any] = {"M": _MISSING, "e": [ent[3] for ent in self.entries],
-                              "E": self.epoch, "EPOCH": SETTINGS_EPOCH}
+                              "E": self.epoch, "EPOCH": SETTINGS_EPOCH, "STRUCT": STRUCTURE}
         shape = []
         for i, (kind, obj, key, _exp, _path, owner) in enumerate(self.entries):
             ns[f"o{i}"] = obj
@@ -932,7 +934,8 @@ class _Guard:
                     term = f"o{i} == {e}"
                 (settings if group else rest).append(term)
             joint = " and\n                ".join
-            body = f"(E[0] == EPOCH[0] or ({joint(settings) or 'True'}))"
+            body = (f"((E[0] == EPOCH[0] and E[1] == STRUCT[0]) or "
+                    f"({joint(settings) or 'True'}))")
             if rest:
                 body += f" and\n            {joint(rest)}"
             src = (f"def guard():\n    try:\n        return ({body})\n"
@@ -947,7 +950,7 @@ class _Guard:
     def check(self) -> str | None:
         """None when every entry holds (after refreshing equal plain values)."""
         if self.fast():
-            self.epoch[0] = SETTINGS_EPOCH[0]
+            self.epoch[:] = SETTINGS_EPOCH[0], STRUCTURE[0]
             return None
         refreshed = False
         for ent in self.entries:
@@ -977,7 +980,7 @@ class _Guard:
             return f"{path} changed ({_short(exp)} -> {_short(now)})"
         if refreshed:
             self._build()
-        self.epoch[0] = SETTINGS_EPOCH[0]
+        self.epoch[:] = SETTINGS_EPOCH[0], STRUCTURE[0]
         return None
 
 
@@ -1349,13 +1352,13 @@ class _Recorder:
             return
         if all(c is not m for c in self.called):
             self.called.append(m)
-        for name in _MODULE_HOOK_ATTRS:
-            if getattr(m, name, None):
-                self.refuse(
-                    f"{type(m).__name__} has {name.strip('_').replace('_', ' ')} (called at "
-                    f"{_user_line()}); a replay does not run the step's Python, so it would "
-                    "skip them"
-                )
+        hooked = m.has_forward_hooks() if hasattr(m, "has_forward_hooks") else any(
+            getattr(m, name, None) for name in _MODULE_HOOK_ATTRS)
+        if hooked:
+            self.refuse(
+                f"{type(m).__name__} has forward hooks (called at {_user_line()}); a replay "
+                "does not run the step's Python, so it would skip them"
+            )
 
     def read(self, arr: np.ndarray) -> tuple | None:
         """``.item()`` of a traced array: the replay reads the same slot again."""

@@ -33,9 +33,11 @@ import numpy as np
 from . import ops
 from .ops import NUMPY_NS, Rule
 from .tensor import _RELEASED, Tensor, no_grad
-from .viz import ValuesNotKept, node_names, walk
 
-__all__ = ["Function", "FunctionCtx", "check_graph", "GraphCheckError", "GraphCheckReport"]
+__all__ = [
+    "Function", "FunctionCtx", "once_differentiable", "DoubleBackwardError",
+    "check_graph", "GraphCheckError", "GraphCheckReport",
+]
 
 
 # --------------------------------------------------------------------------
@@ -112,14 +114,21 @@ class Function:
         layout = tuple(isinstance(a, (Tensor, np.ndarray)) for a in args)
         operands = [a for a, is_t in zip(args, layout) if is_t]
         others = tuple(a for a, is_t in zip(args, layout) if not is_t)
-        return ops.apply(cls._rule, *operands, layout=layout, others=others)
+        # forward copies the caller's plain arrays: what it saves for backward
+        # must not change if the caller refills them before backward()
+        copies = tuple(isinstance(a, np.ndarray) for a in operands)
+        return ops.apply(cls._rule, *operands, layout=layout, others=others, copies=copies)
 
 
 def _make_forward(cls: type[Function]) -> Callable:
-    def forward(*arrays: Any, layout: tuple, others: tuple) -> tuple[np.ndarray, FunctionCtx]:
+    def forward(*arrays: Any, layout: tuple, others: tuple,
+                copies: tuple = ()) -> tuple[np.ndarray, FunctionCtx]:
         ctx = FunctionCtx()
-        ctx._layout = (layout, others)
-        wrapped = [Tensor._const(np.asarray(a)) for a in arrays]
+        ctx._layout = (layout, others, copies)
+        wrapped = [
+            Tensor._const(np.array(a) if i < len(copies) and copies[i] else np.asarray(a))
+            for i, a in enumerate(arrays)
+        ]
         ctx._inputs = wrapped
         args = _merge(layout, wrapped, others)
         with no_grad():
@@ -140,21 +149,112 @@ def _merge(layout: tuple, tensors: list, others: tuple) -> list:
     return [next(it_t) if is_t else next(it_o) for is_t in layout]
 
 
+class DoubleBackwardError(RuntimeError):
+    """A Function's backward was asked for a derivative it cannot give again.
+
+    Raised under ``backward(create_graph=True)``, ``cr.hessian`` or
+    ``cr.grad(cr.grad(f))`` when the backward leaves Tensor operations (NumPy,
+    ``.numpy()``, ``no_grad``) or is marked :func:`once_differentiable`:
+    differentiating its result again would silently give 0 or a part of the
+    answer.
+    """
+
+
+def once_differentiable(backward: Callable) -> Callable:
+    """Mark a Function's ``backward`` as computed outside the graph (NumPy).
+
+    Its first derivatives work everywhere; asking for a second one
+    (``create_graph=True``, ``cr.hessian``, ``cr.grad(cr.grad(f))``) raises
+    :class:`DoubleBackwardError` at once instead of returning a wrong number.
+    The same idea as PyTorch's ``torch.autograd.function.once_differentiable``.
+
+    >>> class Sq(cr.Function):
+    ...     @staticmethod
+    ...     def forward(ctx, x):
+    ...         ctx.save_for_backward(x)
+    ...         return x.numpy() ** 2
+    ...     @staticmethod
+    ...     @cr.once_differentiable
+    ...     def backward(ctx, g):
+    ...         (x,) = ctx.saved_tensors
+    ...         return g.numpy() * 2 * x.numpy()
+    """
+    backward._once_differentiable = True  # type: ignore[attr-defined]
+    return backward
+
+
+class _Recorded(Tensor):
+    """A tensor handed to a Function's backward while the backward itself is
+    recorded (create_graph=True): the ways out of the graph raise, since a
+    derivative computed outside it cannot be differentiated again."""
+
+    __slots__ = ()
+    _function = "Function"
+
+    def _leave(self, how: str) -> Any:
+        raise DoubleBackwardError(
+            f"{self._function}.backward is being differentiated again (create_graph=True, "
+            f"as in cr.hessian or cr.grad of cr.grad), but it calls {how} on a tensor it was "
+            "given, which leaves the graph: the second derivative would be lost. Compute "
+            "with Tensor operations (g * 3 * x ** 2, not g.numpy() * 3 * x.numpy() ** 2), or "
+            "mark the backward @cr.once_differentiable if it is meant for first derivatives "
+            "only (see docs/custom-functions.md)."
+        )
+
+    def numpy(self) -> np.ndarray:
+        return self._leave(".numpy()")
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self._leave("a NumPy function (np.asarray, np.exp, ...)")
+
+    def item(self) -> Any:
+        return self._leave(".item()")
+
+    def tolist(self) -> Any:
+        return self._leave(".tolist()")
+
+
+def _recorded(t: Tensor, function: str, seed: bool = False) -> Tensor:
+    """``t`` as a graph node whose exits raise (see :class:`_Recorded`).
+
+    A constant input is handed over as it is (its values are all backward
+    needs from it).
+    """
+    if t.requires_grad:
+        r = ops.clone(t)  # one identity node: the gradient flows on to t
+    elif seed:
+        # A constant incoming gradient (the seed): a leaf that requires grad
+        # stands for it, so that every result of Tensor operations on it
+        # requires grad; a result that does not was computed outside the graph.
+        r = Tensor(t.data, requires_grad=True)
+    else:
+        return t
+    r.__class__ = _Recorded
+    r._function = function
+    return r
+
+
+def _double_backward_error(cls: type, what: str) -> DoubleBackwardError:
+    return DoubleBackwardError(
+        f"{cls.__name__}.backward cannot be differentiated again (create_graph=True, as in "
+        f"cr.hessian or cr.grad of cr.grad): {what}. A backward that is differentiated again "
+        "must compute its result with Tensor operations on grad_output and on the tensors "
+        "saved with ctx.save_for_backward (the inputs); see docs/custom-functions.md."
+    )
+
+
 def _make_vjp(cls: type[Function]) -> Callable:
+    once = getattr(cls.backward, "_once_differentiable", False)
+
     def vjp(g: Any, out: Any, ctx: FunctionCtx, needs: tuple, xp: Any, *inputs: Any) -> tuple:
-        layout, _ = ctx._layout
+        layout = ctx._layout[0]
         it = iter(needs)
         ctx.needs_input_grad = tuple(next(it) if is_t else False for is_t in layout)
-        if isinstance(g, Tensor):  # create_graph=True: let backward's own ops be recorded
-            # saved inputs stand for the graph's own tensors, so that the
-            # gradient can be differentiated again through them
-            swap = {id(w): t for w, t in zip(ctx._inputs, inputs)}
-            saved = ctx.saved_tensors
-            ctx.saved_tensors = tuple(swap.get(id(s), s) for s in saved)
-            try:
-                grads = cls.backward(ctx, g)
-            finally:
-                ctx.saved_tensors = saved
+        recording = isinstance(g, Tensor)  # create_graph=True: backward's own ops are recorded
+        if recording:
+            if once:
+                raise _double_backward_error(cls, "its backward is marked once_differentiable")
+            grads = _recorded_backward(cls, ctx, g, inputs)
         else:
             with no_grad():
                 grads = cls.backward(ctx, Tensor._const(np.asarray(g)))
@@ -167,16 +267,54 @@ def _make_vjp(cls: type[Function]) -> Callable:
                 "arguments that need no gradient)"
             )
         result = []
-        for gi, is_t in zip(grads, layout):
+        for k, (gi, is_t) in enumerate(zip(grads, layout)):
             if not is_t:
                 continue
-            if gi is None or isinstance(g, Tensor):
+            if gi is None:
+                result.append(None)
+            elif recording:
+                if not isinstance(gi, Tensor):
+                    raise _double_backward_error(
+                        cls, f"it returned a {type(gi).__name__} for argument {k}, not a Tensor")
+                if ctx.needs_input_grad[k] and not gi.requires_grad:
+                    raise _double_backward_error(
+                        cls, f"the gradient it returned for argument {k} does not depend on "
+                        "grad_output through Tensor operations (computed under no_grad, or "
+                        "from .data)")
+                if type(gi) is _Recorded:  # backward returned what it was given
+                    gi = ops.clone(gi)  # a plain tensor: the guard stays inside backward
                 result.append(gi)
             else:
                 result.append(np.asarray(gi.data if isinstance(gi, Tensor) else gi))
         return tuple(result)
 
     return vjp
+
+
+def _recorded_backward(cls: type, ctx: FunctionCtx, g: Tensor, inputs: tuple) -> Any:
+    """Run ``backward`` so that its operations are recorded (create_graph=True).
+
+    The tensors saved for backward stand for the graph's own inputs, so that
+    the gradient can be differentiated again through them; they and
+    grad_output are handed over as nodes whose ways out of the graph raise.
+    """
+    name = cls.__name__
+    real = {id(w): t for w, t in zip(ctx._inputs, inputs)}
+    saved = ctx.saved_tensors
+    swapped = []
+    for s in saved:
+        t = real.get(id(s))
+        if t is None and s is not None:
+            raise _double_backward_error(
+                cls, "it saved a tensor that is not one of its inputs (a value computed in "
+                "forward is a constant to the graph, so its own derivative would be lost); "
+                "save the inputs and recompute such values in backward")
+        swapped.append(None if s is None else _recorded(t, name))
+    ctx.saved_tensors = tuple(swapped)
+    try:
+        return cls.backward(ctx, _recorded(g, name, seed=True))
+    finally:
+        ctx.saved_tensors = saved
 
 
 # --------------------------------------------------------------------------
@@ -206,8 +344,8 @@ def _params(node: Any) -> dict:
     """The settings the op ran with (recorded on its node)."""
     ctx = node._ctx
     if isinstance(ctx, FunctionCtx):
-        layout, others = ctx._layout
-        return {"layout": layout, "others": others}
+        layout, others, copies = ctx._layout
+        return {"layout": layout, "others": others, "copies": copies}
     if node._op.name == "astype":
         return {"dtype": np.float64}  # checked in float64 like everything else
     return dict(node.params)
@@ -235,10 +373,10 @@ def check_graph(
     >>> cr.check_graph(loss)        # before backward(), which frees the graph
     <GraphCheckReport: 7 nodes checked, 0 skipped>
     """
-    try:
-        order = walk([t])
-    except ValuesNotKept as exc:
-        raise ValuesNotKept(f"check_graph: {exc}") from None
+    from .teach._graph import walk  # the views' adapter to the graph
+    from .teach.ledger import node_names
+
+    order = walk([t], what="check_graph")
     names = node_names(order)
     rng = np.random.default_rng(seed)
     report = GraphCheckReport()

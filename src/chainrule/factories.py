@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .capture import effect
+from .random import _resolve
 from .tensor import Tensor
 
 __all__ = [
@@ -59,14 +60,6 @@ def _like(t: Any) -> np.ndarray:
     return arr if type(arr) is np.ndarray else arr.view(np.ndarray)
 
 
-def _fresh_entropy(*shape: Any, seed: int | None = None, **kwargs: Any) -> str | None:
-    """Why a compiled step cannot replay this draw (None: it can)."""
-    if seed is None:
-        return ("it draws from fresh OS entropy (no seed=), so no two runs agree; "
-                "use a seed, or chainrule's generators (cr.manual_seed, Dropout)")
-    return None
-
-
 def zeros_like(t: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
     return _make(np.zeros_like(_like(t), dtype=dtype), requires_grad)
 
@@ -79,20 +72,48 @@ def full_like(t: Any, fill_value: float, dtype: Any = None, requires_grad: bool 
     return _make(np.full_like(_like(t), fill_value, dtype=dtype), requires_grad)
 
 
-@effect(touches=lambda *a, **k: (), refuse=_fresh_entropy)
-def randn(*shape: Any, seed: int | None = None, dtype: Any = np.float32,
-          requires_grad: bool = False) -> Tensor:
-    """Standard normal samples; ``seed`` makes them reproducible."""
-    rng = np.random.default_rng(seed)
-    return _make(rng.standard_normal(_shape(shape, "randn")).astype(dtype), requires_grad)
+def randn(*shape: Any, seed: int | None = None, generator: np.random.Generator | None = None,
+          dtype: Any = np.float32, requires_grad: bool = False) -> Tensor:
+    """Standard normal samples of ``shape``.
+
+    Drawn from the global generator, so :func:`chainrule.manual_seed` makes
+    them repeat (as ``torch.randn`` follows ``torch.manual_seed``); or from
+    ``generator``, or from a fresh generator seeded with ``seed``.
+
+    >>> cr.manual_seed(0); a = cr.randn(2, 3)
+    >>> cr.manual_seed(0); b = cr.randn(2, 3)
+    >>> bool((a == b).all())
+    True
+    """
+    return _random("randn", shape, seed, generator, dtype, requires_grad)
 
 
-@effect(touches=lambda *a, **k: (), refuse=_fresh_entropy)
-def rand(*shape: Any, seed: int | None = None, dtype: Any = np.float32,
-         requires_grad: bool = False) -> Tensor:
-    """Uniform samples in [0, 1); ``seed`` makes them reproducible."""
-    rng = np.random.default_rng(seed)
-    return _make(rng.random(_shape(shape, "rand")).astype(dtype), requires_grad)
+def rand(*shape: Any, seed: int | None = None, generator: np.random.Generator | None = None,
+         dtype: Any = np.float32, requires_grad: bool = False) -> Tensor:
+    """Uniform samples in [0, 1) of ``shape``; seeded like :func:`randn`."""
+    return _random("rand", shape, seed, generator, dtype, requires_grad)
+
+
+def _random(kind: str, shape: tuple, seed: int | None, generator: np.random.Generator | None,
+            dtype: Any, requires_grad: bool) -> Tensor:
+    if seed is not None and generator is not None:
+        raise TypeError(f"{kind}: give seed= or generator=, not both")
+    shape = _shape(shape, kind)
+    return _make(_draw(seed, generator, kind, shape, np.dtype(dtype)), requires_grad)
+
+
+# Declared an effect: a compiled step draws afresh on every replay, from the
+# same generator (or a fresh one from the same seed), as eager mode does.
+@effect(touches=lambda seed, generator, kind, shape, dtype:
+        () if seed is not None else _resolve(generator))
+def _draw(seed: int | None, generator: np.random.Generator | None, kind: str, shape: tuple,
+          dtype: np.dtype) -> np.ndarray:
+    """One draw from a generator seeded with ``seed``, or ``generator``, or the
+    global one, in float64 then cast (so a seed gives the same values whatever
+    the dtype)."""
+    rng = np.random.default_rng(seed) if seed is not None else _resolve(generator)
+    arr = rng.standard_normal(shape) if kind == "randn" else rng.random(shape)
+    return arr if arr.dtype == dtype else arr.astype(dtype)
 
 
 def arange(start: float, stop: float | None = None, step: float = 1, dtype: Any = None,

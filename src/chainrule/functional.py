@@ -213,7 +213,14 @@ def gradcheck(
     element with the worst disagreement, and both values.
     """
     xs = [np.array(x.data if isinstance(x, Tensor) else x, dtype=np.float64) for x in inputs]
-    probe = f(*[Tensor(x) for x in xs])
+
+    def call(vals: Sequence[np.ndarray]) -> Any:
+        # The inputs require grad in every evaluation, the numeric ones too:
+        # f may register a hook on an intermediate, which needs a graph (the
+        # graph is dropped right after).
+        return f(*[Tensor(v, requires_grad=True) for v in vals])
+
+    probe = call(xs)
     if not isinstance(probe, Tensor):
         raise TypeError(f"gradcheck: the function must return a Tensor, got {type(probe)}")
     r = np.random.default_rng(seed).standard_normal(probe.shape)
@@ -221,7 +228,7 @@ def gradcheck(
         r = np.ones(probe.shape)
 
     def loss(*vals: np.ndarray) -> float:
-        out = f(*[Tensor(v) for v in vals])
+        out = call(vals)
         return float(np.sum(np.asarray(out.data, dtype=np.float64) * r))
 
     def scalar(*ts: Tensor) -> Tensor:

@@ -35,14 +35,14 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._files import create_temp, keep_mode
 from .tensor import Tensor
 
 __all__ = [
@@ -103,6 +103,8 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     temporary file is then renamed over ``path``; finally the directory is
     fsynced so the rename itself survives a power cut. If anything fails, the
     temporary file is removed and an existing ``path`` is left untouched.
+    The file gets the permissions a plain ``open(path, "w")`` would: the
+    umask decides for a new file, and an overwritten file keeps its mode.
 
     >>> atomic_write("notes.txt", b"hello")
     PosixPath('notes.txt')
@@ -110,13 +112,16 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        fd, tmp = create_temp(directory, path.name, ".tmp")
     except FileNotFoundError:
         # name the file the user asked for, not our temporary one
         raise FileNotFoundError(
             f"cannot write {path}: the directory {directory} does not exist"
         ) from None
     try:
+        # permissions as a plain open() would give: the umask for a new file,
+        # the old file's mode when replacing one
+        keep_mode(fd, path)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -467,14 +472,24 @@ def _validate(path: Path, raw: bytes) -> tuple[dict, dict[str, str]]:
 # --------------------------------------------------------------------------
 
 
-class Checkpoint:
-    """What :func:`load` returns: weights, architecture, optimizer state, metadata.
+class Checkpoint(Mapping):
+    """What :func:`load` returns: a mapping of weight name -> Tensor, plus the rest.
+
+    As a mapping it holds the model's weights, in the order they were saved,
+    so it goes where PyTorch users put a loaded state dict::
+
+        model.load_state_dict(cr.load("model.cr"))
+        cr.load("model.cr").keys()          # 'weight', 'bias', ...
+        cr.load("model.cr")["0.weight"]     # a Tensor
+
+    The architecture, the optimizer state and the metadata are attributes.
 
     Attributes
     ----------
     path : pathlib.Path
     state_dict : OrderedDict[str, np.ndarray]
-        The model weights, in the order they were saved (writeable copies).
+        The model weights as arrays (writeable; the mapping's Tensors share
+        their memory).
     config : dict or None
         ``model.get_config()`` at save time (None if the model could not
         describe itself, or for a plain safetensors file).
@@ -516,6 +531,28 @@ class Checkpoint:
         self.metadata = metadata
         self.format_version = format_version
         self.chainrule_version = chainrule_version
+        self._tensors: dict[str, Tensor] = {}
+
+    # ----- the mapping: weight name -> Tensor ------------------------------
+
+    def __getitem__(self, name: str) -> Tensor:
+        t = self._tensors.get(name)
+        if t is None:
+            t = self._tensors[name] = Tensor._const(self.state_dict[name])
+        return t
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.state_dict)
+
+    def __len__(self) -> int:
+        return len(self.state_dict)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.state_dict
+
+    # a checkpoint is a file's contents, not a value: compared and hashed by identity
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     def __repr__(self) -> str:
         n = sum(int(a.size) for a in self.state_dict.values())
@@ -541,26 +578,39 @@ class Checkpoint:
 
         # Building allocates what the config declares; refuse a config that
         # the weights in the file cannot back (a damaged or hostile header
-        # declaring Linear(10**6, 10**6) must not allocate terabytes).
+        # declaring Linear(10**6, 10**6), or Linear(0, 10**12) whose weight is
+        # empty but whose bias is not, must not allocate terabytes).
         stored = sum(int(a.size) for a in self.state_dict.values())
         try:
-            claimed = _config_size(self.config)
+            _check_config_size(self.path, self.config, stored)
         except RecursionError:
             raise CheckpointError(
                 f"{self.path}: the stored architecture is nested too deeply"
             ) from None
-        if claimed > stored + 65536:  # slack for small integer arguments (dims, axes)
-            raise CheckpointError(
-                f"{self.path}: the stored architecture declares a layer of {claimed} values "
-                f"but the file holds only {stored} weight values (damaged metadata)"
-            )
         try:
             model = nn.build(self.config)
-            model.load_state_dict(self.state_dict)
-        except (ValueError, TypeError, KeyError, RecursionError) as e:
-            # the config came from the file: a damaged one is a damaged checkpoint
+        except Exception as e:  # noqa: BLE001
+            # The config came from the file: whatever building it trips on (a
+            # wrong type, an argument of the wrong kind that fails deep inside
+            # a constructor), it is a damaged checkpoint.
             raise CheckpointError(
-                f"{self.path}: the stored architecture cannot be rebuilt ({e})"
+                f"{self.path}: the stored architecture cannot be rebuilt "
+                f"({type(e).__name__}: {e})"
+            ) from None
+        try:
+            extra = _unexpected_args(self.config, model.get_config())
+        except (NotImplementedError, TypeError, ValueError, AttributeError, KeyError):
+            extra = []
+        if extra:
+            raise CheckpointError(
+                f"{self.path}: the stored architecture has arguments that chainrule never "
+                f"writes: {', '.join(extra[:5])} (damaged or edited metadata)"
+            )
+        try:
+            model.load_state_dict(self.state_dict)
+        except (ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(
+                f"{self.path}: the weights do not fit the stored architecture ({e})"
             ) from None
         return model
 
@@ -580,19 +630,84 @@ class Checkpoint:
         return model
 
 
-def _config_size(config: Any) -> int:
-    """The largest product of a layer's integer arguments (Linear: in x out)."""
-    if isinstance(config, list):
-        return max((_config_size(c) for c in config), default=0)
-    if not isinstance(config, dict):
-        return 0
-    n = 1
-    for k, v in config.items():
-        if k == "layers":
-            n = max(n, _config_size(v))
-        elif isinstance(v, int) and not isinstance(v, bool):
-            n *= abs(v)
-    return n
+# Slack for the small integer arguments of layers that own no weights (dims,
+# axes, a pooling window): a real architecture's integers are bounded by its
+# weight count plus this.
+_CONFIG_SLACK = 65536
+
+
+def _check_config_size(path: Path, config: Any, stored: int) -> None:
+    """Refuse a config whose integer arguments could make building it allocate
+    more than the file's weights back, before anything is built.
+
+    Every integer argument (a dimension) must be at most ``stored + slack``,
+    and so must the sum over layers of the product of each layer's nonzero
+    integers (for Linear, in x out, about its weight count). Both bounds
+    matter: Linear(0, 10**12) has an empty weight but a bias of 10**12.
+    """
+    limit = stored + _CONFIG_SLACK
+    total = 0
+
+    def ints(v: Any, where: str) -> Iterator[tuple[str, int]]:
+        if isinstance(v, bool):
+            return
+        if isinstance(v, int):
+            yield where, v
+        elif isinstance(v, list):
+            for i, e in enumerate(v):
+                yield from ints(e, f"{where}[{i}]")
+
+    def walk(c: Any, where: str) -> None:
+        nonlocal total
+        if isinstance(c, list):
+            for i, e in enumerate(c):
+                walk(e, f"{where}[{i}]")
+            return
+        if not isinstance(c, dict):
+            return
+        kind = c.get("type", "layer")
+        product = 1
+        for k, v in c.items():
+            if k == "layers":
+                walk(v, f"{where}.layers")
+                continue
+            for name, n in ints(v, k):
+                if abs(n) > limit:
+                    raise CheckpointError(
+                        f"{path}: the stored architecture gives {kind} {name}={n}, but the "
+                        f"file holds only {stored} weight values (damaged or hostile "
+                        "metadata); nothing was built"
+                    )
+                product = min(product * max(abs(n), 1), limit + 1)
+        total += product if product > 1 else 0
+        if total > limit:
+            raise CheckpointError(
+                f"{path}: the stored architecture declares layers of more than {limit} values "
+                f"in all (at {where}, {kind}), but the file holds only {stored} weight values "
+                "(damaged or hostile metadata); nothing was built"
+            )
+
+    walk(config, "config")
+
+
+def _unexpected_args(stored: Any, built: Any, where: str = "config") -> list[str]:
+    """Keys of the stored config that the rebuilt model's own config lacks.
+
+    A key the constructor accepted but chainrule never writes (an edited or
+    damaged file) would otherwise be ignored silently. Keys the rebuilt
+    config has and the file lacks are fine: defaults of an older file.
+    """
+    if isinstance(stored, dict) and stored.get("type") == "Sequential":
+        extra = [f"{where}.{k}" for k in stored if k not in ("type", "layers")]
+        return extra + _unexpected_args(stored.get("layers", []), built, f"{where}.layers")
+    if isinstance(stored, list) and isinstance(built, list) and len(stored) == len(built):
+        out: list[str] = []
+        for i, (a, b) in enumerate(zip(stored, built)):
+            out += _unexpected_args(a, b, f"{where}[{i}]")
+        return out
+    if isinstance(stored, dict) and isinstance(built, dict):
+        return [f"{where}.{k}" for k in stored if k not in built]
+    return []
 
 
 def _unpack_optimizer(

@@ -44,13 +44,15 @@ from .tensor import Meta, Node, Tensor, _as_array, _mode, _tick, check_forward_a
 __all__ = [
     "Rule", "RULES", "rule", "apply", "sum_to_shape", "value", "Saves",
     "SAVES_ALL", "SAVES_NOTHING", "SAVES_INPUTS", "SAVES_OUT",
-    "add", "sub", "mul", "div", "pow", "matmul", "neg", "abs", "exp", "log", "sqrt",
+    "add", "sub", "mul", "div", "pow", "square", "matmul", "neg", "abs", "exp", "log", "sqrt",
     "tanh", "sigmoid", "relu", "leaky_relu", "softplus", "sin", "cos", "ndtr", "gelu",
     "silu", "elu",
-    "sum", "mean", "max", "min", "var", "logsumexp", "softmax", "log_softmax",
-    "reshape", "flatten", "transpose", "swapaxes", "squeeze", "expand_dims",
-    "broadcast_to", "getitem", "concatenate", "stack", "where", "maximum", "minimum",
-    "clip", "astype", "clone", "linear", "linear_relu",
+    "sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin", "var", "std",
+    "logsumexp", "softmax", "log_softmax", "ValuesIndices",
+    "reshape", "flatten", "transpose", "permute", "t", "swapaxes", "squeeze", "expand_dims",
+    "unsqueeze", "broadcast_to", "expand", "getitem", "concatenate", "cat", "stack", "where",
+    "masked_fill", "maximum", "minimum", "clip", "clamp", "astype", "clone", "linear",
+    "linear_relu",
 ]
 
 
@@ -141,18 +143,45 @@ class Rule:
     as a cached 0-d array of the other operand's dtype (the same values, bit
     for bit, for + - * /; NumPy converts such an array faster than a Python
     float).
+
+    What the op *is*, for the views that explain a graph (``cr.explain``,
+    drawings, the MLP view), is declared here too, never guessed elsewhere:
+
+    * ``elementwise``: output element i depends only on input element i
+      (after broadcasting), so the local gradient d(out)/d(input) is a
+      diagonal, shown as an array of the output's shape;
+    * ``show``: how the op reads in a formula, with ``{0}``, ``{1}`` ... for
+      the operands' names (``"{0} + {1}"``; default ``"name({0}, ...)"``);
+    * ``role``: ``"activation"``, ``"affine"`` (a layer's z = W a + b) or
+      ``"loss"``; ``activation`` names the activation the op is or applies
+      (``"sigmoid"``; ``"relu"`` for the fused ``linear_relu``; ``"softmax"``
+      for ``cross_entropy``, which applies it to its logits);
+    * ``grads``: the VJP of each operand as a short formula in ``{g}`` (the
+      backpropagated gradient), ``{out}`` and the operands ``{0}``, ``{1}``
+      ... (the last entry serves any further operands), for ops whose local
+      gradient is not a diagonal.
     """
 
     __slots__ = ("name", "forward", "vjp", "vjp_inplace", "check", "doc", "saves", "split",
-                 "plans", "weak_scalars")
+                 "plans", "weak_scalars", "elementwise", "show", "role", "activation", "grads")
 
     def __init__(self, name: str, forward: Callable, saves: Saves | None = None,
-                 weak_scalars: bool = False) -> None:
+                 weak_scalars: bool = False, *, elementwise: bool = False,
+                 show: str | None = None, role: str | None = None,
+                 activation: str | None = None, grads: tuple[str, ...] = ()) -> None:
+        if role not in (None, "activation", "affine", "loss"):
+            raise ValueError(f"rule {name!r}: role must be activation, affine or loss, "
+                             f"not {role!r}")
         self.name = name
         self.forward = forward
         self.saves = SAVES_ALL if saves is None else saves
         self.plans: dict[tuple[bool, ...], tuple[tuple[bool, ...], bool]] = {}
         self.weak_scalars = weak_scalars
+        self.elementwise = elementwise
+        self.show = show
+        self.role = role
+        self.activation = activation
+        self.grads = tuple(grads)
         self.vjp: Callable | None = None
         self.vjp_inplace: Callable | None = None
         self.check: Callable | None = None
@@ -223,11 +252,14 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
-def rule(name: str, *, saves: Saves | None = None,
-         weak_scalars: bool = False) -> Callable[[Callable], Rule]:
+def rule(name: str, *, saves: Saves | None = None, weak_scalars: bool = False,
+         elementwise: bool = False, show: str | None = None, role: str | None = None,
+         activation: str | None = None, grads: tuple[str, ...] = ()) -> Callable[[Callable], Rule]:
     """Register a forward function as a rule; attach its VJP with ``@R.defvjp``.
 
     ``saves``: what the VJP reads (see :class:`Saves`; default: everything).
+    ``elementwise``, ``show``, ``role``, ``activation`` and ``grads`` say
+    what the op is, for the teaching views (see :class:`Rule`).
 
     >>> @rule("cube", saves=SAVES_INPUTS)
     ... def CUBE(x):
@@ -240,7 +272,8 @@ def rule(name: str, *, saves: Saves | None = None,
     def register(fwd: Callable) -> Rule:
         if name in RULES:
             raise ValueError(f"rule: an op named {name!r} is already registered")
-        r = Rule(name, fwd, saves, weak_scalars)
+        r = Rule(name, fwd, saves, weak_scalars, elementwise=elementwise, show=show, role=role,
+                 activation=activation, grads=grads)
         RULES[name] = r
         return r
 
@@ -299,9 +332,20 @@ def _standin(a: Any, parent: Any, out: np.ndarray) -> Any:
     return _scalar_array(a, out.dtype)  # a scalar: a 0-d array, as if it were kept
 
 
-def _kept(a: Any, out: np.ndarray) -> Any:
-    """An operand as a kept array (scalars become 0-d arrays of the output's dtype)."""
+def _kept(a: Any, out: np.ndarray, given: Any = None) -> Any:
+    """An operand as a kept array (scalars become 0-d arrays of the output's dtype).
+
+    ``given`` is the operand as the caller passed it. A plain NumPy array (not
+    a Tensor) that the node keeps is copied: the caller may refill that
+    buffer (a batch, a target, a mask) before backward(), which must not
+    change the gradient of the op already recorded, and a raw NumPy write
+    has no version counter to catch it. A Tensor's memory is versioned (its
+    in-place methods bump it, and backward refuses a changed value), so it is
+    kept as it is, as is a read-only array that owns its memory.
+    """
     if isinstance(a, np.ndarray):
+        if (given is a and a.ndim and (a.flags.writeable or a.base is not None)):
+            return a.copy()
         return a
     return _scalar_array(a, out.dtype)
 
@@ -322,7 +366,7 @@ def _record(out: np.ndarray, rule: Rule, args: Sequence[Any], arrays: Sequence[A
     node.dtype = out.dtype
     node.params = params
     if _mode.keep or _mode.anomaly:  # views asked for every value: keep everything
-        node.inputs = tuple(_kept(a, out) for a in arrays)
+        node.inputs = tuple(_kept(a, out, g) for a, g in zip(arrays, args))
         node.out = out
         node.kept = (out, tuple(args))
         if _mode.anomaly:
@@ -330,7 +374,8 @@ def _record(out: np.ndarray, rule: Rule, args: Sequence[Any], arrays: Sequence[A
     else:
         keep, keep_out = rule.plan(needs)
         node.inputs = tuple(
-            _kept(a, out) if k else _standin(a, p, out) for a, p, k in zip(arrays, parents, keep)
+            _kept(a, out, g) if k else _standin(a, p, out)
+            for a, g, p, k in zip(arrays, args, parents, keep)
         )
         node.out = out if keep_out else None
     return _of(out, node)
@@ -458,8 +503,12 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
             keep, keep_out = plan
             if type(ad) is not np.ndarray:
                 ad = _scalar_array(ad, out.dtype)
+            elif keep[0] and a is ad:
+                ad = _kept(ad, out, a)  # a caller's plain array: a copy (see _kept)
             if type(bd) is not np.ndarray:
                 bd = _scalar_array(bd, out.dtype)
+            elif keep[1] and b is bd:
+                bd = _kept(bd, out, b)
             node.inputs = (
                 ad if keep[0] or pa is None and ad.ndim == 0 else
                 (pa if pa is not None else Meta(ad)),
@@ -563,20 +612,32 @@ def sum_to_shape(g: Any, shape: tuple[int, ...]) -> Any:
 
 
 def _norm_axes(axis: Any, ndim: int, op: str) -> tuple[int, ...]:
-    """``axis`` (None, int, negative int or tuple) as a sorted tuple of non-negative ints."""
+    """``axis`` (None, int, negative int or tuple) as a sorted tuple of non-negative ints.
+
+    A 0-d tensor takes ``axis=0`` or ``-1`` as PyTorch does (it behaves as
+    if it had one dimension of size 1): there is nothing to reduce, so the
+    result is ``()``.
+    """
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
+        axes: tuple = (axis,)
+    else:
+        try:
+            axes = tuple(axis)
+        except TypeError:
+            raise TypeError(f"{op}: axis must be an int or a tuple of ints, got {axis!r}") from None
     out = []
+    span = builtins.max(ndim, 1)
     for a in axes:
-        if not isinstance(a, (int, np.integer)):
+        if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
             raise TypeError(f"{op}: axis must be an int or a tuple of ints, got {axis!r}")
-        if not -ndim <= a < builtins.max(ndim, 1):
+        if not -span <= a < span:
             raise ValueError(f"{op}: axis {a} is out of range for a tensor with {ndim} dimensions")
-        out.append(int(a) % builtins.max(ndim, 1))
+        out.append(int(a) % span)
     if len(set(out)) != len(out):
         raise ValueError(f"{op}: repeated axis in {axis!r}")
-    return tuple(sorted(out))
+    return tuple(sorted(out)) if ndim else ()
 
 
 def _expand_reduced(g: Any, axes: tuple[int, ...], keepdims: bool, shape: tuple) -> Any:
@@ -615,6 +676,22 @@ def _raw_index(index: Any) -> Any:
     return index
 
 
+def _owned(x: Any) -> Any:
+    """What a forward keeps in ctx from a caller's setting: arrays are copied.
+
+    The VJP reads ctx at backward time; a caller who refills the array (a
+    label or index buffer, a mask) in between must not change the gradient
+    of the op already recorded. The copy is made in the forward, not in the
+    public function, so that cr.compile still sees the caller's own array
+    (it recognises a step's arguments by identity) and copies on every replay.
+    """
+    if isinstance(x, np.ndarray):
+        return x.copy()
+    if isinstance(x, tuple):
+        return tuple(i.copy() if isinstance(i, np.ndarray) else i for i in x)
+    return x
+
+
 def _is_basic(index: Any) -> bool:
     parts = index if isinstance(index, tuple) else (index,)
     return builtins.all(
@@ -622,14 +699,58 @@ def _is_basic(index: Any) -> bool:
     )
 
 
+_F32 = np.dtype(np.float32)
+
+
+def _float_dtype(out: np.ndarray, *operands: Any, redo: Callable | None = None) -> np.ndarray:
+    """``out`` in PyTorch's floating dtype where NumPy's differs.
+
+    NumPy makes a floating result from integers float64 (``int64 / 2``,
+    ``sqrt(int64)``, ``int64 * 0.5``), float16 (``sqrt(int8)``), and promotes
+    ``int64 * float32`` to float64. PyTorch keeps the floating operands' dtype,
+    and makes float32 (its default dtype) when no operand is floating; a
+    float32 model then stays float32 next to integer labels or masks. Python
+    and NumPy scalars never widen a tensor's floating dtype (PyTorch's rule).
+
+    A wider result is rounded down to that dtype (at least as exact as
+    computing in it); a narrower one (float16 from 8-bit integers) would have
+    lost digits, so ``redo`` computes it again on the operands cast up.
+
+    The forwards call this only when the result is not float32 (the common
+    case costs one identity test); a floating operand whose dtype equals the
+    result's settles it at once.
+    """
+    dt = out.dtype
+    if dt.kind != "f":
+        return out
+    floats = []
+    for o in operands:
+        if type(o) is np.ndarray and o.dtype.kind == "f":
+            if o.dtype is dt or o.dtype == dt:
+                return out
+            floats.append(o.dtype)
+    want = np.result_type(*floats) if floats else _F32
+    if want == dt:
+        return out
+    if want.itemsize > dt.itemsize and redo is not None:
+        return np.asarray(redo(*[
+            o.astype(want) if type(o) is np.ndarray and o.dtype.kind in "biu" else o
+            for o in operands
+        ]))
+    return out.astype(want)
+
+
 # ==========================================================================
 # Elementwise arithmetic
 # ==========================================================================
 
 
-@rule("add", saves=SAVES_NOTHING, weak_scalars=True)
+@rule("add", saves=SAVES_NOTHING, weak_scalars=True, elementwise=True, show="{0} + {1}")
 def ADD(a, b):
-    return a + b, None
+    out = a + b
+    if out.dtype is not _F32:
+        out = _float_dtype(out, a, b)
+    return out, None
 
 
 @ADD.defvjp
@@ -640,9 +761,12 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("sub", saves=SAVES_NOTHING, weak_scalars=True)
+@rule("sub", saves=SAVES_NOTHING, weak_scalars=True, elementwise=True, show="{0} - {1}")
 def SUB(a, b):
-    return a - b, None
+    out = a - b
+    if out.dtype is not _F32:
+        out = _float_dtype(out, a, b)
+    return out, None
 
 
 @SUB.defvjp
@@ -653,9 +777,18 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("mul", saves=Saves(inputs=((1,), (0,))), weak_scalars=True)
+@rule(
+    "mul",
+    saves=Saves(inputs=((1,), (0,))),
+    weak_scalars=True,
+    elementwise=True,
+    show="{0} * {1}",
+)
 def MUL(a, b):
-    return a * b, None
+    out = a * b
+    if out.dtype is not _F32:
+        out = _float_dtype(out, a, b)
+    return out, None
 
 
 @MUL.defvjp
@@ -666,9 +799,18 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("div", saves=Saves(inputs=(False, True), out=(1,)), weak_scalars=True)
+@rule(
+    "div",
+    saves=Saves(inputs=(False, True), out=(1,)),
+    weak_scalars=True,
+    elementwise=True,
+    show="{0} / {1}",
+)
 def DIV(a, b):
-    return a / b, None
+    out = a / b
+    if out.dtype is not _F32:
+        out = _float_dtype(out, a, b)
+    return out, None
 
 
 @DIV.defvjp
@@ -680,24 +822,46 @@ def _(g, out, ctx, needs, xp, a, b):
     )
 
 
-@rule("pow", saves=Saves(inputs=((0, 1), (0,)), out=(1,)))
+@rule("pow", saves=Saves(inputs=((0, 1), (0, 1)), out=(1,)), elementwise=True,
+      show="{0} ** {1}")
 def POW(a, b):
-    return a**b, None
+    out = a**b
+    if out.dtype is not _F32:
+        out = _float_dtype(out, a, b)
+    return out, None
 
 
 @POW.defvjp
 def _(g, out, ctx, needs, xp, a, b):
     ga = gb = None
+    bv = value(b)
     if needs[0]:
-        ga = sum_to_shape(g * b * a ** (b - 1), a.shape)
+        # d(a^b)/da = b a^(b-1). Where b == 0 it is 0 (a^0 = 1 is constant),
+        # but the formula gives 0 * 0^-1 = NaN at a = 0: polynomial features
+        # x^0 would poison every gradient. So a^(b-1) is evaluated at a = 1
+        # where b == 0 (the factor b makes the term 0 there), which also keeps
+        # the second derivative finite (PyTorch's is NaN at that point).
+        zero = bv == 0
+        base = xp.where(zero, 1.0, a) if zero.any() else a
+        ga = sum_to_shape(g * b * base ** (b - 1), a.shape)
     if needs[1]:
-        # d(a^b)/db = a^b log a, defined for a > 0 (taken as 0 elsewhere)
-        safe = xp.where(value(a) > 0, a, 1)
-        gb = sum_to_shape(g * out * xp.log(safe), b.shape)
+        # d(a^b)/db = a^b log a for a > 0. Elsewhere PyTorch's values: 0 at
+        # a = 0 with b >= 0, else a^b log a as it comes out (+-inf at a = 0
+        # with b < 0, NaN for a < 0, where a^b has no derivative in b). log
+        # is taken of a safe base in the differentiated branch, so that no
+        # NaN leaks into a second derivative through the unused one.
+        av = value(a)
+        pos = av > 0
+        gb = g * out * xp.log(xp.where(pos, a, 1.0))
+        if not pos.all():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                edge = np.where((av == 0) & (bv >= 0), 0.0, value(out) * np.log(av))
+            gb = xp.where(pos, gb, g * edge.astype(value(gb).dtype))
+        gb = sum_to_shape(gb, b.shape)
     return ga, gb
 
 
-@rule("neg", saves=SAVES_NOTHING)
+@rule("neg", saves=SAVES_NOTHING, elementwise=True, show="-{0}")
 def NEG(a):
     return -a, None
 
@@ -707,41 +871,57 @@ def _(g, out, ctx, needs, xp, a):
     return (-g,)
 
 
-@rule("maximum", saves=SAVES_INPUTS)
+@rule("maximum", saves=SAVES_INPUTS, elementwise=True)
 def MAXIMUM(a, b):
     """Elementwise maximum; at ties the gradient is split evenly between a and b."""
-    return np.maximum(a, b), None
+    out = np.maximum(a, b)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, a, b)
+    return out, None
+
+
+def _pick_weights(av: Any, bv: Any, a_loses: Any, b_loses: Any) -> tuple[Any, Any]:
+    # 1 to the winner, 0 to the loser, 1/2 each at a tie; where a NaN makes
+    # the comparison false, both get the whole gradient (PyTorch's rule)
+    tie = 0.5 * (av == bv)
+    return 1.0 - a_loses - tie, 1.0 - b_loses - tie
 
 
 @MAXIMUM.defvjp
 def _(g, out, ctx, needs, xp, a, b):
     av, bv = value(a), value(b)
-    wa = (av > bv) + 0.5 * (av == bv)
+    wa, wb = _pick_weights(av, bv, av < bv, av > bv)
     return (
         sum_to_shape(g * wa, a.shape) if needs[0] else None,
-        sum_to_shape(g * (1.0 - wa), b.shape) if needs[1] else None,
+        sum_to_shape(g * wb, b.shape) if needs[1] else None,
     )
 
 
-@rule("minimum", saves=SAVES_INPUTS)
+@rule("minimum", saves=SAVES_INPUTS, elementwise=True)
 def MINIMUM(a, b):
     """Elementwise minimum; at ties the gradient is split evenly between a and b."""
-    return np.minimum(a, b), None
+    out = np.minimum(a, b)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, a, b)
+    return out, None
 
 
 @MINIMUM.defvjp
 def _(g, out, ctx, needs, xp, a, b):
     av, bv = value(a), value(b)
-    wa = (av < bv) + 0.5 * (av == bv)
+    wa, wb = _pick_weights(av, bv, av > bv, av < bv)
     return (
         sum_to_shape(g * wa, a.shape) if needs[0] else None,
-        sum_to_shape(g * (1.0 - wa), b.shape) if needs[1] else None,
+        sum_to_shape(g * wb, b.shape) if needs[1] else None,
     )
 
 
-@rule("where", saves=SAVES_NOTHING)
+@rule("where", saves=SAVES_NOTHING, elementwise=True, show="where(cond, {0}, {1})")
 def WHERE(a, b, *, cond):
-    return np.where(cond, a, b), cond
+    out = np.where(cond, a, b)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, a, b)
+    return out, _owned(cond)
 
 
 @WHERE.defcheck
@@ -770,7 +950,7 @@ def _(g, out, ctx, needs, xp, a, b):
 # ==========================================================================
 
 
-@rule("abs", saves=SAVES_INPUTS)
+@rule("abs", saves=SAVES_INPUTS, elementwise=True)
 def ABS(x):
     """|x|; the gradient at 0 is taken as 0."""
     return np.abs(x), None
@@ -781,9 +961,12 @@ def _(g, out, ctx, needs, xp, x):
     return (g * np.sign(value(x)),)
 
 
-@rule("exp", saves=SAVES_OUT)
+@rule("exp", saves=SAVES_OUT, elementwise=True)
 def EXP(x):
-    return np.exp(x), None
+    out = np.exp(x)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x, redo=np.exp)
+    return out, None
 
 
 @EXP.defvjp
@@ -791,9 +974,12 @@ def _(g, out, ctx, needs, xp, x):
     return (g * out,)  # d e^x / dx = e^x: reuse the output
 
 
-@rule("log", saves=SAVES_INPUTS)
+@rule("log", saves=SAVES_INPUTS, elementwise=True)
 def LOG(x):
-    return np.log(x), None
+    out = np.log(x)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x, redo=np.log)
+    return out, None
 
 
 @LOG.defvjp
@@ -801,9 +987,12 @@ def _(g, out, ctx, needs, xp, x):
     return (g / x,)
 
 
-@rule("sqrt", saves=SAVES_OUT)
+@rule("sqrt", saves=SAVES_OUT, elementwise=True)
 def SQRT(x):
-    return np.sqrt(x), None
+    out = np.sqrt(x)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x, redo=np.sqrt)
+    return out, None
 
 
 @SQRT.defvjp
@@ -811,9 +1000,12 @@ def _(g, out, ctx, needs, xp, x):
     return (g * 0.5 / out,)
 
 
-@rule("sin", saves=SAVES_INPUTS)
+@rule("sin", saves=SAVES_INPUTS, elementwise=True)
 def SIN(x):
-    return np.sin(x), None
+    out = np.sin(x)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x, redo=np.sin)
+    return out, None
 
 
 @SIN.defvjp
@@ -821,9 +1013,12 @@ def _(g, out, ctx, needs, xp, x):
     return (g * xp.cos(x),)
 
 
-@rule("cos", saves=SAVES_INPUTS)
+@rule("cos", saves=SAVES_INPUTS, elementwise=True)
 def COS(x):
-    return np.cos(x), None
+    out = np.cos(x)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x, redo=np.cos)
+    return out, None
 
 
 @COS.defvjp
@@ -831,9 +1026,12 @@ def _(g, out, ctx, needs, xp, x):
     return (-g * xp.sin(x),)
 
 
-@rule("tanh", saves=SAVES_OUT)
+@rule("tanh", saves=SAVES_OUT, elementwise=True, role="activation", activation="tanh")
 def TANH(x):
-    return np.tanh(x), None
+    out = np.tanh(x)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x, redo=np.tanh)
+    return out, None
 
 
 @TANH.defvjp
@@ -841,10 +1039,13 @@ def _(g, out, ctx, needs, xp, x):
     return (g * (1 - out * out),)  # tanh' = 1 - tanh^2: reuse the output
 
 
-@rule("sigmoid", saves=SAVES_OUT)
+@rule("sigmoid", saves=SAVES_OUT, elementwise=True, role="activation", activation="sigmoid")
 def SIGMOID(x):
     """sigma(x) = 1 / (1 + e^-x), computed without overflow for any x."""
-    return _np_sigmoid(x), None
+    out = _np_sigmoid(x)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x, redo=_np_sigmoid)
+    return out, None
 
 
 @SIGMOID.defvjp
@@ -864,7 +1065,7 @@ def _np_relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(x, 0, out=out)
 
 
-@rule("relu", saves=SAVES_OUT)
+@rule("relu", saves=SAVES_OUT, elementwise=True, role="activation", activation="relu")
 def RELU(x):
     """max(x, 0); the gradient at 0 is taken as 0 (as in PyTorch)."""
     return _np_relu(x), None
@@ -881,10 +1082,19 @@ def _(g, out, ctx, needs, xp, x):
     return (g,)
 
 
-@rule("leaky_relu", saves=SAVES_INPUTS)
+@rule(
+    "leaky_relu",
+    saves=SAVES_INPUTS,
+    elementwise=True,
+    role="activation",
+    activation="leaky_relu",
+)
 def LEAKY_RELU(x, *, negative_slope):
     """x for x > 0, negative_slope * x otherwise (slope used at 0)."""
-    return np.where(x > 0, x, x * negative_slope), negative_slope
+    out = np.where(x > 0, x, x * negative_slope)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x)
+    return out, negative_slope
 
 
 @LEAKY_RELU.defvjp
@@ -892,10 +1102,17 @@ def _(g, out, ctx, needs, xp, x):
     return (g * np.where(value(x) > 0, 1.0, ctx).astype(value(x).dtype),)
 
 
-@rule("softplus", saves=SAVES_INPUTS)
+@rule("softplus", saves=SAVES_INPUTS, elementwise=True, role="activation", activation="softplus")
 def SOFTPLUS(x):
     """log(1 + e^x), written as max(x, 0) + log1p(e^-|x|) so it never overflows."""
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))), None
+    out = _np_softplus(x)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x, redo=_np_softplus)
+    return out, None
+
+
+def _np_softplus(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
 
 
 @SOFTPLUS.defvjp
@@ -944,10 +1161,13 @@ _INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 _SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
 
 
-@rule("ndtr", saves=SAVES_INPUTS)
+@rule("ndtr", saves=SAVES_INPUTS, elementwise=True)
 def NDTR(x):
     """Phi(x) = P(N(0, 1) <= x), the standard normal CDF (``torch.special.ndtr``)."""
-    return _np_ndtr(x), None
+    out = _np_ndtr(x)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x, redo=_np_ndtr)
+    return out, None
 
 
 @NDTR.defvjp
@@ -955,13 +1175,15 @@ def _(g, out, ctx, needs, xp, x):
     return (g * xp.exp(x * x * -0.5) * _INV_SQRT_2PI,)  # Phi' = the normal density
 
 
-@rule("gelu", saves=SAVES_INPUTS)
+@rule("gelu", saves=SAVES_INPUTS, elementwise=True, role="activation", activation="gelu")
 def GELU(x, *, approximate):
     """x Phi(x) (``approximate='none'``), or PyTorch's tanh approximation
     0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (``approximate='tanh'``)."""
     if approximate == "tanh":
+        x = _as_float(x)  # integers: float32, as in PyTorch
         inner = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
         return 0.5 * x * (1 + inner), inner
+    x = _as_float(x)
     return x * _np_ndtr(x), None
 
 
@@ -977,9 +1199,10 @@ def _(g, out, ctx, needs, xp, x):
     return (g * ((1 + t) * 0.5 + x * 0.5 * (1 - t * t) * du),)
 
 
-@rule("silu", saves=SAVES_INPUTS)
+@rule("silu", saves=SAVES_INPUTS, elementwise=True, role="activation", activation="silu")
 def SILU(x):
     """x sigmoid(x) (also called swish)."""
+    x = _as_float(x)  # integers: float32, as in PyTorch
     return x * _np_sigmoid(x), None
 
 
@@ -989,9 +1212,10 @@ def _(g, out, ctx, needs, xp, x):
     return (g * (s * (1 + x * (1 - s))),)  # s + x s (1 - s)
 
 
-@rule("elu", saves=SAVES_OUT)
+@rule("elu", saves=SAVES_OUT, elementwise=True, role="activation", activation="elu")
 def ELU(x, *, alpha):
     """x for x > 0, alpha (e^x - 1) otherwise."""
+    x = _as_float(x)  # integers: float32, as in PyTorch
     return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))), alpha
 
 
@@ -1003,10 +1227,13 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.where(pos, g, g * (out + ctx)),)
 
 
-@rule("clip", saves=SAVES_INPUTS)
+@rule("clip", saves=SAVES_INPUTS, elementwise=True)
 def CLIP(x, *, lo, hi):
     """Clamp to [lo, hi]; gradient 1 inside (bounds included), 0 outside."""
-    return np.clip(x, lo, hi), (lo, hi)
+    out = np.clip(x, lo, hi)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x)
+    return out, (_owned(lo), _owned(hi))
 
 
 @CLIP.defvjp
@@ -1021,7 +1248,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g * inside,)
 
 
-@rule("astype", saves=SAVES_NOTHING)
+@rule("astype", saves=SAVES_NOTHING, elementwise=True)
 def ASTYPE(x, *, dtype):
     return x.astype(dtype), None
 
@@ -1031,7 +1258,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g.astype(x.dtype),)
 
 
-@rule("clone", saves=SAVES_NOTHING)
+@rule("clone", saves=SAVES_NOTHING, elementwise=True)
 def CLONE(x):
     return x.copy(), None
 
@@ -1046,7 +1273,7 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("sum", saves=SAVES_NOTHING)
+@rule("sum", saves=SAVES_NOTHING, grads=("{g} copied to every entry of {0} that was summed",))
 def SUM(x, *, axis, keepdims):
     axes = _norm_axes(axis, x.ndim, "sum")
     return np.sum(x, axis=axes, keepdims=keepdims), (axes, keepdims)
@@ -1058,18 +1285,33 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.broadcast_to(_expand_reduced(g, axes, keepdims, x.shape), x.shape),)
 
 
-@rule("mean", saves=SAVES_NOTHING)
+def _count(shape: tuple, axes: tuple[int, ...]) -> int:
+    """How many elements each reduction over ``axes`` combines."""
+    n = 1
+    for a in axes:
+        n *= shape[a]
+    return n
+
+
+@rule(
+    "mean",
+    saves=SAVES_NOTHING,
+    grads=("{g} / n copied to every entry of {0} that was averaged",),
+)
 def MEAN(x, *, axis, keepdims):
     axes = _norm_axes(axis, x.ndim, "mean")
     if x.size == 0:
         raise ValueError(f"mean of an empty tensor of shape {x.shape} is undefined")
-    return np.mean(x, axis=axes, keepdims=keepdims), (axes, keepdims)
+    out = np.mean(x, axis=axes, keepdims=keepdims)
+    if out.dtype is not _F32:
+        out = _float_dtype(np.asarray(out), x)
+    return out, (axes, keepdims)
 
 
 @MEAN.defvjp
 def _(g, out, ctx, needs, xp, x):
     axes, keepdims = ctx
-    n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    n = _count(x.shape, axes)
     return (xp.broadcast_to(_expand_reduced(g / n, axes, keepdims, x.shape), x.shape),)
 
 
@@ -1078,12 +1320,19 @@ def _extremum_vjp(g, out, ctx, needs, xp, x):
     # between ties (so it still sums to g)
     axes, keepdims = ctx
     outk = _expand_reduced(value(out), axes, keepdims, x.shape)
-    hit = value(x) == outk
+    xv = value(x)
+    hit = xv == outk
+    if np.isnan(outk).any():  # a NaN is the extremum: it gets the gradient (as in PyTorch)
+        hit |= np.isnan(xv) & np.isnan(outk)
     share = hit / hit.sum(axis=axes, keepdims=True)
     return (_expand_reduced(g, axes, keepdims, x.shape) * share.astype(value(x).dtype),)
 
 
-@rule("max", saves=SAVES_ALL)
+@rule(
+    "max",
+    saves=SAVES_ALL,
+    grads=("{g} at the maxima of {0} (split evenly between ties), 0 elsewhere",),
+)
 def MAX(x, *, axis, keepdims):
     """Maximum over ``axis``; at ties the gradient is split evenly between the maxima."""
     axes = _norm_axes(axis, x.ndim, "max")
@@ -1095,7 +1344,11 @@ def MAX(x, *, axis, keepdims):
 MAX.defvjp(_extremum_vjp)
 
 
-@rule("min", saves=SAVES_ALL)
+@rule(
+    "min",
+    saves=SAVES_ALL,
+    grads=("{g} at the minima of {0} (split evenly between ties), 0 elsewhere",),
+)
 def MIN(x, *, axis, keepdims):
     """Minimum over ``axis``; at ties the gradient is split evenly between the minima."""
     axes = _norm_axes(axis, x.ndim, "min")
@@ -1107,34 +1360,99 @@ def MIN(x, *, axis, keepdims):
 MIN.defvjp(_extremum_vjp)
 
 
-@rule("var", saves=SAVES_INPUTS)
-def VAR(x, *, axis, keepdims, ddof):
-    axes = _norm_axes(axis, x.ndim, "var")
-    n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
-    if n - ddof <= 0:
+def _centred(x: Any, axes: tuple[int, ...]) -> Any:
+    """``x - mean(x)`` over ``axes``, exactly 0 where the values are all equal.
+
+    NumPy's mean of n equal values v can miss v by an ulp (0.1 three times
+    sums to 0.30000000000000004), which would give a constant a tiny nonzero
+    variance, and std() a gradient of order 1 instead of 0. In a slice whose
+    values are all equal that residue is subtracted as a constant, so the
+    value becomes exactly 0 while the derivative stays that of x - mean(x)
+    (a second derivative of var still sees it).
+    """
+    xv = value(x)
+    if not axes or xv.size == 0:
+        return x - x  # every element is its own mean (zero, and so is its derivative)
+    c = x - x.mean(axis=axes, keepdims=True)
+    first = xv[tuple(slice(0, 1) if i in axes else slice(None) for i in range(xv.ndim))]
+    flat = (xv == first).all(axis=axes, keepdims=True)
+    if flat.any():
+        c = c - np.where(flat, value(c), 0)
+    return c
+
+
+def _variance(x: np.ndarray, axes: tuple[int, ...], keepdims: bool, dof: int) -> np.ndarray:
+    # integers are centred in float64: int8 values -100 and 100 differ by 200,
+    # which int8 arithmetic would wrap around
+    c = _centred(x if x.dtype.kind in "fc" else x.astype(np.float64), axes)
+    out = np.sum(c * c, axis=axes, keepdims=keepdims) / dof
+    if out.dtype is not _F32:
+        out = _float_dtype(np.asarray(out), x)
+    return np.asarray(out)
+
+
+def _dof(x: np.ndarray, axes: tuple[int, ...], correction: Any, op: str) -> int:
+    n = _count(x.shape, axes)
+    if n - correction <= 0:
         raise ValueError(
-            f"var needs more than ddof={ddof} elements along axis {axis}, got {n} "
-            f"(input shape {x.shape})"
+            f"{op}: {n} element(s) with correction={correction} (ddof={correction}) leave "
+            f"{n - correction} degrees of freedom (input shape {x.shape}, axes {axes}); "
+            "reduce over more elements, or pass correction=0 (unbiased=False, ddof=0) "
+            f"for the population {op}"
         )
-    return np.var(x, axis=axes, keepdims=keepdims, ddof=ddof), (axes, keepdims, n - ddof)
+    return n - correction
+
+
+@rule("var", saves=SAVES_INPUTS, grads=("{g} * 2 ({0} - mean) / (n - correction)",))
+def VAR(x, *, axis, keepdims, correction):
+    """Variance over ``axis``: sum((x - mean)^2) / (n - correction)."""
+    axes = _norm_axes(axis, x.ndim, "var")
+    dof = _dof(x, axes, correction, "var")
+    return _variance(x, axes, keepdims, dof), (axes, keepdims, dof)
 
 
 @VAR.defvjp
 def _(g, out, ctx, needs, xp, x):
     axes, keepdims, dof = ctx
-    centred = x - x.mean(axis=axes, keepdims=True)
-    return (_expand_reduced(g, axes, keepdims, x.shape) * centred * (2.0 / dof),)
+    return (_expand_reduced(g, axes, keepdims, x.shape) * _centred(x, axes) * (2.0 / dof),)
 
 
-@rule("logsumexp", saves=SAVES_ALL)
+@rule("std", saves=SAVES_ALL,
+      grads=("{g} ({0} - mean) / ((n - correction) {out}), 0 where {out} is 0",))
+def STD(x, *, axis, keepdims, correction):
+    """Standard deviation over ``axis``: sqrt(var); its gradient is 0 where it is 0."""
+    axes = _norm_axes(axis, x.ndim, "std")
+    dof = _dof(x, axes, correction, "std")
+    return np.sqrt(_variance(x, axes, keepdims, dof)), (axes, keepdims, dof)
+
+
+@STD.defvjp
+def _(g, out, ctx, needs, xp, x):
+    # d std / dx = (x - mean) / (dof * std). Where std = 0 (a constant slice)
+    # x - mean is exactly 0 (see _centred) and the derivative is taken as 0,
+    # as PyTorch does, instead of 0/0 = NaN; the divisor is made 1 there so
+    # that a second derivative stays finite too.
+    axes, keepdims, dof = ctx
+    outk = _expand_reduced(out, axes, keepdims, x.shape)
+    flat = value(outk) == 0
+    if flat.any():
+        outk = xp.where(flat, 1.0, outk)
+    gk = _expand_reduced(g, axes, keepdims, x.shape)
+    return (gk * _centred(x, axes) / (outk * dof),)
+
+
+@rule("logsumexp", saves=SAVES_ALL, grads=("{g} * softmax({0})",))
 def LOGSUMEXP(x, *, axis, keepdims):
     """log(sum(exp(x))) over ``axis``, shifted by the maximum so nothing overflows."""
     axes = _norm_axes(axis, x.ndim, "logsumexp")
-    m = np.max(x, axis=axes, keepdims=True)
+    x = _as_float(x)  # exp of int8 would be float16 in NumPy
+    m = np.max(x, axis=axes, keepdims=True, initial=-np.inf)  # -inf over an empty axis
     m = np.where(np.isfinite(m), m, 0)
     out = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
     if not keepdims:
         out = np.squeeze(out, axis=axes)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x)
     return out, (axes, keepdims)
 
 
@@ -1145,13 +1463,31 @@ def _(g, out, ctx, needs, xp, x):
     return (_expand_reduced(g, axes, keepdims, x.shape) * xp.exp(x - outk),)  # = softmax(x)
 
 
-@rule("softmax", saves=SAVES_OUT)
+def _softmax_axes(x: np.ndarray, axis: Any, op: str) -> tuple[int, ...]:
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError(f"{op}: axis (dim) must be one int, got {axis!r}")
+    return _norm_axes(axis, x.ndim, op)
+
+
+def _as_float(x: np.ndarray) -> np.ndarray:
+    """Integer input to a floating op: float32, as in PyTorch (see _float_dtype)."""
+    return x if x.dtype.kind in "fc" else x.astype(_F32)
+
+
+@rule(
+    "softmax",
+    saves=SAVES_OUT,
+    role="activation",
+    activation="softmax",
+    grads=("{out} * ({g} - sum({g} * {out}))",),
+)
 def SOFTMAX(x, *, axis):
     """exp(x) / sum(exp(x)) along ``axis`` (shifted by the max: no overflow)."""
-    _norm_axes(axis, x.ndim, "softmax")
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    e /= np.sum(e, axis=axis, keepdims=True)
-    return e, axis
+    axes = _softmax_axes(x, axis, "softmax")
+    x = _as_float(x)
+    e = np.exp(x - np.max(x, axis=axes, keepdims=True, initial=-np.inf))
+    e /= np.sum(e, axis=axes, keepdims=True)
+    return e, axes
 
 
 @SOFTMAX.defvjp
@@ -1160,12 +1496,13 @@ def _(g, out, ctx, needs, xp, x):
     return (out * (g - (g * out).sum(axis=ctx, keepdims=True)),)
 
 
-@rule("log_softmax", saves=SAVES_OUT)
+@rule("log_softmax", saves=SAVES_OUT, grads=("{g} - softmax({0}) * sum({g})",))
 def LOG_SOFTMAX(x, *, axis):
     """x - logsumexp(x) along ``axis``."""
-    _norm_axes(axis, x.ndim, "log_softmax")
-    shifted = x - np.max(x, axis=axis, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True)), axis
+    axes = _softmax_axes(x, axis, "log_softmax")
+    x = _as_float(x)
+    shifted = x - np.max(x, axis=axes, keepdims=True, initial=-np.inf)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axes, keepdims=True)), axes
 
 
 @LOG_SOFTMAX.defvjp
@@ -1178,12 +1515,20 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("matmul", saves=Saves(inputs=((1,), (0,))))
+@rule(
+    "matmul",
+    saves=Saves(inputs=((1,), (0,))),
+    show="{0} @ {1}",
+    grads=("{g} @ {1}ᵀ", "{0}ᵀ @ {g}"),
+)
 def MATMUL(a, b):
     """Matrix product with NumPy's rules: 1-D operands are promoted, batch dims broadcast."""
     if np.ndim(a) == 0 or np.ndim(b) == 0:
         raise ValueError("matmul does not take 0-d operands")
-    return np.matmul(a, b), None
+    out = np.matmul(a, b)
+    if out.dtype is not _F32:
+        out = _float_dtype(np.asarray(out), a, b)
+    return out, None
 
 
 @MATMUL.defcheck
@@ -1262,13 +1607,22 @@ def _ones(n: int, dtype: str) -> np.ndarray:
     return v
 
 
-@rule("linear", saves=Saves(inputs=((1,), (0,), False)))
+@rule(
+    "linear",
+    saves=Saves(inputs=((1,), (0,), False)),
+    show="{0} @ {1}ᵀ + {2}",
+    role="affine",
+    grads=("{g} @ {1}", "{g}ᵀ @ {0}", "{g} summed over the rows"),
+)
 def LINEAR(x, w, b):
     """Fused affine map ``x @ w.T + b`` (PyTorch's layout: w is (out, in)).
 
     One node instead of three, and the bias gradient is a single sum.
     """
-    return _affine(x, w, b), None
+    out = _affine(x, w, b)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x, w, b)
+    return out, None
 
 
 @LINEAR.defcheck
@@ -1300,10 +1654,19 @@ def _(g, out, ctx, needs, xp, x, w, b):
     return gx, gw, gb
 
 
-@rule("linear_nobias", saves=Saves(inputs=((1,), (0,))))
+@rule(
+    "linear_nobias",
+    saves=Saves(inputs=((1,), (0,))),
+    show="{0} @ {1}ᵀ",
+    role="affine",
+    grads=("{g} @ {1}", "{g}ᵀ @ {0}"),
+)
 def LINEAR_NOBIAS(x, w):
     """``x @ w.T`` (a Linear layer without bias)."""
-    return x @ w.T, None
+    out = x @ w.T
+    if out.dtype is not _F32:
+        out = _float_dtype(np.asarray(out), x, w)
+    return out, None
 
 
 LINEAR_NOBIAS.defcheck(lambda arrays, params, exc: LINEAR.check(arrays + [()], params, exc))
@@ -1321,7 +1684,18 @@ def _(g, out, ctx, needs, xp, x, w):
     return gx, gw
 
 
-@rule("linear_relu", saves=Saves(inputs=((1,), (0,), False)))
+@rule(
+    "linear_relu",
+    saves=Saves(inputs=((1,), (0,), False)),
+    show="relu({0} @ {1}ᵀ + {2})",
+    role="affine",
+    activation="relu",
+    grads=(
+        "δ @ {1} with δ = {g} * relu'(z)",
+        "δᵀ @ {0} with δ = {g} * relu'(z)",
+        "δ summed over the rows, δ = {g} * relu'(z)",
+    ),
+)
 def LINEAR_RELU(x, w, b):
     """``relu(x @ w.T + b)`` as one node: a Linear layer and the ReLU after it.
 
@@ -1343,6 +1717,8 @@ def LINEAR_RELU(x, w, b):
     ``nn.Sequential`` uses this rule for Linear + ReLU pairs.
     """
     out = _affine(x, w, b)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, x, w, b)
     _np_relu(out, out=out)
     return out, out > 0  # relu' (0 at z = 0, as for relu)
 
@@ -1364,7 +1740,7 @@ def _(g, out, ctx, inplace):
 # ==========================================================================
 
 
-@rule("reshape", saves=SAVES_NOTHING)
+@rule("reshape", saves=SAVES_NOTHING, grads=("{g} reshaped back to the shape of {0}",))
 def RESHAPE(x, *, shape):
     return np.reshape(x, shape), None
 
@@ -1374,7 +1750,7 @@ def _(g, out, ctx, needs, xp, x):
     return (g.reshape(x.shape),)
 
 
-@rule("transpose", saves=SAVES_NOTHING)
+@rule("transpose", saves=SAVES_NOTHING, grads=("{g} with the axes permuted back",))
 def TRANSPOSE(x, *, axes):
     if axes is not None and sorted(a % builtins.max(x.ndim, 1) for a in axes) != list(
         range(x.ndim)
@@ -1389,7 +1765,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.transpose(g, inverse),)
 
 
-@rule("broadcast_to", saves=SAVES_NOTHING)
+@rule("broadcast_to", saves=SAVES_NOTHING, grads=("{g} summed over the broadcast axes",))
 def BROADCAST_TO(x, *, shape):
     return np.broadcast_to(x, shape), None
 
@@ -1399,10 +1775,14 @@ def _(g, out, ctx, needs, xp, x):
     return (sum_to_shape(g, x.shape),)
 
 
-@rule("getitem", saves=SAVES_NOTHING)
+@rule(
+    "getitem",
+    saves=SAVES_NOTHING,
+    grads=("{g} added into zeros shaped like {0} at the indexed entries",),
+)
 def GETITEM(x, *, index):
     """``x[index]``: basic slices and integer/boolean arrays."""
-    return x[index], index
+    return x[index], _owned(index)
 
 
 @GETITEM.defvjp
@@ -1411,7 +1791,7 @@ def _(g, out, ctx, needs, xp, x):
     return (xp.scatter_add(g, ctx, x.shape, x.dtype),)
 
 
-@rule("scatter_add", saves=SAVES_NOTHING)
+@rule("scatter_add", saves=SAVES_NOTHING, grads=("{g} read at the index",))
 def SCATTER_ADD(g, *, index, shape):
     """A zero array of ``shape`` with ``g`` added at ``index`` (getitem's VJP, differentiable)."""
     return _np_scatter_add(g, index, shape, g.dtype), index
@@ -1422,9 +1802,11 @@ def _(g, out, ctx, needs, xp, src):
     return (g[ctx],)
 
 
-@rule("concatenate", saves=SAVES_NOTHING)
+@rule("concatenate", saves=SAVES_NOTHING, grads=("the part of {g} that {0} filled",))
 def CONCATENATE(*xs, axis):
     out = np.concatenate(xs, axis=axis)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, *xs)
     ax = axis % out.ndim
     return out, (ax, np.cumsum([0] + [x.shape[ax] for x in xs]))
 
@@ -1439,9 +1821,11 @@ def _(g, out, ctx, needs, xp, *xs):
     )
 
 
-@rule("stack", saves=SAVES_NOTHING)
+@rule("stack", saves=SAVES_NOTHING, grads=("the slice of {g} that {0} filled",))
 def STACK(*xs, axis):
     out = np.stack(xs, axis=axis)
+    if out.dtype is not _F32:
+        out = _float_dtype(out, *xs)
     return out, axis % out.ndim
 
 
@@ -1454,16 +1838,47 @@ def _(g, out, ctx, needs, xp, *xs):
 # --------------------------------------------------------------------------
 # Public functions: one call into the registry each
 # --------------------------------------------------------------------------
+#
+# Names and meanings follow PyTorch (``transpose(x, 0, 1)`` swaps two dims,
+# ``var``/``std`` are unbiased, ``max(x, dim)`` returns values and indices);
+# keyword arguments take PyTorch's spelling (``dim=``, ``keepdim=``) and
+# NumPy's (``axis=``, ``keepdims=``) alike. docs/pytorch-numpy.md lists
+# where the two libraries differ and which meaning chainrule takes.
 
 
-def add(a: Any, b: Any) -> Tensor:
-    """a + b with NumPy broadcasting."""
-    return _binary(ADD, a, b)
+def _either(who: str, np_name: str, np_value: Any, pt_name: str, pt_value: Any,
+            default: Any = None) -> Any:
+    """One setting spelled the NumPy way (``axis``) or the PyTorch way (``dim``)."""
+    if np_value is not None and pt_value is not None and not _same(np_value, pt_value):
+        raise TypeError(
+            f"{who}: got {pt_name}={pt_value!r} and {np_name}={np_value!r}; they are the "
+            "same setting (PyTorch's and NumPy's spelling): give one"
+        )
+    if pt_value is not None:
+        return pt_value
+    return default if np_value is None else np_value
 
 
-def sub(a: Any, b: Any) -> Tensor:
-    """a - b with NumPy broadcasting."""
-    return _binary(SUB, a, b)
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _reduce_args(who: str, dim: Any, axis: Any, keepdim: Any, keepdims: Any) -> tuple[Any, bool]:
+    return (_either(who, "axis", axis, "dim", dim),
+            bool(_either(who, "keepdims", keepdims, "keepdim", keepdim, False)))
+
+
+def add(a: Any, b: Any, *, alpha: Any = 1) -> Tensor:
+    """a + alpha * b with NumPy broadcasting (``alpha`` as in ``torch.add``)."""
+    return _binary(ADD, a, b if alpha == 1 else mul(b, alpha))
+
+
+def sub(a: Any, b: Any, *, alpha: Any = 1) -> Tensor:
+    """a - alpha * b with NumPy broadcasting (``alpha`` as in ``torch.sub``)."""
+    return _binary(SUB, a, b if alpha == 1 else mul(b, alpha))
 
 
 def mul(a: Any, b: Any) -> Tensor:
@@ -1472,16 +1887,22 @@ def mul(a: Any, b: Any) -> Tensor:
 
 
 def div(a: Any, b: Any) -> Tensor:
-    """a / b with broadcasting."""
+    """a / b with broadcasting (true division: integers give float32, as in PyTorch)."""
     return _binary(DIV, a, b)
 
 
 def pow(a: Any, b: Any) -> Tensor:  # noqa: A001
-    """a ** b; differentiable in both (in b only where a > 0)."""
+    """a ** b; differentiable in both (in b where a > 0; PyTorch's values elsewhere)."""
     return _binary(POW, a, b)
 
 
+def square(a: Any) -> Tensor:
+    """a * a."""
+    return _binary(POW, a, 2)
+
+
 def neg(a: Any) -> Tensor:
+    """-a."""
     return _unary(NEG, a)
 
 
@@ -1567,48 +1988,208 @@ def clip(a: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
 clamp = clip
 
 
-def sum(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Sum over ``axis`` (None = all, int, negative int or tuple).
+def sum(a: Any, dim: Any = None, keepdim: bool | None = None, *,  # noqa: A001
+        axis: Any = None, keepdims: bool | None = None) -> Tensor:
+    """Sum over ``dim`` (None = all, int, negative int or tuple; ``axis=`` too).
 
-    >>> cr.sum(cr.ones((2, 3)), axis=0).shape
+    >>> cr.sum(cr.ones((2, 3)), dim=0).shape
     (3,)
     """
-    return _unary(SUM, a, axis=axis, keepdims=keepdims)
+    axis, keep = _reduce_args("sum", dim, axis, keepdim, keepdims)
+    return _unary(SUM, a, axis=axis, keepdims=keep)
 
 
-def mean(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
-    """Mean over ``axis``."""
-    return _unary(MEAN, a, axis=axis, keepdims=keepdims)
+def mean(a: Any, dim: Any = None, keepdim: bool | None = None, *,
+         axis: Any = None, keepdims: bool | None = None) -> Tensor:
+    """Mean over ``dim``/``axis`` (integer tensors give float32, as in PyTorch)."""
+    axis, keep = _reduce_args("mean", dim, axis, keepdim, keepdims)
+    return _unary(MEAN, a, axis=axis, keepdims=keep)
 
 
-def max(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Maximum over ``axis``. At ties the gradient is split evenly between the maxima."""
-    return apply(MAX, a, axis=axis, keepdims=keepdims)
+class ValuesIndices(tuple):
+    """What ``max``/``min`` along one ``dim`` return, as in PyTorch: ``(values, indices)``.
+
+    ``values, indices = x.max(dim=1)``, or ``.values`` / ``.indices``.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, values: Tensor, indices: Tensor) -> ValuesIndices:
+        return tuple.__new__(cls, (values, indices))
+
+    @property
+    def values(self) -> Tensor:
+        return self[0]
+
+    @property
+    def indices(self) -> Tensor:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"ValuesIndices(values={self[0]!r}, indices={self[1]!r})"
 
 
-def min(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Minimum over ``axis``. At ties the gradient is split evenly between the minima."""
-    return apply(MIN, a, axis=axis, keepdims=keepdims)
+def _extremum(a: Any, who: str, rule: Rule, pick: Callable, dim: Any, keepdim: Any,
+              axis: Any, keepdims: Any) -> Any:
+    if dim is not None and axis is not None:
+        _either(who, "axis", axis, "dim", dim)
+    keep = bool(_either(who, "keepdims", keepdims, "keepdim", keepdim, False))
+    if dim is None:
+        # NumPy's meaning (axis=...) and PyTorch's full reduction: the values;
+        # at ties the gradient is split evenly (as torch.amax and x.max() do)
+        return apply(rule, a, axis=axis, keepdims=keep)
+    if isinstance(dim, (Tensor, np.ndarray)):  # torch.max(a, b): the elementwise maximum
+        return (maximum if rule is MAX else minimum)(a, dim)
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+        raise TypeError(
+            f"{who}: dim={dim!r}: with dim, {who} returns (values, indices) along one "
+            f"dimension (PyTorch); to reduce over several use a{who}(dim=...) or axis=..."
+        )
+    return _along(a, who, pick, dim, keep)
 
 
-def var(a: Any, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
-    """Variance over ``axis`` with NumPy's ``ddof`` (default 0, the population variance)."""
-    return apply(VAR, a, axis=axis, keepdims=keepdims, ddof=ddof)
+def _along(a: Any, who: str, pick: Callable, dim: int, keep: bool) -> ValuesIndices:
+    """PyTorch's ``max(dim)``: the values and where they are (the first one at ties).
+
+    The values are gathered at those indices, so the gradient goes to that
+    one element, as in PyTorch (the full reduction splits it between ties).
+    """
+    x = value(a) if isinstance(a, Tensor) else np.asarray(a)
+    axes = _norm_axes(dim, x.ndim, who)
+    if not axes:  # a 0-d tensor: itself, at index 0
+        return ValuesIndices(getitem(a, ()), Tensor._const(np.zeros((), np.int64)))
+    ax = axes[0]
+    if x.shape[ax] == 0:
+        raise ValueError(f"{who}: dimension {dim} of shape {x.shape} is empty, there is no {who}")
+    idx = pick(x, axis=ax, keepdims=True)
+    index = tuple(
+        idx if i == ax else np.arange(n).reshape([n if j == i else 1 for j in range(x.ndim)])
+        for i, n in enumerate(x.shape)
+    )
+    vals = getitem(a, index)
+    if not keep:
+        vals = reshape(vals, x.shape[:ax] + x.shape[ax + 1:])
+        idx = idx.reshape(x.shape[:ax] + x.shape[ax + 1:])
+    return ValuesIndices(vals, Tensor._const(idx.astype(np.int64, copy=False)))
 
 
-def logsumexp(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
-    """log(sum(exp(a), axis)) without overflow."""
-    return apply(LOGSUMEXP, a, axis=axis, keepdims=keepdims)
+def max(a: Any, dim: Any = None, keepdim: bool | None = None, *,  # noqa: A001
+        axis: Any = None, keepdims: bool | None = None) -> Any:
+    """The maximum, PyTorch's way or NumPy's.
+
+    * ``max(x)`` or ``max(x, axis=...)``: the maximum values (over all, an
+      int or a tuple of axes); at ties the gradient is split evenly.
+    * ``max(x, dim)`` (one int, as in PyTorch): ``(values, indices)`` along
+      ``dim``; the gradient goes to the element at ``indices``.
+    * ``max(x, y)`` with a tensor ``y``: the elementwise :func:`maximum`.
+    """
+    return _extremum(a, "max", MAX, np.argmax, dim, keepdim, axis, keepdims)
 
 
-def softmax(a: Any, axis: int = -1) -> Tensor:
-    """exp(a) / sum(exp(a)) along ``axis``, stable for any input."""
-    return apply(SOFTMAX, a, axis=axis)
+def min(a: Any, dim: Any = None, keepdim: bool | None = None, *,  # noqa: A001
+        axis: Any = None, keepdims: bool | None = None) -> Any:
+    """The minimum; the same forms as :func:`max`."""
+    return _extremum(a, "min", MIN, np.argmin, dim, keepdim, axis, keepdims)
 
 
-def log_softmax(a: Any, axis: int = -1) -> Tensor:
-    """a - logsumexp(a) along ``axis``, stable for any input."""
-    return apply(LOG_SOFTMAX, a, axis=axis)
+def amax(a: Any, dim: Any = None, keepdim: bool | None = None, *,
+         axis: Any = None, keepdims: bool | None = None) -> Tensor:
+    """Maximum values over ``dim`` (None, int or tuple); ties share the gradient evenly."""
+    axis, keep = _reduce_args("amax", dim, axis, keepdim, keepdims)
+    return apply(MAX, a, axis=axis, keepdims=keep)
+
+
+def amin(a: Any, dim: Any = None, keepdim: bool | None = None, *,
+         axis: Any = None, keepdims: bool | None = None) -> Tensor:
+    """Minimum values over ``dim`` (None, int or tuple); ties share the gradient evenly."""
+    axis, keep = _reduce_args("amin", dim, axis, keepdim, keepdims)
+    return apply(MIN, a, axis=axis, keepdims=keep)
+
+
+def argmax(a: Any, dim: Any = None, keepdim: bool | None = None, *,
+           axis: Any = None, keepdims: bool | None = None) -> Tensor:
+    """Index of the (first) maximum, over all elements or along ``dim``; not differentiable."""
+    return _arg(a, "argmax", np.argmax, dim, keepdim, axis, keepdims)
+
+
+def argmin(a: Any, dim: Any = None, keepdim: bool | None = None, *,
+           axis: Any = None, keepdims: bool | None = None) -> Tensor:
+    """Index of the (first) minimum, over all elements or along ``dim``; not differentiable."""
+    return _arg(a, "argmin", np.argmin, dim, keepdim, axis, keepdims)
+
+
+def _arg(a: Any, who: str, pick: Callable, dim: Any, keepdim: Any, axis: Any,
+         keepdims: Any) -> Tensor:
+    axis, keep = _reduce_args(who, dim, axis, keepdim, keepdims)
+    x = value(a) if isinstance(a, Tensor) else np.asarray(a)
+    if axis is not None:
+        if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+            raise TypeError(f"{who}: dim must be one int (or None for all elements), got {axis!r}")
+        axes = _norm_axes(axis, x.ndim, who)
+        axis = axes[0] if axes else None
+    # an op (not differentiable), so that cr.compile recomputes it on every replay
+    return _unary(_ARG_RULES[who], a, axis=axis, keepdims=keep)
+
+
+def _correction(who: str, unbiased: Any, correction: Any, ddof: Any) -> Any:
+    """PyTorch's ``correction``/``unbiased`` or NumPy's ``ddof``: what n is reduced by."""
+    given = [(k, v) for k, v in (("unbiased", unbiased), ("correction", correction),
+                                 ("ddof", ddof)) if v is not None]
+    if len(given) > 1:
+        names = " and ".join(f"{k}={v!r}" for k, v in given)
+        raise TypeError(f"{who}: got {names}; give one of them (they set the same divisor)")
+    if unbiased is not None:
+        if not isinstance(unbiased, (bool, np.bool_)):
+            raise TypeError(f"{who}: unbiased must be True or False, got {unbiased!r}")
+        return 1 if unbiased else 0
+    c = correction if correction is not None else ddof
+    if c is None:
+        return 1  # PyTorch's default: the unbiased (Bessel-corrected) estimate
+    if isinstance(c, bool) or not isinstance(c, (int, float, np.integer, np.floating)) or c < 0:
+        raise ValueError(f"{who}: correction must be a non-negative number, got {c!r}")
+    return c
+
+
+def var(a: Any, dim: Any = None, unbiased: bool | None = None, keepdim: bool | None = None,
+        *, correction: Any = None, axis: Any = None, keepdims: bool | None = None,
+        ddof: Any = None) -> Tensor:
+    """Variance over ``dim``/``axis``: sum((x - mean)^2) / (n - correction).
+
+    Unbiased by default (``correction=1``), as in PyTorch. ``unbiased=False``,
+    ``correction=0`` or NumPy's ``ddof=0`` give the population variance.
+    """
+    axis, keep = _reduce_args("var", dim, axis, keepdim, keepdims)
+    c = _correction("var", unbiased, correction, ddof)
+    return _unary(VAR, a, axis=axis, keepdims=keep, correction=c)
+
+
+def std(a: Any, dim: Any = None, unbiased: bool | None = None, keepdim: bool | None = None,
+        *, correction: Any = None, axis: Any = None, keepdims: bool | None = None,
+        ddof: Any = None) -> Tensor:
+    """Standard deviation, sqrt(:func:`var`): unbiased by default, as in PyTorch.
+
+    Its gradient is 0 where it is 0 (a constant input), not NaN.
+    """
+    axis, keep = _reduce_args("std", dim, axis, keepdim, keepdims)
+    c = _correction("std", unbiased, correction, ddof)
+    return _unary(STD, a, axis=axis, keepdims=keep, correction=c)
+
+
+def logsumexp(a: Any, dim: Any = None, keepdim: bool | None = None, *,
+              axis: Any = None, keepdims: bool | None = None) -> Tensor:
+    """log(sum(exp(a), dim)) without overflow."""
+    axis, keep = _reduce_args("logsumexp", dim, axis, keepdim, keepdims)
+    return apply(LOGSUMEXP, a, axis=axis, keepdims=keep)
+
+
+def softmax(a: Any, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+    """exp(a) / sum(exp(a)) along ``dim`` (default: the last), stable for any input."""
+    return apply(SOFTMAX, a, axis=_either("softmax", "axis", axis, "dim", dim, -1))
+
+
+def log_softmax(a: Any, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+    """a - logsumexp(a) along ``dim`` (default: the last), stable for any input."""
+    return apply(LOG_SOFTMAX, a, axis=_either("log_softmax", "axis", axis, "dim", dim, -1))
 
 
 def matmul(a: Any, b: Any) -> Tensor:
@@ -1635,6 +2216,10 @@ def linear_relu(x: Any, weight: Any, bias: Any) -> Tensor:
     return apply(LINEAR_RELU, x, weight, bias)
 
 
+def _shape_of(a: Any) -> tuple[int, ...]:
+    return value(a).shape if isinstance(a, Tensor) else np.shape(a)
+
+
 def reshape(a: Any, shape: Any) -> Tensor:
     """Same values, new shape (one dimension may be -1)."""
     if isinstance(shape, (int, np.integer)):
@@ -1642,44 +2227,157 @@ def reshape(a: Any, shape: Any) -> Tensor:
     return _unary(RESHAPE, a, shape=tuple(shape))
 
 
-def flatten(a: Any, start_axis: int = 0) -> Tensor:
-    """Merge the dimensions from ``start_axis`` on into one."""
-    shape = value(a).shape if isinstance(a, Tensor) else np.shape(a)
-    start_axis %= builtins.max(len(shape), 1)
-    return reshape(a, tuple(shape[:start_axis]) + (-1,))
+def flatten(a: Any, start_dim: int | None = None, end_dim: int = -1, *,
+            start_axis: int | None = None) -> Tensor:
+    """Merge dimensions ``start_dim`` .. ``end_dim`` (inclusive) into one (``torch.flatten``)."""
+    start = _either("flatten", "start_axis", start_axis, "start_dim", start_dim, 0)
+    shape = _shape_of(a)
+    nd = builtins.max(len(shape), 1)
+    for d in (start, end_dim):
+        if not -nd <= d < nd:
+            raise ValueError(f"flatten: dim {d} is out of range for shape {shape}")
+    s, e = start % nd, end_dim % nd
+    if s > e:
+        raise ValueError(f"flatten: start_dim {start} comes after end_dim {end_dim}")
+    if not shape:
+        return reshape(a, (1,))
+    merged = 1
+    for n in shape[s:e + 1]:
+        merged *= n
+    return reshape(a, tuple(shape[:s]) + (merged,) + tuple(shape[e + 1:]))
 
 
-def transpose(a: Any, axes: Any = None) -> Tensor:
-    """Permute dimensions (reverse them when ``axes`` is None)."""
-    return apply(TRANSPOSE, a, axes=None if axes is None else tuple(axes))
+def _permutation(axes: Any, ndim: int, who: str) -> tuple[int, ...]:
+    perm = tuple(axes)
+    if len(perm) != ndim or not builtins.all(
+        isinstance(d, (int, np.integer)) and -builtins.max(ndim, 1) <= d < builtins.max(ndim, 1)
+        for d in perm
+    ) or sorted(int(d) % builtins.max(ndim, 1) for d in perm) != list(range(ndim)):
+        raise ValueError(f"{who}: {perm} is not a permutation of the {ndim} dimensions")
+    return tuple(int(d) % builtins.max(ndim, 1) for d in perm)
 
 
-def swapaxes(a: Any, axis1: int, axis2: int) -> Tensor:
-    nd = np.ndim(value(a))
+def permute(a: Any, *dims: Any) -> Tensor:
+    """Reorder the dimensions: output dimension i is input dimension ``dims[i]``.
+
+    ``cr.permute(x, 2, 0, 1)`` or ``cr.permute(x, (2, 0, 1))``, as ``torch.permute``.
+    """
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    return _unary(TRANSPOSE, a, axes=_permutation(dims, len(_shape_of(a)), "permute"))
+
+
+def transpose(a: Any, dim0: Any = None, dim1: Any = None, *, axes: Any = None) -> Tensor:
+    """Swap two dimensions (PyTorch), or permute them (NumPy).
+
+    * ``transpose(x, dim0, dim1)``: swap ``dim0`` and ``dim1`` (``torch.transpose``).
+    * ``transpose(x)``: reverse all dimensions (``np.transpose``, ``x.T``).
+    * ``transpose(x, (2, 0, 1))`` or ``axes=(2, 0, 1)``: a permutation
+      (``np.transpose``); :func:`permute` says it more plainly.
+    """
+    if isinstance(dim0, (tuple, list)) and dim1 is None:
+        dim0, axes = None, _either("transpose", "axes", axes, "axes", tuple(dim0))
+    if axes is not None:
+        if dim0 is not None or dim1 is not None:
+            raise TypeError("transpose: give two dims to swap, or axes=, not both")
+        return permute(a, tuple(axes))
+    if dim0 is None and dim1 is None:
+        return _unary(TRANSPOSE, a, axes=None)
+    if dim0 is None or dim1 is None:
+        raise TypeError(
+            "transpose: give the two dims to swap, transpose(x, dim0, dim1) (PyTorch); "
+            "for a full permutation use permute(x, dims)"
+        )
+    return swapaxes(a, dim0, dim1)
+
+
+def t(a: Any) -> Tensor:
+    """Transpose a tensor of at most 2 dimensions (``torch.t``)."""
+    nd = len(_shape_of(a))
+    if nd > 2:
+        raise ValueError(f"t: expects a tensor of at most 2 dimensions, got {nd}; use transpose")
+    return _unary(TRANSPOSE, a, axes=None)
+
+
+def swapaxes(a: Any, axis0: int, axis1: int) -> Tensor:
+    """Swap two dimensions (``np.swapaxes``, ``torch.transpose``)."""
+    nd = len(_shape_of(a))
+    span = builtins.max(nd, 1)
+    for d in (axis0, axis1):
+        if not isinstance(d, (int, np.integer)) or isinstance(d, bool):
+            raise TypeError(f"transpose: dims must be ints, got {d!r}")
+        if not -span <= d < span:
+            raise ValueError(f"transpose: dim {d} is out of range for {nd} dimensions")
     perm = list(range(nd))
-    perm[axis1], perm[axis2] = perm[axis2], perm[axis1]
-    return transpose(a, perm)
+    if nd:
+        i, j = int(axis0) % nd, int(axis1) % nd
+        perm[i], perm[j] = perm[j], perm[i]
+    return _unary(TRANSPOSE, a, axes=tuple(perm))
 
 
-def squeeze(a: Any, axis: Any = None) -> Tensor:
-    shape = np.shape(value(a))
+def squeeze(a: Any, dim: Any = None, *, axis: Any = None) -> Tensor:
+    """Drop dimensions of size 1: all of them, or those among ``dim`` (int or tuple).
+
+    As in PyTorch, a ``dim`` whose size is not 1 is left as it is (NumPy
+    raises there).
+    """
+    axis = _either("squeeze", "axis", axis, "dim", dim)
+    shape = _shape_of(a)
     if axis is None:
         return reshape(a, tuple(n for n in shape if n != 1))
     axes = _norm_axes(axis, len(shape), "squeeze")
-    for ax in axes:
-        if shape[ax] != 1:
-            raise ValueError(f"squeeze: axis {ax} has size {shape[ax]}, not 1 (shape {shape})")
-    return reshape(a, tuple(n for i, n in enumerate(shape) if i not in axes))
+    return reshape(a, tuple(n for i, n in enumerate(shape) if not (i in axes and n == 1)))
 
 
-def expand_dims(a: Any, axis: Any) -> Tensor:
-    """Insert size-1 dimensions at ``axis``."""
-    return reshape(a, np.expand_dims(np.empty(np.shape(value(a)), dtype=bool), axis).shape)
+def expand_dims(a: Any, axis: Any = None, *, dim: Any = None) -> Tensor:
+    """Insert a size-1 dimension at ``axis`` (``unsqueeze``; int or tuple)."""
+    axis = _either("unsqueeze", "axis", axis, "dim", dim)
+    if axis is None:
+        raise TypeError("unsqueeze: give the position of the new dimension (dim=...)")
+    return reshape(a, np.expand_dims(np.empty(_shape_of(a), dtype=bool), axis).shape)
+
+
+unsqueeze = expand_dims
 
 
 def broadcast_to(a: Any, shape: Sequence[int]) -> Tensor:
     """Broadcast to ``shape`` (NumPy rules); the gradient sums back."""
     return apply(BROADCAST_TO, a, shape=tuple(shape))
+
+
+def expand(a: Any, *sizes: Any) -> Tensor:
+    """``torch.Tensor.expand``: repeat size-1 dimensions to ``sizes`` without copying.
+
+    -1 keeps a dimension's size; new dimensions may be added in front. The
+    gradient sums back over the repeated elements.
+    """
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    shape = _shape_of(a)
+    if len(sizes) < len(shape):
+        raise ValueError(
+            f"expand: {len(sizes)} sizes {tuple(sizes)} for a tensor of shape {shape}; "
+            "give at least one size per dimension"
+        )
+    lead = len(sizes) - len(shape)
+    target = []
+    for i, n in enumerate(sizes):
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
+            raise TypeError(f"expand: sizes must be ints, got {n!r}")
+        old = shape[i - lead] if i >= lead else None
+        if n == -1:
+            if old is None:
+                raise ValueError(f"expand: -1 is not allowed for the new leading dimension {i}")
+            n = old
+        if old is not None and old != n and old != 1:
+            raise ValueError(
+                f"expand: dimension {i - lead} of shape {shape} has size {old}, which cannot "
+                f"be expanded to {n} (only size-1 dimensions expand)"
+            )
+        if n < 0:
+            raise ValueError(f"expand: size {n} is negative")
+        target.append(int(n))
+    return broadcast_to(a, tuple(target))
 
 
 def getitem(a: Any, index: Any) -> Tensor:
@@ -1693,23 +2391,27 @@ def scatter_add(src: Any, index: Any, shape: Sequence[int], dtype: Any = None) -
 
 
 def _operands(xs: Any, op: str) -> list:
+    if isinstance(xs, (Tensor, np.ndarray)):
+        raise TypeError(f"{op}: takes a sequence of tensors, got one {type(xs).__name__}")
     xs = list(xs)
     if not xs:
         raise ValueError(f"{op}: needs at least one tensor")
     return xs
 
 
-def concatenate(xs: Sequence[Any], axis: int = 0) -> Tensor:
-    """Join tensors along an existing axis."""
-    return apply(CONCATENATE, *_operands(xs, "concatenate"), axis=axis)
+def concatenate(xs: Sequence[Any], axis: int | None = None, *, dim: int | None = None) -> Tensor:
+    """Join tensors along an existing dimension (``dim``/``axis``, default 0)."""
+    ax = _either("concatenate", "axis", axis, "dim", dim, 0)
+    return apply(CONCATENATE, *_operands(xs, "concatenate"), axis=ax)
 
 
 cat = concatenate
 
 
-def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
-    """Join tensors along a new axis."""
-    return apply(STACK, *_operands(xs, "stack"), axis=axis)
+def stack(xs: Sequence[Any], axis: int | None = None, *, dim: int | None = None) -> Tensor:
+    """Join tensors along a new dimension (``dim``/``axis``, default 0)."""
+    ax = _either("stack", "axis", axis, "dim", dim, 0)
+    return apply(STACK, *_operands(xs, "stack"), axis=ax)
 
 
 def where(cond: Any, a: Any, b: Any) -> Tensor:
@@ -1734,10 +2436,14 @@ _COMPARISONS = {
     for name, f in (("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
                     ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal))
 }
-_ARGMAX = Rule("argmax", lambda x, *, axis, keepdims: (
-    np.argmax(x, axis=axis, keepdims=keepdims), None))
-_ARGMIN = Rule("argmin", lambda x, *, axis, keepdims: (
-    np.argmin(x, axis=axis, keepdims=keepdims), None))
+
+
+def _arg_rule(name: str, pick: Callable) -> Rule:
+    return Rule(name, lambda x, *, axis, keepdims: (
+        np.asarray(pick(x, axis=axis, keepdims=keepdims), dtype=np.int64), None))
+
+
+_ARG_RULES = {"argmax": _arg_rule("argmax", np.argmax), "argmin": _arg_rule("argmin", np.argmin)}
 
 
 def compare(name: str, a: Any, b: Any) -> Tensor:
@@ -1747,14 +2453,33 @@ def compare(name: str, a: Any, b: Any) -> Tensor:
     return Tensor._const(_COMPARISONS[name].forward(value(a), value(b))[0])
 
 
-def argmax(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
-    """Indices of the maxima (not differentiable)."""
-    return _unary(_ARGMAX, a, axis=axis, keepdims=keepdims)
+def masked_fill(a: Any, mask: Any, fill: Any) -> Tensor:
+    """``a`` with ``fill`` where ``mask`` is true (``torch.Tensor.masked_fill``).
 
-
-def argmin(a: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
-    """Indices of the minima (not differentiable)."""
-    return _unary(_ARGMIN, a, axis=axis, keepdims=keepdims)
+    ``mask`` must broadcast to ``a``'s shape and the result has ``a``'s shape
+    and dtype. The gradient to ``a`` is 0 at the filled places; a ``fill``
+    tensor gets the sum of the gradient over them.
+    """
+    m = value(mask)
+    m = m if isinstance(m, np.ndarray) else np.asarray(m)
+    if m.dtype != np.bool_:
+        raise TypeError(f"masked_fill: the mask must be boolean, got dtype {m.dtype}")
+    shape = _shape_of(a)
+    try:
+        fits = np.broadcast_shapes(m.shape, shape) == tuple(shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"masked_fill: mask of shape {m.shape} does not broadcast to {shape}")
+    if np.ndim(value(fill)) != 0:
+        raise ValueError(
+            f"masked_fill: the fill value must be a number or a 0-d tensor, got shape "
+            f"{np.shape(value(fill))}"
+        )
+    if not isinstance(fill, Tensor):
+        fill = np.asarray(fill, dtype=value(a).dtype if isinstance(a, Tensor) else None)
+    out = where(m, fill, a)
+    return out if out.shape == tuple(shape) else broadcast_to(out, shape)
 
 
 def maximum(a: Any, b: Any) -> Tensor:
@@ -1775,6 +2500,11 @@ def astype(a: Any, dtype: Any) -> Tensor:
 def clone(a: Any) -> Tensor:
     """A copy that stays in the graph."""
     return _unary(CLONE, a)
+
+
+def _ns_transpose(a: Any, axes: Any = None) -> Tensor:
+    """``np.transpose(a, axes)`` for the VJPs' Tensor namespace."""
+    return _unary(TRANSPOSE, a, axes=None if axes is None else tuple(int(i) for i in axes))
 
 
 # --------------------------------------------------------------------------
@@ -1806,7 +2536,7 @@ TENSOR_NS = SimpleNamespace(
     tanh=tanh,
     ndtr=ndtr,
     broadcast_to=broadcast_to,
-    transpose=transpose,
+    transpose=_ns_transpose,
     swapaxes=swapaxes,
     scatter_add=scatter_add,
 )

@@ -617,8 +617,9 @@ class Tensor:
         return self.data.dtype
 
     @property
-    def size(self) -> int:
-        return self.data.size
+    def size(self) -> _Size:
+        """The number of elements (NumPy); call it for the shape (PyTorch's ``size()``)."""
+        return _Size(self.data.shape, self.data.size)
 
     def __len__(self) -> int:
         if self.data.ndim == 0:
@@ -926,6 +927,8 @@ class Tensor:
         return _ops.compare("ge", self, other)
 
     # ----- methods: one-line calls into ops.py ----------------------------
+    # PyTorch's names and meanings; reductions and shape methods take
+    # dim=/keepdim= and NumPy's axis=/keepdims= alike (see ops.py).
 
     def exp(self) -> Tensor:
         return _ops.exp(self)
@@ -960,32 +963,100 @@ class Tensor:
     def abs(self) -> Tensor:
         return _ops.abs(self)
 
-    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return _ops.sum(self, axis, keepdims)
+    def neg(self) -> Tensor:
+        return _ops.neg(self)
 
-    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return _ops.mean(self, axis, keepdims)
+    negative = neg
 
-    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return _ops.max(self, axis, keepdims)
+    def add(self, other: Any, *, alpha: Any = 1) -> Tensor:
+        """self + alpha * other."""
+        return _ops.add(self, other, alpha=alpha)
 
-    def min(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return _ops.min(self, axis, keepdims)
+    def sub(self, other: Any, *, alpha: Any = 1) -> Tensor:
+        """self - alpha * other."""
+        return _ops.sub(self, other, alpha=alpha)
 
-    def var(self, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
-        return _ops.var(self, axis, keepdims, ddof)
+    subtract = sub
 
-    def std(self, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
-        return _ops.sqrt(_ops.var(self, axis, keepdims, ddof))
+    def mul(self, other: Any) -> Tensor:
+        return _ops.mul(self, other)
 
-    def logsumexp(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return _ops.logsumexp(self, axis, keepdims)
+    multiply = mul
 
-    def softmax(self, axis: int = -1) -> Tensor:
-        return _ops.softmax(self, axis)
+    def div(self, other: Any) -> Tensor:
+        return _ops.div(self, other)
 
-    def log_softmax(self, axis: int = -1) -> Tensor:
-        return _ops.log_softmax(self, axis)
+    divide = true_divide = div
+
+    def pow(self, exponent: Any) -> Tensor:
+        return _ops.pow(self, exponent)
+
+    def square(self) -> Tensor:
+        return _ops.square(self)
+
+    def maximum(self, other: Any) -> Tensor:
+        return _ops.maximum(self, other)
+
+    def minimum(self, other: Any) -> Tensor:
+        return _ops.minimum(self, other)
+
+    def where(self, condition: Any, other: Any) -> Tensor:
+        """``self`` where ``condition`` holds, else ``other`` (``torch.Tensor.where``)."""
+        return _ops.where(condition, self, other)
+
+    def masked_fill(self, mask: Any, value: Any) -> Tensor:
+        """A copy with ``value`` where ``mask`` is true (the mask broadcasts to self)."""
+        return _ops.masked_fill(self, mask, value)
+
+    def sum(self, dim: Any = None, keepdim: bool | None = None, *,
+            axis: Any = None, keepdims: bool | None = None) -> Tensor:
+        return _ops.sum(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def mean(self, dim: Any = None, keepdim: bool | None = None, *,
+             axis: Any = None, keepdims: bool | None = None) -> Tensor:
+        return _ops.mean(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def max(self, dim: Any = None, keepdim: bool | None = None, *,
+            axis: Any = None, keepdims: bool | None = None) -> Any:
+        """``x.max()`` / ``x.max(axis=...)``: values; ``x.max(dim)``: (values, indices)."""
+        return _ops.max(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def min(self, dim: Any = None, keepdim: bool | None = None, *,
+            axis: Any = None, keepdims: bool | None = None) -> Any:
+        """``x.min()`` / ``x.min(axis=...)``: values; ``x.min(dim)``: (values, indices)."""
+        return _ops.min(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def amax(self, dim: Any = None, keepdim: bool | None = None, *,
+             axis: Any = None, keepdims: bool | None = None) -> Tensor:
+        return _ops.amax(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def amin(self, dim: Any = None, keepdim: bool | None = None, *,
+             axis: Any = None, keepdims: bool | None = None) -> Tensor:
+        return _ops.amin(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def var(self, dim: Any = None, unbiased: bool | None = None, keepdim: bool | None = None,
+            *, correction: Any = None, axis: Any = None, keepdims: bool | None = None,
+            ddof: Any = None) -> Tensor:
+        """Variance, unbiased by default (PyTorch); ``correction=``/``unbiased=``/``ddof=``."""
+        return _ops.var(self, dim, unbiased, keepdim, correction=correction, axis=axis,
+                        keepdims=keepdims, ddof=ddof)
+
+    def std(self, dim: Any = None, unbiased: bool | None = None, keepdim: bool | None = None,
+            *, correction: Any = None, axis: Any = None, keepdims: bool | None = None,
+            ddof: Any = None) -> Tensor:
+        """Standard deviation, unbiased by default (PyTorch); gradient 0 where it is 0."""
+        return _ops.std(self, dim, unbiased, keepdim, correction=correction, axis=axis,
+                        keepdims=keepdims, ddof=ddof)
+
+    def logsumexp(self, dim: Any = None, keepdim: bool | None = None, *,
+                  axis: Any = None, keepdims: bool | None = None) -> Tensor:
+        return _ops.logsumexp(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def softmax(self, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+        return _ops.softmax(self, dim, axis=axis)
+
+    def log_softmax(self, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+        return _ops.log_softmax(self, dim, axis=axis)
 
     def clip(self, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
         return _ops.clip(self, min, max)
@@ -1000,28 +1071,77 @@ class Tensor:
     def view(self, *shape: Any) -> Tensor:
         return self.reshape(*shape)
 
-    def flatten(self, start_axis: int = 0) -> Tensor:
-        return _ops.flatten(self, start_axis)
+    def reshape_as(self, other: Tensor) -> Tensor:
+        return _ops.reshape(self, other.shape)
 
-    def transpose(self, *axes: Any) -> Tensor:
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        return _ops.transpose(self, axes or None)
+    view_as = reshape_as
+
+    def flatten(self, start_dim: int | None = None, end_dim: int = -1, *,
+                start_axis: int | None = None) -> Tensor:
+        return _ops.flatten(self, start_dim, end_dim, start_axis=start_axis)
+
+    def transpose(self, *dims: Any, dim0: Any = None, dim1: Any = None,
+                  axes: Any = None) -> Tensor:
+        """``x.transpose(d0, d1)`` swaps two dimensions, as in PyTorch.
+
+        Without arguments it reverses them all (``x.T``); a tuple, or three
+        or more ints, is a NumPy-style permutation (prefer :meth:`permute`).
+        """
+        if dim0 is not None or dim1 is not None:
+            if dims:
+                raise TypeError("transpose: give the dims positionally or as dim0=/dim1=")
+            return _ops.transpose(self, dim0, dim1)
+        if len(dims) == 2:
+            return _ops.transpose(self, dims[0], dims[1])
+        if len(dims) == 1 and not isinstance(dims[0], (tuple, list)):
+            raise TypeError(
+                f"transpose: got one dim ({dims[0]!r}); give the two dims to swap, "
+                "x.transpose(dim0, dim1)"
+            )
+        if len(dims) == 1:
+            dims = tuple(dims[0])
+        if axes is not None:
+            if dims:
+                raise TypeError("transpose: give a permutation or axes=, not both")
+            dims = tuple(axes)
+        return _ops.permute(self, dims) if dims else _ops.transpose(self)
+
+    def permute(self, *dims: Any) -> Tensor:
+        """Reorder the dimensions: ``x.permute(2, 0, 1)``."""
+        return _ops.permute(self, *dims)
+
+    def t(self) -> Tensor:
+        """Transpose of a tensor of at most 2 dimensions."""
+        return _ops.t(self)
 
     @property
     def T(self) -> Tensor:  # noqa: N802
-        return _ops.transpose(self, None)
+        return _ops.transpose(self)
 
-    def swapaxes(self, a: int, b: int) -> Tensor:
-        return _ops.swapaxes(self, a, b)
+    def swapaxes(self, axis0: int, axis1: int) -> Tensor:
+        return _ops.swapaxes(self, axis0, axis1)
 
-    def squeeze(self, axis: Any = None) -> Tensor:
-        return _ops.squeeze(self, axis)
+    def swapdims(self, dim0: int, dim1: int) -> Tensor:
+        return _ops.swapaxes(self, dim0, dim1)
 
-    def expand_dims(self, axis: Any) -> Tensor:
-        return _ops.expand_dims(self, axis)
+    def squeeze(self, dim: Any = None, *, axis: Any = None) -> Tensor:
+        """Drop size-1 dimensions (a ``dim`` whose size is not 1 stays, as in PyTorch)."""
+        return _ops.squeeze(self, dim, axis=axis)
 
-    unsqueeze = expand_dims
+    def unsqueeze(self, dim: Any = None, *, axis: Any = None) -> Tensor:
+        """A new size-1 dimension at ``dim`` (``axis=`` too)."""
+        return _ops.expand_dims(self, axis, dim=dim)
+
+    def expand_dims(self, axis: Any = None, *, dim: Any = None) -> Tensor:
+        """A new size-1 dimension at ``axis`` (``dim=`` too)."""
+        return _ops.expand_dims(self, axis, dim=dim)
+
+    def expand(self, *sizes: Any) -> Tensor:
+        """Repeat size-1 dimensions to ``sizes`` (-1 keeps a size), as in PyTorch."""
+        return _ops.expand(self, *sizes)
+
+    def expand_as(self, other: Tensor) -> Tensor:
+        return _ops.expand(self, other.shape)
 
     def broadcast_to(self, shape: Sequence[int]) -> Tensor:
         return _ops.broadcast_to(self, shape)
@@ -1029,13 +1149,44 @@ class Tensor:
     def matmul(self, other: Any) -> Tensor:
         return _ops.matmul(self, other)
 
-    def argmax(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        """Indices of the maxima (not differentiable)."""
-        return _ops.argmax(self, axis, keepdims)
+    def argmax(self, dim: Any = None, keepdim: bool | None = None, *,
+               axis: Any = None, keepdims: bool | None = None) -> Tensor:
+        """Index of the (first) maximum (not differentiable)."""
+        return _ops.argmax(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
-    def argmin(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        """Indices of the minima (not differentiable)."""
-        return _ops.argmin(self, axis, keepdims)
+    def argmin(self, dim: Any = None, keepdim: bool | None = None, *,
+               axis: Any = None, keepdims: bool | None = None) -> Tensor:
+        """Index of the (first) minimum (not differentiable)."""
+        return _ops.argmin(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def numel(self) -> int:
+        """The number of elements (``x.size`` in NumPy's spelling)."""
+        return int(self.data.size)
+
+    def dim(self) -> int:
+        """The number of dimensions (``x.ndim``)."""
+        return self.data.ndim
+
+
+class _Size(int):
+    """``t.size``: the element count, as NumPy's ``a.size`` -- and callable, as
+    PyTorch's ``t.size()`` (the shape) and ``t.size(dim)`` (one dimension)."""
+
+    _shape: tuple[int, ...]
+
+    def __new__(cls, shape: tuple[int, ...], count: int) -> _Size:
+        obj = int.__new__(cls, count)
+        obj._shape = shape
+        return obj
+
+    def __call__(self, dim: int | None = None) -> Any:
+        if dim is None:
+            return self._shape
+        nd = len(self._shape)
+        span = nd or 1  # a 0-d tensor takes dim 0 / -1, as in PyTorch
+        if not -span <= dim < span:
+            raise IndexError(f"size: dim {dim} is out of range for shape {self._shape}")
+        return self._shape[dim] if nd else 1
 
 
 class RemovableHandle:
@@ -1132,27 +1283,26 @@ def _released_error(node: Node) -> GraphReleasedError:
 def _check_versions(node: Node) -> None:
     """Refuse a saved value whose memory was changed in place after it was saved."""
     stamp = node.stamp
-    def label(i: int, a: np.ndarray) -> str:
-        p = node.parents[i] if i < len(node.parents) else None
-        name = getattr(p, "name", None)
-        return f"its input {i} ({f'{name!r}, ' if name else ''}shape {a.shape})"
+    for i, a in enumerate(node.inputs):
+        if type(a) is np.ndarray and _VERSIONS.get(id(_storage(a)), 0) > stamp:
+            p = node.parents[i] if i < len(node.parents) else None
+            name = getattr(p, "name", None)
+            _changed(node, f"its input {i} ({f'{name!r}, ' if name else ''}shape {a.shape})")
+    out = node.out
+    if out is not None and _VERSIONS.get(id(_storage(out)), 0) > stamp:
+        _changed(node, f"its output (shape {out.shape})")
 
-    saved = [(label(i, a), a) for i, a in enumerate(node.inputs) if type(a) is np.ndarray]
-    if node.out is not None:
-        saved.append((f"its output (shape {node.out.shape})", node.out))
-    for what, a in saved:
-        if _VERSIONS.get(id(_storage(a)), 0) > stamp:
-            where = f"\nThe op was created at:\n{node.meta}" if node.meta else (
-                " Run the forward pass inside cr.detect_anomaly() to see the line that "
-                "created the op.")
-            raise RuntimeError(
-                f"backward: {_describe(node)} saved {what} for the backward pass, but that "
-                "memory was modified in place after the op was recorded (through the tensor "
-                "itself or any view of it: a slice, a reshape, .detach(), .numpy()), so the "
-                "gradient would be wrong. Modify a copy (t.clone()) instead, or make the "
-                "change before the forward pass (optimizer.step() belongs after "
-                f"backward()).{where}"
-            )
+
+def _changed(node: Node, what: str) -> None:
+    where = f"\nThe op was created at:\n{node.meta}" if node.meta else (
+        " Run the forward pass inside cr.detect_anomaly() to see the line that created the op.")
+    raise RuntimeError(
+        f"backward: {_describe(node)} saved {what} for the backward pass, but that memory was "
+        "modified in place after the op was recorded (through the tensor itself or any view "
+        "of it: a slice, a reshape, .detach(), .numpy()), so the gradient would be wrong. "
+        "Modify a copy (t.clone()) instead, or make the change before the forward pass "
+        f"(optimizer.step() belongs after backward()).{where}"
+    )
 
 
 def _seed(root: Tensor, grad: Any) -> np.ndarray:

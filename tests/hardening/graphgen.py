@@ -330,7 +330,7 @@ def _reduction(name, fn, extremum=False, ddof=False):
         dd = f", ddof={extra['ddof']}" if extra else ""
         return Step(
             f"{name}(n{i}, axis={axis}, keepdims={keepdims}{dd})",
-            lambda ns: fn(ns[i], axis, keepdims, **extra),
+            lambda ns: fn(ns[i], axis=axis, keepdims=keepdims, **extra),
         )
 
     return build
@@ -341,6 +341,7 @@ _reduction("mean", cr.mean)
 _reduction("max", cr.max, extremum=True)
 _reduction("min", cr.min, extremum=True)
 _reduction("var", cr.var, ddof=True)
+_reduction("std", cr.std, ddof=True)
 _reduction("logsumexp", cr.logsumexp)
 
 

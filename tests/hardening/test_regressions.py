@@ -118,7 +118,8 @@ def test_architecture_larger_than_the_file_does_not_allocate(saved_model):
     _edit_meta(saved_model, edit)
     tracemalloc.start()
     try:
-        with pytest.raises(CheckpointError, match=r"declares a layer of 1000000000000 values"):
+        with pytest.raises(CheckpointError,
+                           match=r"Linear in_features=1000000, but the file holds only \d+ weight"):
             crio.load_model(saved_model)
         peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -22,7 +22,6 @@ import hashlib
 import http.client
 import os
 import struct
-import tempfile
 import urllib.request
 import zlib
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from typing import IO
 
 import numpy as np
 
+from .._files import create_temp
 from ._common import DataFormatError
 
 __all__ = ["load_mnist", "read_idx", "download_mnist", "DownloadError", "default_cache_dir"]
@@ -44,6 +44,8 @@ _IDX_TYPES = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+# NumPy's limit on the number of dimensions of an array (32 before NumPy 2)
+_MAX_DIMS = 64 if int(np.__version__.split(".")[0]) >= 2 else 32
 # Deflate cannot expand data by more than about 1032:1, so a gzip file of c
 # bytes can never hold more than this many times c bytes of payload.
 _MAX_DEFLATE_RATIO = 1032
@@ -84,6 +86,11 @@ def _parse_header(f: IO[bytes], path: Path) -> tuple[np.dtype, tuple[int, ...], 
         )
     if ndim == 0:
         raise DataFormatError(f"{path}: IDX header declares 0 dimensions (expected >= 1)")
+    if ndim > _MAX_DIMS:
+        raise DataFormatError(
+            f"{path}: IDX header declares {ndim} dimensions; arrays have at most "
+            f"{_MAX_DIMS} (a damaged header, or not an IDX file)"
+        )
     dims = struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path, "dimension sizes"))
     return _IDX_TYPES[code], tuple(int(d) for d in dims), 4 + 4 * ndim
 
@@ -237,7 +244,7 @@ def _manual_hint(variant: str, directory: Path) -> str:
 
 def _fetch(url: str, dest: Path, md5: str, size: int, timeout: float) -> None:
     """Download ``url`` to ``dest`` atomically, checking its size and MD5."""
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, tmp_name = create_temp(dest.parent, dest.name, ".part")  # umask-respecting mode
     try:
         digest = hashlib.md5(usedforsecurity=False)  # an integrity check, not security
         total = 0
@@ -372,6 +379,11 @@ def load_mnist(
         raise DataFormatError(
             f"{lab_path}: expected uint8 labels of shape (n,), found {labels.dtype} of "
             f"shape {labels.shape}"
+        )
+    if images.shape[0] == 0 or images.shape[1] * images.shape[2] == 0:
+        raise DataFormatError(
+            f"{img_path}: holds no images (shape {images.shape}); a {kind} set needs at least "
+            "one image of at least one pixel"
         )
     if images.shape[0] != labels.shape[0]:
         raise DataFormatError(

@@ -131,7 +131,8 @@ def dropout(input: Any, p: float = 0.5, training: bool = True,  # noqa: A002
     dt = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
     if p == 1.0:  # everything dropped: input * 0 (what an all-zero mask gives)
         return ops.mul(input, dt.type(0))
-    return ops.mul(input, _dropout_mask(generator, x.shape, dt, p))
+    # a Tensor, so the recorded op keeps this fresh mask without copying it
+    return ops.mul(input, Tensor._const(_dropout_mask(generator, x.shape, dt, p)))
 
 
 # ==========================================================================
@@ -139,7 +140,8 @@ def dropout(input: Any, p: float = 0.5, training: bool = True,  # noqa: A002
 # ==========================================================================
 
 
-@rule("normalize", saves=Saves(inputs=(True,), out=True))
+@rule("normalize", saves=Saves(inputs=(True,), out=True),
+      grads=("({g} - mean({g}) - {out} * mean({g} * {out})) / sigma",))
 def NORMALIZE(x, *running, axes, eps, momentum):
     """(x - mean) / sqrt(var + eps) over ``axes`` (biased variance).
 
@@ -152,8 +154,11 @@ def NORMALIZE(x, *running, axes, eps, momentum):
     """
     mean = x.mean(axis=axes, keepdims=True)
     d = x - mean
-    var = (d * d).mean(axis=axes, keepdims=True)
+    with np.errstate(over="ignore"):  # an overflow is handled just below
+        var = (d * d).mean(axis=axes, keepdims=True)
     inv = 1.0 / np.sqrt(var + eps)
+    if not np.isfinite(var).all():
+        inv = _inv_std_scaled(d, var, inv, axes, eps)
     if running:
         rmean, rvar, counter = running
         n = x.size // mean.size
@@ -168,6 +173,20 @@ def NORMALIZE(x, *running, axes, eps, momentum):
         rvar += (momentum * n / (n - 1)) * var.reshape(rvar.shape)
         counter += 1
     return (d * inv).astype(x.dtype, copy=False), (axes, inv.astype(x.dtype, copy=False), eps)
+
+
+def _inv_std_scaled(d: np.ndarray, var: np.ndarray, inv: np.ndarray, axes: tuple[int, ...],
+                    eps: float) -> np.ndarray:
+    """1 / sqrt(var + eps) where d * d overflowed (|d| beyond about 1e154 in
+    float64, 1e19 in float32): there inv would be 0 and every output 0, a
+    silently wrong normalisation. The deviations are scaled by their largest
+    magnitude s first: var = s^2 mean((d / s)^2)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        s = np.max(np.abs(d), axis=axes, keepdims=True)
+        s = np.where((s > 0) & np.isfinite(s), s, 1.0)
+        r = d / s
+        scaled = 1.0 / (s * np.sqrt((r * r).mean(axis=axes, keepdims=True) + eps / (s * s)))
+    return np.where(np.isfinite(var), inv, scaled)
 
 
 @NORMALIZE.defvjp
@@ -478,7 +497,13 @@ def _diff_log_softmax(x: Any, xp: Any) -> Any:
 # ==========================================================================
 
 
-@rule("cross_entropy", saves=Saves(inputs=(True,)))
+@rule(
+    "cross_entropy",
+    saves=Saves(inputs=(True,)),
+    role="loss",
+    activation="softmax",
+    grads=("(softmax({0}) - onehot(target)) * {g} / N",),
+)
 def CROSS_ENTROPY(x, *, target, reduction, label_smoothing):
     """-log softmax(x)[target] per row; x (N, C) logits, target (N,) int labels."""
     n, c = x.shape
@@ -489,7 +514,9 @@ def CROSS_ENTROPY(x, *, target, reduction, label_smoothing):
     if label_smoothing:
         # PyTorch: (1 - eps) * nll + eps * mean_k(-log p_k)
         loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse[:, 0] - x.mean(axis=1))
-    return _reduce(loss, reduction), (target, reduction, label_smoothing, p)
+    # the labels are copied: refilling the caller's label buffer before
+    # backward() must not change this step's gradient
+    return _reduce(loss, reduction), (target.copy(), reduction, label_smoothing, p)
 
 
 @CROSS_ENTROPY.defvjp
@@ -522,7 +549,13 @@ def _(g, out, ctx, needs, xp, x):
 # ==========================================================================
 
 
-@rule("cross_entropy_probs", saves=Saves(inputs=(True, (0,))))
+@rule(
+    "cross_entropy_probs",
+    saves=Saves(inputs=(True, (0,))),
+    role="loss",
+    activation="softmax",
+    grads=("(softmax({0}) * sum({1}) - {1}) * {g} / N", "-log_softmax({0}) * {g} / N"),
+)
 def CROSS_ENTROPY_PROBS(x, y, *, reduction, label_smoothing):
     """-sum_k y_k log softmax(x)_k per row; x and y of shape (N, C)."""
     n, c = x.shape
@@ -552,7 +585,8 @@ def _(g, out, ctx, needs, xp, x, y):
     return gx, gy
 
 
-@rule("cross_entropy_weighted", saves=Saves(inputs=(True,)))
+@rule("cross_entropy_weighted", saves=Saves(inputs=(True,)), role="loss", activation="softmax",
+      grads=("w_target * (softmax({0}) - onehot(target)) * {g} / sum(w_target)",))
 def CROSS_ENTROPY_WEIGHTED(x, *, target, weight, reduction, label_smoothing):
     """Class-weighted cross-entropy (PyTorch's ``weight=``): row i counts weight[target_i].
 
@@ -573,7 +607,9 @@ def CROSS_ENTROPY_WEIGHTED(x, *, target, weight, reduction, label_smoothing):
         out = np.asarray(loss.sum() / denom)
     else:
         out = _reduce(loss, reduction)
-    return out, (target, weight, reduction, label_smoothing, p, denom)
+    # labels and class weights are copied: refilling the caller's buffers
+    # before backward() must not change this step's gradient
+    return out, (target.copy(), weight.copy(), reduction, label_smoothing, p, denom)
 
 
 @CROSS_ENTROPY_WEIGHTED.defvjp
@@ -680,12 +716,12 @@ def cross_entropy(
 # ==========================================================================
 
 
-@rule("nll_loss", saves=SAVES_NOTHING)
+@rule("nll_loss", saves=SAVES_NOTHING, role="loss", grads=("-onehot(target) * {g} / N",))
 def NLL_LOSS(x, *, target, reduction):
     """-x[i, target_i] per row; x (N, C) log-probabilities."""
     n = x.shape[0]
     _check_label_range(target, x.shape[1], "nll_loss")
-    return _reduce(-x[np.arange(n), target], reduction), (target, reduction)
+    return _reduce(-x[np.arange(n), target], reduction), (target.copy(), reduction)
 
 
 @NLL_LOSS.defvjp
@@ -716,7 +752,13 @@ def nll_loss(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noq
 # ==========================================================================
 
 
-@rule("binary_cross_entropy_with_logits", saves=Saves(inputs=(True, (0,))))
+@rule(
+    "binary_cross_entropy_with_logits",
+    saves=Saves(inputs=(True, (0,))),
+    role="loss",
+    activation="sigmoid",
+    grads=("(sigmoid({0}) - {1}) * {g} / n", "-{0} * {g} / n"),
+)
 def BCE_WITH_LOGITS(x, y, *, reduction):
     """BCE(sigmoid(x), y) = max(x, 0) - x y + log(1 + e^-|x|): finite for any x."""
     loss = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
@@ -764,7 +806,12 @@ _LOG_FLOOR = -100.0  # PyTorch clamps log(p) and log(1 - p) at -100 so p = 0 or 
 _DENOM_FLOOR = 1e-12  # and keeps p (1 - p) away from 0 in the gradient
 
 
-@rule("binary_cross_entropy", saves=SAVES_INPUTS)
+@rule(
+    "binary_cross_entropy",
+    saves=SAVES_INPUTS,
+    role="loss",
+    grads=("({0} - {1}) / ({0} (1 - {0})) * {g} / n", "(log(1 - {0}) - log({0})) * {g} / n"),
+)
 def BCE(p, y, *, reduction):
     """-(y log p + (1 - y) log(1 - p)), each log clamped at -100."""
     # checked here, not in the wrapper, so that a step replayed by cr.compile checks it too
@@ -824,7 +871,12 @@ def binary_cross_entropy(input: Any, target: Any, reduction: str = "mean") -> Te
 # ==========================================================================
 
 
-@rule("mse_loss", saves=SAVES_INPUTS)
+@rule(
+    "mse_loss",
+    saves=SAVES_INPUTS,
+    role="loss",
+    grads=("2 ({0} - {1}) * {g} / n", "-2 ({0} - {1}) * {g} / n"),
+)
 def MSE(x, y, *, reduction):
     """(x - y)^2 elementwise."""
     d = x - y
@@ -859,7 +911,8 @@ def _elementwise_loss(r: Any, input: Any, target: Any, reduction: str,  # noqa: 
 # ==========================================================================
 
 
-@rule("l1_loss", saves=SAVES_INPUTS)
+@rule("l1_loss", saves=SAVES_INPUTS, role="loss",
+      grads=("sign({0} - {1}) * {g} / n", "-sign({0} - {1}) * {g} / n"))
 def L1(x, y, *, reduction):
     """|x - y| elementwise."""
     return _reduce(np.abs(x - y), reduction), reduction
@@ -881,7 +934,9 @@ def l1_loss(input: Any, target: Any, reduction: str = "mean") -> Tensor:  # noqa
     return _elementwise_loss(L1, input, target, reduction)
 
 
-@rule("huber_loss", saves=SAVES_INPUTS)
+@rule("huber_loss", saves=SAVES_INPUTS, role="loss",
+      grads=("clip({0} - {1}, -delta, delta) * {g} / n",
+             "-clip({0} - {1}, -delta, delta) * {g} / n"))
 def HUBER(x, y, *, reduction, delta):
     """0.5 d^2 where |d| < delta, delta (|d| - delta / 2) elsewhere; d = x - y."""
     d = x - y

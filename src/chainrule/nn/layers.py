@@ -17,9 +17,10 @@ import numpy as np
 
 from .. import ops
 from ..capture import effect
+from ..tensor import _mode
 from . import functional as F
 from . import init
-from .module import Module, Parameter
+from .module import STRUCTURE, Module, Parameter, _adopt
 
 __all__ = [
     "Linear", "Sequential", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
@@ -110,9 +111,10 @@ class Sequential(Module):
     pre-activation z^l is never kept (see :func:`chainrule.ops.linear_relu`).
     The graph then shows one ``linear_relu`` node where you might expect
     ``linear`` then ``relu``; pass ``fuse=False`` (or set ``model.fuse =
-    False``) to see every layer as its own node. Layers whose ``forward`` was
-    replaced, subclasses, and calls inside ``cr.viz.trace_modules`` are
-    never fused.
+    False``) to see every layer as its own node. Inside ``cr.keep_values()``
+    (where the teaching views record, since they show z^l) nothing is fused;
+    nor are layers with forward hooks, layers whose ``forward`` was replaced,
+    and subclasses.
 
     >>> model = cr.nn.Sequential(cr.nn.Linear(2, 4), cr.nn.Tanh(), cr.nn.Linear(4, 1))
     >>> len(model), model[0]
@@ -143,7 +145,7 @@ class Sequential(Module):
 
     def forward(self, x: Any) -> Any:
         layers = self._layers
-        if not (self.fuse and _plain_calls()):
+        if not self.fuse or _mode.keep or _mode.anomaly:  # keep_values(): z^l is a node
             for layer in layers:
                 x = layer(x)
             return x
@@ -173,6 +175,8 @@ class Sequential(Module):
         if not isinstance(layer, Module):
             raise TypeError(f"Sequential.append: expected a Module, got {type(layer).__name__}")
         self._layers.append(layer)
+        _adopt(self, layer)  # its parameters are named "<i>.weight" from now on
+        STRUCTURE[0] += 1  # cr.compile captures steps through this model again
         return self
 
     def get_config(self) -> list[Any]:
@@ -197,24 +201,24 @@ _LINEAR_FORWARD = Linear.forward
 _RELU_FORWARD = ReLU.forward
 
 
-def _plain_calls() -> bool:
-    """Layer calls are not wrapped (``cr.viz.trace_modules`` wraps them to tag nodes)."""
-    return Linear.__call__ is _MODULE_CALL and ReLU.__call__ is _MODULE_CALL
-
-
 def _fusable(layer: Module, nxt: Module) -> bool:
-    """A stock Linear with bias followed by a stock ReLU, neither patched.
+    """A stock Linear with bias followed by a stock ReLU, neither patched nor hooked.
 
-    Exact types (a subclass may override anything), class-level forwards as
-    defined here, and no instance-level ``forward`` (as hooks like
-    ``mlp_view.GradientNormRecorder`` install) on either layer.
+    Exact types (a subclass may override anything), class-level calls and
+    forwards as defined here, no instance-level ``forward`` and no forward
+    hooks (``register_forward_hook``) on either layer: a fused call would
+    skip them.
     """
     return (
         type(layer) is Linear
         and type(nxt) is ReLU
         and layer.bias is not None
+        and Linear.__call__ is _MODULE_CALL
+        and ReLU.__call__ is _MODULE_CALL
         and Linear.forward is _LINEAR_FORWARD
         and ReLU.forward is _RELU_FORWARD
+        and not layer._hooked
+        and not nxt._hooked
         and "forward" not in layer.__dict__
         and "forward" not in nxt.__dict__
     )

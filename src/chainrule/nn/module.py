@@ -17,16 +17,17 @@ of them. Nothing has to be registered, so ``state_dict`` comes for free:
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..capture import effect
-from ..tensor import Tensor, _bump, _mode
+from ..tensor import RemovableHandle, Tensor, _bump, _mode
 
-__all__ = ["Parameter", "Module", "IncompatibleKeys", "zero_grad_params"]
+__all__ = ["Parameter", "Module", "IncompatibleKeys", "zero_grad_params", "state_dict_name"]
 
 # Set on a gradient tensor by optimizer.step() to the gradient's in-place
 # version at that moment; zeroing the gradient clears it. If backward() adds
@@ -59,6 +60,131 @@ class Parameter(Tensor):
         body = np.array2string(self.data, separator=", ", prefix="Parameter(")
         return f"Parameter({body}, dtype={self.data.dtype}, requires_grad={self.requires_grad})"
 
+    @property  # type: ignore[override]
+    def name(self) -> str | None:
+        """The name given with ``p.name = ...`` / ``p.named(...)``, else the state-dict name.
+
+        A parameter held by a module is named after its place in the
+        outermost module that holds it, as in ``state_dict()``: ``"0.weight"``
+        for the first layer of a ``Sequential``, ``"hidden.bias"`` for
+        ``self.hidden = nn.Linear(...)``. ``cr.explain`` and the drawings
+        show it. None for a parameter no module holds.
+        """
+        d = self.__dict__
+        explicit = d.get("_name")
+        if explicit is not None:
+            return explicit
+        # cached until the structure of some module changes (STRUCTURE counts that)
+        cached = d.get("_cr_sd_name")
+        if cached is None or cached[0] != STRUCTURE[0]:
+            cached = d["_cr_sd_name"] = (STRUCTURE[0], state_dict_name(self))
+        return cached[1]
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        Tensor.name.fset(self, value)  # the same checks as any tensor's name
+
+
+# Where a parameter or module sits, for state_dict_name: the module that holds
+# each Parameter or Module (set by Module.__setattr__). Kept in a table of
+# weak references rather than in the modules' own attributes, so that walking
+# a module's attributes (parameters(), state_dict()) costs nothing more.
+_OWNERS: dict[int, tuple[weakref.ref, weakref.ref]] = {}
+
+
+def _set_owner(child: Any, holder: Module) -> None:
+    k = id(child)
+    entry = _OWNERS.get(k)
+    if entry is not None and entry[0]() is child:
+        _OWNERS[k] = (entry[0], weakref.ref(holder))
+        return
+
+    def forget(_: Any, k: int = k) -> None:
+        e = _OWNERS.get(k)
+        if e is not None and e[0]() is None:
+            del _OWNERS[k]
+
+    _OWNERS[k] = (weakref.ref(child, forget), weakref.ref(holder))
+
+
+def _owner(child: Any) -> Module | None:
+    entry = _OWNERS.get(id(child))
+    if entry is None or entry[0]() is not child:
+        return None
+    return entry[1]()
+
+
+def _adopt(module: Module, value: Any) -> None:
+    """Note that ``module`` holds ``value`` (one level into lists, tuples, dicts)."""
+    items = value.values() if isinstance(value, dict) else (
+        value if isinstance(value, (list, tuple)) else (value,))
+    for v in items:
+        if isinstance(v, (Parameter, Module)):
+            _set_owner(v, module)
+
+
+def _key_in(holder: Module, member: Any) -> str | None:
+    for key, v in holder._members():
+        if v is member:
+            return key
+    return None
+
+
+def state_dict_name(t: Any) -> str | None:
+    """The dotted ``state_dict`` name of a parameter (or sub-module) in its outermost module.
+
+    Walks up from the module holding ``t`` to its parents. None when no module
+    holds ``t`` (or it was taken out of the module that last held it).
+
+    >>> model = cr.nn.Sequential(cr.nn.Linear(2, 3), cr.nn.ReLU())
+    >>> state_dict_name(model[0].weight)
+    '0.weight'
+    """
+    parts: list[str] = []
+    seen: set[int] = set()
+    node = t
+    while True:
+        holder = _owner(node)
+        if holder is None or id(holder) in seen:
+            break
+        seen.add(id(holder))
+        key = _key_in(holder, node)
+        if key is None:  # it no longer holds this one
+            break
+        parts.append(key)
+        node = holder
+    return ".".join(reversed(parts)) or None
+
+
+class _Hook:
+    """A registered forward (pre-)hook; compared by identity, so each handle removes its own."""
+
+    __slots__ = ("fn", "with_kwargs")
+
+    def __init__(self, fn: Callable, with_kwargs: bool) -> None:
+        self.fn = fn
+        self.with_kwargs = with_kwargs
+
+
+class _ModuleHookHandle(RemovableHandle):
+    """Removing a module hook changes what a call of the module does: cr.compile recaptures."""
+
+    __slots__ = ("_module",)
+
+    def __init__(self, hooks: list, fn: Any, module: Module) -> None:
+        super().__init__(hooks, fn)
+        self._module = weakref.ref(module)
+
+    def remove(self) -> None:
+        if self._fn in self._hooks:
+            self._hooks.remove(self._fn)
+            STRUCTURE[0] += 1
+            m = self._module()
+            if m is not None:
+                m.__dict__["_hooked"] = bool(m._forward_pre_hooks or m._forward_hooks)
+
+    __call__ = remove
+
 
 @effect
 def zero_grad_params(params: Any, set_to_none: bool = True) -> None:
@@ -82,6 +208,11 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
+# Bumped whenever a module gains, loses or swaps a sub-module, parameter,
+# container of them or a hook: cached state-dict names are made again, and a
+# step cr.compile captured re-checks its module guards.
+STRUCTURE = [0]
+
 # Counts attribute assignments on modules (a setting, a layer, a parameter, the
 # training flag): a compiled step re-checks its module guards only after one.
 # Containers changed in place (a list of layers) are checked on every call.
@@ -99,17 +230,14 @@ class Module:
     """
 
     training: bool = True
+    # forward hooks (register_forward_hook / register_forward_pre_hook); the
+    # instance gets its own list on the first registration
+    _forward_hooks: list[_Hook] | None = None
+    _forward_pre_hooks: list[_Hook] | None = None
+    _hooked = False  # some forward (pre-)hook is registered: one check per call
 
     def __init__(self) -> None:
         self.training = True
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        SETTINGS_EPOCH[0] += 1
-        object.__setattr__(self, name, value)
-
-    def __delattr__(self, name: str) -> None:
-        SETTINGS_EPOCH[0] += 1
-        object.__delattr__(self, name)
 
     # ----- the forward pass -----------------------------------------------
 
@@ -119,10 +247,100 @@ class Module:
             "must implement forward(self, ...)"
         )
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        SETTINGS_EPOCH[0] += 1
+        if isinstance(value, (Tensor, Module, list, tuple, dict)):
+            STRUCTURE[0] += 1
+            _adopt(self, value)
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        SETTINGS_EPOCH[0] += 1
+        STRUCTURE[0] += 1
+        object.__delattr__(self, name)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _mode.tracer is not None:  # cr.compile guards this module's settings
             _mode.tracer.module(self)
+        if self._hooked:
+            return self._call_with_hooks(args, kwargs)
         return self.forward(*args, **kwargs)
+
+    def _call_with_hooks(self, args: tuple, kwargs: dict) -> Any:
+        for h in list(self._forward_pre_hooks or ()):
+            if h.with_kwargs:
+                new = h.fn(self, args, kwargs)
+                if new is not None:
+                    if not (isinstance(new, tuple) and len(new) == 2):
+                        raise RuntimeError(
+                            f"forward pre-hook {h.fn!r} registered with_kwargs=True must "
+                            f"return None or (args, kwargs), got {type(new).__name__}"
+                        )
+                    args, kwargs = new
+            else:
+                new = h.fn(self, args)
+                if new is not None:
+                    args = new if isinstance(new, tuple) else (new,)
+        out = self.forward(*args, **kwargs)
+        for h in list(self._forward_hooks or ()):
+            new = h.fn(self, args, kwargs, out) if h.with_kwargs else h.fn(self, args, out)
+            if new is not None:
+                out = new
+        return out
+
+    def _add_hook(self, attr: str, hook: Callable, prepend: bool, with_kwargs: bool) -> Any:
+        if not callable(hook):
+            raise TypeError(f"{attr.strip('_')}: expected a callable, got {type(hook).__name__}")
+        hooks = self.__dict__.get(attr)
+        if hooks is None:  # the instance's own list (not through __setattr__: no bookkeeping)
+            hooks = self.__dict__[attr] = []
+        entry = _Hook(hook, with_kwargs)
+        hooks.insert(0, entry) if prepend else hooks.append(entry)
+        self.__dict__["_hooked"] = True
+        STRUCTURE[0] += 1  # a step cr.compile captured without this hook must be captured again
+        return _ModuleHookHandle(hooks, entry, self)
+
+    def register_forward_pre_hook(
+        self, hook: Callable, *, prepend: bool = False, with_kwargs: bool = False
+    ) -> RemovableHandle:
+        """Call ``hook(module, args)`` before every ``forward``; as in PyTorch.
+
+        The hook may return None (inputs unchanged) or new positional inputs
+        (a tuple, or a single value that is wrapped in one). With
+        ``with_kwargs=True`` it is ``hook(module, args, kwargs)`` and returns
+        None or ``(args, kwargs)``. ``prepend=True`` runs it before the hooks
+        already registered. Returns a handle; ``handle.remove()`` takes the
+        hook out (the handle is also a context manager).
+
+        >>> handle = layer.register_forward_pre_hook(lambda m, args: print(args[0].shape))
+        >>> handle.remove()
+        """
+        return self._add_hook("_forward_pre_hooks", hook, prepend, with_kwargs)
+
+    def register_forward_hook(
+        self, hook: Callable, *, prepend: bool = False, with_kwargs: bool = False
+    ) -> RemovableHandle:
+        """Call ``hook(module, args, output)`` after every ``forward``; as in PyTorch.
+
+        The hook may return None (output unchanged) or a replacement output.
+        With ``with_kwargs=True`` it is ``hook(module, args, kwargs, output)``.
+        Returns a handle; ``handle.remove()`` takes the hook out.
+
+        A module with hooks is always called through its ``forward``: inside
+        ``nn.Sequential`` a hooked Linear or ReLU is not fused into
+        ``linear_relu``, and ``fit`` runs the step eagerly rather than
+        replaying a compiled one (which would skip the hooks).
+
+        >>> seen = []
+        >>> handle = layer.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+        >>> with handle:             # removed at the end of the block
+        ...     y = layer(x)
+        """
+        return self._add_hook("_forward_hooks", hook, prepend, with_kwargs)
+
+    def has_forward_hooks(self) -> bool:
+        """True when a forward hook or pre-hook is registered on this module."""
+        return self._hooked
 
     # ----- walking the attributes -----------------------------------------
 

@@ -177,7 +177,8 @@ class EarlyStopping(Callback):
     ----------
     monitor : str, default "val_loss"
     patience : int, default 5
-        Epochs without improvement to wait before stopping.
+        Stop at the end of the ``patience``-th epoch in a row without
+        improvement (Keras' and PyTorch Lightning's meaning; 0 behaves as 1).
     min_delta : float, default 0.0
         A change smaller than this does not count as improvement.
     mode : "auto" | "min" | "max"
@@ -232,7 +233,9 @@ class EarlyStopping(Callback):
                 self.best_weights = _snapshot(trainer.model)
             return None
         self.wait += 1
-        if self.wait > self.patience:
+        # patience=3 stops at the 3rd epoch in a row without improvement
+        # (Keras' and PyTorch Lightning's meaning)
+        if self.wait >= self.patience:
             self.stopped_epoch = logs["epoch"]
             return (
                 f"EarlyStopping: {self.monitor} did not improve for {self.wait} epochs "

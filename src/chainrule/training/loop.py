@@ -449,15 +449,20 @@ def _ours(obj: Any) -> bool:
     return mod == "chainrule" or mod.startswith("chainrule.")
 
 
+def _replay_safe(model: Any, loss_fn: Any) -> bool:
+    """Whether ``compile="auto"`` compiles a step of this model and loss."""
+    return _not_replay_safe(model, loss_fn) is None
+
+
 def _not_replay_safe(model: Any, loss_fn: Any) -> str | None:
     """Why ``compile="auto"`` leaves the step eager (None: it compiles it).
 
     ``cr.compile`` guards, traces and verifies any step, and refuses what it
     cannot replay; "auto" keeps to chainrule's own modules and losses, whose
     code it knows reads no state the guards miss. A user-defined module or
-    loss, or a module whose ``forward`` was replaced on the instance (as
-    ``GradientNormRecorder`` does to watch deltas), runs eagerly unless
-    ``compile=True``.
+    loss, a module whose ``forward`` was replaced on the instance, or one with
+    forward hooks (as ``GradientNormRecorder`` registers to watch deltas) runs
+    eagerly unless ``compile=True``.
     """
     modules = model.modules() if hasattr(model, "modules") else None
     if modules is None:
@@ -467,9 +472,13 @@ def _not_replay_safe(model: Any, loss_fn: Any) -> str | None:
             return f"the model has the user-defined module {type(m).__name__}"
         if "forward" in vars(m):
             return f"the forward of a {type(m).__name__} in the model was replaced"
+        if m.has_forward_hooks():
+            return f"a {type(m).__name__} in the model has forward hooks"
     if hasattr(loss_fn, "forward"):  # a loss module
         if not _ours(type(loss_fn)) or "forward" in vars(loss_fn):
             return f"the loss {type(loss_fn).__name__} is user-defined"
+        if getattr(loss_fn, "has_forward_hooks", bool)():
+            return f"the loss {type(loss_fn).__name__} has forward hooks"
         return None
     if not _ours(loss_fn):
         return f"the loss function {getattr(loss_fn, '__name__', loss_fn)!r} is user-defined"
