@@ -516,6 +516,14 @@ def _pair(make, steps, args, events=None):
     return step, a, b
 
 
+def _missing_targets():
+    """80 rows; targets -1 (missing) in some rows of the second half only."""
+    x, y = _data(80)
+    y = y.copy()
+    y[40:] = np.where(np.arange(40) % 3 == 0, -1, y[40:])
+    return x, y
+
+
 def _mlp(dropout=0.0, act=None, loss=None):
     cr.manual_seed(0)
     layers = [cr.nn.Linear(N_FEATURES, 16), act or cr.nn.ReLU()]
@@ -551,9 +559,7 @@ def test_numpy_scalar_arguments_are_matched_by_value():
 def test_a_mask_of_the_batch_is_recomputed_on_every_replay():
     """``valid = yb >= 0`` is an op: the first batches have no missing targets, later
     ones do, and the replay masks them as eager mode does."""
-    x, y = _data(80)
-    y = y.copy()
-    y[40:] = np.where(np.arange(40) % 3 == 0, -1, y[40:])
+    x, y = _missing_targets()
 
     def make():
         objs = _mlp()
@@ -600,9 +606,7 @@ def test_a_tensor_made_from_the_batch_is_recomputed():
 
 @pytest.mark.parametrize("how", ["numpy_mask", "numpy_scale", "numpy_tensor"])
 def test_values_made_with_numpy_from_the_batch_are_refused_with_the_line(how):
-    x, y = _data(80)
-    y = y.copy()
-    y[40:] = np.where(np.arange(40) % 3 == 0, -1, y[40:])
+    x, y = _missing_targets()
 
     def make():
         objs = _mlp()
@@ -640,12 +644,7 @@ def test_a_parameter_group_added_after_capture_is_zeroed_and_stepped():
         model = cr.nn.Sequential(body, cr.nn.Tanh(), head)
         opt = cr.optim.SGD(body.parameters(), lr=0.1)
 
-        def step(xb, yb):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            return loss
+        step = _training_step(model, opt, F.cross_entropy)
 
         return {"step": step, "params": list(model.parameters()), "opt": opt, "head": head}
 
@@ -708,12 +707,7 @@ def test_a_layer_swapped_in_a_list_or_dict_is_seen():
         model = _Blocks()
         opt = cr.optim.SGD(model.parameters(), lr=0.1)
 
-        def step(xb, yb):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            return loss
+        step = _training_step(model, opt, F.cross_entropy)
 
         return {"model": model, "step": step, "params": list(model.parameters())}
 
@@ -1090,12 +1084,7 @@ def test_fused_update_is_close_to_eager_and_leaves_grad_empty():
         model = cr.nn.Sequential(cr.nn.Linear(300, 64), cr.nn.ReLU(), cr.nn.Linear(64, 5))
         opt = cr.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
 
-        def step(xb, yb):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            return loss
+        step = _training_step(model, opt, F.cross_entropy)
 
         return model, opt, step
 
