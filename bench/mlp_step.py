@@ -170,7 +170,11 @@ def chainrule_step(params, x, y, compiled: bool = False, fused: bool | None = No
         return loss
 
     fn = cr.compile(step, fused_update=fused_update) if compiled else step
-    return lambda: fn(x, y)
+    # the batch as a Tensor, made once (what DataLoader yields; PyTorch's step
+    # gets a torch tensor made once too): a node that keeps a plain NumPy
+    # array keeps a copy of it (the caller may refill it), a Tensor it keeps as is
+    xt = cr.tensor(x)
+    return lambda: fn(xt, y)
 
 
 def guard_cost(batch: int, sizes: tuple[int, ...] = SIZES, calls: int = 300) -> dict[str, float]:
