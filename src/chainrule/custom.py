@@ -390,7 +390,7 @@ def check_graph(
                 "backward(), or call backward(retain_graph=True)"
             )
         rule: Rule = node._op
-        if rule.vjp is None:
+        if not rule.has_vjp:
             report.skipped.append((label, "no VJP"))
             continue
         params = _params(node)

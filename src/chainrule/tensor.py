@@ -25,6 +25,7 @@ Everything array-specific lives in the rules (``ops.py``); this file only walks.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import heapq
 import itertools
@@ -33,9 +34,12 @@ import traceback
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .ops import Rule
 
 __all__ = [
     "Tensor",
@@ -338,6 +342,20 @@ class Node:
     # made on first use, with the class attributes below as defaults.
     __slots__ = ("op", "parents", "inputs", "out", "ctx", "needs", "stamp", "shape", "dtype",
                  "params", "__dict__", "__weakref__")
+    # the slots, for the type checker (annotations alone make no class attribute)
+    op: Rule
+    parents: tuple[Node | Tensor | None, ...]
+    # what the VJP gets for each operand: the kept array, or a stand-in with
+    # .shape/.dtype/.ndim (the parent node, the leaf Tensor, a Meta); Tensors
+    # throughout under create_graph
+    inputs: tuple[Any, ...]
+    out: np.ndarray | None
+    ctx: Any  # rule-specific; _RELEASED once backward() freed it
+    needs: tuple[bool, ...]
+    stamp: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    params: dict[str, Any]
     name: str | None = None
     meta: Any = None  # detect_anomaly: the source line that created the node
     kept: tuple | None = None  # keep_values: (output, operands as given)
@@ -445,6 +463,9 @@ class Tensor:
     # name) lives in the instance dict, created on first use, with the class
     # attributes below as defaults.
     __slots__ = ("data", "_requires_grad", "_node", "__dict__", "__weakref__")
+    data: np.ndarray
+    _requires_grad: bool
+    _node: Node | None
     _grad: Tensor | None = None
     _hooks: list[Callable] | None = None  # leaves; a non-leaf keeps them on its node
     _post_hooks: list[Callable] | None = None  # run after .grad is accumulated (leaves)
@@ -789,7 +810,8 @@ class Tensor:
         _bump(self)
         return self
 
-    def add_(self, other: Any, alpha: float = 1.0) -> Tensor:
+    # (``float`` in annotations below would name the method Tensor.float)
+    def add_(self, other: Any, alpha: builtins.float = 1.0) -> Tensor:
         o = other.data if isinstance(other, Tensor) else other
         self._check_inplace("add_")
         if alpha == 1.0:
@@ -799,7 +821,7 @@ class Tensor:
         _bump(self)
         return self
 
-    def sub_(self, other: Any, alpha: float = 1.0) -> Tensor:
+    def sub_(self, other: Any, alpha: builtins.float = 1.0) -> Tensor:
         o = other.data if isinstance(other, Tensor) else other
         return self.add_(-np.asarray(o, dtype=self.data.dtype), alpha)
 
@@ -816,7 +838,7 @@ class Tensor:
         _bump(self)
         return self
 
-    def fill_(self, value: float) -> Tensor:
+    def fill_(self, value: builtins.float) -> Tensor:
         self._check_inplace("fill_")
         self.data.fill(value)
         _bump(self)
@@ -932,7 +954,7 @@ class Tensor:
     def relu(self) -> Tensor:
         return _ops.relu(self)
 
-    def leaky_relu(self, negative_slope: float = 0.01) -> Tensor:
+    def leaky_relu(self, negative_slope: builtins.float = 0.01) -> Tensor:
         return _ops.leaky_relu(self, negative_slope)
 
     def softplus(self) -> Tensor:
@@ -1366,6 +1388,7 @@ def run_backward(
     # statement here would cost more than a small op's whole backward step)
     xp = _ops.TENSOR_NS if create_graph else _ops.NUMPY_NS
 
+    g: Any  # a gradient: an array, or a Tensor under create_graph
     table: dict[Any, Any] = {}  # the gradient table: vertex -> dL/dvertex
     owned: set[Any] = set()  # vertices whose table entry we may update in place
     for r, s in zip(roots, seeds):
@@ -1472,7 +1495,8 @@ def run_backward(
                         ctx = out = None
                         vjp = inner.vjp
                     elif inplace:
-                        vjp = op.vjp_inplace  # the rule may write into g
+                        # the rule may write into g (inplace: vjp_inplace is not None)
+                        vjp = op.vjp_inplace  # type: ignore[assignment]
                 if len(ins) == 2:
                     pgs = vjp(g, out, ctx, needs, xp, ins[0], ins[1])
                 elif len(ins) == 1:

@@ -317,7 +317,7 @@ def local_gradients(item: GraphVertex, broadcast: bool = True) -> list[np.ndarra
     """
     rule = item._op
     parents = item._parents
-    got = _operands(item) if rule is not None and rule.vjp is not None else None
+    got = _operands(item) if rule is not None and rule.has_vjp else None
     if got is None:
         return [None] * len(parents)
     out, arrays = got
@@ -347,7 +347,7 @@ def local_jacobian(item: GraphVertex, slot: int) -> np.ndarray | None:
     diagonal (softmax) can then be shown as the matrix the notes multiply by.
     """
     rule = item._op
-    got = _operands(item) if rule is not None and rule.vjp is not None else None
+    got = _operands(item) if rule is not None and rule.has_vjp else None
     if got is None:
         return None
     out, arrays = got
