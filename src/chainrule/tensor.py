@@ -521,6 +521,9 @@ class Tensor:
 
     @name.setter
     def name(self, value: str | None) -> None:
+        self._set_name(value)
+
+    def _set_name(self, value: str | None) -> None:  # (Parameter's name setter too)
         if value is not None and not isinstance(value, str):
             raise TypeError(f"name: expected a string or None, got {type(value).__name__}")
         node = self._node
