@@ -34,7 +34,7 @@ import traceback
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -1349,6 +1349,18 @@ def _graph_operand(a: Any, parent: Any) -> Any:
     if type(parent) is Node:
         return Tensor._of(a, parent)
     return parent  # a leaf: the tensor itself
+
+
+# with ``inputs`` the gradients come back (a compile tracer never takes over
+# such a call); without, they go into .grad and the result is None
+@overload
+def run_backward(roots: Sequence[Tensor], seeds: Sequence[Any], retain_graph: bool | None = None,
+                 create_graph: bool = False, *, inputs: Sequence[Tensor],
+                 observer: Any = None) -> list[Any]: ...
+@overload
+def run_backward(roots: Sequence[Tensor], seeds: Sequence[Any], retain_graph: bool | None = None,
+                 create_graph: bool = False, inputs: None = None,
+                 observer: Any = None) -> None: ...
 
 
 def run_backward(
