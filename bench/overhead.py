@@ -252,19 +252,19 @@ def memory(shapes: tuple[tuple[int, ...], ...] = SHAPES,
 
 
 def memory_table(rows: dict) -> str:
-    lines = ["| shape | framework | page faults per op | arrays held after forward (KiB) "
+    lines = ["| shape | framework | page faults per op | arrays held after forward (bytes) "
              "| peak, forward + backward (KiB) |", "|---|---|---:|---:|---:|"]
     for (shape, n), (f, m) in rows.items():
         ref = rows.get((shape, "PyTorch eager"), (None, None))[1]
         cells = []
-        for k in (0, 1):
+        for k, unit in ((0, 1), (1, 1024)):
             if m is None:
                 cells.append("n/a")
                 continue
-            v = m[k] / 1024
-            r = ref[k] / 1024 if ref else None
-            cells.append(f"{v:,.1f}" + (f" ({v / r:.2f}x torch)" if r and n != "PyTorch eager"
-                                         else ""))
+            v = m[k] / unit
+            r = ref[k] / unit if ref else None
+            cells.append((f"{v:,.0f}" if unit == 1 else f"{v:,.1f}")
+                         + (f" ({v / r:.2f}x torch)" if r and n != "PyTorch eager" else ""))
         lines.append(f"| {shape} | {n} | {'n/a' if f is None else f'{f:.3f}'} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
