@@ -152,8 +152,8 @@ class _NoVJP:
 
     def __call__(self, *args: Any) -> Sequence[Any]:
         raise NotImplementedError(
-            f"backward through {self.name!r}: the rule has no VJP; give it one with "
-            f"@<rule>.defvjp (see cr.rule)"
+            f"backward through {self.name!r}: the rule has no VJP; attach one with the "
+            "rule's defvjp decorator (see cr.rule)"
         )
 
 

@@ -916,7 +916,8 @@ class Tensor:
         for i in range(self.data.shape[0]):
             yield self[i]
 
-    # comparisons give boolean tensors outside the graph
+    # comparisons give boolean tensors outside the graph (elementwise, as in
+    # NumPy and PyTorch: hence not object.__eq__'s bool)
     def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
         return Tensor._const(self.data == _ops.value(other))
 

@@ -400,6 +400,7 @@ class Module:
 
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
         """(dotted name, parameter) pairs; a parameter shared by two layers appears once."""
+        # buffers=False: Parameters only
         yield from self._named_tensors(dedupe=True, buffers=False)  # type: ignore[misc]
 
     def parameters(self) -> Iterator[Parameter]:

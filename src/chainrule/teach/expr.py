@@ -305,7 +305,7 @@ def _apply(node: ast.AST, args: list[Any], env: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.UnaryOp):
         return ops.neg(args[0]) if isinstance(node.op, ast.USub) else args[0]
     if isinstance(node, ast.Call):
-        return FUNCTIONS[node.func.id](args[0])  # type: ignore[attr-defined]
+        return FUNCTIONS[node.func.id](args[0])  # type: ignore[attr-defined]  # _check: a Name
     raise ExprError(f"expression: unexpected {type(node).__name__}")  # parse() prevents this
 
 
