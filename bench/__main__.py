@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     emit("\n## MLP training step (784-256-256-10, ReLU, float32, cross-entropy, SGD)\n")
     emit(_step_table(results))
     emit("\n" + _ratio_table(results))
+    guards = {b: in_process((mlp_step.__name__, "guard_cost", (b,))) for b in batches}
+    emit("\nGuards of the compiled step (the argument signature and every guard, checked "
+         "before each replay), per call, timed in one process against the whole replay: "
+         + ", ".join(f"B={b}: {g['guards'] * 1e6:.1f} us of {g['replay'] * 1e6:,.0f} us "
+                     f"({g['guards'] / g['replay']:.1%})" for b, g in guards.items()) + ".")
     if skipped:
         emit("\nSkipped: " + ", ".join(f"{k} ({why})" for k, why in skipped.items()) + ".")
 
@@ -138,10 +143,15 @@ NOTES = """
 - **What `chainrule compiled` does.** `cr.compile(step)` records the whole
   step once as a tape (every op, the backward program, the zero_grad and
   optimizer-step calls, random draws), checks one replay against an eager run
-  bit for bit, and from then on replays the tape: each rule's forward and VJP
-  on plain arrays, no Tensors, no graph, no step Python (see
-  `docs/compile.md`). What remains is NumPy's own work, so at large batches it
-  converges on eager mode and on the hand-written NumPy step.
+  bit for bit, and from then on checks its guards and replays the tape: each
+  rule's forward and VJP on plain arrays, the SGD step as a precompiled
+  update, no Tensors, no graph, no step Python (see `docs/compile.md`). What
+  remains is NumPy's own work, so at large batches it converges on eager mode
+  and on the hand-written NumPy step. `chainrule compiled, fused update` is
+  `cr.compile(step, fused_update=True)`: each Linear layer of 16,384 weights
+  or more is updated inside the backward pass by one GEMM with beta = 1 (the
+  bias by a GEMV), so the weight gradient is never written and read again;
+  not bit-identical to eager mode, and `.grad` stays empty.
 - **Per-op overhead** on shape (1,) is pure framework cost; on (64, 64) the
   NumPy arithmetic and allocation of each op start to dominate, and in a
   fresh process most of chainrule's time there is page faults. The chain
@@ -202,7 +212,7 @@ def _step_table(results: dict[int, dict[str, float]]) -> str:
 
 
 def _ratio_table(results: dict[int, dict[str, float]]) -> str:
-    ours = ("chainrule eager", "chainrule compiled")
+    ours = ("chainrule eager", "chainrule compiled", "chainrule compiled, fused update")
     peers = ["PyTorch eager", "torch.compile", "JAX jit", "scikit-learn partial_fit",
              "NumPy hand-written"]
     lines = ["| speed ratio (higher: chainrule faster) | "

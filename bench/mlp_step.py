@@ -22,6 +22,7 @@ them round-robin (see ``_env.interleaved``).
 from __future__ import annotations
 
 import gc
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -148,9 +149,11 @@ def chainrule_model(params):
     return nn.Sequential(*layers)
 
 
-def chainrule_step(params, x, y, compiled: bool = False,
-                   fused: bool | None = None) -> Callable[[], object]:
-    """chainrule's step, with SGD fused where NumPy's OpenBLAS allows (``fused=None``)."""
+def chainrule_step(params, x, y, compiled: bool = False, fused: bool | None = None,
+                   fused_update: bool = False) -> Callable[[], object]:
+    """chainrule's step, with SGD fused where NumPy's OpenBLAS allows (``fused=None``);
+    ``fused_update``: compiled with ``cr.compile(step, fused_update=True)`` (the
+    weights updated inside the backward pass by one GEMM each; not bit-identical)."""
     import chainrule as cr
     from chainrule.optim import _blas
 
@@ -166,8 +169,42 @@ def chainrule_step(params, x, y, compiled: bool = False,
         opt.step()
         return loss
 
-    fn = cr.compile(step) if compiled else step
+    fn = cr.compile(step, fused_update=fused_update) if compiled else step
     return lambda: fn(x, y)
+
+
+def guard_cost(batch: int, sizes: tuple[int, ...] = SIZES, calls: int = 300) -> dict[str, float]:
+    """What a replay of the compiled step spends before it runs the tape: the
+    argument signature and the guards (seconds per call), against the whole
+    replay, measured in one process, interleaved."""
+    import time
+
+    import chainrule as cr  # noqa: F401  (loads the package before its submodule)
+
+    compile_mod = sys.modules["chainrule.compile"]
+    params, x, y = make_problem(batch, sizes)
+    run = chainrule_step(params, x, y, compiled=True)
+    for _ in range(10):
+        run()
+    compiled = [c.cell_contents for c in run.__closure__
+                if isinstance(c.cell_contents, compile_mod.CompiledStep)][0]
+    (entry,) = compiled._entries.values()
+    guard = entry.progs[0].tape.guard
+    whole, checks = [], []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            run()
+        t1 = time.perf_counter()
+        for _ in range(calls):
+            compile_mod._signature((x, y), {})
+            guard.check()
+        t2 = time.perf_counter()
+        whole.append((t1 - t0) / calls)
+        checks.append((t2 - t1) / calls)
+    whole.sort()
+    checks.sort()
+    return {"replay": whole[len(whole) // 2], "guards": checks[len(checks) // 2]}
 
 
 # ---------------------------------------------------------------------------
@@ -274,7 +311,8 @@ def sklearn_step(params, x, y) -> Callable[[], object] | None:
 
 NAMES = (
     "NumPy GEMM-only (roofline)", "NumPy hand-written", "chainrule eager", "chainrule compiled",
-    "PyTorch eager", "torch.compile", "JAX jit", "scikit-learn partial_fit",
+    "chainrule compiled, fused update", "PyTorch eager", "torch.compile", "JAX jit",
+    "scikit-learn partial_fit",
 )
 
 
@@ -286,6 +324,8 @@ def make_runner(name: str, batch: int, sizes: tuple[int, ...] = SIZES):
         "NumPy hand-written": numpy_hand,
         "chainrule eager": chainrule_step,
         "chainrule compiled": lambda *a: chainrule_step(*a, compiled=True),
+        "chainrule compiled, fused update": lambda *a: chainrule_step(*a, compiled=True,
+                                                                      fused_update=True),
         "PyTorch eager": torch_step,
         "torch.compile": lambda *a: torch_step(*a, compiled=True),
         "JAX jit": jax_step,

@@ -20,7 +20,7 @@ from . import _rank_env  # noqa: F401
 import numpy as _np
 
 from . import data, nn, ops, optim, random, training, viz
-from .compile import compile  # noqa: A004  (cr.compile, as torch.compile)
+from .compile import CompileError, CompileWarning, compile  # noqa: A004  (cr.compile, as torch.compile)
 from .custom import DoubleBackwardError, Function, check_graph, once_differentiable
 
 # the old module path first, then the name: `cr.explain` stays the function even

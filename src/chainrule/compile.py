@@ -4,62 +4,49 @@ A training step builds the same graph every time it runs on a batch of the
 same shape: the same ops, wired the same way, reaching the same parameters.
 Only the numbers change. ``compile`` records that structure once, as a
 *tape*, and from then on runs the tape instead of the step's Python: no
-Tensors, no graph nodes, no topological sort, no gradient-table hashing, no
-argument checking already done. What is left is the arithmetic: each rule's
-forward function and its VJP, called on plain NumPy arrays in the order eager
-mode calls them, so the results are identical to eager mode bit for bit. This
-is the CPU counterpart of CUDA graphs and tinygrad's ``TinyJit``.
+Tensors, no graph nodes, no topological sort, no gradient-table hashing. What
+is left is the arithmetic -- each rule's forward function and its VJP on plain
+NumPy arrays, in the order eager mode calls them -- and the calls the step
+makes that change state (``optimizer.step()``, ``zero_grad()``,
+``scheduler.step()``, clipping, in-place updates, random draws), which are
+performed again, live, on every replay.
 
-What the tape holds
--------------------
-In the order the step did them:
+A replay is correct by construction, or the step is not replayed
+----------------------------------------------------------------
+Skipping the step's Python is only right if nothing the Python decides
+changes between calls. The capture makes sure of that, or refuses:
 
-* every op (its rule, its settings, and where each operand comes from: an
-  argument of the step, an earlier op of the tape, a parameter, a random draw
-  or a constant), whether or not it was recorded for backward;
-* the ``backward()`` call, turned into a fixed program: which ops it visits,
-  in which order, and where each gradient goes;
-* the calls that change state outside the graph: ``optimizer.zero_grad()`` /
-  ``module.zero_grad()``, ``optimizer.step()``, ``clip_grad_norm_`` /
-  ``clip_grad_value_`` and ``scheduler.step()``. These are *called again* on
-  every replay, so learning-rate changes, momentum buffers and Adam's step
-  counts stay live;
-* random draws (Dropout masks): drawn afresh from the same generator on every
-  replay, so masks differ from step to step exactly as in eager mode.
+* **Guards** (checked before every replay, a few microseconds): the shapes,
+  dtypes and Python values of the arguments; the attributes of every module
+  the step can reach or calls (settings such as ``Dropout.p``, the training
+  flag, the layers in lists and dicts, the ``forward`` in use); the variables
+  the step function reads from its closure and globals, and those of the
+  user functions it calls; for every parameter the tape reads, its
+  ``requires_grad``, hooks and array. A failed guard captures the step again
+  (several variants are kept per signature).
+* **Taint**: while capturing, the step's arguments, every value an op
+  computes and every random draw are handed to the step's Python as
+  "traced" arrays. Anything the Python computes from them with NumPy is
+  traced too, so when such a value reaches an op as a constant, or a value is
+  read into Python and then used (a branch on ``loss.item()``, printing it),
+  the capture refuses and names the line. Comparisons (``yb > -1``),
+  ``argmax`` and ``cr.tensor(xb)`` are ops, so masks are recomputed.
+* **Effects**: calls that change state declare themselves
+  (:func:`chainrule.capture.effect`) and are replayed. Any other change the
+  step makes to state it can reach (an attribute set, a list appended to, an
+  array written with NumPy, a generator advanced) is found by comparing that
+  state before and after each stretch of the step's own Python; the capture
+  then refuses, naming what changed and where.
+* **Verification**: the second call with the same signature is traced again
+  (it must record the same program: arrays made inside the step with NumPy
+  are different objects each time, and are refused), then its starting state
+  is put back, the tape is replayed on the same batch, and both outcomes are
+  compared bit for bit. If anything differs, eager mode's outcome is restored
+  (parameters, gradients, optimizer and scheduler state, learning rates,
+  generators, whatever the effects touched) and the signature stays eager.
 
-How a compiled step runs
-------------------------
-Per input signature (the shapes and dtypes of the array arguments):
-
-1. **first call: capture.** The step runs eagerly while the tape is recorded.
-2. **second call: verify.** The step runs eagerly; then the state it started
-   from (parameters, gradients, optimizer and scheduler state, generators) is
-   put back, the tape is replayed on the same batch, and everything is
-   compared bit for bit. Any difference (a value the recorder could not see,
-   Python state the step keeps) means this step cannot be replayed: eager
-   mode's results are restored and the signature stays eager for good
-   (``unsupported`` says why).
-3. **later calls: replay.** Guards are checked first (every module the step
-   called is still in the same train/eval mode, parameters still require grad
-   and have no hooks); if one fails, the call runs eagerly and is captured
-   again.
-
-A new shape (the short last batch of an epoch) is a new signature, captured
-on its own. Steps the tape cannot express run eagerly: several ``backward()``
-calls, an explicit seed, ``create_graph``, gradient hooks or ``retain_grad``,
-``optimizer.step(closure)``, a graph reaching non-leaf tensors made outside
-the step, list/tuple/dict arguments, or a return value other than Tensors
-computed by the step (their ``.detach()``, ``.data`` or ``.item()``),
-``None``, and tuples, lists and dicts of those.
-
-The contract (as with CUDA graphs and ``TinyJit``)
--------------------------------------------------
-After capture, **the step's Python does not run**. The step must do the same
-thing on every call of the same signature: no branches on the *values* of the
-data or on counters, no Python side effects that must happen every step
-(appending to a list, printing). Put those outside the step, or don't compile
-it. ``fit`` and the CLI compile only steps made of chainrule's own modules
-and losses, which keep this contract.
+``step.unsupported`` says why a step runs eagerly; ``cr.compile(fn,
+strict=True)`` raises :class:`CompileError` instead of running eagerly.
 
 >>> step = cr.compile(step_fn)      # step_fn(xb, yb) -> loss
 >>> for xb, yb in loader:
@@ -68,48 +55,944 @@ and losses, which keep this contract.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import functools
+import linecache
+import os
+import struct
+import sys
+import threading
+import types
+import zlib
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
-from .nn.module import STRUCTURE
-from .ops import NUMPY_NS, _op_error, _scalar_array
+from .capture import Effect
+from .nn.module import SETTINGS_EPOCH, STEP_MARK, STRUCTURE, Module
+from .ops import GETITEM, Rule, _op_error, _scalar_array
 from .optim.optimizer import Optimizer
-from .random import _resolve
+from .random import default_generator
 from .tensor import (
     _RELEASED,
     Node,
     Tensor,
+    _as_array,
+    _bump,
     _mode,
     _store_grad,
     _tick,
     conform_grad,
+    vjp_step,
 )
 
-__all__ = ["compile", "CompiledStep"]
+__all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]
+
+_OPT_STEP = Optimizer.step.__effect__.fn  # the undecorated step: what a tape records
+_OPT_ZERO = Optimizer.zero_grad.__effect__.fn
+
+
+class CompileError(RuntimeError):
+    """``cr.compile(..., strict=True)``: a call could not be replayed (the message says why)."""
+
+
+class CompileWarning(UserWarning):
+    """A compiled training step runs eagerly (``fit`` says it once, with the reason)."""
+
+
+class _Refuse(Exception):
+    """The step did something a replay cannot reproduce: it runs eagerly."""
+
 
 # Where an operand comes from, at replay time:
 #   (_ARG, i)    array argument i of the step (a Tensor argument's .data)
 #   (_OP, j)     the output of tape op j
-#   (_LEAF, t)   t.data of a leaf Tensor made outside the step (a parameter)
-#   (_GEN, k)    random draw k of this step
-#   (_CONST, v)  v itself (Python scalars, arrays made once)
-#   (_SEQ, (type, refs))  a tuple or list of the above (indices in settings)
-_ARG, _OP, _LEAF, _GEN, _CONST, _SEQ = range(6)
+#   (_FX, k)     the array an effect returned (a random draw, a clipped norm)
+#   (_ITM, q)    a Python number the step read from a traced array (loss.item())
+#   (_LEAF, t)   t.data of a tensor made outside the step (a parameter), read live
+#   (_CONST, v)  v itself (Python scalars, arrays made outside the step)
+#   (_SEQ, (type, refs))  a tuple or list of the above
+_ARG, _OP, _FX, _ITM, _LEAF, _CONST, _SEQ = range(7)
+_SLOT_KINDS = (_ARG, _OP, _FX, _ITM)
 
 # Tape instructions
-_I_OP, _I_GEN, _I_CALL, _I_BACKWARD = range(4)
+_I_OP, _I_FX, _I_ITEM, _I_BACKWARD = range(4)
 
-_MAX_RECAPTURES = 3
+_MAX_CAPTURES = 6  # captures per signature (variants and retries) before it stays eager
+_MAX_VARIANTS = 4  # tapes kept per signature, each with its own guards
 _MAX_SIGNATURES = 64
+_MAX_REACH = 20_000  # objects the step may reach before the capture gives up checking them
+
+_HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__)) + os.sep
 
 
-class _Unsupported(Exception):
-    """The step did something the tape cannot express: it runs eagerly."""
+# ---------------------------------------------------------------------------
+# The graph, as compile reads it (kept in one place: the engine's node layout
+# may change)
+# ---------------------------------------------------------------------------
+
+
+def _node_rule(t: Tensor) -> Any:
+    """The rule that computed ``t``, or None for a leaf / an unrecorded result."""
+    node = t._node
+    return None if node is None else node.op
+
+
+def _node_needs(t: Tensor) -> tuple:
+    return t._node.needs
+
+
+def _node_hooked(t: Tensor) -> bool:
+    """Gradient hooks or retain_grad() on a recorded node."""
+    node = t._node
+    return bool(node._hooks) or node._retain is not None
+
+
+def _released_result(data: np.ndarray, rule: Any) -> Tensor:
+    """What eager mode returns after backward(): a tensor whose graph was freed."""
+    node = object.__new__(Node)
+    node.op = rule
+    node.parents = node.inputs = node.needs = ()
+    node.out = None
+    node.ctx = _RELEASED
+    node.stamp = _tick()
+    node.shape = data.shape
+    node.dtype = data.dtype
+    node.params = {}
+    return Tensor._of(data, node)
+
+
+# ---------------------------------------------------------------------------
+# Where the step's Python is
+# ---------------------------------------------------------------------------
+
+
+def _user_frame() -> Any:
+    f = sys._getframe(1)
+    while f is not None:
+        name = f.f_code.co_filename
+        if not name.startswith((_HERE, _NUMPY_DIR, "<frozen")):
+            return f
+        f = f.f_back
+    return None
+
+
+def _user_line() -> str:
+    """``file:line (code)`` of the innermost frame outside chainrule and NumPy."""
+    f = _user_frame()
+    if f is None:
+        return "an unknown line"
+    code = linecache.getline(f.f_code.co_filename, f.f_lineno).strip()
+    return f"{f.f_code.co_filename}:{f.f_lineno}" + (f" ({code})" if code else "")
+
+
+# ---------------------------------------------------------------------------
+# Taint: the step's values, as its Python sees them during a capture
+# ---------------------------------------------------------------------------
+
+
+def _recorder() -> _Recorder | None:
+    """The capture in progress, unless it has already refused the step."""
+    rec = _mode.tracer
+    return rec if isinstance(rec, _Recorder) and rec.error is None else None
+
+
+def _use(how: str) -> None:
+    """The step's Python used a value computed from its data: a replay cannot follow."""
+    rec = _recorder()
+    if rec is not None:
+        rec.refuse(
+            f"the step uses a value computed from its data in Python ({how}) at {_user_line()}; "
+            "a replay does not run the step's Python, so the value would be frozen. Compute it "
+            "with chainrule ops, or return it (tensor, or .item()) and use it outside the step"
+        )
+
+
+def _traced_number(arr: np.ndarray, v: Any) -> Any:
+    """``arr.item()``: the number, marked as coming from the step's data."""
+    rec = _recorder()
+    if rec is None:
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        _use(".item() of a boolean or complex value")
+        return v
+    src = rec.read(arr)
+    out = _TracedFloat(v) if isinstance(v, float) else _TracedInt(v)
+    out._src = src
+    return out
+
+
+def _traced_tree(arr: np.ndarray, v: Any) -> Any:
+    if isinstance(v, list):
+        return [_traced_tree(arr, e) for e in v]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        out = _TracedFloat(v) if isinstance(v, float) else _TracedInt(v)
+        out._src = None
+        return out
+    _use(".tolist() of boolean or complex values")
+    return v
+
+
+def _retaint(res: Any) -> Any:
+    if type(res) is np.ndarray:
+        return res.view(_Traced)
+    if isinstance(res, tuple):
+        return tuple(_retaint(r) for r in res)
+    if isinstance(res, list):
+        return [_retaint(r) for r in res]
+    return res
+
+
+def _plain_call_args(args: tuple, kwargs: dict) -> tuple[tuple, dict, list]:
+    """``args`` and ``kwargs`` with the capture's traced arrays and numbers made plain,
+    so that ops and declared calls compute exactly as in eager mode (NumPy code
+    that tests ``type(a) is np.ndarray`` must see plain arrays). Tensors holding
+    traced arrays get plain ones for the call: the returned list puts them back."""
+    swapped: list[tuple[Tensor, np.ndarray, np.ndarray]] = []
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Tensor):
+            d = v.data
+            if isinstance(d, _Traced):
+                v.data = d.view(np.ndarray)
+                swapped.append((v, d, v.data))
+            return v
+        if isinstance(v, _Traced):
+            return v.view(np.ndarray)
+        if isinstance(v, (_TracedFloat, _TracedInt)):
+            return _plain_number(v)
+        if type(v) in (tuple, list):
+            return type(v)(plain(e) for e in v)
+        return v
+
+    return (tuple(plain(a) for a in args), {k: plain(v) for k, v in kwargs.items()}, swapped)
+
+
+def _restore_data(swapped: list[tuple[Tensor, np.ndarray, np.ndarray]]) -> None:
+    for t, traced, plain in reversed(swapped):
+        if t.data is plain:  # not replaced by the call
+            t.data = traced
+
+
+def _plain_array(a: Any) -> Any:
+    return a.view(np.ndarray) if isinstance(a, _Traced) else a
+
+
+class _Traced(np.ndarray):
+    """A view of an array whose values come from the step's data.
+
+    Only seen by the step's Python during a capture. NumPy keeps the type through
+    arithmetic, views and reductions (and :meth:`__array_function__` through
+    functions like ``np.where``), so a value computed from it with plain NumPy is
+    recognised when it reaches an op. Reading it into Python gives a traced
+    number (see :class:`_TracedFloat`); branching on it, printing it or indexing
+    out a scalar is a *use*, which makes the capture refuse.
+    """
+
+    _dd = False  # its shape depends on the data (boolean-mask indexing)
+
+    def __array_finalize__(self, obj: Any) -> None:
+        if obj is not None and getattr(obj, "_dd", False):
+            self._dd = True
+
+    def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
+        # keep 0-d results (``xb.max() > 3``) traced: a NumPy scalar would lose the mark
+        return super().__array_wrap__(arr, context, False)
+
+    def __array_function__(self, func: Any, types_: Any, args: Any, kwargs: Any) -> Any:
+        res = super().__array_function__(func, types_, args, kwargs)
+        if func in _SHAPE_ONLY:
+            return _plain_array(res)
+        return _retaint(res)
+
+    # ----- values read into Python -------------------------------------------
+
+    def item(self, *args: Any) -> Any:
+        return _traced_number(self, np.ndarray.item(self, *args))
+
+    def tolist(self) -> Any:
+        return _traced_tree(self, np.ndarray.tolist(self))
+
+    def __float__(self) -> float:
+        v = np.ndarray.__float__(self)
+        rec = _recorder()
+        if rec is not None:
+            rec.converted(v, rec.read(self), "float()")
+        return v
+
+    def __int__(self) -> int:
+        v = np.ndarray.__int__(self)
+        rec = _recorder()
+        if rec is not None:
+            rec.converted(v, rec.read(self), "int()")
+        return v
+
+    def __bool__(self) -> bool:
+        _use("the truth value of an array, e.g. `if` on it")
+        return np.ndarray.__bool__(self)
+
+    def __index__(self) -> int:
+        _use("an array used as an index or size")
+        return np.ndarray.__index__(self)
+
+    def __complex__(self) -> complex:
+        _use("complex()")
+        return np.ndarray.__complex__(self)
+
+    def __format__(self, spec: str) -> str:
+        _use("formatting it into a string")
+        return np.ndarray.__format__(self, spec)
+
+    def __repr__(self) -> str:
+        _use("printing it")
+        return np.ndarray.__repr__(self.view(np.ndarray))
+
+    def __str__(self) -> str:
+        _use("printing it")
+        return np.ndarray.__str__(self.view(np.ndarray))
+
+    def __getitem__(self, index: Any) -> Any:
+        out = np.ndarray.__getitem__(self, index)
+        if not isinstance(out, np.ndarray):
+            _use("one element taken out as a scalar, e.g. yb[0]")
+        return out
+
+    def __iter__(self) -> Any:
+        if self.ndim == 1:
+            _use("iterating over its elements")
+        return np.ndarray.__iter__(self)
+
+    # ----- shapes that depend on the data ------------------------------------
+
+    def __len__(self) -> int:
+        if self._dd:
+            _use("len() of a boolean-masked selection, whose size depends on the data")
+        return np.ndarray.__len__(self)
+
+    @property  # type: ignore[override]
+    def shape(self) -> tuple[int, ...]:
+        if self._dd and _recorder() is not None:
+            _use(".shape of a boolean-masked selection, whose size depends on the data")
+        return np.ndarray.shape.__get__(self)
+
+    @shape.setter
+    def shape(self, value: Any) -> None:
+        np.ndarray.shape.__set__(self, value)
+
+    @property  # type: ignore[override]
+    def size(self) -> int:
+        if self._dd and _recorder() is not None:
+            _use(".size of a boolean-masked selection, whose size depends on the data")
+        return np.ndarray.size.__get__(self)
+
+
+# NumPy functions whose result depends on their argument's shape and dtype only
+_SHAPE_ONLY = frozenset((np.zeros_like, np.ones_like, np.empty_like))
+
+
+class _TracedFloat(float):
+    """A float read from the step's data (``loss.item()``) during a capture.
+
+    Arithmetic keeps the mark; a use in Python (comparison, ``bool``, formatting,
+    ``int``/``round``, hashing) makes the capture refuse. Returned by the step,
+    or passed to an op or a declared call, it is re-read from the replay's
+    array. ``_src`` is where it was read (None once arithmetic changed it).
+    """
+
+    __slots__ = ("_src",)
+
+
+class _TracedInt(int):
+    """An int read from the step's data (``labels.sum().item()``); see _TracedFloat."""
+
+
+def _install_traced_number_methods() -> None:
+    uses = {
+        "__bool__": "its truth value, e.g. `if` on it",
+        "__lt__": "a comparison", "__le__": "a comparison", "__gt__": "a comparison",
+        "__ge__": "a comparison", "__eq__": "a comparison", "__ne__": "a comparison",
+        "__hash__": "hashing it (a dict key or set member)",
+        "__format__": "formatting it into a string", "__repr__": "printing it",
+        "__str__": "printing it", "__round__": "round()", "__trunc__": "math.trunc()",
+        "__floor__": "math.floor()", "__ceil__": "math.ceil()",
+    }
+    arith = ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+             "__truediv__", "__rtruediv__", "__floordiv__", "__rfloordiv__", "__mod__",
+             "__rmod__", "__pow__", "__rpow__", "__neg__", "__pos__", "__abs__")
+    for cls, base in ((_TracedFloat, float), (_TracedInt, int)):
+        for name, how in uses.items():
+            if not hasattr(base, name):
+                continue
+
+            def use(self: Any, *args: Any, _name: str = name, _how: str = how,
+                    _base: type = base) -> Any:
+                _use(_how)
+                return getattr(_base, _name)(self, *args)
+
+            setattr(cls, name, use)
+        for name in arith:
+            if not hasattr(base, name):
+                continue
+
+            def op(self: Any, *args: Any, _name: str = name, _base: type = base) -> Any:
+                r = getattr(_base, _name)(self, *args)
+                if r is NotImplemented or _recorder() is None:
+                    return r
+                if isinstance(r, float):
+                    out = _TracedFloat(r)
+                    out._src = None
+                    return out
+                if isinstance(r, int) and not isinstance(r, bool):
+                    out = _TracedInt(r)
+                    out._src = None
+                    return out
+                return r
+
+            setattr(cls, name, op)
+
+        def conv(self: Any, _base: type = base, _kind: str = base.__name__) -> Any:
+            v = getattr(_base, f"__{_kind}__")(self)
+            rec = _recorder()
+            if rec is not None:
+                rec.converted(v, getattr(self, "_src", None), f"{_kind}()")
+            return v
+
+        setattr(cls, f"__{base.__name__}__", conv)
+        if base is float:
+            cls.__int__ = _int_of_float
+        else:
+            cls.__index__ = _index_of_int
+            cls.__float__ = _float_of_int
+
+
+def _int_of_float(self: Any) -> int:
+    _use("int() of it")
+    return float.__int__(self)
+
+
+def _index_of_int(self: Any) -> int:
+    _use("it as an index or a size")
+    return int.__index__(self)
+
+
+def _float_of_int(self: Any) -> float:
+    _use("float() of it")
+    return int.__float__(self)
+
+
+_install_traced_number_methods()
+_TracedInt._src = None  # type: ignore[attr-defined]
+
+
+def _plain_number(v: Any) -> Any:
+    if isinstance(v, _TracedFloat):
+        return float.__float__(v)
+    if isinstance(v, _TracedInt):
+        return int.__int__(v)
+    return v
+
+
+def _traced_number_in(v: Any) -> bool:
+    if isinstance(v, (_TracedFloat, _TracedInt)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return any(_traced_number_in(e) for e in v)
+    return False
+
+
+# ---------------------------------------------------------------------------
+# What the step can reach: its closure, the globals it names, its arguments
+# ---------------------------------------------------------------------------
+
+_MISSING = object()
+_ATOMS = (bool, int, float, complex, str, bytes, type(None))
+_OPAQUE = (type, types.ModuleType, types.BuiltinFunctionType, types.MethodWrapperType,
+           types.WrapperDescriptorType, types.MethodDescriptorType, types.CodeType,
+           types.FrameType, types.GetSetDescriptorType, types.MemberDescriptorType,
+           np.dtype, np.ufunc, Rule, Effect, threading.local, range, slice)
+
+
+def _atom(v: Any) -> Any:
+    """How a value appears in its container's fingerprint: plain values by value
+    (floats by their exact bits), everything else by identity."""
+    t = type(v)
+    if t is float:
+        return (float, v.hex())
+    if t in _ATOMS:
+        return (t, v)
+    if isinstance(v, np.generic):
+        return (t, v.tobytes())
+    return (id, id(v))
+
+
+def _same_plain(a: Any, b: Any) -> bool:
+    """a and b are equal plain values (numbers, strings, tuples of them)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_same_plain(x, y) for x, y in zip(a, b))
+    if isinstance(a, (_ATOMS, np.generic)):
+        return _atom(a) == _atom(b)
+    return False
+
+
+def _is_ours(code: types.CodeType) -> bool:
+    return code.co_filename.startswith(_HERE)
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """Every global name a function (and the functions nested in it) may read."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _code_names(c)
+    return names
+
+
+def _fp_array(a: np.ndarray) -> tuple:
+    if a.dtype.hasobject:
+        return ("a", a.shape, a.dtype.str, tuple(_atom(v) for v in a.flat))
+    c = a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    return ("a", a.shape, a.dtype.str, zlib.crc32(memoryview(c.view(np.ndarray)).cast("B")))
+
+
+def _fp(obj: Any) -> Any:
+    """An object's own state, for change detection (its children by identity)."""
+    if isinstance(obj, np.ndarray):
+        return _fp_array(obj)
+    if isinstance(obj, Tensor):
+        return ("t", id(obj.data), id(obj._grad), obj._requires_grad)
+    if isinstance(obj, np.random.Generator):
+        return ("g", obj.bit_generator.state)
+    if isinstance(obj, np.random.RandomState):
+        st = obj.get_state(legacy=False)
+        return ("r", _fp_array(st["state"]["key"]), st["state"]["pos"], st["has_gauss"],
+                st["gauss"])
+    if isinstance(obj, types.FunctionType):
+        cells = tuple(_atom(_cell(c)) for c in obj.__closure__ or ())
+        names = () if _is_ours(obj.__code__) else tuple(
+            (n, _atom(obj.__globals__.get(n, _MISSING))) for n in sorted(_code_names(obj.__code__)))
+        return ("f", cells, _atom(obj.__defaults__), _atom(obj.__kwdefaults__), names,
+                id(obj.__code__))
+    if isinstance(obj, types.MethodType):
+        return ("m", id(obj.__self__), id(obj.__func__))
+    if isinstance(obj, functools.partial):
+        return ("p", id(obj.func), tuple(map(_atom, obj.args)),
+                tuple((k, _atom(v)) for k, v in obj.keywords.items()))
+    if isinstance(obj, (list, tuple)):
+        return tuple(map(_atom, obj))
+    if isinstance(obj, dict):
+        return tuple((_atom(k), _atom(v)) for k, v in obj.items())
+    if isinstance(obj, (set, frozenset)):
+        return frozenset(map(_atom, obj))
+    d = getattr(obj, "__dict__", None)
+    if isinstance(d, dict):
+        return tuple((k, _atom(v)) for k, v in d.items())
+    return None
+
+
+def _cell(c: Any) -> Any:
+    try:
+        return c.cell_contents
+    except ValueError:  # an empty cell (a variable not assigned yet)
+        return _MISSING
+
+
+def _user_class_functions(cls: type) -> list[tuple[str, Any]]:
+    """Functions defined in a user's class and its user-defined bases."""
+    out = []
+    for c in cls.__mro__:
+        mod = getattr(c, "__module__", "") or ""
+        if c is object or mod == "builtins" or mod.split(".")[0] in ("chainrule", "numpy"):
+            continue
+        for name, v in vars(c).items():
+            f = v.__func__ if isinstance(v, (staticmethod, classmethod)) else v
+            if isinstance(f, types.FunctionType):
+                out.append((f"{c.__name__}.{name}", f))
+            elif isinstance(v, property):
+                for acc in (v.fget, v.fset):
+                    if isinstance(acc, types.FunctionType):
+                        out.append((f"{c.__name__}.{name}", acc))
+    return out
+
+
+def _children(obj: Any) -> list[tuple[str, Any]]:
+    """(label, child) for the objects ``obj`` refers to, as the walk follows them."""
+    if isinstance(obj, Tensor):
+        out = [(".data", obj.data)]
+        if obj._grad is not None:
+            out.append((".grad", obj._grad))
+        return out
+    if isinstance(obj, (np.ndarray, np.random.Generator, np.random.RandomState)):
+        return []
+    if isinstance(obj, types.FunctionType):
+        # "=" starts a name of its own (the variable), instead of a suffix to the path
+        fname = obj.__qualname__
+        out = [(f"={n}{_NOTE}(a closure variable of {fname})", _cell(c))
+               for n, c in zip(obj.__code__.co_freevars, obj.__closure__ or ())]
+        out += [(f"=a default argument of {fname}", v) for v in obj.__defaults__ or ()]
+        out += [(f"=the default of {k!r} of {fname}", v)
+                for k, v in (obj.__kwdefaults__ or {}).items()]
+        if not _is_ours(obj.__code__):  # chainrule's own module globals are library state
+            g = obj.__globals__
+            out += [(f"={n}{_NOTE}(a global of {fname})", g[n])
+                    for n in sorted(_code_names(obj.__code__)) if n in g]
+        return out
+    if isinstance(obj, types.MethodType):
+        return [(".__self__", obj.__self__), (".__func__", obj.__func__)]
+    if isinstance(obj, functools.partial):
+        return ([(".func", obj.func)] + [(f".args[{i}]", v) for i, v in enumerate(obj.args)]
+                + [(f".keywords[{k!r}]", v) for k, v in obj.keywords.items()])
+    if isinstance(obj, (list, tuple)):
+        return [(f"[{i}]", v) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        out = []
+        for k, v in obj.items():
+            label = f"[{k!r}]" if isinstance(k, _ATOMS) else f"[<{type(k).__name__}>]"
+            if not isinstance(k, _ATOMS):
+                out.append((f"{label} (key)", k))
+            out.append((label, v))
+        return out
+    if isinstance(obj, (set, frozenset)):
+        return [(" (member)", v) for v in obj]
+    d = getattr(obj, "__dict__", None)
+    if not isinstance(d, dict):
+        return []
+    out = [(f".{k}", v) for k, v in d.items()]
+    cls = type(obj)
+    if not _is_ours_class(cls):
+        out += [(f" (method {n})", f) for n, f in _user_class_functions(cls)]
+    return out
+
+
+def _is_ours_class(cls: type) -> bool:
+    mod = getattr(cls, "__module__", "") or ""
+    return mod.split(".")[0] in ("chainrule", "builtins")
+
+
+def _walkable(v: Any) -> bool:
+    if isinstance(v, _ATOMS) or isinstance(v, np.generic) or v is _MISSING:
+        return False
+    if isinstance(v, _OPAQUE) or isinstance(v, (CompiledStep, _Recorder)):
+        return False
+    if isinstance(v, (Tensor, np.ndarray, np.random.Generator, np.random.RandomState,
+                      types.FunctionType, types.MethodType, functools.partial, list, tuple,
+                      dict, set, frozenset)):
+        return True
+    return isinstance(getattr(v, "__dict__", None), dict)
+
+
+# Paths are "name<_NOTE>(where the name lives)"; suffixes go before the note
+_NOTE = "\x00 "
+
+
+def _extend(path: str, suffix: str) -> str:
+    name, sep, note = path.partition(_NOTE)
+    return name + suffix + sep + note
+
+
+def _show(path: str) -> str:
+    return path.replace(_NOTE, " ")
+
+
+class _Reach:
+    """The objects the step can reach, each with the path it was first found by.
+
+    Followed: the step function's closure and defaults, the globals named by
+    its code (for functions outside chainrule), the methods of user-defined
+    classes, attributes, containers, a Tensor's array and gradient. Not
+    followed: Python modules, classes, chainrule's own module globals, and the
+    objects in ``stop`` (those the step's declared calls manage).
+    """
+
+    def __init__(self, roots: list[tuple[str, Any]], stop: set[int] | frozenset = frozenset(),
+                 live: bool = False, names: set[str] | None = None) -> None:
+        self.objs: list[Any] = []
+        self.paths: dict[int, str] = {}
+        self.incomplete: str | None = None
+        # for guards: the attributes any code the step reaches names; of a plain
+        # object (not a module) only those are followed (an estimator's counters
+        # that no code of the step reads are not the step's inputs)
+        self.names = names
+        # objects whose plain values are read live (an optimizer's settings): only
+        # which objects they hold is guarded, not their numbers
+        self.structural: set[int] = set()
+        stack = [(p, v, False) for p, v in reversed(roots)]
+        while stack:
+            path, v, structural = stack.pop()
+            if not _walkable(v) or id(v) in self.paths:
+                continue
+            if len(self.objs) >= _MAX_REACH:
+                self.incomplete = path
+                break
+            owned = id(v) in stop
+            if owned and not (live and hasattr(type(v), "_compile_structure")):
+                continue
+            if live and (owned or getattr(type(v), "_compile_live_state", False)):
+                # read by its declared methods only (an optimizer, a scheduler): follow
+                # just the attributes a step may list, as structure
+                for name in reversed(getattr(type(v), "_compile_structure", ())):
+                    if name in vars(v):
+                        stack.append((_extend(path, f".{name}"), vars(v)[name], True))
+                continue
+            self.paths[id(v)] = path
+            self.objs.append(v)
+            if structural:
+                self.structural.add(id(v))
+            kids = _children(v)
+            if names is not None and _plain_object(v):
+                kids = [(label, c) for label, c in kids
+                        if not label.startswith(".") or label[1:] in names]
+            for label, c in reversed(kids):
+                stack.append((label[1:] if label[:1] == "=" else _extend(path, label), c,
+                              structural))
+
+    def code_names(self) -> set[str]:
+        """Every name the functions reached (and the functions nested in them) use."""
+        out: set[str] = set()
+        for o in self.objs:
+            if isinstance(o, types.FunctionType):
+                out |= _code_names(o.__code__)
+        return out
+
+    def tensors(self) -> list[Tensor]:
+        return [o for o in self.objs if isinstance(o, Tensor)]
+
+    def fingerprints(self) -> dict[int, Any]:
+        return {id(o): _fp(o) for o in self.objs}
+
+    def changed(self, before: dict[int, Any], now: dict[int, Any]) -> str | None:
+        """The first object (in walk order) whose state differs, described."""
+        for o in self.objs:
+            i = id(o)
+            if i in before and before[i] != now.get(i):
+                return _describe_change(o, self.paths[i], before[i], now.get(i))
+        return None
+
+    def guard_entries(self) -> list[list]:
+        """Identity checks that hold as long as the state the step's Python reads
+        is unchanged: ``[kind, container, key, expected, path, owner]``."""
+        out: list[list] = []
+        for o in self.objs:
+            path = self.paths[id(o)]
+
+            def at(suffix: str, path: str = path) -> str:
+                return _show(_extend(path, suffix))
+
+            if isinstance(o, (Tensor, np.ndarray, np.random.Generator, np.random.RandomState,
+                              tuple, frozenset)):
+                continue  # values read live, or immutable (reached by identity)
+            if isinstance(o, types.FunctionType):
+                for n, c in zip(o.__code__.co_freevars, o.__closure__ or ()):
+                    v = _cell(c)
+                    if v is not _MISSING:
+                        out.append(["cell", c, None, v, f"{n} (closure of {o.__qualname__})", o])
+                for attr in ("__code__", "__defaults__", "__kwdefaults__"):
+                    out.append(["attr", o, attr, getattr(o, attr), at("." + attr), o])
+                if not _is_ours(o.__code__):
+                    g = o.__globals__
+                    for n in sorted(_code_names(o.__code__)):
+                        if n in g:
+                            out.append(["dget", g, n, g[n], f"{n} (global of {o.__qualname__})", o])
+            elif isinstance(o, types.MethodType):
+                continue  # immutable
+            elif isinstance(o, functools.partial):
+                out.append(["attr", o, "args", o.args, at(".args"), o])
+                out.append(["attr", o, "keywords", o.keywords, at(".keywords"), o])
+            elif isinstance(o, list):
+                plain = id(o) in self.structural  # numbers in it are read live
+                out.append(["len", o, None, len(o), at(""), o])
+                out += [["item", o, i, v, at(f"[{i}]"), o] for i, v in enumerate(o)
+                        if not (plain and _is_plain(v))]
+            elif isinstance(o, dict):
+                plain = id(o) in self.structural
+                out.append(["len", o, None, len(o), at(""), o])
+                out += [["dget", o, k, v, at(f"[{k!r}]"), o] for k, v in o.items()
+                        if not (plain and _is_plain(v))]
+            elif isinstance(o, set):
+                out.append(["eq", o, None, frozenset(o), at(""), o])
+            else:
+                d = o.__dict__
+                if self.names is not None and _plain_object(o):
+                    out += [["dget", d, k, d.get(k, _MISSING), at(f".{k}"), o]
+                            for k in sorted(self.names & d.keys())]
+                    continue
+                out.append(["len", d, None, len(d), at(" (its attributes)"), o])
+                out += [["dget", d, k, v, at(f".{k}"), o] for k, v in d.items()]
+                if isinstance(o, Module):  # the class decides what forward runs
+                    cls = type(o)
+                    out.append(["attr", o, "__class__", cls, at(".__class__"), o])
+                    for attr in ("forward", "__call__"):
+                        out.append(["attr", cls, attr, getattr(cls, attr),
+                                    f"{cls.__name__}.{attr}", o])
+        return out
+
+
+def _is_plain(v: Any) -> bool:
+    return isinstance(v, (_ATOMS, np.generic)) or (
+        isinstance(v, tuple) and all(_is_plain(e) for e in v))
+
+
+def _plain_object(v: Any) -> bool:
+    """An object of some class, walked through its attributes (not a module, a
+    tensor, an array, a function or a container)."""
+    return not isinstance(v, (Module, Tensor, np.ndarray, types.FunctionType, types.MethodType,
+                              functools.partial, list, tuple, dict, set, frozenset)) and \
+        isinstance(getattr(v, "__dict__", None), dict)
+
+
+def _describe_change(o: Any, raw: str, before: Any, now: Any) -> str:
+    def path_(suffix: str = "") -> str:
+        return _show(_extend(raw, suffix))
+
+    path = path_()
+    if isinstance(o, np.ndarray):
+        if before[1:3] != now[1:3]:
+            return f"the shape or dtype of {path}"
+        return f"the values of {path} (written in place)"
+    if isinstance(o, Tensor):
+        if before[1] != now[1]:
+            return path_(".data (replaced by another array)")
+        if before[2] != now[2]:
+            return path_(".grad")
+        return path_(".requires_grad")
+    if isinstance(o, (np.random.Generator, np.random.RandomState)):
+        return (f"the state of the random generator {path} (a draw outside chainrule's "
+                "declared random functions)")
+    if isinstance(o, types.FunctionType):
+        return f"a variable or default that {path} reads"
+    if isinstance(before, tuple) and isinstance(now, tuple):
+        if isinstance(o, (list, tuple)):
+            if len(before) != len(now):
+                return path_(" (its length)")
+            for i, (a, b) in enumerate(zip(before, now)):
+                if a != b:
+                    return path_(f"[{i}]")
+        keys_b = dict(e for e in before if isinstance(e, tuple) and len(e) == 2)
+        keys_n = dict(e for e in now if isinstance(e, tuple) and len(e) == 2)
+        for k in list(keys_b) + [k for k in keys_n if k not in keys_b]:
+            if keys_b.get(k, _MISSING) != keys_n.get(k, _MISSING):
+                name = k if isinstance(k, str) else (k[1] if isinstance(k, tuple) else k)
+                return path_(f"[{name!r}]") if isinstance(o, dict) else path_(f".{name}")
+    return path
+
+
+# Compiled guard functions by the shape of their entries (a capture of the same
+# step has the same shape): compiling a long expression costs milliseconds.
+_GUARD_CODE: dict[tuple, Any] = {}
+
+
+class _Guard:
+    """Identity checks, compiled into one Python expression.
+
+    An entry is ``[kind, container, key, expected, path]``. When the fast check
+    fails, each entry is looked at: a plain value that was replaced by an equal
+    one (``m.p = 0.5`` again), or a parameter array replaced by one of the same
+    shape and dtype, updates the entry; anything else is reported.
+    """
+
+    __slots__ = ("entries", "fast", "epoch")
+
+    def __init__(self, entries: list[list]) -> None:
+        self.entries = entries
+        # module attributes last checked at these counts (attribute sets; structure
+        # changes, which include hooks added without setting an attribute)
+        self.epoch = [SETTINGS_EPOCH[0], STRUCTURE[0]]
+        self._build()
+
+    def _build(self) -> None:
+        ns: dict[str, Any] = {"M": _MISSING, "e": [ent[3] for ent in self.entries],
+                              "E": self.epoch, "EPOCH": SETTINGS_EPOCH, "STRUCT": STRUCTURE}
+        shape = []
+        for i, (kind, obj, key, _exp, _path, owner) in enumerate(self.entries):
+            ns[f"o{i}"] = obj
+            ns[f"k{i}"] = key
+            # a module's own attributes: skipped while no module attribute was set
+            group = isinstance(owner, Module) and (obj is vars(owner) or key == "__class__")
+            shape.append((kind, key if kind in ("item", "attr") else None, group))
+        shape_key = tuple(shape)
+        code = _GUARD_CODE.get(shape_key)
+        if code is None:
+            settings, rest = [], []
+            for i, (kind, key, group) in enumerate(shape):
+                e = f"e[{i}]"
+                if kind == "cell":
+                    term = f"o{i}.cell_contents is {e}"
+                elif kind == "dget":
+                    term = f"o{i}.get(k{i}, M) is {e}"
+                elif kind == "len":
+                    term = f"len(o{i}) == {e}"
+                elif kind == "item":
+                    term = f"o{i}[{int(key)}] is {e}"
+                elif kind == "attr":
+                    term = f"o{i}.{key} is {e}"
+                else:  # "eq"
+                    term = f"o{i} == {e}"
+                (settings if group else rest).append(term)
+            joint = " and\n                ".join
+            body = (f"((E[0] == EPOCH[0] and E[1] == STRUCT[0]) or "
+                    f"({joint(settings) or 'True'}))")
+            if rest:
+                body += f" and\n            {joint(rest)}"
+            src = (f"def guard():\n    try:\n        return ({body})\n"
+                   "    except (AttributeError, IndexError, ValueError):\n        return False\n")
+            code = builtins.compile(src, "<cr.compile guard>", "exec")
+            if len(_GUARD_CODE) >= 256:
+                _GUARD_CODE.clear()
+            _GUARD_CODE[shape_key] = code
+        exec(code, ns)  # noqa: S102  (our own code)
+        self.fast = ns["guard"]
+
+    def check(self) -> str | None:
+        """None when every entry holds (after refreshing equal plain values)."""
+        if self.fast():
+            self.epoch[:] = SETTINGS_EPOCH[0], STRUCTURE[0]
+            return None
+        refreshed = False
+        for ent in self.entries:
+            kind, obj, key, exp, path, _owner = ent
+            if kind == "len":
+                now = len(obj)
+                if now != exp:
+                    return f"{path} changed size ({exp} -> {now})"
+                continue
+            if kind == "eq":
+                if obj != exp:
+                    return f"{path} changed"
+                continue
+            try:
+                now = (_cell(obj) if kind == "cell" else obj.get(key, _MISSING) if kind == "dget"
+                       else obj[key] if kind == "item" else getattr(obj, key, _MISSING))
+            except IndexError:
+                return f"{path} changed"
+            if now is exp:
+                continue
+            if _same_plain(now, exp) or (
+                    key == "data" and isinstance(now, np.ndarray) and isinstance(exp, np.ndarray)
+                    and now.shape == exp.shape and now.dtype == exp.dtype):
+                ent[3] = now
+                refreshed = True
+                continue
+            return f"{path} changed ({_short(exp)} -> {_short(now)})"
+        if refreshed:
+            self._build()
+        self.epoch[:] = SETTINGS_EPOCH[0], STRUCTURE[0]
+        return None
+
+
+def _short(v: Any) -> str:
+    if v is _MISSING:
+        return "unset"
+    if isinstance(v, _ATOMS) or isinstance(v, np.generic):
+        r = repr(_plain_number(v))
+        return r if len(r) < 40 else r[:37] + "..."
+    if isinstance(v, np.ndarray):
+        return f"an array of shape {v.shape}"
+    return f"a {type(v).__name__}"
 
 
 # ---------------------------------------------------------------------------
@@ -117,76 +1000,244 @@ class _Unsupported(Exception):
 # ---------------------------------------------------------------------------
 
 
+# A tensor the step makes from its own values (cr.tensor(xb)): a copy, as an op
+def _made_forward(x: np.ndarray, *, dtype: Any) -> tuple[np.ndarray, None]:
+    return _as_array(x, dtype), None
+
+
+_MADE = Rule("tensor", _made_forward)
+
+
 class _Tape:
     """One step, recorded."""
 
-    __slots__ = ("instrs", "n_ops", "n_gen", "rules", "recorded", "needs", "bwd_refs", "order",
-                 "root", "keep", "ret", "modules", "leaves", "frozen", "state",
-                 "generators", "structure")
+    __slots__ = ("instrs", "lines", "n_ops", "n_fx", "n_items", "rules", "recorded", "needs",
+                 "bwd_refs", "order", "root", "post_hooks", "keep", "ret", "leaves",
+                 "touched", "guard", "nargs")
 
-    def __init__(self) -> None:
+    def __init__(self, nargs: int) -> None:
+        self.nargs = nargs
         self.instrs: list[tuple] = []
+        self.lines: list[Any] = []  # (file, line) of the step's code, per instruction
         self.n_ops = 0
-        self.n_gen = 0  # random draws
+        self.n_fx = 0  # arrays returned by declared calls (random draws, clipped norms)
+        self.n_items = 0  # numbers read with .item()
         self.rules: list[Any] = []
         self.recorded: list[bool] = []
         self.needs: list[tuple] = []
         self.bwd_refs: list[tuple] = []  # per op: operand refs the VJP sees
         self.order: list[int] = []  # the ops backward visits, last recorded first
         self.root = -1
+        self.post_hooks: list[Tensor] = []  # leaves with post-accumulate-grad hooks
         self.keep: set[int] = set()  # outputs still needed after backward
         self.ret: Any = None  # how to build the return value
-        self.modules: list[tuple[Any, bool]] = []  # (module, training) guards
-        self.leaves: list[Tensor] = []  # leaf operands: requires_grad / hooks guards
-        self.frozen: list[bool] = []
-        self.state: list[Any] = []  # objects whose state the step changes
-        self.generators: list[Any] = []
-        self.structure = -1  # nn.module.STRUCTURE when the step called its modules
+        self.leaves: list[Tensor] = []  # tensors made outside the step that ops read
+        self.touched: list[tuple] = []  # refs of what the declared calls may change
+        self.guard: _Guard | None = None
+
+
+def _fmt_line(where: Any) -> str:
+    if where is None:
+        return "an unknown line"
+    fname, lineno = where
+    code = linecache.getline(fname, lineno).strip()
+    return f"{fname}:{lineno}" + (f" ({code})" if code else "")
+
+
+def _frame_line() -> Any:
+    f = _user_frame()
+    return None if f is None else (f.f_code.co_filename, f.f_lineno)
+
+
+def _is_iterator(x: Any) -> bool:
+    return hasattr(x, "__next__") and hasattr(x, "__iter__")
+
+
+def _has_bool_index(index: Any) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, np.ndarray) and i.dtype == np.bool_ for i in parts)
+
+
+def _mem_key(a: np.ndarray) -> tuple:
+    return (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
 
 
 class _Recorder:
-    """The tracer during a capture: turns what the step does into a tape."""
+    """The capture in progress: every capture point hands it its call.
 
-    def __init__(self, args: tuple, kwargs: dict) -> None:
-        self.tape = _Tape()
+    It runs each call as eager mode would (with itself detached, so that nothing
+    inside an op or a declared call is recorded twice), records it on the tape,
+    and refuses -- detaching itself, so the rest of the step just runs eagerly --
+    at the first thing a replay could not reproduce.
+    """
+
+    def __init__(self, fn: Callable, flat: list[Any], roots: list[tuple[str, Any]],
+                 locate: bool = False) -> None:
+        self.fn = fn
+        self.locate = locate  # check for state changes around every declared call
+        self.tape = _Tape(len(flat))
         self.error: str | None = None
+        self.retry = False  # the refusal may not happen again (a one-time initialisation)
         self.keepalive: list[Any] = []  # objects whose id() is a key below
         self.by_id: dict[int, tuple] = {}  # id(Tensor or array) -> source
+        self.by_mem: dict[tuple, tuple] = {}  # (address, shape, strides, dtype) -> source
+        self.traced: list[np.ndarray] = []  # arrays holding the step's values
         self.nodes: list[Tensor] = []  # op results, by op index
         self.leaf_ids: set[int] = set()
-        for i, a in enumerate(_flat_args(args, kwargs)):
-            if isinstance(a, Tensor):
-                if a._requires_grad:
-                    self.error = "an argument of the step requires grad"
-                self._note(a, (_ARG, i))
-                self._note(a.data, (_ARG, i))
-            elif isinstance(a, np.ndarray):
-                self._note(a, (_ARG, i))
+        self.called: list[Module] = []  # modules the step called
+        self.conversions: list[list] = []  # [value, source, how, line, consumed]
+        self.owned: set[int] = set()  # objects the declared calls manage (not guarded)
+        # argument tensors given traced data: (tensor, its array, the traced view)
+        self.swapped: list[tuple[Tensor, np.ndarray, np.ndarray]] = []
+        self.roots = roots
+        self.flat = flat
+        self.reach: _Reach | None = None
+        self.fp: dict[int, Any] = {}
+        self.since = "the start of the step"
+        self.guard_entries: list[list] = []
+        self.names: set[str] | None = None
+        self.data_owner: dict[int, Tensor] = {}
+
+    # ----- running the step -----------------------------------------------------
+
+    def run(self, args: tuple, kwargs: dict) -> Any:
+        """Call the step with traced arguments; returns what it returns."""
+        targs, tkwargs = self._taint_args(args, kwargs)
+        self.reach = _Reach(self.roots)
+        if self.reach.incomplete is not None:
+            self.refuse(
+                f"the step can reach more than {_MAX_REACH:,} objects (through "
+                f"{self.reach.incomplete}); cr.compile cannot check them all for changes"
+            )
+        else:
+            self.data_owner = {id(t.data): t for t in self.reach.tensors()}
+            self.fp = self.reach.fingerprints()
+            self.names = self.reach.code_names()
+            self.guard_entries = _Reach(self.roots, live=True, names=self.names).guard_entries()
+        _mode.tracer = self  # attached even after a refusal: see refuse()
+        try:
+            out = self.fn(*targs, **tkwargs)
+            self._boundary("the end of the step")
+            return out
+        finally:
+            _mode.tracer = None
+            for t, d, view in self.swapped:
+                if t.data is view:  # not replaced by the step
+                    t.data = d
+
+    def _taint_args(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        counter = iter(range(len(self.flat)))
+
+        def taint(v: Any) -> Any:
+            if isinstance(v, Tensor):
+                i = next(counter)
+                if v._requires_grad:
+                    self.refuse(f"argument {i} of the step is a tensor that requires grad")
+                    return v
+                d = v.data
+                view = d.view(_Traced)
+                self.swapped.append((v, d, view))
+                v.data = view
+                self._note(v, (_ARG, i))
+                self._note_array(view, (_ARG, i))
+                return v
+            if isinstance(v, np.ndarray):
+                i = next(counter)
+                view = v.view(_Traced)
+                self._note_array(view, (_ARG, i))
+                return view
+            if isinstance(v, (tuple, list)):
+                return type(v)(taint(e) for e in v)
+            if isinstance(v, dict):
+                return {k: taint(e) for k, e in v.items()}
+            return v
+
+        return tuple(taint(a) for a in args), {k: taint(v) for k, v in kwargs.items()}
+
+    def refuse(self, why: str, retry: bool = False) -> None:
+        """Give up on this capture: the rest of the step runs eagerly, unrecorded.
+
+        The recorder stays attached, passing every call straight through: the
+        step's values are still traced arrays, which the engine's fast paths
+        must not see (ops.apply handles them)."""
+        if self.error is None:
+            self.error = why
+            self.retry = retry
+
+    def _attach(self) -> None:
+        _mode.tracer = self
+
+    def untaint(self) -> None:
+        """Give the tensors made during the capture plain arrays again."""
+        for obj in self.keepalive:
+            if isinstance(obj, Tensor) and isinstance(obj.data, _Traced):
+                obj.data = obj.data.view(np.ndarray)
+
+    # ----- where values come from ---------------------------------------------
 
     def _note(self, obj: Any, src: tuple) -> None:
         self.keepalive.append(obj)
         self.by_id[id(obj)] = src
 
-    def unsupported(self, why: str) -> None:
-        if self.error is None:
-            self.error = why
+    def _note_array(self, arr: np.ndarray, src: tuple) -> None:
+        self._note(arr, src)
+        self.by_mem.setdefault(_mem_key(arr), src)
+        self.traced.append(arr)
 
-    # ----- where operands come from ----------------------------------------
-
-    def _source(self, v: Any) -> tuple:
+    def _slot(self, v: Any) -> tuple | None:
+        """The replay slot that holds ``v`` (a tensor or array of the step), or None."""
+        src = self.by_id.get(id(v))
+        if src is not None:
+            return src
         if isinstance(v, Tensor):
+            v = v.data
             src = self.by_id.get(id(v))
             if src is not None:
                 return src
-            if v._op is not None:
-                raise _Unsupported("the graph reaches a non-leaf tensor computed outside the step")
-            src = self.by_id.get(id(v.data))
-            if src is not None:  # a Tensor wrapped around an argument or a draw
+        if isinstance(v, np.ndarray) and v.size:
+            src = self.by_mem.get(_mem_key(v))  # np.asarray(xb): a plain view of the same memory
+            if src is not None:
                 return src
+        return None
+
+    def _untraced(self, v: np.ndarray) -> None:
+        """Refuse ``v`` if it holds the step's values but no op computed it."""
+        if isinstance(v, _Traced):
+            raise _Refuse(
+                "a value computed from the step's data outside chainrule's ops (with NumPy, "
+                "or a copy such as x.data.copy()) would be frozen into the replay"
+            )
+        if v.size and any(np.may_share_memory(v, t) for t in self.traced):
+            raise _Refuse(
+                "a part of the step's data taken with NumPy (e.g. np.asarray(xb)[:, 0]) would be "
+                "frozen into the replay; index the tensor instead"
+            )
+
+    def _source(self, v: Any) -> tuple:
+        """Where an op's operand comes from (see the _ARG... codes)."""
+        if isinstance(v, Tensor):
+            src = self._slot(v)
+            if src is not None:
+                return src
+            if _node_rule(v) is not None:
+                raise _Refuse("the graph reaches a non-leaf tensor computed outside the step")
+            if isinstance(v.data, _Traced):
+                self._untraced(v.data)
             return self._leaf(v)
         if isinstance(v, np.ndarray):
-            src = self.by_id.get(id(v))
-            return src if src is not None else (_CONST, v)
+            src = self._slot(v)
+            if src is not None:
+                return src
+            owner = self.data_owner.get(id(v))
+            if owner is not None:  # p.data: read it live, like the tensor
+                return self._leaf(owner)
+            self._untraced(v)
+            return (_CONST, v)
+        if isinstance(v, (_TracedFloat, _TracedInt)):
+            if v._src is not None:
+                return v._src
+            raise _Refuse("a Python number computed from the step's data (e.g. "
+                          "loss.item() * 2) would be frozen into the replay")
         if isinstance(v, (tuple, list)):
             refs = tuple(self._source(e) for e in v)
             if all(r[0] == _CONST for r in refs):
@@ -199,24 +1250,29 @@ class _Recorder:
             self.leaf_ids.add(id(t))
             self.keepalive.append(t)
             self.tape.leaves.append(t)
-            self.tape.frozen.append(t._requires_grad)
         return (_LEAF, t)
 
-    # ----- the tracer protocol -----------------------------------------------
+    # ----- the capture points -------------------------------------------------
 
-    def op(self, rule: Any, args: tuple, arrays: Any, params: dict, result: Tensor) -> None:
-        if self.error is not None:
-            return
-        tape = self.tape
+    def op(self, fn: Callable, rule: Any, args: tuple, params: dict) -> Tensor:
+        """ops.apply: run the op eagerly (on plain arrays), then record it."""
+        _mode.tracer = None
+        pargs, pparams, swapped = _plain_call_args(args, params)
         try:
-            fwd = tuple(
-                self._source(a) if isinstance(a, Tensor) else self._source(x)
-                for a, x in zip(args, arrays)
-            )
+            t = fn(rule, *pargs, **pparams)
+        finally:
+            _restore_data(swapped)
+            self._attach()
+        if self.error is not None:
+            self.keepalive.append(t)  # untainted at the end
+            return t
+        try:
+            fwd = tuple(self._source(a) for a in args)
             dynamic = {k: self._source(v) for k, v in params.items()}
-        except _Unsupported as exc:
-            self.error = str(exc)
-            return
+        except _Refuse as exc:
+            self.refuse(f"{exc}: it is used by the op '{rule.name}' at {_user_line()}")
+            return t
+        tape = self.tape
         if all(r[0] == _CONST for r in dynamic.values()):
             settings: Any = params  # the same dict every replay
             dyn = None
@@ -225,79 +1281,240 @@ class _Recorder:
             dyn = tuple((k, r) for k, r in dynamic.items() if r[0] != _CONST)
         j = tape.n_ops
         tape.n_ops += 1
-        node = result._node
-        recorded = node is not None
+        r = _node_rule(t)
+        recorded = r is not None
         tape.rules.append(rule)
         tape.recorded.append(recorded)
         if recorded:
-            tape.needs.append(node.needs)
+            tape.needs.append(_node_needs(t))
             # The VJP sees each operand as an array: for a Python-scalar operand
             # that is the 0-d array of the output's dtype the node keeps.
             tape.bwd_refs.append(tuple(
-                r if r[0] != _CONST or isinstance(r[1], np.ndarray)
-                else (_CONST, _scalar_array(r[1], result.data.dtype))
-                for r in fwd
+                ref if ref[0] != _CONST or isinstance(ref[1], np.ndarray)
+                else (_CONST, _scalar_array(ref[1], t.data.dtype))
+                for ref in fwd
             ))
         else:
             tape.needs.append(())
             tape.bwd_refs.append(())
         tape.instrs.append((_I_OP, j, rule, fwd, settings, dyn, recorded))
-        self.nodes.append(result)
-        self._note(result, (_OP, j))
-        self._note(result.data, (_OP, j))
+        tape.lines.append(_frame_line())
+        dd = (rule is GETITEM and _has_bool_index(params.get("index"))) or any(
+            getattr(a.data if isinstance(a, Tensor) else a, "_dd", False) for a in args)
+        self._taint_result(t, (_OP, j), dd)
+        self.nodes.append(t)
+        return t
 
-    def produced(self, arr: np.ndarray, fn: Callable, args: tuple) -> None:
-        """A random draw: replays call ``fn(*args)`` again for a fresh one."""
-        self.tape.instrs.append((_I_GEN, fn, args))
-        self._note(arr, (_GEN, self.tape.n_gen))
-        self.tape.n_gen += 1
-        gen = _resolve(args[0])
-        if all(g is not gen for g in self.tape.generators):
-            self.tape.generators.append(gen)
+    def _taint_result(self, t: Tensor, src: tuple, dd: bool = False) -> None:
+        d = t.data
+        view = d.view(_Traced) if type(d) is np.ndarray else d
+        if dd:
+            view._dd = True
+        t.data = view
+        self._note(t, src)
+        self._note_array(view, src)
 
-    def call(self, fn: Callable, args: tuple, kwargs: dict | None = None,
-             state: Any = None) -> None:
-        """A state-changing call outside the graph (optimizer step, zero_grad...)."""
-        self.tape.instrs.append((_I_CALL, fn, args, kwargs or {}))
-        if state is not None:
-            self.tape.state.append(state)
-
-    def module(self, m: Any) -> None:
-        if self.error is None and m.has_forward_hooks():
-            self.error = "forward hooks on a module (a replay would skip them)"
-        self.tape.modules.append((m, m.training))
-        self.tape.structure = STRUCTURE[0]
-
-    def backward(self, roots, seeds, retain_graph, create_graph, inputs, observer) -> bool:
+    def made(self, t: Tensor, data: Any, dtype: Any) -> None:
+        """Tensor(data): a tensor made from the step's values is a copy op."""
+        if self.error is not None:
+            return
+        src = self._slot(data) if isinstance(data, (Tensor, np.ndarray)) else None
+        if src is None:
+            arr = data.data if isinstance(data, Tensor) else data
+            if isinstance(arr, np.ndarray):
+                try:
+                    self._untraced(arr)
+                except _Refuse as exc:
+                    self.refuse(f"{exc}: a tensor is made from it at {_user_line()}")
+            elif _traced_number_in(data):
+                self.refuse(f"a tensor is made from numbers read from the step's data at "
+                            f"{_user_line()}; they would be frozen into the replay")
+            return
+        if t._requires_grad:
+            self.refuse(f"a tensor that requires grad is made from the step's data at "
+                        f"{_user_line()}; make it from a tensor the step computes instead")
+            return
         tape = self.tape
-        if self.error is None:
-            if tape.root >= 0:
-                self.error = "backward() is called more than once"
-            elif create_graph or inputs is not None or observer is not None:
-                self.error = "backward(create_graph=True) / inputs= / observers"
-            elif len(roots) != 1 or seeds[0] is not None:
-                self.error = "backward() with an explicit seed or several outputs"
+        j = tape.n_ops
+        tape.n_ops += 1
+        tape.rules.append(_MADE)
+        tape.recorded.append(False)
+        tape.needs.append(())
+        tape.bwd_refs.append(())
+        tape.instrs.append((_I_OP, j, _MADE, (src,), {"dtype": dtype}, None, False))
+        tape.lines.append(_frame_line())
+        self._taint_result(t, (_OP, j))
+        self.nodes.append(t)
+
+    def module(self, m: Module) -> None:
+        """Module.__call__: its settings are guarded; forward hooks cannot be replayed."""
+        if self.error is not None:
+            return
+        if all(c is not m for c in self.called):
+            self.called.append(m)
+        hooked = m.has_forward_hooks() if hasattr(m, "has_forward_hooks") else any(
+            getattr(m, name, None) for name in _MODULE_HOOK_ATTRS)
+        if hooked:
+            self.refuse(
+                f"{type(m).__name__} has forward hooks (called at {_user_line()}); a replay "
+                "does not run the step's Python, so it would skip them"
+            )
+
+    def read(self, arr: np.ndarray) -> tuple | None:
+        """``.item()`` of a traced array: the replay reads the same slot again."""
+        src = self._slot(arr)
+        if src is None or self.error is not None:
+            return None
+        q = self.tape.n_items
+        self.tape.n_items += 1
+        self.tape.instrs.append((_I_ITEM, q, src))
+        self.tape.lines.append(_frame_line())
+        return (_ITM, q)
+
+    def converted(self, v: Any, src: tuple | None, how: str) -> None:
+        """float()/int() of a traced value: allowed only for a number the step returns."""
+        self.conversions.append([v, src, how, _frame_line(), False])
+
+    def effect(self, spec: Effect, args: tuple, kwargs: dict) -> Any:
+        """A declared state-changing call: run it, record it, replay it every step."""
+        if self.error is not None:
+            return self._plain_call(spec.fn, args, kwargs)
+        line = _frame_line()
+        if spec.refuse is not None:
+            reason = spec.refuse(*args, **kwargs)
+            if reason is not None:
+                self.refuse(f"{spec.name}() at {_fmt_line(line)}: {reason}")
+                return self._plain_call(spec.fn, args, kwargs)
+        args = tuple(list(a) if _is_iterator(a) else a for a in args)
+        kwargs = {k: (list(v) if _is_iterator(v) else v) for k, v in kwargs.items()}
+        where = f"the call {spec.name}() at {_fmt_line(line)}"
+        self._boundary(where)
+        if self.error is not None:
+            return self._plain_call(spec.fn, args, kwargs)
+        try:
+            aspec = tuple(self._fx_arg(a) for a in args)
+            kspec = {k: self._fx_arg(v) for k, v in kwargs.items()}
+        except _Refuse as exc:
+            self.refuse(f"{exc}: it is passed to {spec.name}() at {_fmt_line(line)}")
+            return self._plain_call(spec.fn, args, kwargs)
+        for o in spec.touched(args, kwargs):
+            ref = self._slot(o) if isinstance(o, (Tensor, np.ndarray)) else None
+            if ref is None:
+                self.tape.touched.append((_CONST, o))
+                self.keepalive.append(o)
+            elif ref[0] == _ARG:
+                self.tape.touched.append(ref)
+        for o in spec.owned(args, kwargs):
+            self.owned.add(id(o))
+            self.keepalive.append(o)
+        res = self._plain_call(spec.fn, args, kwargs)
+        if self.error is not None:
+            return res
+        k = None
+        if isinstance(res, (Tensor, np.ndarray)) and self._slot(res) is None and not any(
+                res is a for a in args) and id(res) not in self.data_owner:
+            k = self.tape.n_fx
+            self.tape.n_fx += 1
+            if isinstance(res, Tensor):
+                self._taint_result(res, (_FX, k))
             else:
-                src = self.by_id.get(id(roots[0]))
-                if src is None or src[0] != _OP:
-                    self.error = "backward() on a tensor not computed inside the step"
-                else:
-                    tape.root = src[1]
-                    tape.instrs.append((_I_BACKWARD,))
-                    self._plan()
-        return False  # the capture call itself runs the eager walk
+                res = res.view(_Traced)
+                self._note_array(res, (_FX, k))
+        self.tape.instrs.append((_I_FX, k, spec, aspec, kspec))
+        self.tape.lines.append(line)
+        self._baseline(where)
+        return res
+
+    def _plain_call(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        """Call ``fn`` with the capture detached and the arguments' traced arrays plain."""
+        _mode.tracer = None
+        pargs, pkwargs, swapped = _plain_call_args(args, kwargs)
+        try:
+            return fn(*pargs, **pkwargs)
+        finally:
+            _restore_data(swapped)
+            self._attach()
+
+    def _fx_arg(self, a: Any) -> tuple:
+        """How a replay rebuilds an argument of a declared call."""
+        if isinstance(a, Tensor):
+            src = self._slot(a)
+            if src is not None:
+                return ("tensor", src)
+            if isinstance(a.data, _Traced):  # a tensor wrapped around the step's values
+                self._untraced(a.data)
+            return ("obj", a)  # a parameter, a buffer: the object itself, live
+        if isinstance(a, np.ndarray):
+            src = self._slot(a)
+            if src is not None:
+                return ("array", src)
+            if id(a) not in self.data_owner:  # not a parameter's own array
+                self._untraced(a)
+            return ("obj", a)
+        if isinstance(a, (_TracedFloat, _TracedInt)):
+            if a._src is None:
+                raise _Refuse("a Python number computed from the step's data would be frozen "
+                              "into the replay")
+            return ("item", a._src)
+        if isinstance(a, (tuple, list)):
+            return ("seq", type(a), tuple(self._fx_arg(e) for e in a))
+        if isinstance(a, dict):
+            return ("dict", tuple(a), tuple(self._fx_arg(e) for e in a.values()))
+        return ("obj", a)
+
+    def backward(self, walk: Callable, roots: Any, seeds: Any, retain_graph: Any,
+                 create_graph: bool, inputs: Any, observer: Any) -> Any:
+        """run_backward: checked, planned, then run eagerly."""
+        if self.error is not None:
+            return self._plain_call(walk, (roots, seeds, retain_graph, create_graph, inputs,
+                                           observer), {})
+        line = _frame_line()
+        tape = self.tape
+        why = None
+        src = None
+        if tape.root >= 0:
+            why = "backward() is called more than once"
+        elif create_graph or inputs is not None or observer is not None:
+            why = "backward(create_graph=True), cr.grad/cr.vjp or an observer (cr.explain)"
+        elif len(roots) != 1 or seeds[0] is not None:
+            why = "backward() with an explicit seed or several outputs"
+        else:
+            src = self._slot(roots[0]) if isinstance(roots[0], Tensor) else None
+            if src is None or src[0] != _OP or self.by_id.get(id(roots[0])) is None:
+                why = "backward() on a tensor not computed inside the step"
+        where = f"backward() at {_fmt_line(line)}"
+        if why is None:
+            self._boundary(where)
+        else:
+            self.refuse(f"{why} ({_fmt_line(line)})")
+        if self.error is None:
+            tape.root = src[1]
+            self._plan()
+        if self.error is not None:
+            return self._plain_call(walk, (roots, seeds, retain_graph, create_graph, inputs,
+                                           observer), {})
+        tape.instrs.append((_I_BACKWARD,))
+        tape.lines.append(line)
+        res = self._plain_call(walk, (roots, seeds, retain_graph, create_graph, inputs,
+                                      observer), {})
+        self._baseline(where)
+        return res
 
     def _plan(self) -> None:
         """Which ops the backward pass reaches (and no hooks or retain_grad there)."""
         tape = self.tape
         reached = [False] * tape.n_ops
         reached[tape.root] = True
+        hooked: list[Tensor] = []
         for j in range(tape.root, -1, -1):
             if not reached[j]:
                 continue
-            node = self.nodes[j]._node
-            if node._hooks or node._retain is not None:
-                self.error = "gradient hooks or retain_grad() inside the step"
+            node = self.nodes[j]
+            if _node_hooked(node):
+                self.refuse(f"gradient hooks or retain_grad() on the output of "
+                            f"'{tape.rules[j].name}' (computed at "
+                            f"{_fmt_line(tape.lines[self._op_instr(j)])}); a replay "
+                            "would not run them")
                 return
             tape.order.append(j)
             for (kind, ref), need in zip(tape.bwd_refs[j], tape.needs[j]):
@@ -307,23 +1524,89 @@ class _Recorder:
                     reached[ref] = True
                 elif kind == _LEAF:
                     if ref._hooks:
-                        self.error = "gradient hooks on a parameter"
+                        self.refuse("a gradient hook (register_hook) on a parameter: a "
+                                    "replay would not run it")
                         return
+                    if ref._post_hooks and all(h is not ref for h in hooked):
+                        hooked.append(ref)
                 elif kind == _ARG:
-                    self.error = "an argument of the step requires grad"
+                    self.refuse("an argument of the step requires grad")
                     return
+        tape.post_hooks = hooked
 
-    # ----- the end of the capture ----------------------------------------------
+    def _op_instr(self, j: int) -> int:
+        for i, ins in enumerate(self.tape.instrs):
+            if ins[0] == _I_OP and ins[1] == j:
+                return i
+        return 0
+
+    # ----- state the step changes outside declared calls ---------------------
+
+    def _boundary(self, where: str) -> None:
+        """Nothing the step can reach may have changed outside its declared calls.
+
+        The cheap check compares the state at the end of the step with the state
+        at its start, except what the declared calls touch (a failed verification
+        finds a change there that a replay would not repeat). When it finds
+        something, the capture refuses and the next one (``locate``) checks
+        before and after every declared call, to say where the change happens.
+        """
+        if self.error is not None or self.reach is None:
+            return
+        end = where == "the end of the step"
+        if not (self.locate or end):
+            return
+        reach = _Reach(self.roots)
+        now = reach.fingerprints()
+        # what ops read may change inside them (batch norm's running statistics);
+        # what declared calls touch is compared by the verification
+        allowed = self._allowed(calls=not self.locate)
+        what = reach.changed({i: f for i, f in self.fp.items() if i not in allowed}, now)
+        if what is not None:
+            between = f" between {self.since} and {where}" if self.locate else ""
+            self.refuse(
+                f"the step changes {what}{between}, outside chainrule's declared calls; a "
+                "replay would not repeat it (make the change with an optimizer, scheduler or "
+                "in-place tensor method, or outside the step)",
+                retry=True,
+            )
+
+    def _allowed(self, calls: bool = True) -> set[int]:
+        """Objects the ops, backward() and (``calls``) the declared calls may change,
+        and all they hold."""
+        roots = [("", t) for t in self.tape.leaves]
+        if calls:
+            for kind, v in self.tape.touched:
+                roots.append(("", self.flat[v] if kind == _ARG else v))
+        return set(_Reach(roots).paths)
+
+    def _baseline(self, where: str) -> None:
+        """After a declared call: what it changed is the new starting point."""
+        if self.error is not None or not self.locate:
+            return
+        self.reach = _Reach(self.roots)
+        self.fp = self.reach.fingerprints()
+        self.since = where
+
+    # ----- the end of the capture -----------------------------------------------
 
     def finish(self, result: Any) -> _Tape | None:
         tape = self.tape
         if self.error is None and tape.root < 0:
-            self.error = "the step never calls backward()"
+            self.refuse("the step never calls backward()")
         if self.error is None:
             try:
                 tape.ret = self._ret(result)
-            except _Unsupported as exc:
-                self.error = str(exc)
+            except _Refuse as exc:
+                self.refuse(str(exc))
+        if self.error is None:
+            for _v, _src, how, line, consumed in self.conversions:
+                if not consumed:
+                    self.refuse(
+                        f"{how} at {_fmt_line(line)} turns a value of the step's data into a "
+                        "plain Python number that the step does not return; a replay would "
+                        "freeze whatever uses it (return the tensor or its .item() instead)")
+                    break
         if self.error is not None:
             return None
         after = tape.instrs[[i[0] for i in tape.instrs].index(_I_BACKWARD) + 1:]
@@ -333,9 +1616,43 @@ class _Recorder:
                 keep.update(_op_refs(ins[3]))
                 if ins[5]:
                     keep.update(_op_refs(r for _, r in ins[5]))
+            elif ins[0] == _I_ITEM:
+                keep.update(_op_refs([ins[2]]))
+            elif ins[0] == _I_FX:
+                keep.update(_op_refs(_fx_refs(ins[3]) + _fx_refs(tuple(ins[4].values()))))
         keep.update(_op_refs(_ret_refs(tape.ret)))
         tape.keep = keep
+        tape.guard = _Guard(self._guard_entries())
         return tape
+
+    def _guard_entries(self) -> list[list]:
+        """The start-of-step state the step's Python reads: everything it reaches,
+        except what its declared calls manage (read live by them)."""
+        keep = _Reach(self.roots, stop=self.owned, live=True, names=self.names)
+        ok = {id(o) for o in keep.objs}
+        entries = [e for e in self.guard_entries if id(_entry_owner(e)) in ok]
+        seen = set(keep.paths)
+        for m in self.called:  # modules reached only through the call
+            if id(m) not in seen and id(m) not in self.owned:
+                extra = _Reach([(f"the module {type(m).__name__}", m)],
+                               stop=self.owned | set(seen), live=True, names=self.names)
+                entries += extra.guard_entries()
+                seen.update(extra.paths)
+        for t in self.tape.leaves:
+            name = t.name or f"a tensor of shape {t.data.shape}"
+            entries.append(["attr", t, "_requires_grad", t._requires_grad,
+                            f"{name}.requires_grad", t])
+            entries.append(["attr", t, "data", t.data, f"{name}.data", t])
+            entries.append(["attr", t, "_hooks", t._hooks, f"{name} (gradient hooks)", t])
+            hooks = t._post_hooks
+            entries.append(["attr", t, "_post_hooks", hooks, f"{name} (post-accumulate hooks)",
+                            t])
+            if hooks is not None:
+                entries.append(["len", hooks, None, len(hooks),
+                                f"{name} (post-accumulate hooks)", t])
+                entries += [["item", hooks, i, h, f"{name} (post-accumulate hook {i})", t]
+                            for i, h in enumerate(hooks)]
+        return entries
 
     def _ret(self, v: Any) -> tuple:
         """How to rebuild the step's return value from a replay."""
@@ -344,37 +1661,49 @@ class _Recorder:
         if isinstance(v, Tensor):
             src = self.by_id.get(id(v))
             if src is not None and src[0] == _OP:
-                return ("tensor", src[1])
-            src = self.by_id.get(id(v.data))
-            if src is not None and src[0] == _OP and not v._requires_grad:
-                return ("detached", src[1])  # loss.detach(): the value, no graph
-            raise _Unsupported("the step returns a Tensor it did not compute")
+                return ("tensor", src)
+            if src is not None and src[0] in (_FX, _ARG):
+                return ("detached", src)
+            src = self._slot(v.data)
+            if src is not None and src[0] in _SLOT_KINDS and not v._requires_grad:
+                return ("detached", src)  # loss.detach(): the value, no graph
+            raise _Refuse("the step returns a Tensor it did not compute")
         if isinstance(v, np.ndarray):
-            src = self.by_id.get(id(v))
-            if src is None or src[0] != _OP:
-                raise _Unsupported("the step returns an array it did not compute")
-            return ("array", src[1])  # out.data
-        if isinstance(v, float):
-            # loss.item(): find the one-element op output it came from (the
-            # verification call checks the choice)
-            for j in range(len(self.nodes) - 1, -1, -1):
-                d = self.nodes[j].data
-                if d.size == 1 and _same_float(d.item(), v):
-                    return ("item", j)
-            raise _Unsupported("the step returns a float not taken from a tensor it computed")
+            src = self._slot(v)
+            if src is None or src[0] not in _SLOT_KINDS:
+                raise _Refuse("the step returns an array it did not compute")
+            return ("array", src)  # out.data
+        if isinstance(v, (_TracedFloat, _TracedInt)):
+            if v._src is None:
+                raise _Refuse("the step returns a number computed in Python from its data "
+                              "(e.g. loss.item() * 2); return the tensor instead")
+            return ("number", v._src)
+        if isinstance(v, (float, int)) and not isinstance(v, bool):
+            for conv in reversed(self.conversions):
+                if not conv[4] and conv[1] is not None and type(conv[0]) is type(v) and (
+                        _atom(conv[0]) == _atom(v)):
+                    conv[4] = True
+                    return ("number", conv[1])
+            raise _Refuse("the step returns a number not read from a tensor it computed "
+                          f"({v!r})")
         if isinstance(v, (tuple, list)):
             return ("seq", type(v), tuple(self._ret(e) for e in v))
         if isinstance(v, dict):
             return ("dict", tuple(v), tuple(self._ret(e) for e in v.values()))
-        raise _Unsupported(
+        raise _Refuse(
             f"the step returns a {type(v).__name__}; a replay can only return Tensors the "
             "step computed (or their .detach(), .data, .item()), None, and tuples/lists/"
             "dicts of these"
         )
 
 
-def _same_float(a: float, b: float) -> bool:
-    return a == b or (a != a and b != b)
+# Attributes where modules keep forward hooks (PyTorch's names)
+_MODULE_HOOK_ATTRS = ("_forward_hooks", "_forward_pre_hooks")
+
+
+def _entry_owner(e: list) -> Any:
+    """The object an entry belongs to (the function, for closure cells and globals)."""
+    return e[5]
 
 
 def _op_refs(refs: Any) -> list[int]:
@@ -387,22 +1716,158 @@ def _op_refs(refs: Any) -> list[int]:
     return out
 
 
-_RET_VALUES = ("tensor", "item", "detached", "array")
+def _fx_refs(specs: Any) -> list[tuple]:
+    out: list[tuple] = []
+    for s in specs:
+        if s[0] in ("tensor", "array", "item"):
+            out.append(s[1])
+        elif s[0] in ("seq", "dict"):
+            out += _fx_refs(s[2])
+    return out
 
 
 def _ret_refs(ret: tuple) -> list[tuple]:
     kind = ret[0]
-    if kind in _RET_VALUES:
-        return [(_OP, ret[1])]
-    if kind == "seq":
-        return [r for e in ret[2] for r in _ret_refs(e)]
-    if kind == "dict":
+    if kind in ("tensor", "detached", "array", "number"):
+        return [ret[1]]
+    if kind in ("seq", "dict"):
         return [r for e in ret[2] for r in _ret_refs(e)]
     return []
 
 
-def _flat_args(args: tuple, kwargs: dict) -> list[Any]:
-    return [*args, *kwargs.values()]
+# ---------------------------------------------------------------------------
+# Two captures of the same signature must record the same program
+# ---------------------------------------------------------------------------
+
+
+def _same_const(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, (np.ndarray, Tensor)) or isinstance(b, (np.ndarray, Tensor)):
+        return False  # arrays made anew on every call: made from the data, or from Python state
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same_const(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_const(a[k], b[k]) for k in a)
+    if isinstance(a, (_ATOMS, np.generic)):
+        return _atom(a) == _atom(b)
+    if isinstance(a, (slice, np.dtype, type)):
+        return a == b
+    return False
+
+
+def _const_desc(a: Any, b: Any) -> str:
+    if isinstance(b, np.ndarray):
+        return ("an array made inside the step (with NumPy, or from Python state) is used "
+                "as a constant and would be frozen into the replay; make it with chainrule "
+                "ops from the step's arguments, or once, outside the step")
+    if isinstance(b, Tensor):
+        return ("a tensor made inside the step from values the capture cannot follow is used "
+                "and would be frozen into the replay; make it with chainrule ops from the "
+                "step's arguments, or once, outside the step")
+    return (f"a constant differs between two calls ({_short(a)} then {_short(b)}): it comes "
+            "from the step's data or from Python state, and a replay would freeze it")
+
+
+def _diff_refs(a: Any, b: Any) -> str | None:
+    if a[0] != b[0]:
+        return "an operand comes from somewhere else"
+    kind = a[0]
+    if kind == _CONST:
+        return None if _same_const(a[1], b[1]) else _const_desc(a[1], b[1])
+    if kind == _LEAF:
+        return None if a[1] is b[1] else _const_desc(a[1], b[1])
+    if kind == _SEQ:
+        if a[1][0] is not b[1][0] or len(a[1][1]) != len(b[1][1]):
+            return "an operand comes from somewhere else"
+        for x, y in zip(a[1][1], b[1][1]):
+            d = _diff_refs(x, y)
+            if d is not None:
+                return d
+        return None
+    return None if a[1] == b[1] else "an operand comes from somewhere else"
+
+
+def _diff_fx(a: Any, b: Any) -> str | None:
+    if a[0] != b[0]:
+        return "an argument comes from somewhere else"
+    if a[0] == "obj":
+        return None if _same_const(a[1], b[1]) or (
+            isinstance(a[1], list) and isinstance(b[1], list) and len(a[1]) == len(b[1])
+            and all(x is y or _same_const(x, y) for x, y in zip(a[1], b[1]))
+        ) else _const_desc(a[1], b[1])
+    if a[0] in ("seq", "dict"):
+        if a[1] != b[1] or len(a[2]) != len(b[2]):
+            return "an argument comes from somewhere else"
+        for x, y in zip(a[2], b[2]):
+            d = _diff_fx(x, y)
+            if d is not None:
+                return d
+        return None
+    return None if a[1] == b[1] else "an argument comes from somewhere else"
+
+
+def _diff_tapes(a: _Tape, b: _Tape) -> str | None:
+    """Why two captures of one signature differ (None: they record the same program)."""
+    for i in range(max(len(a.instrs), len(b.instrs))):
+        if i >= len(a.instrs) or i >= len(b.instrs):
+            line = b.lines[i] if i < len(b.lines) else a.lines[i]
+            return f"the two calls did a different number of things (from {_fmt_line(line)} on)"
+        x, y = a.instrs[i], b.instrs[i]
+        where = _fmt_line(b.lines[i])
+        if x[0] != y[0]:
+            return f"the two calls did different things at {where}"
+        why = None
+        if x[0] == _I_OP:
+            if x[2] is not y[2] or x[6] != y[6]:
+                why = f"the first ran '{x[2].name}', the second '{y[2].name}'"
+            elif len(x[3]) != len(y[3]) or x[4].keys() != y[4].keys() or (
+                    (x[5] is None) != (y[5] is None)):
+                why = "the op was called differently"
+            else:
+                for r1, r2 in zip(x[3], y[3]):
+                    why = why or _diff_refs(r1, r2)
+                for k in x[4]:
+                    if why is None and not _same_const(x[4][k], y[4][k]):
+                        why = f"its setting {k}=: " + _const_desc(x[4][k], y[4][k])
+                if why is None and x[5] is not None:
+                    if [k for k, _ in x[5]] != [k for k, _ in y[5]]:
+                        why = "the op was called differently"
+                    for (_, r1), (_, r2) in zip(x[5], y[5]):
+                        why = why or _diff_refs(r1, r2)
+            if why is not None:
+                return f"op '{y[2].name}' at {where}: {why}"
+        elif x[0] == _I_FX:
+            if x[2] is not y[2] or (x[1] is None) != (y[1] is None):
+                return f"the two calls made different declared calls at {where}"
+            for s1, s2 in zip(x[3] + tuple(x[4].values()), y[3] + tuple(y[4].values())):
+                why = why or _diff_fx(s1, s2)
+            if why is None and (len(x[3]) != len(y[3]) or x[4].keys() != y[4].keys()):
+                why = "it was called differently"
+            if why is not None:
+                return f"{y[2].name}() at {where}: {why}"
+        elif x[0] == _I_ITEM and x[2] != y[2]:
+            return f"the two calls read different values at {where}"
+    if a.order != b.order or a.root != b.root:
+        return "the two calls' backward passes reached different ops"
+    if len(a.leaves) != len(b.leaves) or any(p is not q for p, q in zip(a.leaves, b.leaves)):
+        return "the two calls read different tensors made outside the step"
+    if not _same_ret(a.ret, b.ret):
+        return "the two calls return different things"
+    return None
+
+
+def _same_ret(a: Any, b: Any) -> bool:
+    if a[0] != b[0]:
+        return False
+    if a[0] in ("seq", "dict"):
+        return a[1] == b[1] and len(a[2]) == len(b[2]) and all(
+            _same_ret(x, y) for x, y in zip(a[2], b[2]))
+    if a[0] == _CONST:
+        return a[1] is b[1]
+    return a[1] == b[1]
 
 
 # ---------------------------------------------------------------------------
@@ -414,34 +1879,42 @@ class _Program:
     """A tape with every operand turned into a slot number of one list, ``env``.
 
     Slots hold, in this order: the step's array arguments, each op's output,
-    each random draw, the parameters' arrays (read afresh at every replay, as
-    optimizers may replace them) and the constants (filled in once). Reading
-    an op's operands is then one ``itemgetter`` call.
+    each array a declared call returned, each number read with ``.item()``, the
+    parameters' arrays (read afresh at every replay, as optimizers may replace
+    them) and the constants (filled in once). Reading an op's operands is then
+    one ``itemgetter`` call.
     """
 
     __slots__ = ("nargs", "template", "leaf_slots", "leaf_of", "steps", "bwd", "root", "n_ops",
-                 "ret", "tape")
+                 "ret", "tape", "verified", "post_hooks", "fused", "fused_groups")
 
 
-def _lower(tape: _Tape, nargs: int) -> _Program:
+def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
     prog = _Program()
     prog.tape = tape
-    prog.nargs = nargs
+    prog.verified = False
+    prog.fused = _fusable(tape) if fused_update else {}
+    prog.fused_groups: dict[int, dict] = {}  # the SGD group of each fused op, found once
+    nargs = prog.nargs = tape.nargs
     prog.n_ops = tape.n_ops
-    op0, gen0 = nargs, nargs + tape.n_ops
-    template: list[Any] = [None] * (gen0 + tape.n_gen)
+    op0 = nargs
+    fx0 = op0 + tape.n_ops
+    it0 = fx0 + tape.n_fx
+    template: list[Any] = [None] * (it0 + tape.n_items)
     leaf_slot: dict[int, int] = {}
     const_slot: dict[int, int] = {}
     leaf_slots: list[tuple[int, Tensor]] = []
 
-    def slot(ref: tuple) -> Any:
+    def slot(ref: tuple) -> int:
         kind, v = ref
         if kind == _ARG:
             return v
         if kind == _OP:
             return op0 + v
-        if kind == _GEN:
-            return gen0 + v
+        if kind == _FX:
+            return fx0 + v
+        if kind == _ITM:
+            return it0 + v
         if kind == _LEAF:
             s = leaf_slot.get(id(v))
             if s is None:
@@ -469,8 +1942,15 @@ def _lower(tape: _Tape, nargs: int) -> _Program:
             return (lambda env: ()), False
         return itemgetter(*slots), len(slots) == 1
 
+    def fx_arg(spec: tuple) -> tuple:
+        kind = spec[0]
+        if kind in ("tensor", "array", "item"):
+            return (kind, slot(spec[1]))
+        if kind in ("seq", "dict"):
+            return (kind, spec[1], tuple(fx_arg(e) for e in spec[2]))
+        return spec
+
     steps: list[tuple] = []
-    k = 0
     for ins in tape.instrs:
         kind = ins[0]
         if kind == _I_OP:
@@ -478,9 +1958,17 @@ def _lower(tape: _Tape, nargs: int) -> _Program:
             get, single = getter([slot(r) for r in refs])
             dyn_slots = None if dyn is None else tuple((key, nested(r)) for key, r in dyn)
             steps.append((_I_OP, rule, get, single, settings, dyn_slots, op0 + j, j, recorded))
-        elif kind == _I_GEN:
-            steps.append((_I_GEN, ins[1], ins[2], gen0 + k))
-            k += 1
+        elif kind == _I_FX:
+            _, k, spec, aspec, kspec = ins
+            plan = _update_plan(tape, ins)
+            if plan is not None:  # optimizer.step() as a precompiled update
+                steps.append((_I_FX, plan, (), {}, None))
+                continue
+            steps.append((_I_FX, spec.fn, tuple(fx_arg(a) for a in aspec),
+                          {key: fx_arg(a) for key, a in kspec.items()},
+                          None if k is None else fx0 + k))
+        elif kind == _I_ITEM:
+            steps.append((_I_ITEM, slot(ins[2]), it0 + ins[1]))
         else:
             steps.append(ins)
     bwd = []
@@ -494,25 +1982,32 @@ def _lower(tape: _Tape, nargs: int) -> _Program:
             for i, need in enumerate(tape.needs[j]) if need
         )
         out = op0 + j
-        bwd.append((tape.rules[j], get, single, out, j, tape.needs[j], dests, out not in keep))
+        rule = tape.rules[j]
+        node = _VjpNode()  # what vjp_step reads, filled in for each replay (calls are serial)
+        node.op = rule
+        node.needs = tape.needs[j]
+        bwd.append((node, get, single, out, j, dests, out not in keep,
+                    rule.plan(tape.needs[j])[1]))
     prog.template = template
     prog.leaf_slots = leaf_slots
     prog.leaf_of = dict(leaf_slots)  # slot -> parameter, for storing gradients
+    prog.post_hooks = {leaf_slot[id(t)] for t in tape.post_hooks}
     prog.steps = steps
     prog.bwd = bwd
     prog.root = op0 + tape.root
-    prog.ret = _lower_ret(tape.ret, op0)
+    prog.ret = _lower_ret(tape.ret, slot, tape)
     return prog
 
 
-def _lower_ret(ret: tuple, op0: int) -> tuple:
+def _lower_ret(ret: tuple, slot: Callable, tape: _Tape) -> tuple:
     kind = ret[0]
-    if kind in _RET_VALUES:
-        return (kind, op0 + ret[1], ret[1])
-    if kind == "seq":
-        return ("seq", ret[1], tuple(_lower_ret(e, op0) for e in ret[2]))
-    if kind == "dict":
-        return ("dict", ret[1], tuple(_lower_ret(e, op0) for e in ret[2]))
+    if kind in ("seq", "dict"):
+        return (kind, ret[1], tuple(_lower_ret(e, slot, tape) for e in ret[2]))
+    if kind == "tensor":
+        j = ret[1][1]
+        return (kind, slot(ret[1]), tape.rules[j] if tape.recorded[j] else None)
+    if kind in ("detached", "array", "number"):
+        return (kind, slot(ret[1]))
     return ret
 
 
@@ -527,10 +2022,25 @@ def _setting(v: tuple, env: list) -> Any:
     return v[1](_setting(e, env) for e in v[2])
 
 
-def _replay(prog: _Program, args: tuple, kwargs: dict) -> Any:
-    """Run the program on new arguments; returns what the step returns."""
+def _fx_value(spec: tuple, env: list) -> Any:
+    kind = spec[0]
+    if kind == "obj":
+        return spec[1]
+    if kind == "tensor":
+        return Tensor._const(env[spec[1]])
+    if kind in ("array", "item"):
+        return env[spec[1]]
+    if kind == "seq":
+        return spec[1](_fx_value(e, env) for e in spec[2])
+    return {k: _fx_value(e, env) for k, e in zip(spec[1], spec[2])}
+
+
+def _replay(prog: _Program, flat: list, fuse: bool = False) -> Any:
+    """Run the program on new arguments; returns what the step returns.
+
+    ``fuse``: apply the opt-in fused update (see :func:`_fusable`) where it holds."""
     env = prog.template.copy()
-    for i, a in enumerate(_flat_args(args, kwargs)):
+    for i, a in enumerate(flat):
         env[i] = a.data if isinstance(a, Tensor) else a
     for s, t in prog.leaf_slots:
         env[s] = t.data
@@ -553,22 +2063,32 @@ def _replay(prog: _Program, args: tuple, kwargs: dict) -> Any:
             env[out_slot] = out if type(out) is np.ndarray else np.asarray(out)
             if recorded:
                 ctxs[j] = ctx
-        elif kind == _I_GEN:
-            env[st[3]] = st[1](*st[2])
-        elif kind == _I_CALL:
-            st[1](*st[2], **st[3])
+        elif kind == _I_FX:
+            res = st[1](*[_fx_value(a, env) for a in st[2]],
+                        **{k: _fx_value(a, env) for k, a in st[3].items()})
+            if st[4] is not None:
+                env[st[4]] = res.data if isinstance(res, Tensor) else res
+        elif kind == _I_ITEM:
+            env[st[2]] = env[st[1]].item()
         else:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                _backward(prog, env, ctxs)
-    return _build(prog.ret, prog, env)
+                _backward(prog, env, ctxs, _fused_now(prog) if fuse and prog.fused else None)
+    return _build(prog.ret, env)
 
 
-def _backward(prog: _Program, env: list, ctxs: list) -> None:
+class _VjpNode:
+    """What ``vjp_step`` reads of a node, for one op of a replay."""
+
+    __slots__ = ("op", "out", "ctx", "needs", "inputs")
+
+
+def _backward(prog: _Program, env: list, ctxs: list, fused: dict | None = None) -> None:
     """``run_backward`` with every structural decision made in advance.
 
-    Mirrors the eager walk step for step (the same VJP calls in the same
-    order, the same in-place accumulation rule, the same dtype casts, leaves
-    stored in the order their first gradient arrived), so gradients are
+    Each op's local step is ``tensor.vjp_step``, the function the eager walk
+    calls (the same VJP, in-place variant and split); around it, the same
+    accumulation rule, the same dtype casts, leaves stored in the order their
+    first gradient arrived, then their post-accumulate hooks: gradients are
     bit-identical to eager mode.
     """
     n = len(env)
@@ -578,34 +2098,26 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
     root = prog.root
     table[root] = np.ones_like(env[root])
     owned[root] = True
-    xp = NUMPY_NS
-    for rule, get, single, out, j, needs, dests, free in prog.bwd:
+    for node, get, single, out, j, dests, free, keep_out in prog.bwd:
         g = table[out]
         if g is None:
             continue
         table[out] = None
         ins = get(env)
-        # the same choices as run_backward: an in-place VJP when g is ours
-        # alone; the output dropped before the VJP when the rule never reads it
-        inplace = owned[out] and rule.vjp_inplace is not None
-        value = env[out] if rule.plan(needs)[1] else None
+        if single:
+            ins = (ins,)
+        node.inputs = ins
+        node.out = env[out] if keep_out else None
         if free:
             env[out] = None  # as in eager mode, let the value go once nothing needs it
-        ctx = ctxs[j]
+        node.ctx = ctxs[j]
         ctxs[j] = None
-        if rule.split is not None:  # as in eager mode: ctx is freed between the steps
-            step, inner = rule.split
-            g = step(g, value, ctx, inplace)
-            ctx = value = None
-            vjp = inner.vjp
+        if fused is not None and j in fused:
+            pgs = _fused_vjp(node, g, owned[out], fused[j])
         else:
-            vjp = rule.vjp_inplace if inplace else rule.vjp
-        if single:
-            pgs = vjp(g, value, ctx, needs, xp, ins)
-            ins = (ins,)
-        else:
-            pgs = vjp(g, value, ctx, needs, xp, *ins)
-        value = ctx = None
+            pgs = vjp_step(node, g, owned[out], True)
+        node.inputs = node.out = node.ctx = None
+        rule = node.op
         for i, d, leaf in dests:
             pg = pgs[i]
             if pg is None:
@@ -623,41 +2135,234 @@ def _backward(prog: _Program, env: list, ctxs: list) -> None:
                 total = old + pg
                 table[d] = total if type(total) is np.ndarray else np.asarray(total)
                 owned[d] = True
+    hooked = prog.post_hooks
     for d in first:
-        _store_grad(prog.leaf_of[d], table[d], owned[d], False)
+        leaf = prog.leaf_of[d]
+        _store_grad(leaf, table[d], owned[d], False)
+        if d in hooked and leaf._post_hooks:
+            for hook in list(leaf._post_hooks):
+                hook(leaf)
 
 
-def _build(ret: tuple, prog: _Program, env: list) -> Any:
+# ---------------------------------------------------------------------------
+# The optimizer's step as a precompiled update
+# ---------------------------------------------------------------------------
+
+
+def _update_plan(tape: _Tape, ins: tuple) -> _SGDPlan | None:
+    """A plan for an ``SGD.step()`` instruction of the tape, or None (replayed as is)."""
+    from .optim.sgd import SGD
+
+    _, k, spec, aspec, kspec = ins
+    if spec.fn is not _OPT_STEP or kspec or len(aspec) != 1 or aspec[0][0] != "obj":
+        return None
+    opt = aspec[0][1]
+    if type(opt) is not SGD or k is not None:
+        return None
+    # zeroed before this step in the same program: no gradient can be stale
+    zeroed = False
+    for other in tape.instrs:
+        if other is ins:
+            break
+        if other[0] == _I_FX and other[2].fn is _OPT_ZERO and other[3][:1] == (("obj", opt),):
+            zeroed = True
+    return _SGDPlan(opt, check=not zeroed)
+
+
+class _SGDPlan:
+    """``SGD.step()`` in a replay: the same arithmetic as ``SGD._update``, in the same
+    order, with what does not change from step to step worked out once (which
+    parameters take BLAS, their scratch buffers), and the settings read live at
+    every replay. A group with momentum, weight decay or maximize runs the
+    optimizer's own update. The stale-gradient check is skipped when the step
+    zeroes this optimizer's gradients before (nothing can be stale then); the
+    step marks and version bumps of ``Optimizer.step`` are kept."""
+
+    __slots__ = ("opt", "check", "cache")
+
+    def __init__(self, opt: Optimizer, check: bool) -> None:
+        self.opt = opt
+        self.check = check
+        self.cache: dict[int, tuple] = {}  # id(param) -> (array, fused, blas, scratch)
+
+    def __call__(self) -> None:
+        from .optim import _blas
+
+        opt = self.opt
+        if self.check and opt.warn_unzeroed_grad and not opt._warned:
+            opt._check_stale_grads()
+        cache = self.cache
+        for group in opt.param_groups:
+            params = [p for p in group["params"] if p._grad is not None]
+            if not params:
+                continue
+            if group["momentum"] != 0 or group["weight_decay"] != 0 or group["maximize"]:
+                opt._update(group, params)
+            else:
+                neg = -group["lr"]
+                fused = group["fused"]
+                for p in params:
+                    w = p.data
+                    c = cache.get(id(p))
+                    if c is None or c[0] is not w or c[1] is not fused:
+                        blas = fused and _blas.supports(w)
+                        c = cache[id(p)] = (w, fused, blas, None if blas else opt._buf(w, 3))
+                    g = opt._grad(p, False)
+                    if c[2]:
+                        _blas.axpy(neg, g, w)
+                    else:
+                        t = c[3]
+                        np.multiply(g, neg, out=t)
+                        w += t
+            for p in params:
+                _bump(p)  # graphs recorded with the old values must not backpropagate
+                gt = p._grad
+                gt.__dict__[STEP_MARK] = gt._version
+
+
+# ---------------------------------------------------------------------------
+# The opt-in fused update: W -= lr * delta^T a as one BLAS product
+# ---------------------------------------------------------------------------
+
+_FUSABLE_RULES = ("linear", "linear_relu", "linear_nobias")
+
+
+def _fusable(tape: _Tape) -> dict[int, tuple]:
+    """The Linear ops whose parameters a plain SGD step updates right after backward:
+    ``{op index: (weight, bias or None, optimizer)}``.
+
+    Conditions, checked on the tape: the step calls an ``SGD`` optimizer's
+    ``step()`` after ``backward()`` with nothing in between that reads or changes
+    parameters (no op on them, no declared call); the weight and bias are that
+    optimizer's, each reached by this op alone in backward, with no gradient
+    hooks. At each replay :func:`_fused_now` checks what can change: the group's
+    settings (no momentum, no weight decay, not maximize), gradients not already
+    accumulated, and array layouts BLAS takes.
+    """
+    from .optim import _blas
+    from .optim.sgd import SGD
+
+    kinds = [ins[0] for ins in tape.instrs]
+    if _I_BACKWARD not in kinds:
+        return {}
+    after = tape.instrs[kinds.index(_I_BACKWARD) + 1:]
+    opt = None
+    for ins in after:
+        if ins[0] == _I_FX:
+            a = ins[3]
+            if (ins[2].fn is _OPT_STEP and len(a) == 1 and not ins[4] and a[0][0] == "obj"
+                    and type(a[0][1]) is SGD):
+                opt = a[0][1]
+            break
+        if ins[0] == _I_OP and any(r[0] == _LEAF for r in ins[3]):
+            return {}  # an op reads a parameter between backward and the update
+    if opt is None:
+        return {}
+    ours = {id(p) for g in opt.param_groups for p in g["params"]}
+    uses: dict[int, int] = {}
+    for j in tape.order:
+        for (kind, ref), need in zip(tape.bwd_refs[j], tape.needs[j]):
+            if need and kind == _LEAF:
+                uses[id(ref)] = uses.get(id(ref), 0) + 1
+    hooked = {id(t) for t in tape.post_hooks}
+    out = {}
+    for j in tape.order:
+        if tape.rules[j].name not in _FUSABLE_RULES:
+            continue
+        refs, needs = tape.bwd_refs[j], tape.needs[j]
+        params = [r[1] for r in refs[1:]]
+        if not all(r[0] == _LEAF for r in refs[1:]) or not all(needs[1:]):
+            continue
+        if any(id(p) not in ours or uses.get(id(p)) != 1 or id(p) in hooked for p in params):
+            continue
+        if params[0].data.size < _blas.MIN_SIZE:
+            continue  # a small layer: a ctypes call costs more than it saves
+        out[j] = (params[0], params[1] if len(params) > 1 else None, opt)
+    return out
+
+
+def _group_of(opt: Any, p: Tensor) -> dict | None:
+    for g in opt.param_groups:
+        if any(q is p for q in g["params"]):
+            return g
+    return None
+
+
+def _fused_now(prog: _Program) -> dict[int, tuple]:
+    """The fusable ops whose update can be fused in this replay, with their lr."""
+    from .optim import _blas
+
+    now = {}
+    for j, (w, b, opt) in prog.fused.items():
+        g = prog.fused_groups.get(j)
+        if g is None or all(g is not h for h in opt.param_groups):
+            g = prog.fused_groups[j] = _group_of(opt, w)
+        if g is None or (b is not None and all(q is not b for q in g["params"])):
+            continue
+        if g["momentum"] != 0 or g["weight_decay"] != 0 or g["maximize"]:
+            continue
+        if w._grad is not None or (b is not None and b._grad is not None):
+            continue  # gradients accumulate across calls: the update needs them whole
+        if w.data.size < _blas.MIN_SIZE or not _blas.fits(w.data) or (
+                b is not None and not _blas.fits(b.data)):
+            continue  # a small layer: a ctypes call costs more than it saves
+        now[j] = (w, b, g["lr"])
+    return now
+
+
+def _fused_vjp(node: Any, g: np.ndarray, inplace: bool, fused: tuple) -> tuple:
+    """Linear's VJP with the weight and bias updated in place instead of returning
+    their gradients: ``W += -lr * delta^T x`` (one GEMM, beta = 1) and ``b +=
+    -lr * delta^T 1`` (one GEMV), after ``delta @ W`` has used the old weight."""
+    from .ops import _ones
+    from .optim import _blas
+
+    w, b, lr = fused
+    rule = node.op
+    x = node.inputs[0]
+    if rule.split is not None:  # linear_relu: delta = g * relu' first, as eager mode does
+        step, _ = rule.split
+        g = step(g, None, node.ctx, inplace)
+        node.ctx = None
+    if x.ndim != 2 or not _blas.fits(g, x, w.data):
+        return vjp_step(_linear_node(node, g), g, False, True)  # as an unfused VJP
+    gx = g @ w.data if node.needs[0] else None
+    _blas.gemm_update(-lr, g, x, w.data)
+    _bump(w)
+    if b is not None:
+        _blas.gemv_update(-lr, g, _ones(g.shape[0], g.dtype.str), b.data)
+        _bump(b)
+    return (gx, None, None) if b is not None else (gx, None)
+
+
+def _linear_node(node: Any, g: np.ndarray) -> Any:
+    """The node of linear's VJP for a delta already formed (a layout BLAS refused)."""
+    from .ops import RULES
+
+    n = object.__new__(_VjpNode)
+    n.op = RULES["linear"] if len(node.inputs) == 3 else RULES["linear_nobias"]
+    n.out = n.ctx = None
+    n.needs = node.needs
+    n.inputs = node.inputs
+    return n
+
+
+def _build(ret: tuple, env: list) -> Any:
     kind = ret[0]
-    if kind == "tensor":
-        return _result_tensor(env[ret[1]], prog.tape, ret[2])
-    if kind == "item":
-        return env[ret[1]].item()
+    if kind == "tensor":  # what eager mode returns: a tensor whose graph backward() freed
+        rule = ret[2]
+        return Tensor._const(env[ret[1]]) if rule is None else _released_result(env[ret[1]], rule)
+    if kind == "number":
+        return env[ret[1]]
     if kind == "detached":
         return Tensor._const(env[ret[1]])
     if kind == "array":
         return env[ret[1]]
     if kind == "seq":
-        return ret[1](_build(e, prog, env) for e in ret[2])
+        return ret[1](_build(e, env) for e in ret[2])
     if kind == "dict":
-        return {k: _build(e, prog, env) for k, e in zip(ret[1], ret[2])}
+        return {k: _build(e, env) for k, e in zip(ret[1], ret[2])}
     return ret[1]
-
-
-def _result_tensor(data: np.ndarray, tape: _Tape, j: int) -> Tensor:
-    """What eager mode returns: a tensor whose graph backward() already freed."""
-    if not tape.recorded[j]:
-        return Tensor._const(data)
-    node = object.__new__(Node)
-    node.op = tape.rules[j]
-    node.parents = node.inputs = node.needs = ()
-    node.out = None
-    node.ctx = _RELEASED
-    node.stamp = _tick()
-    node.shape = data.shape
-    node.dtype = data.dtype
-    node.params = {}
-    return Tensor._of(data, node)
 
 
 # ---------------------------------------------------------------------------
@@ -665,103 +2370,138 @@ def _result_tensor(data: np.ndarray, tape: _Tape, j: int) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-def _tensors_in(tape: _Tape) -> list[Tensor]:
-    """Every tensor whose data or gradient the step may change."""
-    seen: dict[int, Tensor] = {}
-    for t in tape.leaves:
-        seen.setdefault(id(t), t)
-    for obj in tape.state:
-        params: Any = ()
-        if isinstance(obj, list):
-            params = obj
-        elif isinstance(obj, Optimizer):
-            params = [p for g in obj.param_groups for p in g["params"]]
-        for p in params:
-            if isinstance(p, Tensor):
-                seen.setdefault(id(p), p)
-    return list(seen.values())
+def _save(v: Any, depth: int = 0) -> tuple:
+    """(kind, the object, a copy of its contents) -- restorable in place."""
+    if isinstance(v, np.ndarray):
+        return ("a", v, v.copy())
+    if depth < 6 and isinstance(v, dict):
+        return ("d", v, [(k, _save(x, depth + 1)) for k, x in v.items()])
+    if depth < 6 and isinstance(v, list):
+        return ("l", v, [_save(x, depth + 1) for x in v])
+    if isinstance(v, set):
+        return ("s", v, set(v))
+    return ("v", v, None)  # immutable, or an object restored on its own (a Tensor)
+
+
+def _load(s: tuple) -> Any:
+    kind, orig, saved = s
+    if kind == "a":
+        if orig.flags.writeable:
+            orig[...] = saved
+            return orig
+        return saved.copy()
+    if kind == "d":
+        items = [(k, _load(x)) for k, x in saved]
+        orig.clear()
+        orig.update(items)
+        return orig
+    if kind == "l":
+        orig[:] = [_load(x) for x in saved]
+        return orig
+    if kind == "s":
+        orig.clear()
+        orig.update(saved)
+        return orig
+    return orig
+
+
+def _matches(s: tuple, now: Any) -> bool:
+    """Whether ``now`` has the contents saved in ``s``."""
+    kind, orig, saved = s
+    if kind == "a":
+        return isinstance(now, np.ndarray) and _same_array(now, saved)
+    if kind == "d":
+        return (isinstance(now, dict) and len(now) == len(saved)
+                and all(k in now and _matches(x, now[k]) for k, x in saved))
+    if kind == "l":
+        return (isinstance(now, list) and len(now) == len(saved)
+                and all(_matches(x, y) for x, y in zip(saved, now)))
+    if kind == "s":
+        return now == saved
+    return _same_value(orig, now)
 
 
 class _Snapshot:
-    """Copies of everything a step may change, to put back or compare."""
+    """Copies of everything a step may change, to put back or to compare."""
 
-    def __init__(self, tape: _Tape) -> None:
-        self.tensors = []
-        for t in _tensors_in(tape):
-            g = t._grad
-            self.tensors.append((t, t.data, t.data.copy(), g,
-                                 None if g is None else (g.data, g.data.copy())))
-        self.objects = []
-        for obj in tape.state:
-            if isinstance(obj, list):
+    def __init__(self, tape: _Tape, flat: list) -> None:
+        objs: list[Any] = list(tape.leaves)
+        for kind, v in tape.touched:
+            if kind == _ARG:
+                a = flat[v]
+                objs.append(a.data if isinstance(a, Tensor) else a)
+            else:
+                objs.append(v)
+        seen: set[int] = set()
+        self.items: list[tuple] = []
+        for o in objs:
+            if id(o) in seen:
                 continue
-            if isinstance(obj, Optimizer):
-                state = {p: {k: (v, v.copy() if isinstance(v, np.ndarray) else copy.deepcopy(v))
-                             for k, v in s.items()} for p, s in obj.state.items()}
-                groups = [{k: v for k, v in g.items() if k != "params"} for g in obj.param_groups]
-                self.objects.append(("opt", obj, state, copy.deepcopy(groups)))
-            else:  # a scheduler (its optimizer's groups are saved through it)
-                saved = {k: copy.copy(v) for k, v in vars(obj).items() if k != "optimizer"}
-                self.objects.append(("obj", obj, saved, None))
-        self.generators = [(g, copy.deepcopy(g.bit_generator.state)) for g in tape.generators]
+            seen.add(id(o))
+            if isinstance(o, Tensor):
+                g = o._grad
+                self.items.append(("t", o, o.data, o.data.copy(), g,
+                                   None if g is None else (g.data, g.data.copy(),
+                                                           dict(g.__dict__)),
+                                   o._requires_grad))
+            elif isinstance(o, np.ndarray):
+                self.items.append(("a", o, o.copy()))
+            elif isinstance(o, np.random.Generator):
+                self.items.append(("g", o, copy.deepcopy(o.bit_generator.state)))
+            elif isinstance(getattr(o, "__dict__", None), dict):
+                self.items.append(("o", o, _save(vars(o))))
 
     def restore(self) -> None:
-        for t, data, saved, g, gsaved in self.tensors:
-            data[...] = saved
-            t.data = data
-            t._grad = g
-            if g is not None:
-                g.data = gsaved[0]
-                g.data[...] = gsaved[1]
-        for kind, obj, saved, groups in self.objects:
-            if kind == "opt":
-                new = {}
-                for p, s in saved.items():
-                    entry = {}
-                    for k, (orig, val) in s.items():
-                        if isinstance(orig, np.ndarray) and orig.shape == val.shape:
-                            orig[...] = val
-                            entry[k] = orig
-                        else:
-                            entry[k] = copy.deepcopy(val)
-                    new[p] = entry
-                obj.state.clear()
-                obj.state.update(new)
-                for g, s in zip(obj.param_groups, groups):
-                    g.update(copy.deepcopy(s))
+        for it in self.items:
+            kind, o = it[0], it[1]
+            if kind == "t":
+                _, t, data, saved, g, gsaved, rg = it
+                if data.flags.writeable:
+                    data[...] = saved
+                t.data = data
+                t._grad = g
+                if g is not None:
+                    g.data = gsaved[0]
+                    g.data[...] = gsaved[1]
+                    g.__dict__.clear()
+                    g.__dict__.update(gsaved[2])
+                t._requires_grad = rg
+            elif kind == "a":
+                o[...] = it[2]
+            elif kind == "g":
+                o.bit_generator.state = it[2]
             else:
-                vars(obj).update({k: copy.copy(v) for k, v in saved.items()})
-        for gen, state in self.generators:
-            gen.bit_generator.state = state
+                _load(it[2])
 
     def differs_from_now(self) -> str | None:
         """What differs between this snapshot and the current state (None: nothing)."""
-        for t, _, saved, _, gsaved in self.tensors:
-            name = t.name or f"tensor of shape {t.shape}"
-            if not _same_array(t.data, saved):
-                return f"the values of {name}"
-            g = t._grad
-            if (g is None) != (gsaved is None) or (g is not None and not _same_array(g.data,
-                                                                                      gsaved[1])):
-                return f"the gradient of {name}"
-        for kind, obj, saved, _groups in self.objects:
-            if kind == "opt":
-                if set(obj.state) != set(saved):
-                    return f"which parameters have {type(obj).__name__} state"
-                for p, s in saved.items():
-                    now = obj.state[p]
-                    if set(now) != set(s):
-                        return f"{type(obj).__name__} state keys"
-                    for k, (_, val) in s.items():
-                        if not _same_value(now[k], val):
-                            return f"{type(obj).__name__} state {k!r}"
+        for it in self.items:
+            kind, o = it[0], it[1]
+            if kind == "t":
+                _, t, _, saved, _, gsaved, rg = it
+                name = t.name or f"a tensor of shape {t.shape}"
+                if not _same_array(t.data, saved):
+                    return f"the values of {name}"
+                g = t._grad
+                if (g is None) != (gsaved is None) or (
+                        g is not None and not _same_array(g.data, gsaved[1])):
+                    return f"the gradient of {name}"
+                if t._requires_grad != rg:
+                    return f"{name}.requires_grad"
+            elif kind == "a":
+                if not _same_array(o, it[2]):
+                    return f"the values of an argument of shape {o.shape}"
+            elif kind == "g":
+                if o.bit_generator.state != it[2]:
+                    return "the state of a random generator"
             else:
-                for k, v in saved.items():
-                    if not _same_value(vars(obj).get(k), v):
-                        return f"{type(obj).__name__}.{k}"
-        for gen, state in self.generators:
-            if gen.bit_generator.state != state:
-                return "the random generator's state"
+                saved = it[2][2]
+                now = vars(o)
+                for k, x in saved:
+                    if k not in now or not _matches(x, now[k]):
+                        return f"{type(o).__name__}.{k}"
+                if len(now) != len(saved):
+                    return f"the attributes of a {type(o).__name__}"
         return None
 
 
@@ -770,15 +2510,26 @@ def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _same_value(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
                 and _same_array(a, b))
+    if isinstance(a, (Tensor, Module, Optimizer)) or isinstance(b, (Tensor, Module, Optimizer)):
+        return False
     if isinstance(a, float) and isinstance(b, float):
         return _same_float(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return (type(a) is type(b) and len(a) == len(b)
+                and all(_same_value(x, y) for x, y in zip(a, b)))
     try:
         return bool(a == b)
     except Exception:  # noqa: BLE001  (objects without a plain ==)
         return False
+
+
+def _same_float(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)
 
 
 def _same_result(a: Any, b: Any) -> bool:
@@ -792,7 +2543,26 @@ def _same_result(a: Any, b: Any) -> bool:
         return a.keys() == b.keys() and all(_same_result(a[k], b[k]) for k in a)
     if isinstance(a, float) and isinstance(b, float):
         return _same_float(a, b)
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
     return a is b
+
+
+def _plain_result(v: Any) -> Any:
+    """The capture's return value without the capture's traced types."""
+    if isinstance(v, Tensor):
+        if isinstance(v.data, _Traced):
+            v.data = v.data.view(np.ndarray)
+        return v
+    if isinstance(v, _Traced):
+        return v.view(np.ndarray)
+    if isinstance(v, (_TracedFloat, _TracedInt)):
+        return _plain_number(v)
+    if isinstance(v, (tuple, list)):
+        return type(v)(_plain_result(e) for e in v)
+    if isinstance(v, dict):
+        return {k: _plain_result(e) for k, e in v.items()}
+    return v
 
 
 # ---------------------------------------------------------------------------
@@ -800,176 +2570,296 @@ def _same_result(a: Any, b: Any) -> bool:
 # ---------------------------------------------------------------------------
 
 
-_PLAIN = (int, float, str, bool, type(None))
+def _key_of(v: Any, key: list, flat: list, others: list) -> None:
+    """Append ``v``'s part of the signature: array shapes and dtypes, the exact
+    values of numbers and strings, the identity of any other object."""
+    t = type(v)
+    if t is Tensor or isinstance(v, Tensor):
+        flat.append(v)
+        key.append(("T", v.data.shape, v.data.dtype.str, v._requires_grad))
+    elif isinstance(v, np.ndarray):
+        flat.append(v)
+        key.append(("A", v.shape, v.dtype.str))
+    elif t is float:
+        key.append((float, struct.pack("<d", v)))  # exact bits: -0.0 and NaN are values too
+    elif t in _ATOMS:
+        key.append((t, v))
+    elif isinstance(v, np.generic):
+        key.append((t, v.tobytes()))
+    elif t in (tuple, list):
+        key.append((t, len(v)))
+        for e in v:
+            _key_of(e, key, flat, others)
+    elif t is dict:
+        key.append((dict, tuple(v)))
+        for e in v.values():
+            _key_of(e, key, flat, others)
+    else:
+        key.append(("id", id(v)))  # kept alive by the entry, so the id stays unique
+        others.append(v)
 
 
-def _signature(args: tuple, kwargs: dict) -> tuple | None:
-    """What a tape is valid for: shapes and dtypes of array arguments, the value of
-    Python numbers and strings, the identity of other objects. None when an
-    argument is a container (a list of labels, a tuple of arrays): its contents
-    would be frozen into the tape, so such steps are not replayed."""
-    sig = []
-    for a in _flat_args(args, kwargs):
-        if isinstance(a, Tensor):
-            sig.append(("T", a.data.shape, a.data.dtype.str, a._requires_grad))
-        elif isinstance(a, np.ndarray):
-            sig.append(("A", a.shape, a.dtype.str))
-        elif isinstance(a, _PLAIN):
-            sig.append((type(a), a))
-        elif isinstance(a, (list, tuple, dict, set)):
-            return None
-        else:
-            sig.append((type(a), id(a)))
-    return (tuple(sig), tuple(kwargs))
+def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list, list]:
+    key: list = []
+    flat: list = []
+    others: list = []
+    for a in args:
+        _key_of(a, key, flat, others)
+    for k, v in kwargs.items():
+        key.append(k)
+        _key_of(v, key, flat, others)
+    return tuple(key), flat, others
 
 
 class _Entry:
-    __slots__ = ("prog", "verified", "surprises", "eager_only")
+    """One signature: its programs (each with its guards), or why it stays eager."""
 
-    def __init__(self) -> None:
-        self.prog: _Program | None = None
-        self.verified = False
-        self.surprises = 0
+    __slots__ = ("progs", "captures", "eager_only", "why", "others", "retried")
+
+    def __init__(self, others: list) -> None:
+        self.progs: list[_Program] = []
+        self.retried = False  # a refusal that may not repeat (one-time set-up) was retried
+        self.captures = 0
         self.eager_only = False
+        self.why: str | None = None
+        self.others = others  # objects in the signature by identity
 
 
 class CompiledStep:
     """A training step that is captured once and replayed (see the module docs).
 
-    ``stats`` counts how calls ran: ``"eager"`` (not replayable, or the
-    guards failed), ``"captured"``, ``"verified"`` (eager, then checked
-    against a replay) and ``"replayed"``; ``unsupported`` says why a step
-    could not be replayed, if it could not.
+    Attributes
+    ----------
+    stats : dict
+        How calls ran: ``"eager"`` (not replayable, or refused), ``"captured"``,
+        ``"verified"`` (run eagerly, then checked against a replay) and
+        ``"replayed"``.
+    unsupported : str or None
+        Why the step (or one of its signatures) runs eagerly, once it does.
+    last_refusal : str or None
+        The last reason a capture was refused (a refusal that may not repeat, such
+        as a one-time set-up inside the step, is tried once more).
+    last_guard_failure : str or None
+        What changed the last time a guard sent a call back to capture.
+    strict : bool
+        Raise :class:`CompileError` instead of running a call eagerly.
+    fused_update : bool
+        Replay plain-SGD steps of Linear layers as one BLAS product per layer
+        (see :func:`compile`).
     """
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    @property
+    def fused_params(self) -> list[Tensor]:
+        """The parameters the fused update applies to (in the programs captured so far)."""
+        out: list[Tensor] = []
+        for entry in self._entries.values():
+            for prog in entry.progs:
+                for w, b, _ in prog.fused.values():
+                    out += [p for p in (w, b) if p is not None and all(p is not q for q in out)]
+        return out
+
+    def __init__(self, fn: Callable[..., Any], strict: bool = False,
+                 fused_update: bool = False) -> None:
+        if fused_update:
+            from .optim import _blas
+
+            if not _blas.matrix_available():
+                _blas.require("cr.compile(fused_update=True)")
+                raise RuntimeError(
+                    "cr.compile(fused_update=True): this NumPy's OpenBLAS has no gemm/gemv "
+                    "chainrule can call"
+                )
         self.fn = fn
+        self.strict = strict
+        self.fused_update = fused_update
         self._entries: dict[tuple, _Entry] = {}
         self.stats = {"eager": 0, "captured": 0, "verified": 0, "replayed": 0}
         self.unsupported: str | None = None
+        self.last_guard_failure: str | None = None
+        self.last_refusal: str | None = None
+        self._locate = False  # check state around every declared call (after a refusal)
         self._gave_up = False
+        self._lock = threading.RLock()
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if _mode.tracer is not None or _mode.anomaly or not _mode.grad:
-            # nested in another compiled step, debugging NaNs, or under no_grad
-            self.stats["eager"] += 1
-            return self.fn(*args, **kwargs)
-        if self._gave_up:
-            self.stats["eager"] += 1
-            return self.fn(*args, **kwargs)
-        key = _signature(args, kwargs)
-        if key is None:
-            self.unsupported = (
-                "an argument is a list, tuple, dict or set; pass arrays or Tensors (a "
-                "replay would reuse the captured contents)"
-            )
-            self.stats["eager"] += 1
-            return self.fn(*args, **kwargs)
-        entry = self._entries.get(key)
-        if entry is None:
-            if len(self._entries) >= _MAX_SIGNATURES:
-                # every call brings new shapes or values: capturing costs, never pays
-                self._gave_up = True
-                self._entries.clear()
-                self.unsupported = (
-                    f"more than {_MAX_SIGNATURES} different argument signatures (shapes, "
-                    "dtypes or Python values of the arguments); the step runs eagerly"
-                )
-                self.stats["eager"] += 1
-                return self.fn(*args, **kwargs)
-            entry = self._entries[key] = _Entry()
-        if entry.eager_only:
-            self.stats["eager"] += 1
-            return self.fn(*args, **kwargs)
-        prog = entry.prog
-        if prog is None:
-            return self._capture(entry, args, kwargs)
-        if not _guards_hold(prog.tape):
-            entry.prog = None
-            entry.surprises += 1
-            if entry.surprises > _MAX_RECAPTURES:
+        if _mode.tracer is not None:
+            return self._eager("it is called inside another compiled step", args, kwargs,
+                               lasting=False)
+        if _mode.anomaly:
+            return self._eager("detect_anomaly() is on", args, kwargs, lasting=False)
+        if not _mode.grad:
+            return self._eager("gradients are off (no_grad)", args, kwargs, lasting=False)
+        with self._lock:
+            if self._gave_up:
+                return self._eager(self.unsupported, args, kwargs)
+            key, flat, others = _signature(args, kwargs)
+            entry = self._entries.get(key)
+            if entry is None:
+                if len(self._entries) >= _MAX_SIGNATURES:
+                    # every call brings new shapes or values: capturing costs, never pays
+                    self._gave_up = True
+                    self._entries.clear()
+                    self.unsupported = (
+                        f"more than {_MAX_SIGNATURES} different argument signatures (shapes, "
+                        "dtypes or Python values of the arguments); the step runs eagerly"
+                    )
+                    return self._eager(self.unsupported, args, kwargs)
+                entry = self._entries[key] = _Entry(others)
+            if entry.eager_only:
+                return self._eager(entry.why, args, kwargs)
+            first = None  # what failed in the newest variant
+            for prog in entry.progs:
+                why = prog.tape.guard.check()
+                if why is None:
+                    if prog.verified:
+                        self.stats["replayed"] += 1
+                        return _replay(prog, flat, self.fused_update)
+                    return self._verify(entry, prog, args, kwargs, flat)
+                first = first or why
+            if first is not None:
+                self.last_guard_failure = first
+            if entry.captures >= _MAX_CAPTURES:
                 entry.eager_only = True
-                self.stats["eager"] += 1
-                return self.fn(*args, **kwargs)
-            return self._capture(entry, args, kwargs)
-        if not entry.verified:
-            return self._verify(entry, args, kwargs)
-        self.stats["replayed"] += 1
-        return _replay(prog, args, kwargs)
+                entry.why = self.unsupported = (
+                    f"the step was captured {_MAX_CAPTURES} times for the same argument shapes "
+                    f"and its guards keep failing (last: {self.last_guard_failure}); it runs "
+                    "eagerly"
+                )
+                return self._eager(entry.why, args, kwargs)
+            return self._capture(entry, args, kwargs, flat)
 
-    def _capture(self, entry: _Entry, args: tuple, kwargs: dict) -> Any:
-        rec = _Recorder(args, kwargs)
-        _mode.tracer = rec
-        try:
-            out = self.fn(*args, **kwargs)
-        finally:
-            _mode.tracer = None
-        self.stats["captured"] += 1
-        tape = rec.finish(out)
-        if tape is None:
-            self.unsupported = rec.error
+    # ----- the ways a call runs ---------------------------------------------------
+
+    def _eager(self, why: str | None, args: tuple, kwargs: dict, lasting: bool = True) -> Any:
+        if self.strict:
+            raise CompileError(f"cr.compile(strict=True): cannot replay {self._name()}: {why}")
+        self.stats["eager"] += 1
+        return self.fn(*args, **kwargs)
+
+    def _name(self) -> str:
+        return getattr(self.fn, "__qualname__", None) or repr(self.fn)
+
+    def _refused(self, entry: _Entry, why: str, retry: bool) -> None:
+        """A capture or verification found the step not replayable."""
+        self.last_refusal = why
+        entry.captures += 1
+        if not retry or entry.retried or entry.captures >= _MAX_CAPTURES:
             entry.eager_only = True
-        else:
-            entry.prog = _lower(tape, len(args) + len(kwargs))
-            entry.verified = False
-        return out
-
-    def _verify(self, entry: _Entry, args: tuple, kwargs: dict) -> Any:
-        """Run eagerly, then replay from the same starting state: both must agree."""
-        prog = entry.prog
-        assert prog is not None
-        self.stats["verified"] += 1
-        before = _Snapshot(prog.tape)
-        out = self.fn(*args, **kwargs)
-        after = _Snapshot(prog.tape)
-        before.restore()
-        why = None
-        try:
-            replayed = _replay(prog, args, kwargs)
-        except Exception as exc:  # noqa: BLE001  (eager succeeded, so the tape is wrong)
-            why = f"the replay failed ({type(exc).__name__}: {exc})"
-        else:
-            what = after.differs_from_now()
-            if what is not None:
-                why = f"a replay changed {what} differently from the eager step"
-            elif not _same_result(out, replayed):
-                why = "a replay returned a different value from the eager step"
-        if why is not None:
-            after.restore()  # keep exactly what the eager step did
-            self.unsupported = (
-                f"{why}: the step does something the tape cannot see (Python state, "
-                "values computed outside chainrule's ops); it runs eagerly"
+            entry.why = self.unsupported = why
+        else:  # it may not happen again (a one-time set-up): capture once more, checking
+            self._locate = True  # around every declared call, to say where if it does
+        entry.retried = True
+        if self.strict:
+            raise CompileError(
+                f"cr.compile(strict=True): cannot replay {self._name()}: {why} (this call ran "
+                "eagerly; its effects took place)"
             )
-            entry.eager_only = True
-            entry.prog = None
+
+    def _roots(self, args: tuple, kwargs: dict) -> list[tuple[str, Any]]:
+        roots: list[tuple[str, Any]] = [(f"the step function {self._name()}", self.fn)]
+        roots += [(f"argument {i}", a) for i, a in enumerate(args)]
+        roots += [(f"argument {k!r}", v) for k, v in kwargs.items()]
+        roots.append(("chainrule's global generator", default_generator()))
+        roots.append(("NumPy's global generator (np.random.*)", np.random.mtrand._rand))
+        return roots
+
+    def _trace(self, args: tuple, kwargs: dict, flat: list,
+               locate: bool = False) -> tuple[_Recorder, Any]:
+        rec = _Recorder(self.fn, flat, self._roots(args, kwargs), locate)
+        try:
+            out = rec.run(args, kwargs)
+            if rec.error is None:
+                rec.finish(out)
+        finally:
+            rec.untaint()
+        return rec, _plain_result(out)
+
+    def _capture(self, entry: _Entry, args: tuple, kwargs: dict, flat: list) -> Any:
+        self.stats["captured"] += 1
+        rec, out = self._trace(args, kwargs, flat, locate=self._locate)
+        if rec.error is not None:
+            self._refused(entry, rec.error, rec.retry)
         else:
-            entry.verified = True
+            entry.captures += 1
+            entry.progs.insert(0, _lower(rec.tape, self.fused_update))
+            del entry.progs[_MAX_VARIANTS:]
+        return out
+
+    def _verify(self, entry: _Entry, prog: _Program, args: tuple, kwargs: dict,
+                flat: list) -> Any:
+        """Run eagerly (recording again), then replay from the same starting state:
+        both must record the same program and end in the same state, bit for bit."""
+        self.stats["verified"] += 1
+        before = _Snapshot(prog.tape, flat)
+        rec, out = self._trace(args, kwargs, flat, locate=self._locate)
+        why = rec.error
+        retry = rec.retry
+        if why is None:
+            why = _diff_tapes(prog.tape, rec.tape)
+            if why is not None:
+                why = (f"two calls with the same argument shapes recorded different programs: "
+                       f"{why}")
+        if why is None:
+            after = _Snapshot(prog.tape, flat)
+            before.restore()
+            try:
+                replayed = _replay(prog, flat)
+            except Exception as exc:  # noqa: BLE001  (eager succeeded, so the tape is wrong)
+                why = f"the replay failed ({type(exc).__name__}: {exc})"
+            else:
+                what = after.differs_from_now()
+                if what is not None:
+                    why = f"a replay changed {what} differently from the eager step"
+                elif not _same_result(out, replayed):
+                    why = "a replay returned a different value from the eager step"
+            if why is not None:
+                after.restore()  # keep exactly what the eager step did
+                why += (": the step depends on something the capture cannot see; it runs "
+                        "eagerly")
+                retry = False
+        if why is not None:
+            entry.progs.remove(prog)
+            self._refused(entry, why, retry)
+        else:
+            prog.verified = True
         return out
 
 
-def _guards_hold(tape: _Tape) -> bool:
-    if tape.modules and tape.structure != STRUCTURE[0]:
-        return False  # a layer or parameter was added, removed or replaced
-    for m, training in tape.modules:
-        if m.training is not training:
-            return False
-    for t, rg in zip(tape.leaves, tape.frozen):
-        if t._requires_grad is not rg or t._hooks:
-            return False
-    return True
-
-
-def compile(fn: Callable[..., Any]) -> CompiledStep:  # noqa: A001  (cr.compile, like torch.compile)
+def compile(fn: Callable[..., Any], *, strict: bool = False,  # noqa: A001
+            fused_update: bool = False) -> CompiledStep:
     """Capture a training step once and replay it on later batches of the same shape.
 
-    ``fn(*batch)`` must do zero_grad, forward, loss, ``backward()`` and the
-    optimizer step, and return the loss (or other tensors it computed); the
-    compiled step returns the same thing, with bit-identical values and
-    parameters. After capture the step's Python no longer runs: see the
-    module documentation for the contract.
+    Parameters
+    ----------
+    fn : callable
+        ``fn(*batch)`` does zero_grad, forward, loss, ``backward()`` and the
+        optimizer step, and returns the loss (or other tensors it computed, their
+        ``.item()``, tuples/lists/dicts of these).
+    strict : bool
+        Raise :class:`CompileError` whenever a call cannot be replayed, instead of
+        running it eagerly (capture and verification calls still run eagerly:
+        that is how a step is captured).
+    fused_update : bool
+        Opt in to a faster replay that is **not bit-identical** to eager mode: a
+        Linear layer whose weight and bias a plain SGD step (no momentum, no
+        weight decay) updates right after ``backward()`` is updated inside the
+        backward pass, ``W -= lr * delta^T a`` as one BLAS matrix product with
+        beta = 1 and the bias by a matrix-vector product, instead of writing the
+        gradient and then reading it again. The results agree with eager mode to
+        rounding; those parameters' ``.grad`` stay empty (None); the
+        verification call still checks the unfused replay bit for bit.
+        ``step.fused_params`` lists the parameters it applies to.
+
+    Returns
+    -------
+    CompiledStep
+        Called like ``fn``; returns the same values, and leaves the same
+        parameters, as ``fn`` would, bit for bit -- or runs ``fn`` itself and says
+        why in ``step.unsupported``. See ``docs/compile.md`` for what is guarded
+        and what is refused.
 
     >>> step = cr.compile(step_fn)
     >>> loss = step(xb, yb)
     """
-    return CompiledStep(fn)
+    return CompiledStep(fn, strict=strict, fused_update=fused_update)

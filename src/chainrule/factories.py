@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from .capture import effect
 from .random import _resolve
-from .tensor import Tensor, _mode
+from .tensor import Tensor
 
 __all__ = [
     "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
@@ -54,7 +55,9 @@ def full(shape: Any, fill_value: float, dtype: Any = np.float32,
 
 
 def _like(t: Any) -> np.ndarray:
-    return t.data if isinstance(t, Tensor) else np.asarray(t)
+    # a plain array: only the shape and dtype are used, never the values
+    arr = t.data if isinstance(t, Tensor) else np.asarray(t)
+    return arr if type(arr) is np.ndarray else arr.view(np.ndarray)
 
 
 def zeros_like(t: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
@@ -95,21 +98,20 @@ def _random(kind: str, shape: tuple, seed: int | None, generator: np.random.Gene
             dtype: Any, requires_grad: bool) -> Tensor:
     if seed is not None and generator is not None:
         raise TypeError(f"{kind}: give seed= or generator=, not both")
-    if seed is not None:
-        generator = np.random.default_rng(seed)
     shape = _shape(shape, kind)
-    dt = np.dtype(dtype)
-    arr = _draw(generator, kind, shape, dt)
-    if _mode.tracer is not None:  # cr.compile: a fresh draw on every replay
-        _mode.tracer.produced(arr, _draw, (generator, kind, shape, dt))
-    return _make(arr, requires_grad)
+    return _make(_draw(seed, generator, kind, shape, np.dtype(dtype)), requires_grad)
 
 
-def _draw(generator: np.random.Generator | None, kind: str, shape: tuple,
+# Declared an effect: a compiled step draws afresh on every replay, from the
+# same generator (or a fresh one from the same seed), as eager mode does.
+@effect(touches=lambda seed, generator, kind, shape, dtype:
+        () if seed is not None else _resolve(generator))
+def _draw(seed: int | None, generator: np.random.Generator | None, kind: str, shape: tuple,
           dtype: np.dtype) -> np.ndarray:
-    """One draw from ``generator`` (or the global one), in float64 then cast
-    (so a seed gives the same values whatever the dtype)."""
-    rng = _resolve(generator)
+    """One draw from a generator seeded with ``seed``, or ``generator``, or the
+    global one, in float64 then cast (so a seed gives the same values whatever
+    the dtype)."""
+    rng = np.random.default_rng(seed) if seed is not None else _resolve(generator)
     arr = rng.standard_normal(shape) if kind == "randn" else rng.random(shape)
     return arr if arr.dtype == dtype else arr.astype(dtype)
 

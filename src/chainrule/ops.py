@@ -421,6 +421,8 @@ def apply(rule: Rule, *args: Any, **params: Any) -> Tensor:
     Tensors and array-likes are operands; ``params`` are settings (axis, ...).
     An op is recorded only when grad mode is on and some operand requires grad.
     """
+    if _mode.tracer is not None:  # cr.compile is capturing a step: it runs and records the op
+        return _mode.tracer.op(apply, rule, args, params)
     arrays = []
     needs = []
     for a in args:
@@ -440,8 +442,6 @@ def apply(rule: Rule, *args: Any, **params: Any) -> Tensor:
         t = _record(out, rule, args, arrays, tuple(needs), ctx, params)
     else:
         t = _const(out)
-    if _mode.tracer is not None:  # cr.compile is capturing a step
-        _mode.tracer.op(rule, args, arrays, params, t)
     return t
 
 
@@ -449,7 +449,7 @@ def apply(rule: Rule, *args: Any, **params: Any) -> Tensor:
 
 
 def _unary(rule: Rule, x: Any, **params: Any) -> Tensor:
-    if not isinstance(x, Tensor):
+    if not isinstance(x, Tensor) or _mode.tracer is not None:
         return apply(rule, x, **params)
     xd = x.data
     try:
@@ -478,12 +478,12 @@ def _unary(rule: Rule, x: Any, **params: Any) -> Tensor:
             t = _of(out, node)
     else:
         t = _const(out)
-    if _mode.tracer is not None:
-        _mode.tracer.op(rule, (x,), (xd,), params, t)
     return t
 
 
 def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
+    if _mode.tracer is not None:
+        return apply(rule, a, b)
     ad: Any  # an array, or a Python/NumPy scalar kept as it is
     bd: Any
     if isinstance(a, Tensor):
@@ -555,8 +555,6 @@ def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
             t = _of(out, node)
     else:
         t = _const(out)
-    if _mode.tracer is not None:
-        _mode.tracer.op(rule, (a, b), (ad, bd), _NO_PARAMS, t)
     return t
 
 
@@ -2165,7 +2163,8 @@ def _arg(a: Any, who: str, pick: Callable, dim: Any, keepdim: Any, axis: Any,
             raise TypeError(f"{who}: dim must be one int (or None for all elements), got {axis!r}")
         axes = _norm_axes(axis, x.ndim, who)
         axis = axes[0] if axes else None
-    return Tensor._const(np.asarray(pick(x, axis=axis, keepdims=keep), dtype=np.int64))
+    # an op (not differentiable), so that cr.compile recomputes it on every replay
+    return _unary(_ARG_RULES[who], a, axis=axis, keepdims=keep)
 
 
 def _correction(who: str, unbiased: Any, correction: Any, ddof: Any) -> Any:
@@ -2460,6 +2459,36 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
     return apply(WHERE, a, b, cond=c)
 
 
+# Comparisons and arg-max/min give values outside the graph (booleans, indices),
+# but they are ops all the same, so that cr.compile recomputes a mask such as
+# ``yb > -1`` on every replay instead of freezing it. Not differentiable, so
+# they are kept out of RULES (the registry of differentiable rules).
+def _comparison(name: str, ufunc: np.ufunc) -> Rule:
+    return Rule(name, lambda a, b: (ufunc(a, b), None))
+
+
+_COMPARISONS = {
+    name: _comparison(name, f)
+    for name, f in (("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
+                    ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal))
+}
+
+
+def _arg_rule(name: str, pick: Callable) -> Rule:
+    return Rule(name, lambda x, *, axis, keepdims: (
+        np.asarray(pick(x, axis=axis, keepdims=keepdims), dtype=np.int64), None))
+
+
+_ARG_RULES = {"argmax": _arg_rule("argmax", np.argmax), "argmin": _arg_rule("argmin", np.argmin)}
+
+
+def compare(name: str, a: Any, b: Any) -> Tensor:
+    """``a <name> b`` elementwise (eq, ne, lt, le, gt, ge): a boolean tensor, no graph."""
+    if isinstance(b, (Tensor, np.ndarray, *_SCALARS)):
+        return _binary(_COMPARISONS[name], a, b)
+    return Tensor._const(_COMPARISONS[name].forward(value(a), value(b))[0])
+
+
 def masked_fill(a: Any, mask: Any, fill: Any) -> Tensor:
     """``a`` with ``fill`` where ``mask`` is true (``torch.Tensor.masked_fill``).
 
@@ -2518,7 +2547,7 @@ def _ns_transpose(a: Any, axes: Any = None) -> Tensor:
 # Array namespaces handed to the VJPs (see the module docstring)
 # --------------------------------------------------------------------------
 
-NUMPY_NS = SimpleNamespace(
+NUMPY_NS: SimpleNamespace = SimpleNamespace(
     where=np.where,
     exp=np.exp,
     log=np.log,
@@ -2533,7 +2562,7 @@ NUMPY_NS = SimpleNamespace(
     scatter_add=_np_scatter_add,
 )
 
-TENSOR_NS = SimpleNamespace(
+TENSOR_NS: SimpleNamespace = SimpleNamespace(
     where=where,
     exp=exp,
     log=log,

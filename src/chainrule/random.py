@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .capture import effect
+
 __all__ = ["manual_seed", "default_generator", "initial_seed", "get_state", "set_state", "seed"]
 
 _DEFAULT_SEED = 0x5EED_C4A1
@@ -35,6 +37,7 @@ def default_generator() -> np.random.Generator:
     return _GENERATOR
 
 
+@effect(touches=lambda seed: _GENERATOR)
 def manual_seed(seed: int) -> np.random.Generator:
     """Re-seed the global generator; returns it.
 
@@ -53,6 +56,8 @@ def manual_seed(seed: int) -> np.random.Generator:
     return _GENERATOR
 
 
+@effect(touches=lambda: _GENERATOR,
+        refuse=lambda: "cr.random.seed() seeds from fresh OS entropy, so no two runs agree")
 def seed() -> int:
     """Seed the global generator from OS entropy; returns the seed used."""
     entropy = np.random.SeedSequence().entropy
@@ -72,6 +77,7 @@ def get_state() -> dict[str, Any]:
     return dict(_GENERATOR.bit_generator.state)
 
 
+@effect(touches=lambda state: _GENERATOR)
 def set_state(state: dict[str, Any]) -> None:
     """Restore a state returned by :func:`get_state`."""
     _GENERATOR.bit_generator.state = state

@@ -38,7 +38,11 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
+from . import capture as _capture
+
 if TYPE_CHECKING:
+    from types import SimpleNamespace
+
     from .ops import Rule
 
 __all__ = [
@@ -70,13 +74,16 @@ class _Mode(threading.local):
         self.grad = True
         self.anomaly = False
         self.keep = False  # keep_values(): nodes keep every operand and value
-        # cr.compile's recorder (compile.py) while it captures or checks a
-        # step: told of every op, backward() call, optimizer step, random
-        # draw and module call (see compile.py for the protocol); else None
+        # cr.compile's recorder (compile.py) while it captures a step: the
+        # capture points (ops.apply, run_backward, Module.__call__, Tensor(),
+        # and every call declared with chainrule.capture.effect) hand it the
+        # call; else None
         self.tracer: Any = None
 
 
 _mode = _Mode()
+_capture._mode = _mode  # the effect decorator reads the capture in progress from it
+effect = _capture.effect
 
 
 def is_grad_enabled() -> bool:
@@ -488,6 +495,8 @@ class Tensor:
         self._requires_grad = False
         if requires_grad:
             self.requires_grad = True
+        if _mode.tracer is not None:  # cr.compile: a tensor made from the step's values
+            _mode.tracer.made(self, data, dtype)
 
     # ----- graph construction (used by ops.apply) -------------------------
 
@@ -556,6 +565,7 @@ class Tensor:
         return self._requires_grad
 
     @requires_grad.setter
+    @effect
     def requires_grad(self, flag: bool) -> None:
         flag = bool(flag)
         if flag and self.data.dtype.kind not in _FLOAT_KINDS:
@@ -593,6 +603,7 @@ class Tensor:
         return self._grad
 
     @grad.setter
+    @effect
     def grad(self, value: Any) -> None:
         if value is None:
             self._grad = None
@@ -814,6 +825,7 @@ class Tensor:
         return self
 
     # (``float`` in annotations below would name the method Tensor.float)
+    @effect
     def add_(self, other: Any, alpha: builtins.float = 1.0) -> Tensor:
         o = other.data if isinstance(other, Tensor) else other
         self._check_inplace("add_")
@@ -824,10 +836,12 @@ class Tensor:
         _bump(self)
         return self
 
+    @effect
     def sub_(self, other: Any, alpha: builtins.float = 1.0) -> Tensor:
         o = other.data if isinstance(other, Tensor) else other
         return self.add_(-np.asarray(o, dtype=self.data.dtype), alpha)
 
+    @effect
     def mul_(self, other: Any) -> Tensor:
         o = other.data if isinstance(other, Tensor) else other
         self._check_inplace("mul_")
@@ -835,18 +849,21 @@ class Tensor:
         _bump(self)
         return self
 
+    @effect
     def zero_(self) -> Tensor:
         self._check_inplace("zero_")
         self.data.fill(0)
         _bump(self)
         return self
 
+    @effect
     def fill_(self, value: builtins.float) -> Tensor:
         self._check_inplace("fill_")
         self.data.fill(value)
         _bump(self)
         return self
 
+    @effect
     def copy_(self, src: Any) -> Tensor:
         s = src.data if isinstance(src, Tensor) else np.asarray(src)
         if s.shape != self.shape and np.broadcast_shapes(s.shape, self.shape) != self.shape:
@@ -855,6 +872,7 @@ class Tensor:
             )
         return self._inplace("copy_", s)
 
+    @effect
     def __setitem__(self, index: Any, value: Any) -> None:
         self._check_inplace("__setitem__")
         self.data[_ops._raw_index(index)] = value.data if isinstance(value, Tensor) else value
@@ -919,22 +937,22 @@ class Tensor:
     # comparisons give boolean tensors outside the graph (elementwise, as in
     # NumPy and PyTorch: hence not object.__eq__'s bool)
     def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return Tensor._const(self.data == _ops.value(other))
+        return _ops.compare("eq", self, other)
 
     def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
-        return Tensor._const(self.data != _ops.value(other))
+        return _ops.compare("ne", self, other)
 
     def __lt__(self, other: Any) -> Tensor:
-        return Tensor._const(self.data < _ops.value(other))
+        return _ops.compare("lt", self, other)
 
     def __le__(self, other: Any) -> Tensor:
-        return Tensor._const(self.data <= _ops.value(other))
+        return _ops.compare("le", self, other)
 
     def __gt__(self, other: Any) -> Tensor:
-        return Tensor._const(self.data > _ops.value(other))
+        return _ops.compare("gt", self, other)
 
     def __ge__(self, other: Any) -> Tensor:
-        return Tensor._const(self.data >= _ops.value(other))
+        return _ops.compare("ge", self, other)
 
     # ----- methods: one-line calls into ops.py ----------------------------
     # PyTorch's names and meanings; reductions and shape methods take
@@ -1389,10 +1407,9 @@ def run_backward(
     """
     if retain_graph is None:
         retain_graph = create_graph
-    tracer = _mode.tracer
-    if tracer is not None and tracer.backward(roots, seeds, retain_graph, create_graph,
-                                              inputs, observer):
-        return None  # cr.compile ran its recorded backward program instead
+    if _mode.tracer is not None:  # cr.compile: record this backward pass, then run it
+        return _mode.tracer.backward(run_backward, roots, seeds, retain_graph, create_graph,
+                                     inputs, observer)
     for r in roots:
         if not r._requires_grad:
             raise RuntimeError(
@@ -1484,41 +1501,18 @@ def run_backward(
 
             # ---- the local step: backpropagated gradient x local gradient ----
             op = node.op
-            ctx = node.ctx
-            if ctx is _RELEASED:
+            if node.ctx is _RELEASED:
                 raise _released_error(node)
             if _CLOCK[0] > node.stamp:  # something changed in place since this op ran
                 _check_versions(node)
-            needs = node.needs
             parents = node.parents
-            ins = node.inputs
             if create_graph:
                 out = node.out
-                pgs = op.vjp(g, None if out is None else Tensor._of(out, node), ctx, needs, xp,
-                             *[_graph_operand(a, p) for a, p in zip(ins, parents)])
+                pgs = op.vjp(g, None if out is None else Tensor._of(out, node), node.ctx,
+                             node.needs, xp, *[_graph_operand(a, p)
+                                               for a, p in zip(node.inputs, parents)])
             else:
-                out = node.out
-                vjp = op.vjp
-                if reuse:
-                    inplace = mine and op.vjp_inplace is not None  # g is ours alone
-                    if op.split is not None:
-                        # the VJP's elementwise step, then let go of ctx (a mask)
-                        # before the second step allocates its results
-                        step, inner = op.split
-                        g = step(g, out, ctx, inplace)
-                        if not retain_graph:
-                            node.ctx = _RELEASED
-                        ctx = out = None
-                        vjp = inner.vjp
-                    elif inplace:
-                        # the rule may write into g (inplace: vjp_inplace is not None)
-                        vjp = op.vjp_inplace  # type: ignore[assignment]
-                if len(ins) == 2:
-                    pgs = vjp(g, out, ctx, needs, xp, ins[0], ins[1])
-                elif len(ins) == 1:
-                    pgs = vjp(g, out, ctx, needs, xp, ins[0])
-                else:
-                    pgs = vjp(g, out, ctx, needs, xp, *ins)
+                pgs = vjp_step(node, g, mine and reuse, not retain_graph, reuse)
             if anomaly:
                 _check_finite_vjp(node, g, pgs)
             if not retain_graph:  # free what was saved, and the graph behind it
@@ -1558,6 +1552,46 @@ def run_backward(
         errstate.__exit__(None, None, None)
         _mode.grad = prev_mode
     return results if inputs is not None else None
+
+
+def vjp_step(node: Any, g: np.ndarray, inplace_ok: bool, release: bool,
+             split_ok: bool = True) -> Sequence[Any]:
+    """The local step of the chain rule at one node, on NumPy arrays: the gradients
+    for its operands, ``g`` x d(out)/d(operand), from its rule's VJP.
+
+    The one place that chooses how a VJP runs, for ``run_backward`` and for the
+    replay of a compiled step (``chainrule.compile``), which calls it with a node
+    of its own holding ``op``, ``out``, ``ctx``, ``needs`` and ``inputs``:
+
+    * ``inplace_ok``: the caller alone holds ``g`` (no table entry, ``.grad``,
+      hook or observer sees it), so a rule with ``vjp_inplace`` may write into it;
+    * a rule given in two steps (``Rule.defsplit``) runs its elementwise step,
+      then -- when ``release`` -- lets go of ``node.ctx`` (a mask) before the
+      second step allocates its results (``split_ok=False``: the composed VJP,
+      for callers that show every intermediate, such as an observer).
+
+    The caller must not hold ``node.ctx`` itself, or the release frees nothing.
+    """
+    op = node.op
+    ins = node.inputs
+    needs = node.needs
+    split = op.split if split_ok else None
+    if split is not None:
+        step, inner = split
+        g = step(g, node.out, node.ctx, inplace_ok and op.vjp_inplace is not None)
+        if release:
+            node.ctx = _RELEASED
+        out = ctx = None
+        vjp = inner.vjp
+    else:
+        out = node.out
+        ctx = node.ctx
+        vjp = op.vjp_inplace if inplace_ok and op.vjp_inplace is not None else op.vjp
+    if len(ins) == 2:
+        return vjp(g, out, ctx, needs, _NUMPY_NS, ins[0], ins[1])
+    if len(ins) == 1:
+        return vjp(g, out, ctx, needs, _NUMPY_NS, ins[0])
+    return vjp(g, out, ctx, needs, _NUMPY_NS, *ins)
 
 
 def conform_grad(op: Any, pg: Any, parent: Any, arrays: bool = True) -> Any:
@@ -1650,3 +1684,5 @@ def check_forward_anomaly(op_name: str, out: np.ndarray, arrays: Sequence[Any]) 
 
 
 from . import ops as _ops  # noqa: E402  (ops needs Tensor, defined above)
+
+_NUMPY_NS: SimpleNamespace = _ops.NUMPY_NS  # the array namespace of a plain backward pass

@@ -48,8 +48,9 @@ from typing import Any
 
 import numpy as np
 
+from ..capture import effect
 from ..nn.module import Module
-from ..tensor import Tensor, _mode, is_grad_enabled, no_grad
+from ..tensor import Tensor, is_grad_enabled, no_grad
 from . import comm as _comm
 
 __all__ = ["DistributedDataParallel", "FIRST_BUCKET_MB"]
@@ -210,7 +211,6 @@ class _Reducer:
         self.scale = 1.0  # this rank's gradient weight (fit: its share of a short batch)
         self.require_sync = True  # False inside no_sync()
         self.forward_sync: bool | None = None  # what the last forward decided
-        self.declared_to: Any = None  # the cr.compile capture told about the reduction
         self.reset()
         self.handles: list[Any] = []
         if comm.size > 1:
@@ -245,13 +245,9 @@ class _Reducer:
         self.reset()
 
     def grad_ready(self, i: int) -> None:
-        """A parameter's hook: backward has just accumulated its ``.grad``."""
-        tracer = _mode.tracer
-        if tracer is not None and self.declared_to is not tracer:
-            # cr.compile replays no hooks: have it run the whole reduction after
-            # the replayed backward instead
-            tracer.call(self.reduce_replayed, (), state=self.params)
-            self.declared_to = tracer
+        """A parameter's hook: backward has just accumulated its ``.grad``.
+
+        A ``cr.compile`` replay calls the hooks too, at the same points."""
         sync = self.require_sync if self.forward_sync is None else self.forward_sync
         if not sync:
             return
@@ -315,10 +311,14 @@ class _Reducer:
                 _write_grad(self.params[i], view)
         self.reset()
 
-    def reduce_replayed(self) -> None:
-        """What a ``cr.compile`` replay runs after its backward (no hooks ran)."""
-        if self.require_sync:
-            self.reduce_all()
+    # declared for cr.compile: a replay makes the same decision at the same point
+    @effect(touches=lambda self, sync, unused: [self, *self.params])
+    def begin(self, sync: bool, unused: list[int]) -> None:
+        """What forward decided for this iteration: whether backward averages, and
+        which parameters it will give no gradient (counted as ready, with zeros)."""
+        self.forward_sync = sync
+        for i in unused:
+            self.mark_ready(i, unused=True)
 
     def reduce_all(self) -> None:
         """Average every parameter's current ``.grad`` now (None counts as zeros)."""
@@ -464,8 +464,6 @@ class DistributedDataParallel(Module):
             buffers = [b for _, b in self.module.named_buffers()]
             if buffers:
                 _copy_from_rank0(r.comm, buffers)
-                if _mode.tracer is not None:  # cr.compile: on every replay too
-                    _mode.tracer.call(_copy_from_rank0, (r.comm, buffers), state=buffers)
         out = self.module(*args, **kwargs)
         if not is_grad_enabled() or r.comm.size == 1:
             return out  # nothing will be backpropagated (evaluation), or nothing to average
@@ -479,7 +477,7 @@ class DistributedDataParallel(Module):
                 "parameters are unused in some steps, pass find_unused_parameters=True."
             )
         sync = r.require_sync
-        r.forward_sync = sync
+        unused: list[int] = []
         if not self._checked_usage or (self.find_unused_parameters and sync):
             reached = _leaves_reached(out)
             unused = [i for i, p in enumerate(r.params) if id(p) not in reached]
@@ -493,9 +491,8 @@ class DistributedDataParallel(Module):
                         "averaged. Pass find_unused_parameters=True, or set "
                         "requires_grad=False on them before wrapping."
                     )
-            elif sync:
-                for i in unused:
-                    r.mark_ready(i, unused=True)
+                unused = []
+        r.begin(sync, unused if sync else [])
         return out
 
     # ----- no_sync ----------------------------------------------------------------
@@ -542,6 +539,7 @@ def _check_same_model(comm: _comm.Communicator, named: Sequence[tuple[str, Tenso
             )
 
 
+@effect(touches=lambda comm, tensors: tensors)  # a compiled step broadcasts on every replay
 def _copy_from_rank0(comm: _comm.Communicator, tensors: list[Tensor]) -> None:
     """Overwrite every rank's tensors with rank 0's (one broadcast per dtype)."""
     by_dtype: dict[np.dtype, list[Tensor]] = {}

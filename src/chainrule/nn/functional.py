@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from .. import ops
+from ..capture import effect
 from ..ops import SAVES_INPUTS, SAVES_NOTHING, Saves, rule, value
 from ..random import _resolve
-from ..tensor import Tensor, _mode
+from ..tensor import Tensor
 
 __all__ = [
     "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "softplus",
@@ -130,14 +131,10 @@ def dropout(input: Any, p: float = 0.5, training: bool = True,  # noqa: A002
         return input if isinstance(input, Tensor) else Tensor(input)
     x = value(input) if isinstance(input, Tensor) else np.asarray(input)
     dt = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-    if p == 1.0:
-        mask = np.zeros(x.shape, dtype=dt)
-    else:
-        mask = _dropout_mask(generator, x.shape, dt, p)
-        if _mode.tracer is not None:  # cr.compile: draw a fresh mask on every replay
-            _mode.tracer.produced(mask, _dropout_mask, (generator, x.shape, dt, p))
+    if p == 1.0:  # everything dropped: input * 0 (what an all-zero mask gives)
+        return ops.mul(input, dt.type(0))
     # a Tensor, so the recorded op keeps this fresh mask without copying it
-    return ops.mul(input, Tensor._const(mask))
+    return ops.mul(input, Tensor._const(_dropout_mask(generator, x.shape, dt, p)))
 
 
 # ==========================================================================
@@ -280,8 +277,14 @@ def batch_norm(input: Any, running_mean: Any, running_var: Any,  # noqa: A002
             running = (running_mean, running_var, counter)
         out = _normalize(input, axes, eps, running, momentum)
     else:
-        inv = (1.0 / np.sqrt(rv.astype(np.float64) + eps)).astype(x.dtype)
-        out = ops.mul(ops.sub(input, rm.reshape(chan).astype(x.dtype)), inv.reshape(chan))
+        # with ops on the statistics (the buffers themselves, when given as Tensors),
+        # so that a compiled step reads them afresh on every replay
+        rmt = running_mean if isinstance(running_mean, Tensor) else rm
+        rvt = running_var if isinstance(running_var, Tensor) else rv
+        inv = ops.astype(ops.div(1.0, ops.sqrt(ops.add(ops.astype(rvt, np.float64), eps))),
+                         x.dtype)
+        out = ops.mul(ops.sub(input, ops.astype(ops.reshape(rmt, chan), x.dtype)),
+                      ops.reshape(inv, chan))
     if weight is not None:
         out = ops.mul(out, ops.reshape(weight, chan))
     if bias is not None:
@@ -302,15 +305,25 @@ def embedding(input: Any, weight: Any) -> Tensor:  # noqa: A002
     w = value(weight) if isinstance(weight, Tensor) else np.asarray(weight)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
-    n = w.shape[0]
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        bad = int(idx.ravel()[np.flatnonzero((idx.ravel() < 0) | (idx.ravel() >= n))[0]])
-        raise IndexError(
-            f"embedding: index {bad} is out of range for {n} embeddings (valid: 0..{n - 1})"
-        )
+    _check_indices(idx, w.shape[0], "embedding")
     return ops.getitem(weight, idx.astype(np.intp, copy=False))
 
 
+# A check of the step's values, declared so that a compiled step makes it on
+# every replay too (not only on the batch it was captured with).
+@effect(touches=lambda idx, n, who: ())
+def _check_indices(idx: np.ndarray, n: int, who: str) -> None:
+    """Every index in [0, n)."""
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        bad = int(idx.ravel()[np.flatnonzero((idx.ravel() < 0) | (idx.ravel() >= n))[0]])
+        raise IndexError(
+            f"{who}: index {bad} is out of range for {n} embeddings (valid: 0..{n - 1})"
+        )
+
+
+# Declared an effect: a compiled step draws a fresh mask, from the same
+# generator, on every replay (the draw advances the generator's state).
+@effect(touches=lambda generator, shape, dt, p: _resolve(generator))
 def _dropout_mask(generator: np.random.Generator | None, shape: tuple, dt: np.dtype,
                   p: float) -> np.ndarray:
     """Entries 1/(1-p) with probability 1-p, else 0 (from ``generator`` or the global one)."""
@@ -628,7 +641,9 @@ def _class_weight(weight: Any, c: int, dtype: np.dtype, who: str) -> np.ndarray:
         raise ValueError(f"{who}: weight must have shape ({c},), one per class, got {w.shape}")
     if w.dtype.kind not in "fiu" or not np.all(np.isfinite(w)) or (w < 0).any():
         raise ValueError(f"{who}: class weights must be finite and >= 0, got {w!r}")
-    return w.astype(dtype)
+    # the cast as an op: a compiled step casts the (live) weights on every replay
+    # instead of freezing the copy made on its first call
+    return ops.astype(w, dtype).data
 
 
 def cross_entropy(
@@ -801,6 +816,14 @@ _DENOM_FLOOR = 1e-12  # and keeps p (1 - p) away from 0 in the gradient
 )
 def BCE(p, y, *, reduction):
     """-(y log p + (1 - y) log(1 - p)), each log clamped at -100."""
+    # checked here, not in the wrapper, so that a step replayed by cr.compile checks it too
+    if p.size and not ((p >= 0).all() and (p <= 1).all()):
+        bad = int(np.flatnonzero(~((p >= 0) & (p <= 1)))[0])
+        raise ValueError(
+            f"binary_cross_entropy: input must hold probabilities in [0, 1], found "
+            f"{p.flat[bad]!r} at flat index {bad} (shape {p.shape}); pass logits to "
+            "binary_cross_entropy_with_logits"
+        )
     with np.errstate(divide="ignore"):
         logp = np.maximum(np.log(p), _LOG_FLOOR)
         log1mp = np.maximum(np.log1p(-p), _LOG_FLOOR)
@@ -840,14 +863,8 @@ def binary_cross_entropy(input: Any, target: Any, reduction: str = "mean") -> Te
     """
     who = "binary_cross_entropy"
     _check_reduction(reduction, who)
-    x = _floating(input, who)
+    _floating(input, who)
     tgt = _same_shape_target(input, target, who)
-    if x.size and not ((x >= 0).all() and (x <= 1).all()):
-        bad = int(np.flatnonzero(~((x >= 0) & (x <= 1)))[0])
-        raise ValueError(
-            f"{who}: input must hold probabilities in [0, 1], found {x.flat[bad]!r} at flat "
-            f"index {bad} (shape {x.shape}); pass logits to binary_cross_entropy_with_logits"
-        )
     return ops.apply(BCE, input, tgt, reduction=reduction)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..capture import effect
 from ..random import _resolve
 from ..tensor import Tensor, _bump
 
@@ -80,27 +81,32 @@ def _fan(t: Any, mode: str) -> int:
     return fan_in if mode == "fan_in" else fan_out
 
 
+@effect(touches=lambda tensor, a=0.0, b=1.0, generator=None: (tensor, _resolve(generator)))
 def uniform_(tensor: Any, a: float = 0.0, b: float = 1.0,
              generator: np.random.Generator | None = None) -> Any:
     """Fill with U(a, b)."""
     return _fill(tensor, _resolve(generator).uniform(a, b, _array(tensor).shape))
 
 
+@effect(touches=lambda tensor, mean=0.0, std=1.0, generator=None: (tensor, _resolve(generator)))
 def normal_(tensor: Any, mean: float = 0.0, std: float = 1.0,
             generator: np.random.Generator | None = None) -> Any:
     """Fill with N(mean, std^2)."""
     return _fill(tensor, _resolve(generator).normal(mean, std, _array(tensor).shape))
 
 
+@effect
 def constant_(tensor: Any, val: float) -> Any:
     """Fill with ``val``."""
     return _fill(tensor, val)
 
 
+@effect
 def zeros_(tensor: Any) -> Any:
     return _fill(tensor, 0)
 
 
+@effect
 def ones_(tensor: Any) -> Any:
     return _fill(tensor, 1)
 

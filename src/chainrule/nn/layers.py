@@ -16,6 +16,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from .. import ops
+from ..capture import effect
 from ..tensor import Tensor, _mode
 from . import functional as F
 from . import init
@@ -536,17 +537,23 @@ class CategoricalEmbedding(_Configurable):
         m = self.numeric_features
         parts = [ops.getitem(x, (slice(None), slice(0, m)))] if m else []
         for j, emb in enumerate(self.embeddings):
-            codes = arr[:, m + j]
-            idx = codes.astype(np.int64)
-            if not np.array_equal(idx, codes):
-                raise ValueError(f"CategoricalEmbedding: column {m + j} must hold integer "
-                                 "category codes")
+            # ops, so that a compiled step takes each batch's codes on every replay
+            codes = ops.getitem(x, (slice(None), m + j))
+            idx = ops.astype(codes, np.int64)
+            _check_codes(idx.data, codes.data, m + j)
             parts.append(emb(idx))
         return ops.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
     def _config_args(self) -> dict[str, Any]:
         return {"numeric_features": self.numeric_features,
                 "cardinalities": list(self.cardinalities), "dims": list(self.dims)}
+
+
+@effect(touches=lambda idx, codes, column: ())  # made again on every replay of a compiled step
+def _check_codes(idx: np.ndarray, codes: np.ndarray, column: int) -> None:
+    if not np.array_equal(idx, codes):
+        raise ValueError(f"CategoricalEmbedding: column {column} must hold integer "
+                         "category codes")
 
 
 # ----- losses ---------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..capture import effect
 from ..tensor import RemovableHandle, Tensor, _bump, _mode
 
 __all__ = ["Parameter", "Module", "IncompatibleKeys", "zero_grad_params", "state_dict_name"]
@@ -185,11 +186,9 @@ class _ModuleHookHandle(RemovableHandle):
     __call__ = remove
 
 
+@effect
 def zero_grad_params(params: Any, set_to_none: bool = True) -> None:
     """Reset the gradients of ``params``: drop them, or fill them with zeros in place."""
-    if _mode.tracer is not None:  # cr.compile: replay this call on later steps
-        params = list(params)
-        _mode.tracer.call(zero_grad_params, (params, set_to_none), state=params)
     for p in params:
         g = p._grad
         if g is None:
@@ -209,9 +208,15 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
-# Bumped whenever a module gains, loses or swaps a sub-module, parameter or
-# container of them: a step captured by cr.compile is captured again after it.
+# Bumped whenever a module gains, loses or swaps a sub-module, parameter,
+# container of them or a hook: cached state-dict names are made again, and a
+# step cr.compile captured re-checks its module guards.
 STRUCTURE = [0]
+
+# Counts attribute assignments on modules (a setting, a layer, a parameter, the
+# training flag): a compiled step re-checks its module guards only after one.
+# Containers changed in place (a list of layers) are checked on every call.
+SETTINGS_EPOCH = [0]
 
 
 class Module:
@@ -243,17 +248,19 @@ class Module:
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
+        SETTINGS_EPOCH[0] += 1
         if isinstance(value, (Tensor, Module, list, tuple, dict)):
             STRUCTURE[0] += 1
             _adopt(self, value)
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
+        SETTINGS_EPOCH[0] += 1
         STRUCTURE[0] += 1
         object.__delattr__(self, name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if _mode.tracer is not None:  # cr.compile notes the mode the step ran in
+        if _mode.tracer is not None:  # cr.compile guards this module's settings
             _mode.tracer.module(self)
         if self._hooked:
             return self._call_with_hooks(args, kwargs)
@@ -423,6 +430,9 @@ class Module:
 
     # ----- modes and gradients --------------------------------------------
 
+    # touches the modules (restored by a failed verification) but does not own
+    # them: their settings stay guarded, as forward reads them
+    @effect(touches=lambda self, mode=True: list(self.modules()), owns=lambda self, mode=True: ())
     def train(self, mode: bool = True) -> Module:
         """Switch this module and all below it to training mode (Dropout active)."""
         for m in self.modules():
@@ -433,10 +443,12 @@ class Module:
         """Switch to evaluation mode (Dropout becomes the identity)."""
         return self.train(False)
 
+    @effect(touches=lambda self, set_to_none=True: list(self.parameters()))
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset every parameter's gradient (None by default, as in PyTorch)."""
         zero_grad_params(self.parameters(), set_to_none)
 
+    @effect(touches=lambda self, requires_grad=True: list(self.parameters()))
     def requires_grad_(self, requires_grad: bool = True) -> Module:
         for p in self.parameters():
             p.requires_grad = requires_grad
@@ -461,6 +473,8 @@ class Module:
             (name, t.data.copy()) for name, t in self._named_tensors(dedupe=False, buffers=True)
         )
 
+    @effect(touches=lambda self, state_dict, strict=True: [
+        t for _, t in self._named_tensors(dedupe=False, buffers=True)])
     def load_state_dict(self, state_dict: Any, strict: bool = True) -> IncompatibleKeys:
         """Copy values from ``state_dict`` (arrays or Tensors) into the parameters.
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..tensor import Tensor, _bump, _mode
+from ..capture import effect
+from ..tensor import Tensor, _bump
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
@@ -22,6 +23,11 @@ def _grads(parameters: Any) -> list[Tensor]:
     return [g for g in (p._grad for p in _as_list(parameters)) if g is not None]
 
 
+def _params_touched(parameters: Any, *args: Any, **kwargs: Any) -> list[Tensor]:
+    return _as_list(parameters)
+
+
+@effect(touches=_params_touched)
 def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
                     norm_type: float = 2.0, error_if_nonfinite: bool = False) -> Tensor:
     """Scale all gradients together so that their joint norm is at most ``max_norm``.
@@ -38,10 +44,6 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
     >>> loss.backward()
     >>> cr.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
     """
-    if _mode.tracer is not None:  # cr.compile: replay this call on later steps
-        parameters = _as_list(parameters)
-        _mode.tracer.call(clip_grad_norm_, (parameters, max_norm, norm_type,
-                                            error_if_nonfinite), state=parameters)
     grads = _grads(parameters)
     norm_type = float(norm_type)
     if not grads:
@@ -68,11 +70,9 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
     return Tensor(np.asarray(total))
 
 
+@effect(touches=_params_touched)
 def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float) -> None:
     """Clamp every gradient element to [-clip_value, clip_value] in place."""
-    if _mode.tracer is not None:
-        parameters = _as_list(parameters)
-        _mode.tracer.call(clip_grad_value_, (parameters, clip_value), state=parameters)
     for g in _grads(parameters):
         np.clip(g.data, -clip_value, clip_value, out=g.data)
         _bump(g)

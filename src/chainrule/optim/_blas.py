@@ -64,8 +64,84 @@ def _bind(lib: ctypes.CDLL) -> dict[str, tuple[Any, Any]] | None:
             scal.restype = None
             funcs[np.dtype(dtype).str] = (axpy, scal)
         if len(funcs) == len(_TYPES) and _works(funcs):
+            _bind_matrix(lib, prefix, suffix, blasint)
             return funcs
     return None
+
+
+# gemm / gemv, for cr.compile's fused update (W -= lr * delta^T a as one product);
+# bound with the names axpy was found under, checked like it
+_MAT: dict[str, tuple[Any, Any]] = {}
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+
+def _bind_matrix(lib: ctypes.CDLL, prefix: str, suffix: str, blasint: Any) -> None:
+    found = {}
+    for t, (dtype, real) in _TYPES.items():
+        gemm = getattr(lib, f"{prefix}{t}gemm{suffix}", None)
+        gemv = getattr(lib, f"{prefix}{t}gemv{suffix}", None)
+        if gemm is None or gemv is None:
+            return
+        gemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, blasint, blasint, blasint,
+                         real, ctypes.c_void_p, blasint, ctypes.c_void_p, blasint, real,
+                         ctypes.c_void_p, blasint]
+        gemm.restype = None
+        gemv.argtypes = [ctypes.c_int, ctypes.c_int, blasint, blasint, real, ctypes.c_void_p,
+                         blasint, ctypes.c_void_p, blasint, real, ctypes.c_void_p, blasint]
+        gemv.restype = None
+        found[np.dtype(dtype).str] = (gemm, gemv)
+    for key in found:  # checked against NumPy on small matrices
+        rng = np.random.default_rng(0)
+        a, b = rng.random((3, 4)).astype(key), rng.random((3, 5)).astype(key)
+        c = rng.random((4, 5)).astype(key)
+        want = c + 0.5 * (a.T @ b)
+        _gemm_at_b(found[key][0], 0.5, a, b, c)
+        v = rng.random(4).astype(key)
+        want_v = v + 0.5 * (a.T @ np.ones(3, key))
+        _gemv_at_1(found[key][1], 0.5, a, np.ones(3, key), v)
+        if not (np.allclose(c, want, rtol=1e-5) and np.allclose(v, want_v, rtol=1e-5)):
+            return
+    _MAT.update(found)
+
+
+def _gemm_at_b(gemm: Any, alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    # c (m, n) += alpha * a^T (m, k) @ b (k, n), all C-ordered: a is (k, m)
+    k, m = a.shape
+    n = b.shape[1]
+    gemm(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, k, alpha, a.ctypes.data, m, b.ctypes.data, n,
+         1.0, c.ctypes.data, n)
+
+
+def _gemv_at_1(gemv: Any, alpha: float, a: np.ndarray, ones: np.ndarray, y: np.ndarray) -> None:
+    # y (m,) += alpha * a^T (m, k) @ ones (k,): a is (k, m)
+    k, m = a.shape
+    gemv(_ROW_MAJOR, _TRANS, k, m, alpha, a.ctypes.data, m, ones.ctypes.data, 1, 1.0,
+         y.ctypes.data, 1)
+
+
+def matrix_available() -> bool:
+    """Whether :func:`gemm_update` and :func:`gemv_update` can run here."""
+    _load()
+    return bool(_MAT)
+
+
+def fits(*arrays: np.ndarray) -> bool:
+    """C-contiguous arrays of one BLAS dtype, the last one writeable: what the
+    matrix updates below accept."""
+    dt = arrays[0].dtype
+    return (dt.str in _MAT and all(a.dtype == dt and a.flags.c_contiguous for a in arrays)
+            and arrays[-1].flags.writeable)
+
+
+def gemm_update(alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    """``c += alpha * a.T @ b`` in place, as one BLAS product with beta = 1
+    (``a`` (k, m), ``b`` (k, n), ``c`` (m, n), as :func:`fits` says)."""
+    _gemm_at_b(_MAT[c.dtype.str][0], alpha, a, b, c)
+
+
+def gemv_update(alpha: float, a: np.ndarray, ones: np.ndarray, y: np.ndarray) -> None:
+    """``y += alpha * a.T @ ones`` in place (the column sums of ``a``, scaled)."""
+    _gemv_at_1(_MAT[y.dtype.str][1], alpha, a, ones, y)
 
 
 def _works(funcs: dict[str, tuple[Any, Any]]) -> bool:

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..tensor import _mode
+from ..capture import effect
 from .optimizer import Optimizer
 
 __all__ = [
@@ -32,6 +32,10 @@ class LRScheduler:
     sets every group's lr to its initial value). ``state_dict()`` holds plain
     numbers only (JSON-serialisable).
     """
+
+    # cr.compile: this object's state is read by its own (declared) methods only,
+    # live on every replay, so the replay's guards do not watch it
+    _compile_live_state = True
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         if not isinstance(optimizer, Optimizer):
@@ -64,10 +68,9 @@ class LRScheduler:
         """The rates set by the latest ``step()``, one per parameter group."""
         return list(self._last_lr)
 
+    @effect(touches=lambda self: (self, self.optimizer))
     def step(self) -> None:
         """Advance one epoch and write the new rates into the optimizer."""
-        if _mode.tracer is not None:  # stepped inside a step cr.compile captures
-            _mode.tracer.call(self.step, (), state=self)
         self._step_count += 1
         self.last_epoch += 1
         for g, lr in zip(self.optimizer.param_groups, self.get_lr()):
@@ -79,6 +82,7 @@ class LRScheduler:
         return {k: (list(v) if isinstance(v, list) else v) for k, v in self.__dict__.items()
                 if k != "optimizer" and not callable(v) and k != "lr_lambdas"}
 
+    @effect
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.__dict__.update(state_dict)
 
@@ -215,6 +219,10 @@ class ReduceLROnPlateau:
     >>> sched.step(val_loss)
     """
 
+    # cr.compile: this object's state is read by its own (declared) methods only,
+    # live on every replay, so the replay's guards do not watch it
+    _compile_live_state = True
+
     def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1,
                  patience: int = 10, threshold: float = 1e-4, threshold_mode: str = "rel",
                  cooldown: int = 0, min_lr: float | list[float] | tuple[float, ...] = 0.0,
@@ -251,10 +259,9 @@ class ReduceLROnPlateau:
         return a > (self.best * (1 + self.threshold) if self.threshold_mode == "rel"
                     else self.best + self.threshold)
 
+    @effect(touches=lambda self, metrics: (self, self.optimizer))
     def step(self, metrics: float) -> None:
         """Record this epoch's metric (e.g. validation loss) and cut the lr if it stalled."""
-        if _mode.tracer is not None:  # the metric is a value of this step: not replayable
-            _mode.tracer.unsupported("ReduceLROnPlateau.step(metric) inside the step")
         current = float(metrics)
         self.last_epoch += 1
         if self._is_better(current):
@@ -280,5 +287,6 @@ class ReduceLROnPlateau:
     def state_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
 
+    @effect
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.__dict__.update(state_dict)

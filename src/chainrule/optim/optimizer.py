@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from ..capture import effect
 from ..nn.module import STEP_MARK, zero_grad_params
-from ..tensor import Tensor, _bump, _mode, enable_grad
+from ..tensor import Tensor, _bump, enable_grad
 
 __all__ = ["Optimizer", "GradNotZeroedWarning"]
 
@@ -48,6 +49,10 @@ def _check_number(name: str, v: Any, who: str, lo: float = 0.0, hi: float | None
         raise ValueError(f"{who}: invalid {name} {v!r}; it must be {rng}")
 
 
+def _params(opt: Optimizer) -> list[Tensor]:
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
 class Optimizer:
     """Base class of all optimizers.
 
@@ -62,6 +67,13 @@ class Optimizer:
     >>> opt = cr.optim.SGD(model.parameters(), lr=0.1)
     >>> opt.zero_grad(); loss.backward(); opt.step()
     """
+
+    # cr.compile: this object's settings are read by its own (declared) methods,
+    # live on every replay, so the replay's guards do not watch them; only the
+    # structure of param_groups (which parameters, in which groups) is guarded,
+    # as a step may list them (clip_grad_norm_ over the optimizer's parameters)
+    _compile_live_state = True
+    _compile_structure = ("param_groups",)
 
     #: warn once when step() sees gradients that were never zeroed
     warn_unzeroed_grad: bool = True
@@ -92,6 +104,7 @@ class Optimizer:
         """Check a group's hyperparameters (subclasses extend)."""
         _check_number("lr", group["lr"], type(self).__name__)
 
+    @effect
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group of parameters with its own hyperparameters (e.g. when unfreezing)."""
         who = type(self).__name__
@@ -123,6 +136,8 @@ class Optimizer:
 
     # ----- gradients ------------------------------------------------------
 
+    @effect(touches=lambda self, set_to_none=True: _params(self),
+            owns=lambda self, set_to_none=True: [self, *_params(self)])
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients of all parameters (to None by default, as in PyTorch)."""
         for g in self.param_groups:
@@ -151,6 +166,9 @@ class Optimizer:
                 stacklevel=3,
             )
 
+    @effect(touches=lambda self, closure=None: [self, *_params(self)],
+            refuse=lambda self, closure=None: None if closure is None else (
+                f"{type(self).__name__}.step(closure) re-runs the step's Python inside it"))
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a gradient; returns ``closure()``'s value if given.
 
@@ -158,11 +176,6 @@ class Optimizer:
         with gradients enabled before the update).
         """
         loss = None
-        if _mode.tracer is not None:  # cr.compile: replay this call on later steps
-            if closure is not None:
-                _mode.tracer.unsupported("optimizer.step(closure)")
-            else:
-                _mode.tracer.call(self.step, (), state=self)
         if closure is not None:
             with enable_grad():
                 loss = closure()
@@ -255,6 +268,7 @@ class Optimizer:
                 }
         return {"state": state, "param_groups": groups}
 
+    @effect
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore hyperparameters and buffers saved by :meth:`state_dict`.
 

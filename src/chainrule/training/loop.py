@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -245,6 +246,11 @@ class Trainer:
     compiled : CompiledStep or None
         The :func:`chainrule.compile` wrapper running the steps (its ``stats``
         say how many were replayed), or None when training eagerly.
+    compile_note : str or None
+        Why training runs eagerly although compiling was not turned off: set
+        the first time it happens, and said once: a line on the progress
+        display when ``compile="auto"`` keeps a user-defined model eager, a
+        :class:`chainrule.CompileWarning` when a compiled step falls back.
     rank, world_size : int
         This process's rank and the number of ranks (0 and 1 unless
         ``fit(distributed=True)``). Callbacks that write files do so on rank
@@ -266,6 +272,7 @@ class Trainer:
         self.stop_training = False
         self.stop_reason: str | None = None
         self.compiled: Any = None
+        self.compile_note: str | None = None
         self.rank = 0
         self.world_size = 1
         self._barrier: Callable[[], None] | None = None
@@ -390,6 +397,17 @@ class _Progress:
                 file=self.stream, flush=True,
             )
 
+    def note(self, text: str) -> None:
+        """A one-off line (why training runs eagerly), above any bar."""
+        if not self.enabled:
+            return
+        if self.bar is not None or self.run_bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
     def stopped(self, reason: str | None, early: bool) -> None:
         self.close()
         if self.enabled and reason:
@@ -407,11 +425,22 @@ def _maybe_compile(step: Callable, compile: bool | str, model: Any, loss_fn: Any
     """``cr.compile(step)`` when wanted (and, for "auto", safe), else the eager step."""
     if compile is False or compile is None:
         return step
-    if compile == "auto" and not _replay_safe(model, loss_fn):
+    if compile == "auto" and _not_replay_safe(model, loss_fn) is not None:
         return step
     from ..compile import compile as compiler
 
     return compiler(step)
+
+
+def _compile_note(compile: bool | str, model: Any, loss_fn: Any) -> str | None:
+    """Why ``compile="auto"`` trains eagerly (None: it compiles, or compiling is off)."""
+    if compile != "auto":
+        return None
+    why = _not_replay_safe(model, loss_fn)
+    if why is None:
+        return None
+    return (f"fit: training eagerly: {why}; compile=True compiles it anyway "
+            "(cr.compile checks the step and falls back if it must)")
 
 
 def _ours(obj: Any) -> bool:
@@ -421,25 +450,39 @@ def _ours(obj: Any) -> bool:
 
 
 def _replay_safe(model: Any, loss_fn: Any) -> bool:
-    """Whether a compiled replay keeps the step's meaning without running its Python.
+    """Whether ``compile="auto"`` compiles a step of this model and loss."""
+    return _not_replay_safe(model, loss_fn) is None
 
-    A replay skips the Python of the step (see ``chainrule.compile``). chainrule's
-    own modules and losses have no branches on data values and no side effects,
-    so steps built only from them are safe. A user-defined module or loss, a
-    module whose ``forward`` was patched on the instance, or one with forward
-    hooks (as ``GradientNormRecorder`` registers to watch deltas) may do
-    anything: run eagerly.
+
+def _not_replay_safe(model: Any, loss_fn: Any) -> str | None:
+    """Why ``compile="auto"`` leaves the step eager (None: it compiles it).
+
+    ``cr.compile`` guards, traces and verifies any step, and refuses what it
+    cannot replay; "auto" keeps to chainrule's own modules and losses, whose
+    code it knows reads no state the guards miss. A user-defined module or
+    loss, a module whose ``forward`` was replaced on the instance, or one with
+    forward hooks (as ``GradientNormRecorder`` registers to watch deltas) runs
+    eagerly unless ``compile=True``.
     """
     modules = model.modules() if hasattr(model, "modules") else None
     if modules is None:
-        return False
+        return f"the model is a {type(model).__name__}, not a chainrule Module"
     for m in modules:
-        if not _ours(type(m)) or "forward" in vars(m) or m.has_forward_hooks():
-            return False
+        if not _ours(type(m)):
+            return f"the model has the user-defined module {type(m).__name__}"
+        if "forward" in vars(m):
+            return f"the forward of a {type(m).__name__} in the model was replaced"
+        if m.has_forward_hooks():
+            return f"a {type(m).__name__} in the model has forward hooks"
     if hasattr(loss_fn, "forward"):  # a loss module
-        return (_ours(type(loss_fn)) and "forward" not in vars(loss_fn)
-                and not getattr(loss_fn, "has_forward_hooks", bool)())
-    return _ours(loss_fn)
+        if not _ours(type(loss_fn)) or "forward" in vars(loss_fn):
+            return f"the loss {type(loss_fn).__name__} is user-defined"
+        if getattr(loss_fn, "has_forward_hooks", bool)():
+            return f"the loss {type(loss_fn).__name__} has forward hooks"
+        return None
+    if not _ours(loss_fn):
+        return f"the loss function {getattr(loss_fn, '__name__', loss_fn)!r} is user-defined"
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -579,7 +622,13 @@ def fit(
     _call(callbacks, "on_train_begin", trainer, {"epochs": epochs})
     # decided after on_train_begin: callbacks may patch the model there
     run_step = _maybe_compile(step, compile, model, loss_fn)
-    trainer.compiled = run_step if run_step is not step else None
+    # the CompiledStep when cr.compile took the step (it says .unsupported), else None
+    compiled: Any = run_step if run_step is not step else None
+    trainer.compiled = compiled
+    note = trainer.compile_note = None if compiled is not None else _compile_note(
+        compile, model, loss_fn)
+    if note is not None:
+        display.note(note)
     try:
         for epoch in range(initial_epoch + 1, epochs + 1):
             # ---- epoch begin -------------------------------------------------
@@ -612,6 +661,9 @@ def fit(
                 else:
                     loss, out = run.step(run_step, step, xb, yb, optimizer)
                 trainer.step += 1
+                if compiled is not None and compiled.unsupported is not None \
+                        and trainer.compile_note is None:
+                    _say_fallback(trainer, compiled)
                 if loss is None:  # distributed: no samples on this rank in a short last step
                     loss_value = math.nan
                 else:
@@ -672,6 +724,17 @@ def fit(
     if was_training is not None:
         _set_mode(model, was_training)
     return history
+
+
+def _say_fallback(trainer: Trainer, compiled: Any) -> None:
+    """Once per fit: the compiled step runs eagerly (some or all batches), and why."""
+    from ..compile import CompileWarning
+
+    trainer.compile_note = (
+        f"fit: the compiled training step runs eagerly from step {trainer.step} on "
+        f"(for the batches it could not replay): {compiled.unsupported}"
+    )
+    warnings.warn(trainer.compile_note, CompileWarning, stacklevel=3)
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
