@@ -13,7 +13,7 @@ import pytest
 
 import chainrule as cr
 from chainrule.cli import main as cli_main
-from chainrule.teach.ledger import SCHEMA, VERSION, Ledger
+from chainrule.teach.ledger import SCHEMA, VERSION, ExplainError, Ledger
 
 F64 = np.float64
 nn = cr.nn
@@ -117,6 +117,27 @@ def test_json_numbers_are_full_precision_and_non_finite_values_are_strings():
     back = Ledger.from_json(text)
     np.testing.assert_array_equal(back["x"].grad, ledger["x"].grad)
     assert back.to_text() == ledger.to_text()
+
+
+def test_a_saved_ledger_with_a_required_array_nulled_is_refused():
+    # a term's upstream and product, a layer's z and a^(l-1) are always
+    # there; a hand-edited file with null there is an error naming the
+    # entry, not a NaN (np.asarray(None, float) is nan) or a later crash
+    model = mlp((2, 3, 1))
+    x = cr.tensor(np.ones((1, 2)), dtype=F64)
+    loss = (model(x) ** 2).sum()
+    d = cr.explain(loss, model=model).to_dict()
+    assert Ledger.from_dict(json.loads(json.dumps(d))).to_text()  # the untouched one loads
+
+    bad = json.loads(json.dumps(d))
+    node = next(n for n in bad["nodes"] if n["terms"])
+    node["terms"][0]["product"] = None
+    with pytest.raises(ExplainError, match=f"product of a term of '{node['name']}' is null"):
+        Ledger.from_dict(bad)
+    bad = json.loads(json.dumps(d))
+    bad["layers"][0]["z"] = None
+    with pytest.raises(ExplainError, match="z of layer 1 is null"):
+        Ledger.from_dict(bad)
 
 
 # --------------------------------------------------------------------------

@@ -587,6 +587,19 @@ def test_command_line_serves_until_interrupted_and_refuses_bad_settings():
     assert proc.returncode == 0
 
 
+def test_command_line_settings_never_reach_the_servers_own_parameters(capsys):
+    # port=, verbose=, block= ... are not page settings: one line and status 2,
+    # not "internal error: got multiple values for keyword argument" (or, for
+    # block=, a server that blocks before printing its URL)
+    from chainrule.cli import main
+
+    for word in ("port=9", "verbose=0", "host=0.0.0.0", "block=1", "open_browser=1"):
+        assert main(["playground", "dataset=xor", word, "--no-browser", "--port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert f"unknown setting {word.split('=')[0]!r}" in err and "--port" in err
+        assert "internal error" not in err
+
+
 def test_help_lists_the_playground(capsys):
     from chainrule.cli import build_parser
 

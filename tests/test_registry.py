@@ -42,7 +42,27 @@ def test_every_rule_has_cases():
 
 
 def test_every_rule_has_a_vjp():
-    assert all(r.vjp is not None for r in cr.RULES.values())
+    assert all(r.has_vjp for r in cr.RULES.values())
+
+
+def test_backward_through_a_rule_without_vjp_names_it():
+    # a rule made without defvjp records fine; backward says which rule lacks
+    # a VJP (it used to die with "'NoneType' object is not callable")
+    from chainrule.ops import Rule, apply
+
+    cube = Rule("cube_without_vjp", lambda x: (x**3, None))  # not registered in RULES
+    assert not cube.has_vjp
+    x = cr.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = apply(cube, x)
+    np.testing.assert_array_equal(y.data, [1.0, 8.0])
+    for loss in (y.sum(), apply(cube, x * 2.0).sum()):  # last node, and one inside the graph
+        with pytest.raises(NotImplementedError, match="cube_without_vjp.*defvjp"):
+            loss.backward()
+    assert x.grad is None
+    cube.defvjp(lambda g, out, ctx, needs, xp, x: (g * 3 * x * x,))
+    assert cube.has_vjp
+    apply(cube, x).sum().backward()
+    np.testing.assert_allclose(x.grad.data, [3.0, 12.0])
 
 
 def _nodes(out):

@@ -427,6 +427,25 @@ def test_early_stopping_rules(Estimator, digits_binary, iris):
 
 
 @pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_warm_start_across_an_early_stopping_switch(Estimator, iris):
+    # switching early_stopping between warm-started fits starts tracking what
+    # it now watches (scikit-learn 1.9 raises AttributeError/TypeError here)
+    X, y = iris
+    model = Estimator(max_iter=4, random_state=0, warm_start=True, n_iter_no_change=np.inf)
+    _quiet(model.fit, X, y)
+    assert model.validation_scores_ is None and np.isfinite(model.best_loss_)
+    model.set_params(early_stopping=True)
+    _quiet(model.fit, X, y)
+    assert model.best_loss_ is None and len(model.validation_scores_) == 4
+    assert model.best_validation_score_ == max(model.validation_scores_)
+    assert len(model.loss_curve_) == 8  # the training history goes on
+    model.set_params(early_stopping=False)
+    _quiet(model.fit, X, y)
+    assert model.validation_scores_ is None and model.best_validation_score_ is None
+    assert model.best_loss_ == min(model.loss_curve_[8:])
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
 def test_warm_start_runs_max_iter_each_fit(Estimator, iris):
     X, y = iris
     model = Estimator(warm_start=True, max_iter=10, n_iter_no_change=np.inf, random_state=0)

@@ -205,3 +205,28 @@ def test_collapse_modules_draws_each_layer_as_one_box():
     g1 = viz.graph(loss, collapse=[model[0]] if hasattr(model, "__getitem__") else None)
     n1, _ = parse(g1.source)
     assert sum(nid.startswith("g") for nid in n1) == 1
+
+
+def test_graph_vertex_tensor_refuses_constants_and_values_not_kept():
+    # GraphVertex.tensor gives the Tensor whose graph vertex it is; a constant
+    # operand has none, and a node whose value was not kept cannot make one
+    # (it used to return a Tensor holding None, or a fake leaf for a constant)
+    cr.set_keep_values(False)  # this file's fixture keeps every value; not here
+    x = cr.tensor(np.array([1.0, -2.0]), requires_grad=True)
+    y = (x * np.array([3.0, 4.0])).exp()
+    order = viz.walk([y], need_values=False)
+    leaf = next(v for v in order if v.vertex is x)
+    assert leaf.tensor is x
+    const = next(v for v in order if v.vertex is None)
+    with pytest.raises(ValueError, match="constant operand"):
+        _ = const.tensor
+    mul = next(v for v in order if v._op is not None and v._op.name == "mul")
+    assert mul.data is None  # exp keeps its output, not its operand's value
+    with pytest.raises(viz.ValuesNotKept, match="keep_values"):
+        _ = mul.tensor
+    with cr.keep_values():
+        y = (x * np.array([3.0, 4.0])).exp()
+    mul = next(v for v in viz.walk([y]) if v._op is not None and v._op.name == "mul")
+    t = mul.tensor
+    np.testing.assert_array_equal(t.data, [3.0, -8.0])
+    assert t.grad_fn == "mul"

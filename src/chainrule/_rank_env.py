@@ -18,6 +18,7 @@ loading MPI, so that:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, MutableMapping
 
 __all__ = ["launcher_world_size", "launched", "local_ranks", "default_blas_threads"]
 
@@ -47,13 +48,13 @@ def _leading_int(text: str | None) -> int | None:
     return int(digits) if digits else None
 
 
-def launched(environ: dict[str, str] | None = None) -> bool:
+def launched(environ: Mapping[str, str] | None = None) -> bool:
     """Whether an MPI launcher (mpiexec, mpirun, srun with PMI) started this process."""
     env = os.environ if environ is None else environ
     return any(v in env for v in _RANK_VARS)
 
 
-def launcher_world_size(environ: dict[str, str] | None = None) -> int | None:
+def launcher_world_size(environ: Mapping[str, str] | None = None) -> int | None:
     """The number of ranks the launcher started, or None when it does not say."""
     env = os.environ if environ is None else environ
     for var in _SIZE_VARS:
@@ -63,7 +64,7 @@ def launcher_world_size(environ: dict[str, str] | None = None) -> int | None:
     return None
 
 
-def local_ranks(environ: dict[str, str] | None = None) -> int:
+def local_ranks(environ: Mapping[str, str] | None = None) -> int:
     """How many ranks of this job run on this node (1 when not launched)."""
     env = os.environ if environ is None else environ
     if not launched(env):
@@ -82,7 +83,7 @@ def _cores_owned() -> int:
         return os.cpu_count() or 1
 
 
-def default_blas_threads(environ: dict[str, str] | None = None) -> int | None:
+def default_blas_threads(environ: MutableMapping[str, str] | None = None) -> int | None:
     """Set ``OPENBLAS_NUM_THREADS`` for this rank unless the user chose a count.
 
     Only under an MPI launcher with several ranks on this node, and only when

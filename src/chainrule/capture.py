@@ -165,7 +165,7 @@ def effect(fn: Callable | None = None, *, touches: Callable[..., Iterable[Any] |
                 return f(*args, **kwargs)
             return tracer.effect(spec, args, kwargs)
 
-        wrapper.__effect__ = spec  # type: ignore[attr-defined]
+        wrapper.__effect__ = spec  # type: ignore[attr-defined]  # a marker on the function
         return wrapper
 
     return wrap if fn is None else wrap(fn)

@@ -295,13 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not compare onnxruntime's outputs with chainrule's")
     ex.set_defaults(func=cmd_export)
 
-    # -- explain (owned by chainrule.cli_explain) ---------------------------
-    try:
-        from . import cli_explain
-    except ImportError:
-        cli_explain = None
-    if cli_explain is not None:
-        cli_explain.add_parser(sub)
+    # -- explain (owned by chainrule.teach.cli) -------------------------------
+    # imported outright: a failure there is a bug to see, not a reason to
+    # drop the subcommand without a word
+    from . import cli_explain
+
+    cli_explain.add_parser(sub)
 
     # -- playground (owned by chainrule.playground.cli) -----------------------
     from .playground import cli as playground_cli
@@ -321,7 +320,7 @@ class Dataset:
 
     ``features`` holds every row's raw features (a DataFrame for CSV files, an
     array for digits/MNIST); ``train_idx`` / ``test_idx`` pick the rows of each
-    side (MNIST brings its own test files in ``test_features``).
+    side (MNIST brings its own test files: ``test_set``, its features and labels).
     """
 
     name: str
@@ -335,8 +334,7 @@ class Dataset:
     feature_names: list[str] | None = None
     target: str | None = None
     split: dict[str, Any] | None = None
-    test_features: Any = None
-    test_y: np.ndarray | None = None
+    test_set: tuple[Any, np.ndarray] | None = None
     source: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -347,7 +345,7 @@ class Dataset:
 
     @property
     def n_test(self) -> int:
-        return len(self.test_y) if self.test_y is not None else len(self.test_idx)
+        return len(self.test_set[1]) if self.test_set is not None else len(self.test_idx)
 
 
 def _describe_path(text: str) -> str:
@@ -482,7 +480,7 @@ def load_training_data(args: argparse.Namespace) -> Dataset:
         Xtr, Xte = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
         return Dataset(path.resolve().name or "mnist", "mnist", Xtr, ytr,
                        np.arange(len(ytr)), np.zeros(0, np.int64), "classification",
-                       list(range(10)), test_features=Xte, test_y=yte,
+                       list(range(10)), test_set=(Xte, yte),
                        source=str(path.resolve()))
     if not path.exists():
         raise CLIError(_describe_path(text))
@@ -605,8 +603,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     prep.fit(ds.rows(ds.features, train_idx))
     Xtr = prep.transform(ds.rows(ds.features, train_idx))
     Xval = None if val_idx is None else prep.transform(ds.rows(ds.features, val_idx))
-    if ds.test_features is not None:
-        Xte, yte = prep.transform(ds.test_features), ds.test_y
+    if ds.test_set is not None:
+        Xte, yte = prep.transform(ds.test_set[0]), ds.test_set[1]
     else:
         Xte, yte = prep.transform(ds.rows(ds.features, ds.test_idx)), ds.y[ds.test_idx]
     ytr = ds.y[train_idx]
@@ -945,15 +943,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         parser = build_parser()
-        args = [a for a in argv if a != "--debug"]
-        try:
-            from . import cli_explain
+        from . import cli_explain
 
-            # an expression starting with '-' is not an option of `explain`
-            args = cli_explain.protect_expression(args)
-        except ImportError:
-            pass
-        args = parser.parse_args(args)
+        # an expression starting with '-' is not an option of `explain`
+        words = cli_explain.protect_expression([a for a in argv if a != "--debug"])
+        args = parser.parse_args(words)
         if getattr(args, "func", None) is None:
             parser.print_help()
             return 2

@@ -26,7 +26,7 @@ differences and names the first one whose backward is wrong.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class FunctionCtx:
     """
 
     def __init__(self) -> None:
-        self.saved_tensors: tuple[Tensor, ...] = ()
+        self.saved_tensors: tuple[Tensor | None, ...] = ()
         self.needs_input_grad: tuple[bool, ...] = ()
         self._layout: tuple = ()  # which forward arguments are tensors (graph operands)
         self._inputs: list[Tensor] = []  # the tensors forward saw, in operand order
@@ -179,7 +179,7 @@ def once_differentiable(backward: Callable) -> Callable:
     ...         (x,) = ctx.saved_tensors
     ...         return g.numpy() * 2 * x.numpy()
     """
-    backward._once_differentiable = True  # type: ignore[attr-defined]
+    backward._once_differentiable = True  # type: ignore[attr-defined]  # a marker on the function
     return backward
 
 
@@ -189,7 +189,7 @@ class _Recorded(Tensor):
     derivative computed outside it cannot be differentiated again."""
 
     __slots__ = ()
-    _function = "Function"
+    _function: str = "Function"  # the class name, for messages
 
     def _leave(self, how: str) -> Any:
         raise DoubleBackwardError(
@@ -230,8 +230,9 @@ def _recorded(t: Tensor, function: str, seed: bool = False) -> Tensor:
     else:
         return t
     r.__class__ = _Recorded
-    r._function = function
-    return r
+    rec = cast(_Recorded, r)
+    rec._function = function
+    return rec
 
 
 def _double_backward_error(cls: type, what: str) -> DoubleBackwardError:
@@ -266,7 +267,7 @@ def _make_vjp(cls: type[Function]) -> Callable:
                 f"took {len(layout)} argument(s); return one per argument (None for "
                 "arguments that need no gradient)"
             )
-        result = []
+        result: list[Any] = []  # arrays, or Tensors when recording
         for k, (gi, is_t) in enumerate(zip(grads, layout)):
             if not is_t:
                 continue
@@ -291,7 +292,7 @@ def _make_vjp(cls: type[Function]) -> Callable:
     return vjp
 
 
-def _recorded_backward(cls: type, ctx: FunctionCtx, g: Tensor, inputs: tuple) -> Any:
+def _recorded_backward(cls: type[Function], ctx: FunctionCtx, g: Tensor, inputs: tuple) -> Any:
     """Run ``backward`` so that its operations are recorded (create_graph=True).
 
     The tensors saved for backward stand for the graph's own inputs, so that
@@ -301,15 +302,18 @@ def _recorded_backward(cls: type, ctx: FunctionCtx, g: Tensor, inputs: tuple) ->
     name = cls.__name__
     real = {id(w): t for w, t in zip(ctx._inputs, inputs)}
     saved = ctx.saved_tensors
-    swapped = []
+    swapped: list[Tensor | None] = []
     for s in saved:
+        if s is None:
+            swapped.append(None)
+            continue
         t = real.get(id(s))
-        if t is None and s is not None:
+        if t is None:
             raise _double_backward_error(
                 cls, "it saved a tensor that is not one of its inputs (a value computed in "
                 "forward is a constant to the graph, so its own derivative would be lost); "
                 "save the inputs and recompute such values in backward")
-        swapped.append(None if s is None else _recorded(t, name))
+        swapped.append(_recorded(t, name))
     ctx.saved_tensors = tuple(swapped)
     try:
         return cls.backward(ctx, _recorded(g, name, seed=True))
@@ -373,7 +377,7 @@ def check_graph(
     >>> cr.check_graph(loss)        # before backward(), which frees the graph
     <GraphCheckReport: 7 nodes checked, 0 skipped>
     """
-    from .teach._graph import walk  # the views' adapter to the graph
+    from .teach._graph import value_of, walk  # the views' adapter to the graph
     from .teach.ledger import node_names
 
     order = walk([t], what="check_graph")
@@ -390,15 +394,13 @@ def check_graph(
                 "backward(), or call backward(retain_graph=True)"
             )
         rule: Rule = node._op
-        if rule.vjp is None:
+        if not rule.has_vjp:
             report.skipped.append((label, "no VJP"))
             continue
         params = _params(node)
         needs = node._needs
-        x64 = [
-            p.data.astype(np.float64) if p.data.dtype.kind in "fc" else p.data
-            for p in node._parents
-        ]
+        x64 = [a.astype(np.float64) if a.dtype.kind in "fc" else a
+               for a in (value_of(p, "check_graph") for p in node._parents)]
 
         def f(arrays: list, rule: Rule = rule, params: dict = params) -> np.ndarray:
             with np.errstate(all="ignore"):

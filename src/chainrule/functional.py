@@ -118,7 +118,8 @@ def grad(f: Callable[..., Tensor], argnums: int | Sequence[int] = 0) -> Callable
     return wrapped
 
 
-def vjp(f: Callable[..., Tensor], *primals: Any) -> tuple[np.ndarray, Callable[[Any], tuple]]:
+def vjp(f: Callable[..., Tensor], *primals: Any
+        ) -> tuple[np.ndarray | Tensor, Callable[[Any], tuple]]:
     """Evaluate ``f(*primals)`` and return ``(out, vjp_fn)``.
 
     ``vjp_fn(cotangent)`` gives the tuple ``cotangent^T J_i`` for each primal,

@@ -450,7 +450,7 @@ def verify(model_or_checkpoint: Any, onnx_path: str | os.PathLike, X: Any = None
     model = target.model
     width, indices = _n_inputs(model)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    dtype = np.float64 if "double" in sess.get_inputs()[0].type else np.float32
+    dtype = np.dtype(np.float64 if "double" in sess.get_inputs()[0].type else np.float32)
     rng = np.random.default_rng(seed)
     if X is None:
         if indices:

@@ -129,6 +129,34 @@ SAVES_INPUTS = Saves(rest=True)
 SAVES_OUT = Saves(out=True)
 
 
+# ``vjp(g, out, ctx, needs, xp, *inputs) -> one gradient (or None) per input``;
+# the arguments are NumPy arrays, Tensors (create_graph) or shape-only
+# stand-ins, so they are untyped by design
+VJP = Callable[..., Sequence[Any]]
+# ``check(arrays, params, exc) -> message or None`` (see Rule)
+Check = Callable[[Sequence[Any], dict[str, Any], Exception], "str | None"]
+
+
+class _NoVJP:
+    """The VJP of a rule that has none yet: backward through it says so.
+
+    A stand-in rather than None, so that the backward walk calls ``rule.vjp``
+    without a check per node, and a rule registered without ``defvjp`` fails
+    with a message instead of "'NoneType' object is not callable".
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *args: Any) -> Sequence[Any]:
+        raise NotImplementedError(
+            f"backward through {self.name!r}: the rule has no VJP; attach one with the "
+            "rule's defvjp decorator (see cr.rule)"
+        )
+
+
 class Rule:
     """One differentiable operation: ``forward`` and its ``vjp``, side by side.
 
@@ -142,7 +170,8 @@ class Rule:
     ``weak_scalars``: Python int/float operands may be passed to the forward
     as a cached 0-d array of the other operand's dtype (the same values, bit
     for bit, for + - * /; NumPy converts such an array faster than a Python
-    float).
+    float). Until ``defvjp`` runs, ``vjp`` is a stand-in that raises
+    ``NotImplementedError`` naming the rule (``has_vjp`` is False).
 
     What the op *is*, for the views that explain a graph (``cr.explain``,
     drawings, the MLP view), is declared here too, never guessed elsewhere:
@@ -182,11 +211,16 @@ class Rule:
         self.role = role
         self.activation = activation
         self.grads = tuple(grads)
-        self.vjp: Callable | None = None
-        self.vjp_inplace: Callable | None = None
-        self.check: Callable | None = None
+        self.vjp: VJP = _NoVJP(name)
+        self.vjp_inplace: VJP | None = None
+        self.check: Check | None = None
         self.split: tuple[Callable, Rule] | None = None
         self.doc = forward.__doc__
+
+    @property
+    def has_vjp(self) -> bool:
+        """Whether a VJP was attached (``defvjp``/``defsplit``)."""
+        return not isinstance(self.vjp, _NoVJP)
 
     def plan(self, needs: tuple[bool, ...]) -> tuple[tuple[bool, ...], bool]:
         """What a node of this rule keeps, for operands whose needs are ``needs`` (cached)."""
@@ -195,11 +229,11 @@ class Rule:
             p = self.plans[needs] = self.saves.plan(needs)
         return p
 
-    def defvjp(self, fn: Callable) -> Callable:
+    def defvjp(self, fn: VJP) -> VJP:
         self.vjp = fn
         return fn
 
-    def defvjp_inplace(self, fn: Callable) -> Callable:
+    def defvjp_inplace(self, fn: VJP) -> VJP:
         """A second VJP, on NumPy arrays only, that may write into ``g``.
 
         The backward walk calls it instead of ``vjp`` when the gradient table
@@ -225,7 +259,7 @@ class Rule:
         and ``vjp_inplace`` are set to the composition, for every other caller
         (``create_graph``, an observer, detect_anomaly).
         """
-        if inner.saves.out is not False or inner.vjp is None:
+        if inner.saves.out is not False or not inner.has_vjp:
             raise ValueError(f"defsplit: {inner.name!r} must have a VJP that does not read out")
 
         def register(step: Callable) -> Callable:
@@ -241,7 +275,7 @@ class Rule:
 
         return register
 
-    def defcheck(self, fn: Callable) -> Callable:
+    def defcheck(self, fn: Check) -> Check:
         self.check = fn
         return fn
 
@@ -450,6 +484,8 @@ def _unary(rule: Rule, x: Any, **params: Any) -> Tensor:
 def _binary(rule: Rule, a: Any, b: Any) -> Tensor:
     if _mode.tracer is not None:
         return apply(rule, a, b)
+    ad: Any  # an array, or a Python/NumPy scalar kept as it is
+    bd: Any
     if isinstance(a, Tensor):
         ad = a.data
         ra = a._requires_grad
@@ -1626,7 +1662,7 @@ def LINEAR(x, w, b):
 
 
 @LINEAR.defcheck
-def _(arrays, params, exc):
+def _linear_check(arrays, params, exc):
     x, w, b = (np.shape(a) for a in arrays)
     if len(w) != 2:
         return f"weight must be 2-D (out_features, in_features), got shape {w}"
@@ -1669,7 +1705,7 @@ def LINEAR_NOBIAS(x, w):
     return out, None
 
 
-LINEAR_NOBIAS.defcheck(lambda arrays, params, exc: LINEAR.check(arrays + [()], params, exc))
+LINEAR_NOBIAS.defcheck(lambda arrays, params, exc: _linear_check([*arrays, ()], params, exc))
 
 
 @LINEAR_NOBIAS.defvjp
@@ -1723,7 +1759,7 @@ def LINEAR_RELU(x, w, b):
     return out, out > 0  # relu' (0 at z = 0, as for relu)
 
 
-LINEAR_RELU.defcheck(lambda arrays, params, exc: LINEAR.check(arrays, params, exc))
+LINEAR_RELU.defcheck(_linear_check)
 
 
 @LINEAR_RELU.defsplit(LINEAR)
@@ -2048,7 +2084,7 @@ def _extremum(a: Any, who: str, rule: Rule, pick: Callable, dim: Any, keepdim: A
     return _along(a, who, pick, dim, keep)
 
 
-def _along(a: Any, who: str, pick: Callable, dim: int, keep: bool) -> ValuesIndices:
+def _along(a: Any, who: str, pick: Callable, dim: int | np.integer, keep: bool) -> ValuesIndices:
     """PyTorch's ``max(dim)``: the values and where they are (the first one at ties).
 
     The values are gathered at those indices, so the gradient goes to that
@@ -2511,7 +2547,7 @@ def _ns_transpose(a: Any, axes: Any = None) -> Tensor:
 # Array namespaces handed to the VJPs (see the module docstring)
 # --------------------------------------------------------------------------
 
-NUMPY_NS = SimpleNamespace(
+NUMPY_NS: SimpleNamespace = SimpleNamespace(
     where=np.where,
     exp=np.exp,
     log=np.log,
@@ -2526,7 +2562,7 @@ NUMPY_NS = SimpleNamespace(
     scatter_add=_np_scatter_add,
 )
 
-TENSOR_NS = SimpleNamespace(
+TENSOR_NS: SimpleNamespace = SimpleNamespace(
     where=where,
     exp=exp,
     log=log,

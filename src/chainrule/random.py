@@ -60,7 +60,9 @@ def manual_seed(seed: int) -> np.random.Generator:
         refuse=lambda: "cr.random.seed() seeds from fresh OS entropy, so no two runs agree")
 def seed() -> int:
     """Seed the global generator from OS entropy; returns the seed used."""
-    s = int(np.random.SeedSequence().entropy % (2**63))
+    entropy = np.random.SeedSequence().entropy
+    assert isinstance(entropy, int)  # drawn from the OS when none is given
+    s = entropy % (2**63)
     manual_seed(s)
     return s
 
@@ -72,7 +74,7 @@ def initial_seed() -> int:
 
 def get_state() -> dict[str, Any]:
     """The generator's state as a JSON-serialisable dict (for checkpoints)."""
-    return _GENERATOR.bit_generator.state
+    return dict(_GENERATOR.bit_generator.state)
 
 
 @effect(touches=lambda state: _GENERATOR)

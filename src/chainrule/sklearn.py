@@ -54,7 +54,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without scikit-
 import numbers
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -92,6 +92,12 @@ _LEARNING_RATES = ("constant", "invscaling", "adaptive")
 # --------------------------------------------------------------------------
 # The shared machinery
 # --------------------------------------------------------------------------
+
+
+def _bias(lin: nn.Linear) -> nn.Parameter:
+    """The bias of one of the estimator's Linear layers (it builds them all with one)."""
+    assert lin.bias is not None
+    return lin.bias
 
 
 class _BaseMLP(BaseEstimator):
@@ -167,7 +173,7 @@ class _BaseMLP(BaseEstimator):
     # ----- validation -------------------------------------------------------
 
     def _hidden_sizes(self) -> list[int]:
-        sizes = self.hidden_layer_sizes
+        sizes: Any = self.hidden_layer_sizes  # anything: validated here
         if isinstance(sizes, numbers.Integral):
             sizes = [sizes]
         try:
@@ -215,7 +221,7 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"momentum must be <= 1, got {self.momentum!r}.")
         for name in ("beta_1", "beta_2"):
             v = getattr(self, name)
-            if not isinstance(v, numbers.Real) or not 0 <= v < 1:
+            if not isinstance(v, numbers.Real) or not 0 <= cast(float, v) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {v!r}.")
         if not isinstance(self.validation_fraction, numbers.Real) or not (
             0 < self.validation_fraction < 1
@@ -257,7 +263,7 @@ class _BaseMLP(BaseEstimator):
             with no_grad():
                 # chainrule stores (out, in), as PyTorch does; coefs_ show (in, out)
                 lin.weight.data[...] = np.asarray(w).T
-                lin.bias.data[...] = b
+                _bias(lin).data[...] = b
             layers.append(lin)
             if i < n_layers - 1:
                 layers.append(_ACTIVATIONS[self.activation]())
@@ -272,14 +278,14 @@ class _BaseMLP(BaseEstimator):
         """Publish the weights as NumPy copies in scikit-learn's layout."""
         lins = self._linears()
         self.coefs_ = [lin.weight.data.T.copy() for lin in lins]
-        self.intercepts_ = [lin.bias.data.copy() for lin in lins]
+        self.intercepts_ = [_bias(lin).data.copy() for lin in lins]
 
     def _load_arrays(self) -> None:
         """Copy ``coefs_`` / ``intercepts_`` into the network (they may have been edited)."""
         with no_grad():
             for lin, w, b in zip(self._linears(), self.coefs_, self.intercepts_):
                 lin.weight.data[...] = np.asarray(w).T
-                lin.bias.data[...] = b
+                _bias(lin).data[...] = b
 
     def _forward(self, X: np.ndarray) -> np.ndarray:
         """Network outputs (logits or regression values) for validated ``X``, in eval mode."""
@@ -372,22 +378,15 @@ class _BaseMLP(BaseEstimator):
                         m.generator = self._dropout_rng
             self.n_iter_ = 0
             self.t_ = 0
-            self.loss_curve_ = []
-            self._no_improvement_count = 0
-            self.__dict__.pop("_best_weights", None)
-            if self.early_stopping:
-                self.validation_scores_ = []
-                self.validation_loss_curve_ = []
-                self.best_validation_score_ = -np.inf
-                self.best_loss_ = None
-            else:
-                self.validation_scores_ = None
-                self.validation_loss_curve_ = None
-                self.best_validation_score_ = None
-                self.best_loss_ = np.inf
+            self.loss_curve_: list[float] = []
+            self._start_tracking()
             self._sync_arrays()
         else:
             self._load_arrays()
+            if self.early_stopping != (self.validation_scores_ is not None):
+                # early_stopping was switched between warm-started fits: track
+                # what it watches now from here (scikit-learn fails on this)
+                self._start_tracking()
         X = X.astype(self._dtype, copy=False)
         if not incremental or getattr(self, "_optimizer", None) is None:
             self._optimizer = self._make_optimizer()
@@ -401,6 +400,22 @@ class _BaseMLP(BaseEstimator):
                 "large values and need to be preprocessed."
             )
         return self
+
+    def _start_tracking(self) -> None:
+        """Start what ``early_stopping`` watches (the validation score, else the
+        training loss) from nothing."""
+        self._no_improvement_count = 0
+        self.__dict__.pop("_best_weights", None)
+        self.validation_scores_: list[float] | None = None
+        self.validation_loss_curve_: list[float] | None = None
+        self.best_validation_score_: float | None = None
+        self.best_loss_: float | None = None
+        if self.early_stopping:
+            self.validation_scores_ = []
+            self.validation_loss_curve_ = []
+            self.best_validation_score_ = -np.inf
+        else:
+            self.best_loss_ = np.inf
 
     def _split_validation(self, X: np.ndarray, target: np.ndarray
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -430,10 +445,10 @@ class _BaseMLP(BaseEstimator):
         """scikit-learn's L2 term: alpha / 2 * sum of squared weights / batch size."""
         if self.alpha == 0:
             return None
-        total = None
-        for lin in self._linears():
-            sq = (lin.weight * lin.weight).sum()
-            total = sq if total is None else total + sq
+        first, *rest = self._linears()  # the network has at least one layer
+        total = (first.weight * first.weight).sum()
+        for lin in rest:
+            total = total + (lin.weight * lin.weight).sum()
         return total * (0.5 * self.alpha / n)
 
     def _train(self, X: np.ndarray, target: np.ndarray, incremental: bool) -> None:
@@ -484,43 +499,48 @@ class _BaseMLP(BaseEstimator):
         return loss if penalty is None else loss + penalty
 
     def _weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [(lin.weight.data.copy(), lin.bias.data.copy()) for lin in self._linears()]
+        return [(lin.weight.data.copy(), _bias(lin).data.copy()) for lin in self._linears()]
 
     def _set_weights(self, weights: list[tuple[np.ndarray, np.ndarray]]) -> None:
         with no_grad():
             for lin, (w, b) in zip(self._linears(), weights):
                 lin.weight.data[...] = w
-                lin.bias.data[...] = b
+                _bias(lin).data[...] = b
 
     def _track_loss(self) -> None:
-        last = self.loss_curve_[-1]
-        if last > self.best_loss_ - self.tol:
+        last, best = self.loss_curve_[-1], self.best_loss_
+        assert best is not None  # early_stopping=False: _start_tracking set it
+        if last > best - self.tol:
             self._no_improvement_count += 1
         else:
             self._no_improvement_count = 0
-        self.best_loss_ = min(self.best_loss_, last)
+        self.best_loss_ = min(best, last)
 
     def _track_validation(self, X_val: np.ndarray, t_val: np.ndarray) -> bool:
         """Record the validation loss and score; False when the outputs are not finite
         (a diverged fit: the score is NaN and training stops)."""
+        scores, losses = self.validation_scores_, self.validation_loss_curve_
+        best = self.best_validation_score_
+        # early_stopping=True: _start_tracking set them
+        assert scores is not None and losses is not None and best is not None
         self.model_.eval()
         with no_grad():
             out = self.model_(Tensor(X_val))
         finite = bool(np.isfinite(out.data).all())
         if finite:
-            self.validation_loss_curve_.append(float(self._data_loss(out, t_val).item()))
+            losses.append(float(self._data_loss(out, t_val).item()))
             score = self._score_encoded(X_val, t_val)
         else:
-            self.validation_loss_curve_.append(float("nan"))
+            losses.append(float("nan"))
             score = float("nan")
-        self.validation_scores_.append(score)
+        scores.append(score)
         if self.verbose:
             print(f"Validation score: {score:f}")
-        if score < self.best_validation_score_ + self.tol:
+        if score < best + self.tol:
             self._no_improvement_count += 1
         else:
             self._no_improvement_count = 0
-        if score > self.best_validation_score_:
+        if score > best:
             self.best_validation_score_ = score
             self._best_weights = self._weights()
         return finite

@@ -84,7 +84,8 @@ def parse_hidden(text: str | Sequence[Any], activation: str = "relu",
         items = list(text)
     layers = []
     for item in items:
-        layer = {"units": 0, "activation": activation, "norm": None, "dropout": float(dropout)}
+        layer: dict[str, Any] = {"units": 0, "activation": activation, "norm": None,
+                                 "dropout": float(dropout)}
         if isinstance(item, Mapping):
             layer.update(item)
             parts: list[str] = []

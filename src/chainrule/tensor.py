@@ -25,6 +25,7 @@ Everything array-specific lives in the rules (``ops.py``); this file only walks.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import heapq
 import itertools
@@ -33,11 +34,16 @@ import traceback
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
 from . import capture as _capture
+
+if TYPE_CHECKING:
+    from types import SimpleNamespace
+
+    from .ops import Rule
 
 __all__ = [
     "Tensor",
@@ -343,6 +349,20 @@ class Node:
     # made on first use, with the class attributes below as defaults.
     __slots__ = ("op", "parents", "inputs", "out", "ctx", "needs", "stamp", "shape", "dtype",
                  "params", "__dict__", "__weakref__")
+    # the slots, for the type checker (annotations alone make no class attribute)
+    op: Rule
+    parents: tuple[Node | Tensor | None, ...]
+    # what the VJP gets for each operand: the kept array, or a stand-in with
+    # .shape/.dtype/.ndim (the parent node, the leaf Tensor, a Meta); Tensors
+    # throughout under create_graph
+    inputs: tuple[Any, ...]
+    out: np.ndarray | None
+    ctx: Any  # rule-specific; _RELEASED once backward() freed it
+    needs: tuple[bool, ...]
+    stamp: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    params: dict[str, Any]
     name: str | None = None
     meta: Any = None  # detect_anomaly: the source line that created the node
     kept: tuple | None = None  # keep_values: (output, operands as given)
@@ -450,6 +470,9 @@ class Tensor:
     # name) lives in the instance dict, created on first use, with the class
     # attributes below as defaults.
     __slots__ = ("data", "_requires_grad", "_node", "__dict__", "__weakref__")
+    data: np.ndarray
+    _requires_grad: bool
+    _node: Node | None
     _grad: Tensor | None = None
     _hooks: list[Callable] | None = None  # leaves; a non-leaf keeps them on its node
     _post_hooks: list[Callable] | None = None  # run after .grad is accumulated (leaves)
@@ -507,6 +530,9 @@ class Tensor:
 
     @name.setter
     def name(self, value: str | None) -> None:
+        self._set_name(value)
+
+    def _set_name(self, value: str | None) -> None:  # (Parameter's name setter too)
         if value is not None and not isinstance(value, str):
             raise TypeError(f"name: expected a string or None, got {type(value).__name__}")
         node = self._node
@@ -798,8 +824,9 @@ class Tensor:
         _bump(self)
         return self
 
+    # (``float`` in annotations below would name the method Tensor.float)
     @effect
-    def add_(self, other: Any, alpha: float = 1.0) -> Tensor:
+    def add_(self, other: Any, alpha: builtins.float = 1.0) -> Tensor:
         o = other.data if isinstance(other, Tensor) else other
         self._check_inplace("add_")
         if alpha == 1.0:
@@ -810,7 +837,7 @@ class Tensor:
         return self
 
     @effect
-    def sub_(self, other: Any, alpha: float = 1.0) -> Tensor:
+    def sub_(self, other: Any, alpha: builtins.float = 1.0) -> Tensor:
         o = other.data if isinstance(other, Tensor) else other
         return self.add_(-np.asarray(o, dtype=self.data.dtype), alpha)
 
@@ -830,7 +857,7 @@ class Tensor:
         return self
 
     @effect
-    def fill_(self, value: float) -> Tensor:
+    def fill_(self, value: builtins.float) -> Tensor:
         self._check_inplace("fill_")
         self.data.fill(value)
         _bump(self)
@@ -907,7 +934,8 @@ class Tensor:
         for i in range(self.data.shape[0]):
             yield self[i]
 
-    # comparisons give boolean tensors outside the graph
+    # comparisons give boolean tensors outside the graph (elementwise, as in
+    # NumPy and PyTorch: hence not object.__eq__'s bool)
     def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
         return _ops.compare("eq", self, other)
 
@@ -948,7 +976,7 @@ class Tensor:
     def relu(self) -> Tensor:
         return _ops.relu(self)
 
-    def leaky_relu(self, negative_slope: float = 0.01) -> Tensor:
+    def leaky_relu(self, negative_slope: builtins.float = 0.01) -> Tensor:
         return _ops.leaky_relu(self, negative_slope)
 
     def softplus(self) -> Tensor:
@@ -1342,6 +1370,18 @@ def _graph_operand(a: Any, parent: Any) -> Any:
     return parent  # a leaf: the tensor itself
 
 
+# with ``inputs`` the gradients come back (a compile tracer never takes over
+# such a call); without, they go into .grad and the result is None
+@overload
+def run_backward(roots: Sequence[Tensor], seeds: Sequence[Any], retain_graph: bool | None = None,
+                 create_graph: bool = False, *, inputs: Sequence[Tensor],
+                 observer: Any = None) -> list[Any]: ...
+@overload
+def run_backward(roots: Sequence[Tensor], seeds: Sequence[Any], retain_graph: bool | None = None,
+                 create_graph: bool = False, inputs: None = None,
+                 observer: Any = None) -> None: ...
+
+
 def run_backward(
     roots: Sequence[Tensor],
     seeds: Sequence[Any],
@@ -1381,6 +1421,7 @@ def run_backward(
     # statement here would cost more than a small op's whole backward step)
     xp = _ops.TENSOR_NS if create_graph else _ops.NUMPY_NS
 
+    g: Any  # a gradient: an array, or a Tensor under create_graph
     table: dict[Any, Any] = {}  # the gradient table: vertex -> dL/dvertex
     owned: set[Any] = set()  # vertices whose table entry we may update in place
     for r, s in zip(roots, seeds):
@@ -1644,4 +1685,4 @@ def check_forward_anomaly(op_name: str, out: np.ndarray, arrays: Sequence[Any]) 
 
 from . import ops as _ops  # noqa: E402  (ops needs Tensor, defined above)
 
-_NUMPY_NS = _ops.NUMPY_NS  # the array namespace of a plain backward pass
+_NUMPY_NS: SimpleNamespace = _ops.NUMPY_NS  # the array namespace of a plain backward pass

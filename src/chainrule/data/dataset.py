@@ -90,6 +90,7 @@ class Subset(Dataset):
         return self.dataset[int(self.indices[index])]
 
     def _gather(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+        # called only when the wrapped dataset has one (_has_gather)
         return self.dataset._gather(self.indices[idx])  # type: ignore[attr-defined]
 
 

@@ -142,7 +142,7 @@ class DataLoader:
         for start in range(0, stop, max(size, 1)):
             idx = order[start:start + size]
             if self._fast:
-                fields = self.dataset._gather(idx)  # type: ignore[union-attr]
+                fields = self.dataset._gather(idx)  # type: ignore[attr-defined]  # _fast: it has one
             else:
                 fields = _collate([self.dataset[int(i)] for i in idx])
             yield tuple(wrap(np.ascontiguousarray(f)) for f in fields)

@@ -20,13 +20,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
 import os
 import struct
 import urllib.request
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from ._common import DataFormatError
 
 __all__ = ["load_mnist", "read_idx", "download_mnist", "DownloadError", "default_cache_dir"]
 
-_IDX_TYPES = {
+_IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -61,7 +61,7 @@ class DownloadError(OSError):
 # --------------------------------------------------------------------------
 
 
-def _read_exact(f: IO[bytes], n: int, path: Path, what: str) -> bytes:
+def _read_exact(f: io.BufferedIOBase, n: int, path: Path, what: str) -> bytes:
     data = f.read(n)
     if len(data) != n:
         raise DataFormatError(
@@ -71,7 +71,7 @@ def _read_exact(f: IO[bytes], n: int, path: Path, what: str) -> bytes:
     return data
 
 
-def _parse_header(f: IO[bytes], path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+def _parse_header(f: io.BufferedIOBase, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
     """Read the header; return (dtype, dims, header length in bytes)."""
     zero0, zero1, code, ndim = _read_exact(f, 4, path, "magic number")
     if zero0 or zero1:

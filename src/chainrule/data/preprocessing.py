@@ -188,7 +188,7 @@ class Standardizer:
     @property
     def scale_(self) -> np.ndarray:
         """The standard deviations used (1 for constant columns)."""
-        if self.mean_ is None:
+        if self.mean_ is None or self._m2 is None:  # (set together)
             raise RuntimeError("Standardizer: call fit() first")
         std = np.sqrt(self._m2 / self.n)
         return np.where(std > 0, std, 1.0)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -81,6 +81,12 @@ class CSVStream:
     indices or float32 values of shape (batch, 1) (standardised for regression;
     :attr:`target_scale` holds the mean and std to undo it).
     """
+
+    # what fit() learns (no values here: they exist once it ran)
+    classes: list[Any] | None  # classification: the labels, in order of their index
+    target_scale: dict[str, float] | None  # regression: the target's mean and std
+    fill: np.ndarray  # per feature: the value that fills a gap
+    scaler: Standardizer | None
 
     def __init__(self, path: str | os.PathLike, target: str, features: list[str] | None = None,
                  task: str | None = None, batch_size: int = 256, chunk_rows: int = 65536,
@@ -187,8 +193,9 @@ class CSVStream:
     def _numbers(self, chunk: Any, fill: bool = True) -> np.ndarray:
         from .tables import _numeric
 
-        X = np.empty((len(chunk), len(self.features)), dtype=np.float64)
-        for j, name in enumerate(self.features):
+        features = self._fitted_features()
+        X = np.empty((len(chunk), len(features)), dtype=np.float64)
+        for j, name in enumerate(features):
             if name not in chunk.columns:
                 raise DataFormatError(f"{self.path}: column {name!r} is missing")
             X[:, j] = _numeric(chunk[name], name, chunk)
@@ -201,10 +208,15 @@ class CSVStream:
                 X = np.where(miss, self.fill, X)
         return X
 
-    def _refuse(self, chunk: Any, row: int, j: int) -> None:
+    def _fitted_features(self) -> list[str]:
+        if self.features is None:
+            raise RuntimeError("CSVStream: call fit() first (it picks the feature columns)")
+        return self.features
+
+    def _refuse(self, chunk: Any, row: int, j: int) -> NoReturn:
         from .tables import missing_or_bad
 
-        raise DataFormatError(missing_or_bad(chunk, int(row), self.features[j]) +
+        raise DataFormatError(missing_or_bad(chunk, int(row), self._fitted_features()[j]) +
                               " (missing value; CSVStream(impute='mean') fills gaps)")
 
     # ----- iteration ----------------------------------------------------------
@@ -223,6 +235,7 @@ class CSVStream:
 
     def _encode_y(self, y: np.ndarray) -> np.ndarray:
         if self.task == "classification":
+            assert self.classes is not None  # fit() set them
             index = {v: k for k, v in enumerate(self.classes)}
             try:
                 return np.fromiter((index[v] for v in y.tolist()), dtype=np.int64,
@@ -231,6 +244,7 @@ class CSVStream:
                 raise DataFormatError(f"{self.path}: label {e.args[0]!r} was not seen when "
                                       "the stream was fitted") from None
         sc = self.target_scale
+        assert sc is not None  # fit() set it (regression)
         return ((y.astype(np.float64) - sc["mean"]) / sc["std"]).astype(np.float32)[:, None]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:

@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 
@@ -275,7 +275,7 @@ def _scan(meta: dict, stop_at_bad_row: bool = False, rows_wanted: Sequence[int] 
     fields (as an error), or the physical line numbers of data rows ``rows_wanted``."""
     path, delim = meta["path"], meta["delimiter"]
     want = set(rows_wanted)
-    lines: dict[int, int] = {}
+    lines: dict[int, tuple[int, list[str]]] = {}  # data row -> (line number, fields)
     ncol = None
     k = -1
     with _open_text(Path(path), meta["encoding"]) as f:
@@ -496,7 +496,8 @@ class TablePreprocessor:
                 raise ValueError(f"categorical column(s) {unknown} are not in the table; "
                                  f"columns: {names}")
         self.feature_names = names
-        self.numeric, self.categorical = [], []
+        self.numeric: list[str] = []
+        self.categorical: list[str] = []
         self.numeric_categories: dict[str, bool] = {}
         self.fill: dict[str, Any] = {}
         self.categories: dict[str, list[str]] = {}
@@ -553,7 +554,7 @@ class TablePreprocessor:
         self.fill[name] = fill
         return values
 
-    def _refuse_missing(self, df: Any, name: str, mask: np.ndarray) -> None:
+    def _refuse_missing(self, df: Any, name: str, mask: np.ndarray) -> NoReturn:
         r = int(np.flatnonzero(mask)[0])
         raise DataFormatError(
             f"{locate(df, r, name)}: missing value (empty cell); choose a policy for gaps "
@@ -564,6 +565,7 @@ class TablePreprocessor:
         if name not in self.numeric:
             self.numeric.append(name)
         miss = np.isnan(values)
+        fill: float | None  # None: gaps met later are refused (impute="error")
         if miss.any():
             if self.impute == "error":
                 self._refuse_missing(df, name, miss)
@@ -580,9 +582,9 @@ class TablePreprocessor:
             values = np.where(miss, fill, values)
         else:
             # nothing missing in training: later gaps still get a value under a policy
-            fill = {"mean": float(values.mean()) if values.size else 0.0,
-                    "median": float(np.median(values)) if values.size else 0.0}.get(
-                self.impute, None)
+            fill = {
+                "mean": float(values.mean()) if values.size else 0.0,
+                "median": float(np.median(values)) if values.size else 0.0}.get(self.impute)
             if self.impute == "most-frequent" and values.size:
                 vals, counts = np.unique(values, return_counts=True)
                 fill = float(vals[np.argmax(counts)])

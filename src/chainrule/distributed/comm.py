@@ -346,7 +346,7 @@ def _install_excepthook(world: Communicator) -> None:
                 "for it forever", code,
             )
 
-    hook._chainrule_aborts = True  # type: ignore[attr-defined]
+    hook._chainrule_aborts = True  # type: ignore[attr-defined]  # a marker on the function
     sys.excepthook = hook
 
 
@@ -392,7 +392,8 @@ def init(timeout: float | None = None) -> Communicator:
                 MPI.Init_thread()
         finally:
             if guard is not None:
-                guard.stdin.close()  # type: ignore[union-attr]
+                if guard.stdin is not None:  # (it is: started with stdin=PIPE)
+                    guard.stdin.close()
                 guard.wait()
         if MPI.Is_finalized():
             raise RuntimeError("chainrule.distributed.init: MPI was already finalized in "

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -524,8 +524,8 @@ def _listed(names: list[str]) -> str:
     return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-def _check_same_model(comm: _comm.Communicator, named: list[tuple[str, Tensor]],
-                      buffers: list[tuple[str, Tensor]]) -> None:
+def _check_same_model(comm: _comm.Communicator, named: Sequence[tuple[str, Tensor]],
+                      buffers: Sequence[tuple[str, Tensor]]) -> None:
     rows = [(n, p, "parameter") for n, p in named] + [(n, b, "buffer") for n, b in buffers]
     every = comm.all_gather_bytes(_structure(rows), "DistributedDataParallel's model check")
     ref = every[0].decode().splitlines()

@@ -85,7 +85,9 @@ def elu(input: Any, alpha: float = 1.0) -> Tensor:  # noqa: A002
 def _axis(dim: int | None, axis: int | None) -> int:
     if dim is not None and axis is not None and dim != axis:
         raise TypeError(f"give dim or axis, not both (got dim={dim}, axis={axis})")
-    return -1 if dim is None and axis is None else (dim if dim is not None else axis)  # type: ignore[return-value]
+    if dim is not None:
+        return dim
+    return -1 if axis is None else axis
 
 
 def softmax(input: Any, dim: int | None = None, *, axis: int | None = None) -> Tensor:  # noqa: A002

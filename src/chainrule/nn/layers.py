@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
 from .. import ops
 from ..capture import effect
-from ..tensor import _mode
+from ..tensor import Tensor, _mode
 from . import functional as F
 from . import init
 from .module import STRUCTURE, Module, Parameter, _adopt
@@ -201,7 +201,7 @@ _LINEAR_FORWARD = Linear.forward
 _RELU_FORWARD = ReLU.forward
 
 
-def _fusable(layer: Module, nxt: Module) -> bool:
+def _fusable(layer: Module, nxt: Module) -> TypeGuard[Linear]:
     """A stock Linear with bias followed by a stock ReLU, neither patched nor hooked.
 
     Exact types (a subclass may override anything), class-level calls and
@@ -377,6 +377,9 @@ class LayerNorm(_Configurable):
     (4, 8)
     """
 
+    weight: Parameter | None  # None without elementwise_affine
+    bias: Parameter | None
+
     def __init__(self, normalized_shape: Any, eps: float = 1e-5,
                  elementwise_affine: bool = True, dtype: Any = np.float32) -> None:
         super().__init__()
@@ -415,6 +418,12 @@ class BatchNorm1d(_Configurable):
     >>> bn(cr.randn(16, 3)).shape       # training: updates the running statistics
     (16, 3)
     """
+
+    weight: Parameter | None  # None without affine
+    bias: Parameter | None
+    running_mean: Tensor  # buffers (register_buffer)
+    running_var: Tensor
+    num_batches_tracked: Tensor
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = True, dtype: Any = np.float32) -> None:

@@ -60,7 +60,7 @@ class Parameter(Tensor):
         body = np.array2string(self.data, separator=", ", prefix="Parameter(")
         return f"Parameter({body}, dtype={self.data.dtype}, requires_grad={self.requires_grad})"
 
-    @property  # type: ignore[override]
+    @property
     def name(self) -> str | None:
         """The name given with ``p.name = ...`` / ``p.named(...)``, else the state-dict name.
 
@@ -82,7 +82,7 @@ class Parameter(Tensor):
 
     @name.setter
     def name(self, value: str | None) -> None:
-        Tensor.name.fset(self, value)  # the same checks as any tensor's name
+        self._set_name(value)  # the same checks as any tensor's name
 
 
 # Where a parameter or module sits, for state_dict_name: the module that holds
@@ -407,6 +407,7 @@ class Module:
 
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
         """(dotted name, parameter) pairs; a parameter shared by two layers appears once."""
+        # buffers=False: Parameters only
         yield from self._named_tensors(dedupe=True, buffers=False)  # type: ignore[misc]
 
     def parameters(self) -> Iterator[Parameter]:

@@ -18,8 +18,9 @@ def _as_list(parameters: Any) -> list[Tensor]:
     return [parameters] if isinstance(parameters, Tensor) else list(parameters)
 
 
-def _with_grads(parameters: Any) -> list[Tensor]:
-    return [p for p in _as_list(parameters) if p._grad is not None]
+def _grads(parameters: Any) -> list[Tensor]:
+    """The ``.grad`` tensors of ``parameters`` that have one."""
+    return [g for g in (p._grad for p in _as_list(parameters)) if g is not None]
 
 
 def _params_touched(parameters: Any, *args: Any, **kwargs: Any) -> list[Tensor]:
@@ -43,17 +44,17 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
     >>> loss.backward()
     >>> cr.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
     """
-    grads = _with_grads(parameters)
+    grads = _grads(parameters)
     norm_type = float(norm_type)
     if not grads:
         return Tensor(np.float32(0.0))
-    dtype = grads[0]._grad.data.dtype
+    dtype = grads[0].data.dtype
     with np.errstate(over="ignore"):
         if math.isinf(norm_type):
-            norms = [np.abs(p._grad.data).max() if p._grad.data.size else 0.0 for p in grads]
+            norms = [np.abs(g.data).max() if g.data.size else 0.0 for g in grads]
             total = np.max(np.asarray(norms, dtype=dtype))
         else:
-            norms = [np.sum(np.abs(p._grad.data) ** norm_type) for p in grads]
+            norms = [np.sum(np.abs(g.data) ** norm_type) for g in grads]
             total = np.sum(np.asarray(norms, dtype=np.float64)) ** (1.0 / norm_type)
     total = dtype.type(total)
     if error_if_nonfinite and not np.isfinite(total):
@@ -63,15 +64,15 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
         )
     coef = min(float(max_norm) / (float(total) + 1e-6), 1.0)
     if coef < 1.0:
-        for p in grads:
-            p._grad.data *= dtype.type(coef)
-            _bump(p._grad)
+        for g in grads:
+            g.data *= dtype.type(coef)
+            _bump(g)
     return Tensor(np.asarray(total))
 
 
 @effect(touches=_params_touched)
 def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float) -> None:
     """Clamp every gradient element to [-clip_value, clip_value] in place."""
-    for p in _with_grads(parameters):
-        np.clip(p._grad.data, -clip_value, clip_value, out=p._grad.data)
-        _bump(p._grad)
+    for g in _grads(parameters):
+        np.clip(g.data, -clip_value, clip_value, out=g.data)
+        _bump(g)

@@ -212,9 +212,16 @@ def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
     if x.shape != y.shape:
         raise ValueError(f"axpy: x has shape {x.shape}, y has shape {y.shape}")
     x = np.ascontiguousarray(x, dtype=y.dtype)
-    _load()[y.dtype.str][0](y.size, a, x.ctypes.data, 1, y.ctypes.data, 1)
+    _table()[y.dtype.str][0](y.size, a, x.ctypes.data, 1, y.ctypes.data, 1)
 
 
 def scal(a: float, y: np.ndarray) -> None:
     """``y *= a`` in place, for a ``y`` that :func:`supports`."""
-    _load()[y.dtype.str][1](y.size, a, y.ctypes.data, 1)
+    _table()[y.dtype.str][1](y.size, a, y.ctypes.data, 1)
+
+
+def _table() -> dict[str, tuple[Any, Any]]:
+    funcs = _load()
+    if funcs is None:  # callers ask supports() (or require()) first
+        raise RuntimeError(f"BLAS updates: no OpenBLAS to call: {_WHY}")
+    return funcs

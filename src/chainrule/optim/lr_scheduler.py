@@ -225,7 +225,7 @@ class ReduceLROnPlateau:
 
     def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1,
                  patience: int = 10, threshold: float = 1e-4, threshold_mode: str = "rel",
-                 cooldown: int = 0, min_lr: float | Sequence[float] = 0.0,
+                 cooldown: int = 0, min_lr: float | list[float] | tuple[float, ...] = 0.0,
                  eps: float = 1e-8) -> None:
         if not 0.0 <= factor < 1.0:
             raise ValueError(f"ReduceLROnPlateau: factor must be in [0, 1), got {factor}")

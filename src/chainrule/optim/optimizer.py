@@ -229,7 +229,9 @@ class Optimizer:
         return t
 
     def _grad(self, p: Tensor, maximize: bool) -> np.ndarray:
-        g = p._grad.data
+        grad = p._grad
+        assert grad is not None  # step() updates only the parameters that have one
+        g = grad.data
         if g.shape != p.data.shape:
             raise ValueError(
                 f"{type(self).__name__}: gradient shape {g.shape} does not match the "

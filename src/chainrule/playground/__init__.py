@@ -85,7 +85,7 @@ class Playground:
 
     def __init__(self, server: PlaygroundServer, fragment: str = "") -> None:
         self.server = server
-        host, port = server.server_address[:2]
+        host, port = str(server.server_address[0]), server.server_address[1]  # an IP socket
         shown = f"[{host}]" if ":" in host else host
         if host in ("0.0.0.0", "::"):
             shown = "127.0.0.1"  # reachable from everywhere; this machine calls itself that

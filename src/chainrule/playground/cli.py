@@ -53,13 +53,27 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _settings(items: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _settings(items: list[str]) -> dict[str, Any]:
+    from dataclasses import fields
+
+    from .config import Config
+
+    known = [f.name for f in fields(Config)]
+    out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"playground: {item!r} is not KEY=VALUE (e.g. dataset=spiral)")
-        out[key.strip()] = value.strip()
+        key = key.strip()
+        # checked here, not only by the page's parser: a key such as port=
+        # or block= would otherwise land on playground()'s own parameters
+        if key not in known:
+            own = (" (the server's own settings are options: --port, --host, --no-browser, "
+                   "--verbose)" if key in ("port", "host", "open_browser", "block", "verbose")
+                   else "")
+            raise ValueError(f"playground: unknown setting {key!r}; the settings are: "
+                             f"{', '.join(known)}{own}")
+        out[key] = value.strip()
     return out
 
 

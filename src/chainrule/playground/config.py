@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypedDict
 
 __all__ = [
     "Config",
@@ -61,7 +61,22 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 REGULARIZERS = ("none", "l1", "l2")
 PROBLEMS = ("classification", "regression")
 
-LIMITS = {
+class _Limits(TypedDict):
+    hidden_layers: int
+    neurons: int
+    samples: tuple[int, int]
+    noise: tuple[int, int]
+    train: tuple[int, int]
+    batch: tuple[int, int]
+    classes: tuple[int, int]
+    lr: tuple[float, float]
+    rrate: tuple[float, float]
+    momentum: tuple[float, float]
+    seed: tuple[int, int]
+
+
+#: the most hidden layers and neurons per layer; (low, high) of each number
+LIMITS: _Limits = {
     "hidden_layers": 10,
     "neurons": 16,
     "samples": (20, 5000),

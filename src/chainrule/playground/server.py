@@ -179,10 +179,12 @@ class App:
     def weight(self, body: dict[str, Any]) -> dict[str, Any]:
         s = self.session(body)
         args = [body.get(k) for k in ("layer", "row", "col")]
-        if any(isinstance(a, bool) or not isinstance(a, int) for a in args):
+        ints = [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
+        if len(ints) != len(args):
             raise HTTPError(400, "weight: layer, row and col must be whole numbers")
+        layer, row, col = ints
         with s.lock:
-            s.set_weight(*args, body.get("value"))
+            s.set_weight(layer, row, col, body.get("value"))
             return s.snapshot(since=_count(body, "since", 10**9), **_sizes(body))
 
     def stepthrough(self, body: dict[str, Any]) -> dict[str, Any]:

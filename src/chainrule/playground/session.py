@@ -200,7 +200,8 @@ class Session:
         return order[self._pos:self._pos + self.cfg.batch]
 
     def _step(self) -> None:
-        idx = self.next_batch()
+        order = self._epoch_order()
+        idx = order[self._pos:self._pos + self.cfg.batch]  # next_batch(), from the same order
         loss = self.loss(self.data.X_train[idx], self.T_train[idx])
         value = float(loss.item())
         if not math.isfinite(value):
@@ -223,9 +224,11 @@ class Session:
             raise TrainingDiverged(self.diverged)
         self._pos += len(idx)
         self.iteration += 1
-        self._norm_sum += [float(np.linalg.norm(m.weight.grad.numpy())) for m in self.linears]
+        # no gradient (None) is a zero one
+        self._norm_sum += [0.0 if m.weight.grad is None else
+                           float(np.linalg.norm(m.weight.grad.numpy())) for m in self.linears]
         self._norm_count += 1
-        if self._pos >= len(self._perm):
+        if self._pos >= len(order):
             self.epoch += 1
             self._record()
 
@@ -253,8 +256,12 @@ class Session:
         self._norm_count = 0
         self.history.append(point)
 
-    def set_weight(self, layer: int, row: int, col: int, value: float) -> None:
-        """Set one weight by hand (TF Playground's click-to-edit): W^layer[row, col] = value."""
+    def set_weight(self, layer: int, row: int, col: int, value: object) -> None:
+        """Set one weight by hand (TF Playground's click-to-edit): W^layer[row, col] = value.
+
+        ``value`` comes from the page as it is: anything but a finite number
+        within ±1e6 is refused.
+        """
         if not 1 <= layer <= len(self.linears):
             raise ConfigError(f"weight: layer {layer} does not exist (1 to {len(self.linears)})")
         W = self.linears[layer - 1].weight
@@ -327,8 +334,11 @@ class Session:
         return out
 
     def weights(self) -> list[dict[str, Any]]:
-        return [{"W": m.weight.numpy().tolist(), "b": m.bias.numpy().tolist()}
-                for m in self.linears]
+        out = []
+        for m in self.linears:
+            assert m.bias is not None  # build_model gives every Linear a bias
+            out.append({"W": m.weight.numpy().tolist(), "b": m.bias.numpy().tolist()})
+        return out
 
     def _grid_inputs(self, n: int) -> np.ndarray:
         if n not in self._grid_cache:
@@ -513,7 +523,7 @@ def snippet(filename: str, cfg: Config, data: Data, n_out: int, output: str) -> 
     n_raw = len(data.input_names)
     example = ", ".join(["0.5"] * n_raw)
     prep = []
-    if data.mean is not None:
+    if data.mean is not None and data.std is not None:  # set together
         prep.append(f"mean = np.array({data.mean.tolist()!r})\n"
                     f"std = np.array({data.std.tolist()!r})\n"
                     "P = (P - mean) / std                   # the training split's standardisation")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +43,7 @@ def format_value(a: Any, precision: int = 4, full: bool = False, max_items: int 
         return "-"
     a = _clean(np.asarray(a))
     if full:
-        with np.printoptions(precision=17, threshold=np.inf, floatmode="unique"):
+        with np.printoptions(precision=17, threshold=sys.maxsize, floatmode="unique"):
             return np.array2string(a, separator=", ").replace("\n", "")
     if a.size == 1:
         return _scalar(a.reshape(()).item(), precision)

@@ -85,12 +85,33 @@ class GraphVertex:
 
     __slots__ = ("vertex", "data", "name", "_op", "_parents", "_ctx", "_needs", "params",
                  "_requires_grad", "_grad", "_meta", "shape", "dtype", "saved", "__dict__")
+    vertex: Node | Tensor | None
+    data: np.ndarray | None
+    name: str | None
+    _op: Rule | None
+    _parents: tuple[GraphVertex, ...]
+    _ctx: Any
+    _needs: tuple[bool, ...]
+    params: dict[str, Any]
+    _requires_grad: bool
+    _grad: Tensor | None
+    _meta: Any
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    saved: tuple[np.ndarray | None, tuple[Any, ...]] | None  # (out, inputs) for the VJP
 
     @property
     def tensor(self) -> Tensor:
         """A Tensor whose graph vertex is this one (to ask the engine for dL/dit)."""
         v = self.vertex
-        return v if isinstance(v, Tensor) else Tensor._of(self.data, v)
+        if isinstance(v, Tensor):
+            return v
+        if v is None:
+            raise ValueError("GraphVertex.tensor: a constant operand is not part of the graph "
+                             "(it takes no gradient)")
+        if self.data is None:
+            raise _not_kept("GraphVertex.tensor", self.name or v.op.name)
+        return Tensor._of(self.data, v)
 
 
 def _vertex(vertex: Any, data: Any, name: str | None, node: Node | None, requires_grad: bool,
@@ -174,9 +195,9 @@ def walk(roots: Sequence[Tensor], *, need_values: bool = True,
         if not isinstance(n, Node) or n.ctx is _RELEASED:
             continue
         given = n.kept[1] if n.kept is not None else (None,) * len(n.parents)
-        parents = []
+        parents: list[GraphVertex] = []
         for p, a, s in zip(n.parents, given, n.inputs):
-            if type(p) is Node:
+            if isinstance(p, Node):
                 parents.append(of_node(p, a.data if isinstance(a, Tensor) else None))
             elif p is not None:
                 parents.append(leaf(p))
@@ -185,9 +206,9 @@ def walk(roots: Sequence[Tensor], *, need_values: bool = True,
                     raise _not_kept(what, f"an operand of {n.name or n.op.name}")
                 parents.append(const(a, s, n.dtype))
         v._parents = tuple(parents)
-        for p in reversed(parents):
-            if id(p) not in done:
-                stack.append((p, False))
+        for pv in reversed(parents):
+            if id(pv) not in done:
+                stack.append((pv, False))
     return order
 
 
@@ -317,8 +338,8 @@ def local_gradients(item: GraphVertex, broadcast: bool = True) -> list[np.ndarra
     """
     rule = item._op
     parents = item._parents
-    got = _operands(item) if rule is not None and rule.vjp is not None else None
-    if got is None:
+    got = None if rule is None or not rule.has_vjp else _operands(item)
+    if rule is None or got is None:
         return [None] * len(parents)
     out, arrays = got
     shape = tuple(item.shape)
@@ -347,8 +368,8 @@ def local_jacobian(item: GraphVertex, slot: int) -> np.ndarray | None:
     diagonal (softmax) can then be shown as the matrix the notes multiply by.
     """
     rule = item._op
-    got = _operands(item) if rule is not None and rule.vjp is not None else None
-    if got is None:
+    got = None if rule is None or not rule.has_vjp else _operands(item)
+    if rule is None or got is None:
         return None
     out, arrays = got
     shape = tuple(item.shape)

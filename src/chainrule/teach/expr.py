@@ -27,7 +27,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -295,7 +295,7 @@ def _eval(node: ast.AST, env: Mapping[str, Any], src: str = "",
 
 def _apply(node: ast.AST, args: list[Any], env: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.Constant):
-        return float(node.value)
+        return float(cast(float, node.value))  # _check let only int/float constants through
     if isinstance(node, ast.Name):
         if node.id in FUNCTIONS:
             raise ExprError(f"expression: {node.id} is a function; call it: {node.id}(...)")
@@ -305,7 +305,7 @@ def _apply(node: ast.AST, args: list[Any], env: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.UnaryOp):
         return ops.neg(args[0]) if isinstance(node.op, ast.USub) else args[0]
     if isinstance(node, ast.Call):
-        return FUNCTIONS[node.func.id](args[0])  # type: ignore[attr-defined]
+        return FUNCTIONS[node.func.id](args[0])  # type: ignore[attr-defined]  # _check: a Name
     raise ExprError(f"expression: unexpected {type(node).__name__}")  # parse() prevents this
 
 

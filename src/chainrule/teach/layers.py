@@ -38,11 +38,11 @@ def _rows(a: np.ndarray | None, units: int) -> np.ndarray | None:
 class LayerRecord:
     """Layer l of a model, in the notes' notation (see the module docstring).
 
-    ``W`` and ``b`` are ``{"name", "value", "node"}``; ``z``, ``a``,
-    ``a_prev``, ``delta`` (δ^l = ∂C/∂z^l), ``dC_da`` and ``sigma_prime`` are
-    (batch, units); ``dW`` has W's shape (out, in) and sums δ_i (a_i)^T over
-    the batch. ``sigma_prime`` is None when the activation is not
-    elementwise (softmax). ``loss`` names a loss node applied to a^l
+    ``W`` and ``b`` are ``{"name", "value", "node"}``; ``z``, ``a`` (None
+    where a^l was not kept), ``a_prev``, ``delta`` (δ^l = ∂C/∂z^l), ``dC_da``
+    and ``sigma_prime`` are (batch, units); ``dW`` has W's shape (out, in)
+    and sums δ_i (a_i)^T over the batch. ``sigma_prime`` is None when the
+    activation is not elementwise (softmax). ``loss`` names a loss node applied to a^l
     directly, and ``loss_activation`` the activation that loss applies
     itself (``cross_entropy`` applies softmax): then δ^L comes from it.
     ``feeds_next``: a^l is exactly the input of layer l + 1, so δ^l =
@@ -55,7 +55,7 @@ class LayerRecord:
     W: dict[str, Any]
     b: dict[str, Any] | None
     z: np.ndarray
-    a: np.ndarray
+    a: np.ndarray | None
     a_prev: np.ndarray
     delta: np.ndarray | None
     dC_da: np.ndarray | None
@@ -75,6 +75,12 @@ class LayerRecord:
     next_W: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def successor_terms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(products, next_delta, next_W), recorded together, or None where they were not."""
+        if self.products is None or self.next_delta is None or self.next_W is None:
+            return None
+        return self.products, self.next_delta, self.next_W
+
     @property
     def in_features(self) -> int:
         return int(self.a_prev.shape[-1])
@@ -90,13 +96,15 @@ class LayerRecord:
         from .ledger import encode
 
         out = []
+        succ = self.successor_terms()
         for j in range(self.out_features):
             terms = []
-            if self.products is not None:
+            if succ is not None:
+                products, next_delta, next_W = succ
                 terms = [
-                    {"unit": k, "delta_next": encode(self.next_delta[:, k]),
-                     "weight": float(self.next_W[k, j]), "product": encode(self.products[:, j, k])}
-                    for k in range(self.products.shape[2])
+                    {"unit": k, "delta_next": encode(next_delta[:, k]),
+                     "weight": float(next_W[k, j]), "product": encode(products[:, j, k])}
+                    for k in range(products.shape[2])
                 ]
             out.append({
                 "unit": j,
@@ -145,16 +153,19 @@ class LayerRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LayerRecord:
-        from .ledger import decode
+        from .ledger import decode, decode_array
 
-        def param(p: dict[str, Any] | None) -> dict[str, Any] | None:
-            if p is None:
-                return None
-            return {"name": p["name"], "value": decode(p["value"]), "node": p.get("node")}
+        def param(p: dict[str, Any], what: str) -> dict[str, Any]:
+            return {"name": p["name"], "value": decode_array(p["value"], what=what),
+                    "node": p.get("node")}
 
+        layer = f"layer {d['index']}"
         rec = cls(
-            index=d["index"], module=d["module"], activation=d["activation"], W=param(d["W"]),
-            b=param(d["b"]), z=decode(d["z"]), a=decode(d["a"]), a_prev=decode(d["a_prev"]),
+            index=d["index"], module=d["module"], activation=d["activation"],
+            W=param(d["W"], f"W of {layer}"),
+            b=None if d["b"] is None else param(d["b"], f"b of {layer}"),
+            z=decode_array(d["z"], what=f"z of {layer}"), a=decode(d["a"]),
+            a_prev=decode_array(d["a_prev"], what=f"a_prev of {layer}"),
             delta=decode(d["delta"]), dC_da=decode(d.get("dC_da")),
             sigma_prime=decode(d.get("sigma_prime")), dW=decode(d["dW"]), db=decode(d["db"]),
             z_node=d.get("z_node", 0), a_node=d.get("a_node", 0),
@@ -274,12 +285,12 @@ def build_layers(order: list[Any], records: dict[int, Any], ids: dict[int, int],
         a = cur
         sigma = np.ones_like(np.asarray(z.value, dtype=np.float64)) if not chain else None
         if chain:
-            factors = []
+            factors: list[np.ndarray] = []
             prev = z
             for node in chain:
                 term = next((t for t in prev.terms if t.successor == node.id), None)
                 if term is None or term.local is None or not RULES[node.op].elementwise:
-                    factors = None
+                    factors = []  # one factor is not a diagonal: no σ'(z) to show
                     break
                 factors.append(term.local)
                 prev = node
@@ -295,15 +306,17 @@ def build_layers(order: list[Any], records: dict[int, Any], ids: dict[int, int],
         db = None if b is None else next((t.product for t in b.terms if t.successor == z.id),
                                          None)
         in_units = int(W.shape[-1])
+        z_rows, a_prev = _rows(z.value, units), _rows(x_in.value, in_units)
+        assert z_rows is not None and a_prev is not None  # checked above (held)
         layers.append(LayerRecord(
             index=index,
             module=_module_of(model, item_by_id[W.id]),
             activation="∘".join(reversed([n.activation for n in chain])) or "identity",
             W={"name": W.name, "value": W.value, "node": W.id},
             b=None if b is None else {"name": b.name, "value": b.value, "node": b.id},
-            z=_rows(z.value, units),
+            z=z_rows,
             a=_rows(a.value, units),
-            a_prev=_rows(x_in.value, in_units),
+            a_prev=a_prev,
             delta=_rows(z.grad, units),
             dC_da=_rows(a.grad, units),
             sigma_prime=_rows(sigma, units),

@@ -319,10 +319,17 @@ _WORDS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
 
 def decode(x: Any, dtype: Any = np.float64) -> np.ndarray | None:
-    if x is None:
-        return None
+    """What :func:`encode` wrote, as an array (None stays None)."""
+    return None if x is None else decode_array(x, dtype, "array")
+
+
+def decode_array(x: Any, dtype: Any = np.float64, what: str = "array") -> np.ndarray:
+    """Like :func:`decode`, for an entry that must hold an array (``what`` names it)."""
+    if x is None:  # np.asarray(None, float) would be a NaN, not an error
+        raise ExplainError(f"from_dict: {what} is null; a saved ledger always has it")
     if isinstance(x, dict) and "real" in x:
-        return decode(x["real"], np.float64) + 1j * decode(x["imag"], np.float64)
+        return decode_array(x["real"], np.float64, what) + 1j * decode_array(
+            x["imag"], np.float64, what)
 
     def fix(v: Any) -> Any:
         if isinstance(v, list):
@@ -375,11 +382,14 @@ def _node_from(d: dict[str, Any]) -> NodeRecord:
     terms = [
         TermRecord(
             successor=t["successor"], successor_name=t["successor_name"], op=t["op"],
-            upstream=decode(t["upstream"], dt), local=decode(t["local"], dt),
-            product=decode(t["product"], dt), slots=list(t["slots"]),
+            upstream=decode_array(t["upstream"], dt, f"the upstream of a term of {d['name']!r}"),
+            local=decode(t["local"], dt),
+            product=decode_array(t["product"], dt, f"the product of a term of {d['name']!r}"),
+            slots=list(t["slots"]),
             broadcast_axes=t.get("broadcast_axes"), unreduced=decode(t.get("unreduced"), dt),
             slot_locals=None if t.get("slot_locals") is None
-            else [decode(a, dt) for a in t["slot_locals"]],
+            else [decode_array(a, dt, f"a slot local of {d['name']!r}")
+                  for a in t["slot_locals"]],
             jacobian=decode(t.get("jacobian"), np.float64), formula=t.get("formula"),
             seed=bool(t.get("seed", False)),
         )
@@ -636,6 +646,7 @@ def _safe_value(t: Any) -> np.ndarray | None:
 def _term(succ: Any, parent: Any, slots: list[int], upstream: np.ndarray, product: np.ndarray,
           ids: dict[int, int], cache: dict[int, list], is_root: bool) -> TermRecord:
     rule = G.rule_of(succ)
+    assert rule is not None  # a successor is an op
     sk = G.key(succ)
     s_shape, p_shape = G.shape_of(succ), G.shape_of(parent)
     # a successor that is one number (a loss, a sum) has a gradient for its
@@ -645,8 +656,8 @@ def _term(succ: Any, parent: Any, slots: list[int], upstream: np.ndarray, produc
     if rule.elementwise or scalar_out:
         if sk not in cache:
             cache[sk] = G.local_gradients(succ, broadcast=rule.elementwise)
-        per_slot = [cache[sk][s] for s in slots]
-        if all(x is not None for x in per_slot):
+        per_slot = [x for x in (cache[sk][s] for s in slots) if x is not None]
+        if len(per_slot) == len(slots):
             local = per_slot[0] if len(per_slot) == 1 else sum(per_slot[1:], per_slot[0])
             slot_locals = per_slot if len(per_slot) > 1 else None
             if rule.elementwise and p_shape != s_shape:
@@ -661,8 +672,8 @@ def _term(succ: Any, parent: Any, slots: list[int], upstream: np.ndarray, produc
         # Jacobians are shown whole, the matrix the notes multiply by
         size = int(np.prod(s_shape)) * int(np.prod(p_shape))
         if 1 < size <= JACOBIAN_LIMIT:
-            parts = [G.local_jacobian(succ, s) for s in slots]
-            if all(p is not None for p in parts):
+            parts = [p for p in (G.local_jacobian(succ, s) for s in slots) if p is not None]
+            if len(parts) == len(slots):
                 jac = sum(parts[1:], parts[0])
     return TermRecord(
         successor=ids[sk],
@@ -697,6 +708,7 @@ def _display(records: dict[int, NodeRecord], item_of: dict[int, Any], ids: dict[
             succ = by_id[t.successor]
             t.successor_name = succ.name
             rule = G.rule_of(item_of[key_of[succ.id]])
+            assert rule is not None  # a successor is an op
             if rule.grads:  # what the rule's VJP computes, written out (matmul, losses)
                 g = "seed" if t.seed else f"∂{root_name}/∂{succ.name}"
                 t.formula = _formula(rule, t.slots, [by_id[i].name for i in succ.inputs],

@@ -33,6 +33,7 @@ vanishing gradients of a deep sigmoid network next to a ReLU one).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,10 +242,11 @@ def mlp_backprop(model: Any, x: Any, y: Any, loss: str | Callable = "mse") -> ML
     else:
         grad_a = LOSSES[loss][0](A_L, y_arr.astype(np.float64).reshape(A_L.shape))
     layers: list[LayerBackprop] = []
-    delta_next = W_next = None
+    delta_next: np.ndarray | None = None
+    W_next: np.ndarray | None = None
     for rec in reversed(recs):
         s_prime = np.asarray(rec.sigma_prime, np.float64)
-        if rec.is_output:
+        if delta_next is None or W_next is None:  # the output layer: first in this loop
             delta = grad_a * s_prime
         else:
             delta = (delta_next @ W_next) * s_prime
@@ -256,7 +258,7 @@ def mlp_backprop(model: Any, x: Any, y: Any, loss: str | Callable = "mse") -> ML
             index=rec.index,
             description=f"Linear {W.shape[1]} -> {W.shape[0]}" + (act or " (identity)"),
             z=rec.z,
-            a=rec.a,
+            a=np.asarray(rec.a),  # kept: the forward pass ran inside keep_values()
             sigma_prime=s_prime,
             delta_numpy=delta,
             delta_engine=np.asarray(rec.delta),
@@ -329,7 +331,7 @@ class GradientNormRecorder(Callback):
 
             def watch(module: Any, args: Any, out: Any, _k: int = k) -> None:
                 if isinstance(out, Tensor) and out.requires_grad:
-                    out.register_hook(lambda g, _k=_k: self._note_delta(_k, g))
+                    out.register_hook(functools.partial(self._note_delta, _k))
 
             self._handles.append(layer.register_forward_hook(watch))
 

@@ -66,7 +66,7 @@ def term_lines(ledger: Ledger, n: NodeRecord, t: TermRecord) -> list[str]:
         lines = [f"{lead}{up} {dot} {loc} = {v(t.upstream)} {dot} {factor} = {v(whole)}"]
         if t.unreduced is not None:
             lines[0] += f"  (shape {tuple(t.unreduced.shape)})"
-            lines.append(f"    summed over the broadcast axes {tuple(t.broadcast_axes)} -> "
+            lines.append(f"    summed over the broadcast axes {t.axes} -> "
                          f"shape {tuple(n.shape)}: {v(t.product)}")
         if t.formula and ledger.node(t.successor).role == "loss":
             lines.append(f"    ({t.op} computes it as {t.formula})")
@@ -207,21 +207,23 @@ def layer_lines(ledger: Ledger, rec: LayerRecord) -> list[str]:
 
 def _neuron_lines(ledger: Ledger, rec: LayerRecord) -> list[str]:
     """For one sample and a few units: each unit's sum over its successors, term by term."""
-    if rec.products is None or rec.z.shape[0] != 1 or rec.out_features > NEURON_LINES:
+    succ, dC_da = rec.successor_terms(), rec.dC_da
+    if succ is None or dC_da is None or rec.z.shape[0] != 1 or rec.out_features > NEURON_LINES:
         return []
+    products, next_delta, next_W = succ
     from ._format import format_sum, join_signed
 
     l_ = rec.index
     lines = []
     for j in range(rec.out_features):
-        terms = rec.products[0, j]
+        terms = products[0, j]
         parts = join_signed([
-            f"{_fmt(ledger, rec.next_delta[0, k])}·{_factor(ledger, rec.next_W[k, j])}"
+            f"{_fmt(ledger, next_delta[0, k])}·{_factor(ledger, next_W[k, j])}"
             for k in range(terms.shape[0])])
         lines.append(f"    unit {j + 1}: Σ_k δ{superscript(l_ + 1)}_k W{superscript(l_ + 1)}"
                      f"_k{j + 1} = {parts} = "
                      f"{format_sum(list(terms), ledger.precision)} = "
-                     f"{_fmt(ledger, rec.dC_da[0, j])}")
+                     f"{_fmt(ledger, dC_da[0, j])}")
     return lines
 
 

@@ -324,11 +324,9 @@ class ModelCheckpoint(Callback):
 
 def _wants_metric(scheduler: Any) -> bool:
     """ReduceLROnPlateau-style schedulers take the monitored value in step()."""
-    try:
-        from ..optim.lr_scheduler import ReduceLROnPlateau
-    except ImportError:
-        ReduceLROnPlateau = None  # noqa: N806
-    if ReduceLROnPlateau is not None and isinstance(scheduler, ReduceLROnPlateau):
+    from ..optim.lr_scheduler import ReduceLROnPlateau
+
+    if isinstance(scheduler, ReduceLROnPlateau):
         return True
     return type(scheduler).__name__ == "ReduceLROnPlateau"
 

@@ -220,7 +220,7 @@ class History:
         metrics = [m for m in metrics if m in keys]
         panels = ["loss"] + metrics
         fig = Figure(figsize=(5.0 * len(panels), 3.6), dpi=100)
-        epochs = [r.get("epoch") for r in self.records]
+        epochs = [float("nan") if r.get("epoch") is None else r["epoch"] for r in self.records]
         for i, name in enumerate(panels):
             ax = fig.add_subplot(1, len(panels), i + 1)
             for key, style in ((name, "-o"), (f"val_{name}", "--s")):

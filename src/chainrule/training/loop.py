@@ -622,7 +622,9 @@ def fit(
     _call(callbacks, "on_train_begin", trainer, {"epochs": epochs})
     # decided after on_train_begin: callbacks may patch the model there
     run_step = _maybe_compile(step, compile, model, loss_fn)
-    compiled = trainer.compiled = run_step if run_step is not step else None
+    # the CompiledStep when cr.compile took the step (it says .unsupported), else None
+    compiled: Any = run_step if run_step is not step else None
+    trainer.compiled = compiled
     note = trainer.compile_note = None if compiled is not None else _compile_note(
         compile, model, loss_fn)
     if note is not None:
