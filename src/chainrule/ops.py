@@ -387,9 +387,9 @@ def _kept(a: Any, out: np.ndarray, given: Any = None) -> Any:
 def _record(out: np.ndarray, rule: Rule, args: Sequence[Any], arrays: Sequence[Any],
             needs: tuple[bool, ...], ctx: Any, params: dict) -> Tensor:
     """Make the node of one op and the Tensor that carries its value."""
-    parents = tuple(
+    parents = tuple([
         (a._node if a._node is not None else a) if n else None for a, n in zip(args, needs)
-    )
+    ])
     node = _new(Node)
     node.op = rule
     node.parents = parents
@@ -406,11 +406,12 @@ def _record(out: np.ndarray, rule: Rule, args: Sequence[Any], arrays: Sequence[A
         if _mode.anomaly:
             node.meta = check_forward_anomaly(rule.name, out, arrays)
     else:
-        keep, keep_out = rule.plan(needs)
-        node.inputs = tuple(
+        plan = rule.plans.get(needs)
+        keep, keep_out = plan if plan is not None else rule.plan(needs)
+        node.inputs = tuple([
             _kept(a, out, g) if k else _standin(a, p, out)
             for a, g, p, k in zip(arrays, args, parents, keep)
-        )
+        ])
         node.out = out if keep_out else None
     return _of(out, node)
 

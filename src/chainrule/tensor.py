@@ -307,7 +307,10 @@ def _forget(key: int, ref: Any) -> None:
 
 def _bump(t: Any) -> None:
     """Record an in-place change of the memory behind ``t`` (a Tensor or an ndarray)."""
-    base = _storage(t.data if isinstance(t, Tensor) else t)
+    a = t.data if isinstance(t, Tensor) else t
+    base = getattr(a, "base", None)  # (the storage owner, as _storage finds it)
+    if base is None:
+        base = a
     key = id(base)
     tick = _tick()
     if key not in _VERSION_REFS:
@@ -555,7 +558,8 @@ class Tensor:
     @property
     def _version(self) -> int:
         """The tick of the latest in-place change to this tensor's memory (0: none)."""
-        return _version_of(self.data)
+        base = self.data.base
+        return _VERSIONS.get(id(self.data if base is None else base), 0)
 
     # ----- properties -----------------------------------------------------
 
