@@ -1116,3 +1116,66 @@ def test_fused_update_is_close_to_eager_and_leaves_grad_empty():
                 o.param_groups[0]["momentum"] = 0.9
         assert s3(x, y).item() == step(x, y).item()
     _assert_same_params(m3, m4)
+
+
+@pytest.mark.parametrize("how", ["op", "tensor", "no_grad"])
+def test_backward_on_a_loss_without_a_graph_raises_eager_modes_error(how):
+    """The capture refuses the step, and the caller gets the error eager mode raises
+    (the capture used to fail on the graph node the loss does not have)."""
+    x = np.ones((3, 2), np.float32)
+    w = cr.tensor(np.full(2, 0.5, np.float32), requires_grad=True)
+
+    def step_fn(xb):
+        if how == "op":
+            loss = (xb * 2).sum()
+        elif how == "tensor":
+            loss = cr.tensor(xb).sum()
+        else:
+            with cr.no_grad():
+                loss = (xb * w).sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(RuntimeError, match="does not require grad") as eager:
+        step_fn(cr.tensor(x))
+    for strict in (False, True):
+        step = cr.compile(step_fn, strict=strict)
+        for _ in range(2):
+            with pytest.raises(RuntimeError) as compiled:
+                step(cr.tensor(x))
+            assert type(compiled.value) is type(eager.value)
+            assert str(compiled.value) == str(eager.value)
+    assert w.grad is None
+
+
+def _log_step(log):
+    def make():
+        objs = _mlp()
+        base = objs["step"]
+
+        def step(xb, yb):
+            loss = base(xb, yb)
+            if log["write"]:
+                log["when"] += np.timedelta64(1, "s")
+            return loss
+
+        objs["step"] = step
+        return objs
+
+    return make
+
+
+def test_empty_and_datetime_arrays_the_step_reaches_are_checked_for_changes():
+    """Every array the step can reach is fingerprinted, empty ones and dtypes a
+    memoryview cannot show included (they used to make the capture raise)."""
+    x, y = _data()
+    log = {"seen": np.zeros((0, 3)), "when": np.array(["2024-01-01"], "datetime64[s]"),
+           "write": False}
+    step, _, _ = _pair(_log_step(log), 5, lambda i: (x[:8], y[:8]))
+    assert step.stats == {"eager": 0, "captured": 1, "verified": 1, "replayed": 3}
+    # written in place inside the step: refused, by name
+    log["write"] = True
+    step, _, _ = _pair(_log_step(log), 4, lambda i: (x[:8], y[:8]))
+    assert step.stats["replayed"] == 0
+    assert "log['when']" in step.unsupported and "written in place" in step.unsupported
+    assert log["when"][0] == np.datetime64("2024-01-01T00:00:08")  # 4 eager + 4 compiled

@@ -65,9 +65,9 @@ import sys
 import threading
 import types
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -88,6 +88,9 @@ from .tensor import (
     conform_grad,
     vjp_step,
 )
+
+if TYPE_CHECKING:
+    from .optim.sgd import SGD
 
 __all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]
 
@@ -117,9 +120,21 @@ class _Refuse(Exception):
 #   (_SEQ, (type, refs))  a tuple or list of the above
 _ARG, _OP, _FX, _ITM, _LEAF, _CONST, _SEQ = range(7)
 _SLOT_KINDS = (_ARG, _OP, _FX, _ITM)
+_Ref = tuple[int, Any]  # (one of the codes above, what it says)
 
 # Tape instructions
 _I_OP, _I_FX, _I_ITEM, _I_BACKWARD = range(4)
+
+# Tagged tuples, told apart by their first element (layouts at _Tape, _Program,
+# _Recorder._fx_arg and _Recorder._ret). A replay unpacks them in its loop, so
+# they stay plain tuples: the type checker sees their elements as Any.
+_Instr = tuple[Any, ...]  # a tape instruction
+_Step = tuple[Any, ...]  # a program step
+_FxSpec = tuple[Any, ...]  # how a replay rebuilds an argument of a declared call
+_RetSpec = tuple[Any, ...]  # how a replay rebuilds the step's return value
+_Where = tuple[str, int]  # (file, line) of the step's code
+# [kind, container, key, expected, path, owner]; a guard updates ``expected`` in place
+_GuardEntry = list[Any]
 
 _MAX_CAPTURES = 6  # captures per signature (variants and retries) before it stays eager
 _MAX_VARIANTS = 4  # tapes kept per signature, each with its own guards
@@ -136,23 +151,25 @@ _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__)) + os.sep
 # ---------------------------------------------------------------------------
 
 
-def _node_rule(t: Tensor) -> Any:
+def _node_rule(t: Tensor) -> Rule | None:
     """The rule that computed ``t``, or None for a leaf / an unrecorded result."""
     node = t._node
     return None if node is None else node.op
 
 
-def _node_needs(t: Tensor) -> tuple:
-    return t._node.needs
+def _node_needs(t: Tensor) -> tuple[bool, ...]:
+    """Which operands of the op that computed ``t`` require grad (none for a leaf)."""
+    node = t._node
+    return () if node is None else node.needs
 
 
 def _node_hooked(t: Tensor) -> bool:
     """Gradient hooks or retain_grad() on a recorded node."""
     node = t._node
-    return bool(node._hooks) or node._retain is not None
+    return node is not None and (bool(node._hooks) or node._retain is not None)
 
 
-def _released_result(data: np.ndarray, rule: Any) -> Tensor:
+def _released_result(data: np.ndarray, rule: Rule) -> Tensor:
     """What eager mode returns after backward(): a tensor whose graph was freed."""
     node = object.__new__(Node)
     node.op = rule
@@ -171,8 +188,8 @@ def _released_result(data: np.ndarray, rule: Any) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-def _user_frame() -> Any:
-    f = sys._getframe(1)
+def _user_frame() -> types.FrameType | None:
+    f: types.FrameType | None = sys._getframe(1)
     while f is not None:
         name = f.f_code.co_filename
         if not name.startswith((_HERE, _NUMPY_DIR, "<frozen")):
@@ -282,6 +299,10 @@ def _plain_array(a: Any) -> Any:
     return a.view(np.ndarray) if isinstance(a, _Traced) else a
 
 
+# ndarray's own shape descriptor (the stubs type ``np.ndarray.shape`` as its getter)
+_NDARRAY_SHAPE: Any = vars(np.ndarray)["shape"]
+
+
 class _Traced(np.ndarray):
     """A view of an array whose values come from the step's data.
 
@@ -373,7 +394,7 @@ class _Traced(np.ndarray):
             _use("len() of a boolean-masked selection, whose size depends on the data")
         return np.ndarray.__len__(self)
 
-    @property  # type: ignore[override]
+    @property
     def shape(self) -> tuple[int, ...]:
         if self._dd and _recorder() is not None:
             _use(".shape of a boolean-masked selection, whose size depends on the data")
@@ -381,9 +402,9 @@ class _Traced(np.ndarray):
 
     @shape.setter
     def shape(self, value: Any) -> None:
-        np.ndarray.shape.__set__(self, value)
+        _NDARRAY_SHAPE.__set__(self, value)
 
-    @property  # type: ignore[override]
+    @property
     def size(self) -> int:
         if self._dd and _recorder() is not None:
             _use(".size of a boolean-masked selection, whose size depends on the data")
@@ -404,10 +425,14 @@ class _TracedFloat(float):
     """
 
     __slots__ = ("_src",)
+    _src: _Ref | None
 
 
 class _TracedInt(int):
     """An int read from the step's data (``labels.sum().item()``); see _TracedFloat."""
+
+    # an int subclass cannot have slots: the class attribute is the default
+    _src: _Ref | None = None
 
 
 def _install_traced_number_methods() -> None:
@@ -443,13 +468,13 @@ def _install_traced_number_methods() -> None:
                 if r is NotImplemented or _recorder() is None:
                     return r
                 if isinstance(r, float):
-                    out = _TracedFloat(r)
-                    out._src = None
-                    return out
+                    f = _TracedFloat(r)
+                    f._src = None
+                    return f
                 if isinstance(r, int) and not isinstance(r, bool):
-                    out = _TracedInt(r)
-                    out._src = None
-                    return out
+                    i = _TracedInt(r)
+                    i._src = None
+                    return i
                 return r
 
             setattr(cls, name, op)
@@ -463,10 +488,10 @@ def _install_traced_number_methods() -> None:
 
         setattr(cls, f"__{base.__name__}__", conv)
         if base is float:
-            cls.__int__ = _int_of_float
+            setattr(cls, "__int__", _int_of_float)  # noqa: B010  (one loop for both classes)
         else:
-            cls.__index__ = _index_of_int
-            cls.__float__ = _float_of_int
+            setattr(cls, "__index__", _index_of_int)  # noqa: B010
+            setattr(cls, "__float__", _float_of_int)  # noqa: B010
 
 
 def _int_of_float(self: Any) -> int:
@@ -485,7 +510,6 @@ def _float_of_int(self: Any) -> float:
 
 
 _install_traced_number_methods()
-_TracedInt._src = None  # type: ignore[attr-defined]
 
 
 def _plain_number(v: Any) -> Any:
@@ -557,7 +581,10 @@ def _fp_array(a: np.ndarray) -> tuple:
     if a.dtype.hasobject:
         return ("a", a.shape, a.dtype.str, tuple(_atom(v) for v in a.flat))
     c = a if a.flags.c_contiguous else np.ascontiguousarray(a)
-    return ("a", a.shape, a.dtype.str, zlib.crc32(memoryview(c.view(np.ndarray)).cast("B")))
+    # its bytes as a flat uint8 array: a memoryview cast refuses empty arrays and
+    # datetime dtypes, which a step may reach like any other array
+    return ("a", a.shape, a.dtype.str,
+            zlib.crc32(c.view(np.ndarray).reshape(-1).view(np.uint8).data))
 
 
 def _fp(obj: Any) -> Any:
@@ -623,7 +650,7 @@ def _user_class_functions(cls: type) -> list[tuple[str, Any]]:
 def _children(obj: Any) -> list[tuple[str, Any]]:
     """(label, child) for the objects ``obj`` refers to, as the walk follows them."""
     if isinstance(obj, Tensor):
-        out = [(".data", obj.data)]
+        out: list[tuple[str, Any]] = [(".data", obj.data)]
         if obj._grad is not None:
             out.append((".grad", obj._grad))
         return out
@@ -773,10 +800,10 @@ class _Reach:
                 return _describe_change(o, self.paths[i], before[i], now.get(i))
         return None
 
-    def guard_entries(self) -> list[list]:
+    def guard_entries(self) -> list[_GuardEntry]:
         """Identity checks that hold as long as the state the step's Python reads
         is unchanged: ``[kind, container, key, expected, path, owner]``."""
-        out: list[list] = []
+        out: list[_GuardEntry] = []
         for o in self.objs:
             path = self.paths[id(o)]
 
@@ -883,7 +910,7 @@ def _describe_change(o: Any, raw: str, before: Any, now: Any) -> str:
 
 # Compiled guard functions by the shape of their entries (a capture of the same
 # step has the same shape): compiling a long expression costs milliseconds.
-_GUARD_CODE: dict[tuple, Any] = {}
+_GUARD_CODE: dict[tuple[tuple[str, Any, bool], ...], types.CodeType] = {}
 
 
 class _Guard:
@@ -897,7 +924,11 @@ class _Guard:
 
     __slots__ = ("entries", "fast", "epoch")
 
-    def __init__(self, entries: list[list]) -> None:
+    entries: list[_GuardEntry]
+    fast: Callable[[], bool]
+    epoch: list[int]
+
+    def __init__(self, entries: list[_GuardEntry]) -> None:
         self.entries = entries
         # module attributes last checked at these counts (attribute sets; structure
         # changes, which include hooks added without setting an attribute)
@@ -907,7 +938,7 @@ class _Guard:
     def _build(self) -> None:
         ns: dict[str, Any] = {"M": _MISSING, "e": [ent[3] for ent in self.entries],
                               "E": self.epoch, "EPOCH": SETTINGS_EPOCH, "STRUCT": STRUCTURE}
-        shape = []
+        shape: list[tuple[str, Any, bool]] = []  # (kind, key, a module's own attribute?)
         for i, (kind, obj, key, _exp, _path, owner) in enumerate(self.entries):
             ns[f"o{i}"] = obj
             ns[f"k{i}"] = key
@@ -917,7 +948,8 @@ class _Guard:
         shape_key = tuple(shape)
         code = _GUARD_CODE.get(shape_key)
         if code is None:
-            settings, rest = [], []
+            settings: list[str] = []
+            rest: list[str] = []
             for i, (kind, key, group) in enumerate(shape):
                 e = f"e[{i}]"
                 if kind == "cell":
@@ -953,6 +985,7 @@ class _Guard:
             self.epoch[:] = SETTINGS_EPOCH[0], STRUCTURE[0]
             return None
         refreshed = False
+        now: Any
         for ent in self.entries:
             kind, obj, key, exp, path, _owner = ent
             if kind == "len":
@@ -1009,7 +1042,21 @@ _MADE = Rule("tensor", _made_forward)
 
 
 class _Tape:
-    """One step, recorded."""
+    """One step, recorded.
+
+    ``instrs`` holds what the step did, in order (``lines`` says where):
+
+    * ``(_I_OP, j, rule, refs, settings, dyn, recorded)``: op ``j``,
+      ``rule.forward(*operands, **settings)``, its operands found by ``refs``;
+      ``dyn`` is None, or ``((name, ref), ...)`` for settings that hold the
+      step's values (an index with arrays); ``recorded``: eager mode made a
+      graph node for it;
+    * ``(_I_FX, k, effect, args, kwargs)``: a declared call, its arguments as
+      ``_FxSpec`` (see ``_Recorder._fx_arg``); the array it returned is
+      effect output ``k`` (None: nothing the step uses);
+    * ``(_I_ITEM, q, ref)``: number ``q`` read with ``.item()``;
+    * ``(_I_BACKWARD,)``.
+    """
 
     __slots__ = ("instrs", "lines", "n_ops", "n_fx", "n_items", "rules", "recorded", "needs",
                  "bwd_refs", "order", "root", "post_hooks", "keep", "ret", "leaves",
@@ -1017,26 +1064,26 @@ class _Tape:
 
     def __init__(self, nargs: int) -> None:
         self.nargs = nargs
-        self.instrs: list[tuple] = []
-        self.lines: list[Any] = []  # (file, line) of the step's code, per instruction
+        self.instrs: list[_Instr] = []
+        self.lines: list[_Where | None] = []  # where the step's code is, per instruction
         self.n_ops = 0
         self.n_fx = 0  # arrays returned by declared calls (random draws, clipped norms)
         self.n_items = 0  # numbers read with .item()
-        self.rules: list[Any] = []
+        self.rules: list[Rule] = []
         self.recorded: list[bool] = []
-        self.needs: list[tuple] = []
-        self.bwd_refs: list[tuple] = []  # per op: operand refs the VJP sees
+        self.needs: list[tuple[bool, ...]] = []
+        self.bwd_refs: list[tuple[_Ref, ...]] = []  # per op: operand refs the VJP sees
         self.order: list[int] = []  # the ops backward visits, last recorded first
         self.root = -1
         self.post_hooks: list[Tensor] = []  # leaves with post-accumulate-grad hooks
         self.keep: set[int] = set()  # outputs still needed after backward
-        self.ret: Any = None  # how to build the return value
+        self.ret: _RetSpec = (_CONST, None)  # how to build the return value (set by finish)
         self.leaves: list[Tensor] = []  # tensors made outside the step that ops read
-        self.touched: list[tuple] = []  # refs of what the declared calls may change
+        self.touched: list[_Ref] = []  # refs of what the declared calls may change
         self.guard: _Guard | None = None
 
 
-def _fmt_line(where: Any) -> str:
+def _fmt_line(where: _Where | None) -> str:
     if where is None:
         return "an unknown line"
     fname, lineno = where
@@ -1044,7 +1091,7 @@ def _fmt_line(where: Any) -> str:
     return f"{fname}:{lineno}" + (f" ({code})" if code else "")
 
 
-def _frame_line() -> Any:
+def _frame_line() -> _Where | None:
     f = _user_frame()
     return None if f is None else (f.f_code.co_filename, f.f_lineno)
 
@@ -1058,7 +1105,7 @@ def _has_bool_index(index: Any) -> bool:
     return any(isinstance(i, np.ndarray) and i.dtype == np.bool_ for i in parts)
 
 
-def _mem_key(a: np.ndarray) -> tuple:
+def _mem_key(a: np.ndarray) -> tuple[int, tuple[int, ...], tuple[int, ...], str]:
     return (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
 
 
@@ -1071,7 +1118,7 @@ class _Recorder:
     at the first thing a replay could not reproduce.
     """
 
-    def __init__(self, fn: Callable, flat: list[Any], roots: list[tuple[str, Any]],
+    def __init__(self, fn: Callable[..., Any], flat: list[Any], roots: list[tuple[str, Any]],
                  locate: bool = False) -> None:
         self.fn = fn
         self.locate = locate  # check for state changes around every declared call
@@ -1079,8 +1126,9 @@ class _Recorder:
         self.error: str | None = None
         self.retry = False  # the refusal may not happen again (a one-time initialisation)
         self.keepalive: list[Any] = []  # objects whose id() is a key below
-        self.by_id: dict[int, tuple] = {}  # id(Tensor or array) -> source
-        self.by_mem: dict[tuple, tuple] = {}  # (address, shape, strides, dtype) -> source
+        self.by_id: dict[int, _Ref] = {}  # id(Tensor or array) -> source
+        # (address, shape, strides, dtype) -> source
+        self.by_mem: dict[tuple[int, tuple[int, ...], tuple[int, ...], str], _Ref] = {}
         self.traced: list[np.ndarray] = []  # arrays holding the step's values
         self.nodes: list[Tensor] = []  # op results, by op index
         self.leaf_ids: set[int] = set()
@@ -1094,7 +1142,7 @@ class _Recorder:
         self.reach: _Reach | None = None
         self.fp: dict[int, Any] = {}
         self.since = "the start of the step"
-        self.guard_entries: list[list] = []
+        self.guard_entries: list[_GuardEntry] = []
         self.names: set[str] | None = None
         self.data_owner: dict[int, Tensor] = {}
 
@@ -1175,16 +1223,16 @@ class _Recorder:
 
     # ----- where values come from ---------------------------------------------
 
-    def _note(self, obj: Any, src: tuple) -> None:
+    def _note(self, obj: Any, src: _Ref) -> None:
         self.keepalive.append(obj)
         self.by_id[id(obj)] = src
 
-    def _note_array(self, arr: np.ndarray, src: tuple) -> None:
+    def _note_array(self, arr: np.ndarray, src: _Ref) -> None:
         self._note(arr, src)
         self.by_mem.setdefault(_mem_key(arr), src)
         self.traced.append(arr)
 
-    def _slot(self, v: Any) -> tuple | None:
+    def _slot(self, v: Any) -> _Ref | None:
         """The replay slot that holds ``v`` (a tensor or array of the step), or None."""
         src = self.by_id.get(id(v))
         if src is not None:
@@ -1213,7 +1261,7 @@ class _Recorder:
                 "frozen into the replay; index the tensor instead"
             )
 
-    def _source(self, v: Any) -> tuple:
+    def _source(self, v: Any) -> _Ref:
         """Where an op's operand comes from (see the _ARG... codes)."""
         if isinstance(v, Tensor):
             src = self._slot(v)
@@ -1245,7 +1293,7 @@ class _Recorder:
             return (_SEQ, (type(v), refs))
         return (_CONST, v)
 
-    def _leaf(self, t: Tensor) -> tuple:
+    def _leaf(self, t: Tensor) -> _Ref:
         if id(t) not in self.leaf_ids:
             self.leaf_ids.add(id(t))
             self.keepalive.append(t)
@@ -1254,7 +1302,8 @@ class _Recorder:
 
     # ----- the capture points -------------------------------------------------
 
-    def op(self, fn: Callable, rule: Any, args: tuple, params: dict) -> Tensor:
+    def op(self, fn: Callable[..., Tensor], rule: Rule, args: tuple,
+           params: dict[str, Any]) -> Tensor:
         """ops.apply: run the op eagerly (on plain arrays), then record it."""
         _mode.tracer = None
         pargs, pparams, swapped = _plain_call_args(args, params)
@@ -1305,9 +1354,10 @@ class _Recorder:
         self.nodes.append(t)
         return t
 
-    def _taint_result(self, t: Tensor, src: tuple, dd: bool = False) -> None:
+    def _taint_result(self, t: Tensor, src: _Ref, dd: bool = False) -> None:
         d = t.data
-        view = d.view(_Traced) if type(d) is np.ndarray else d
+        # a plain array becomes traced; one of another class (already traced) stays
+        view: Any = d.view(_Traced) if type(d) is np.ndarray else d
         if dd:
             view._dd = True
         t.data = view
@@ -1360,7 +1410,7 @@ class _Recorder:
                 "does not run the step's Python, so it would skip them"
             )
 
-    def read(self, arr: np.ndarray) -> tuple | None:
+    def read(self, arr: np.ndarray) -> _Ref | None:
         """``.item()`` of a traced array: the replay reads the same slot again."""
         src = self._slot(arr)
         if src is None or self.error is not None:
@@ -1371,7 +1421,7 @@ class _Recorder:
         self.tape.lines.append(_frame_line())
         return (_ITM, q)
 
-    def converted(self, v: Any, src: tuple | None, how: str) -> None:
+    def converted(self, v: Any, src: _Ref | None, how: str) -> None:
         """float()/int() of a traced value: allowed only for a number the step returns."""
         self.conversions.append([v, src, how, _frame_line(), False])
 
@@ -1425,7 +1475,7 @@ class _Recorder:
         self._baseline(where)
         return res
 
-    def _plain_call(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+    def _plain_call(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """Call ``fn`` with the capture detached and the arguments' traced arrays plain."""
         _mode.tracer = None
         pargs, pkwargs, swapped = _plain_call_args(args, kwargs)
@@ -1435,8 +1485,11 @@ class _Recorder:
             _restore_data(swapped)
             self._attach()
 
-    def _fx_arg(self, a: Any) -> tuple:
-        """How a replay rebuilds an argument of a declared call."""
+    def _fx_arg(self, a: Any) -> _FxSpec:
+        """How a replay rebuilds an argument of a declared call: ``("tensor", ref)``
+        (a new tensor around the slot's array), ``("array", ref)``, ``("item",
+        ref)``, ``("obj", value)`` (the object itself, live), ``("seq", type,
+        specs)`` or ``("dict", keys, specs)``."""
         if isinstance(a, Tensor):
             src = self._slot(a)
             if src is not None:
@@ -1462,8 +1515,9 @@ class _Recorder:
             return ("dict", tuple(a), tuple(self._fx_arg(e) for e in a.values()))
         return ("obj", a)
 
-    def backward(self, walk: Callable, roots: Any, seeds: Any, retain_graph: Any,
-                 create_graph: bool, inputs: Any, observer: Any) -> Any:
+    def backward(self, walk: Callable[..., Any], roots: Sequence[Tensor], seeds: Sequence[Any],
+                 retain_graph: bool | None, create_graph: bool,
+                 inputs: Sequence[Tensor] | None, observer: Any) -> Any:
         """run_backward: checked, planned, then run eagerly."""
         if self.error is not None:
             return self._plain_call(walk, (roots, seeds, retain_graph, create_graph, inputs,
@@ -1471,7 +1525,7 @@ class _Recorder:
         line = _frame_line()
         tape = self.tape
         why = None
-        src = None
+        root = -1
         if tape.root >= 0:
             why = "backward() is called more than once"
         elif create_graph or inputs is not None or observer is not None:
@@ -1482,13 +1536,17 @@ class _Recorder:
             src = self._slot(roots[0]) if isinstance(roots[0], Tensor) else None
             if src is None or src[0] != _OP or self.by_id.get(id(roots[0])) is None:
                 why = "backward() on a tensor not computed inside the step"
+            elif not tape.recorded[src[1]]:  # eager mode raises: let it say why
+                why = "backward() on a tensor that does not require grad"
+            else:
+                root = src[1]
         where = f"backward() at {_fmt_line(line)}"
         if why is None:
             self._boundary(where)
         else:
             self.refuse(f"{why} ({_fmt_line(line)})")
         if self.error is None:
-            tape.root = src[1]
+            tape.root = root
             self._plan()
         if self.error is not None:
             return self._plain_call(walk, (roots, seeds, retain_graph, create_graph, inputs,
@@ -1625,7 +1683,7 @@ class _Recorder:
         tape.guard = _Guard(self._guard_entries())
         return tape
 
-    def _guard_entries(self) -> list[list]:
+    def _guard_entries(self) -> list[_GuardEntry]:
         """The start-of-step state the step's Python reads: everything it reaches,
         except what its declared calls manage (read live by them)."""
         keep = _Reach(self.roots, stop=self.owned, live=True, names=self.names)
@@ -1654,8 +1712,11 @@ class _Recorder:
                             for i, h in enumerate(hooks)]
         return entries
 
-    def _ret(self, v: Any) -> tuple:
-        """How to rebuild the step's return value from a replay."""
+    def _ret(self, v: Any) -> _RetSpec:
+        """How to rebuild the step's return value from a replay: ``(_CONST, None)``,
+        ``("tensor", ref)`` (an op's result, as eager mode returns it),
+        ``("detached", ref)``, ``("array", ref)``, ``("number", ref)``, ``("seq",
+        type, specs)`` or ``("dict", keys, specs)``."""
         if v is None:
             return (_CONST, None)
         if isinstance(v, Tensor):
@@ -1701,13 +1762,13 @@ class _Recorder:
 _MODULE_HOOK_ATTRS = ("_forward_hooks", "_forward_pre_hooks")
 
 
-def _entry_owner(e: list) -> Any:
+def _entry_owner(e: _GuardEntry) -> Any:
     """The object an entry belongs to (the function, for closure cells and globals)."""
     return e[5]
 
 
-def _op_refs(refs: Any) -> list[int]:
-    out = []
+def _op_refs(refs: Iterable[_Ref]) -> list[int]:
+    out: list[int] = []
     for kind, ref in refs:
         if kind == _OP:
             out.append(ref)
@@ -1716,8 +1777,8 @@ def _op_refs(refs: Any) -> list[int]:
     return out
 
 
-def _fx_refs(specs: Any) -> list[tuple]:
-    out: list[tuple] = []
+def _fx_refs(specs: Iterable[_FxSpec]) -> list[_Ref]:
+    out: list[_Ref] = []
     for s in specs:
         if s[0] in ("tensor", "array", "item"):
             out.append(s[1])
@@ -1726,7 +1787,7 @@ def _fx_refs(specs: Any) -> list[tuple]:
     return out
 
 
-def _ret_refs(ret: tuple) -> list[tuple]:
+def _ret_refs(ret: _RetSpec) -> list[_Ref]:
     kind = ret[0]
     if kind in ("tensor", "detached", "array", "number"):
         return [ret[1]]
@@ -1771,7 +1832,7 @@ def _const_desc(a: Any, b: Any) -> str:
             "from the step's data or from Python state, and a replay would freeze it")
 
 
-def _diff_refs(a: Any, b: Any) -> str | None:
+def _diff_refs(a: _Ref, b: _Ref) -> str | None:
     if a[0] != b[0]:
         return "an operand comes from somewhere else"
     kind = a[0]
@@ -1790,7 +1851,7 @@ def _diff_refs(a: Any, b: Any) -> str | None:
     return None if a[1] == b[1] else "an operand comes from somewhere else"
 
 
-def _diff_fx(a: Any, b: Any) -> str | None:
+def _diff_fx(a: _FxSpec, b: _FxSpec) -> str | None:
     if a[0] != b[0]:
         return "an argument comes from somewhere else"
     if a[0] == "obj":
@@ -1859,7 +1920,7 @@ def _diff_tapes(a: _Tape, b: _Tape) -> str | None:
     return None
 
 
-def _same_ret(a: Any, b: Any) -> bool:
+def _same_ret(a: _RetSpec, b: _RetSpec) -> bool:
     if a[0] != b[0]:
         return False
     if a[0] in ("seq", "dict"):
@@ -1875,6 +1936,24 @@ def _same_ret(a: Any, b: Any) -> bool:
 # ---------------------------------------------------------------------------
 
 
+class _VjpNode:
+    """What ``vjp_step`` reads of a node, for one op of a replay."""
+
+    __slots__ = ("op", "out", "ctx", "needs", "inputs")
+    op: Rule
+    out: np.ndarray | None
+    ctx: Any  # rule-specific, as on a Node
+    needs: tuple[bool, ...]
+    inputs: tuple[Any, ...] | None  # the operands' arrays while its VJP runs
+
+
+# Reads an op's operands from ``env``: a tuple of them, or the one operand
+_Getter = Callable[[list[Any]], Any]
+# An op of a replay's backward pass (see _Program.bwd)
+_BwdStep = tuple[_VjpNode, _Getter, bool, int, int, tuple[tuple[int, int, bool], ...], bool,
+                 bool]
+
+
 class _Program:
     """A tape with every operand turned into a slot number of one list, ``env``.
 
@@ -1883,18 +1962,56 @@ class _Program:
     parameters' arrays (read afresh at every replay, as optimizers may replace
     them) and the constants (filled in once). Reading an op's operands is then
     one ``itemgetter`` call.
+
+    ``steps``, one per tape instruction:
+
+    * ``(_I_OP, rule, get, single, settings, dyn, out, j, recorded)``: ``get(env)``
+      gives the operands (the operand itself when ``single``); ``dyn`` is None or
+      ``((name, spec), ...)``, settings rebuilt from slots (``("slot", s)`` or
+      ``("seq", type, specs)``); the result goes to slot ``out``, and the
+      context of a ``recorded`` op is kept for op ``j``'s VJP;
+    * ``(_I_FX, fn, args, kwargs, out)``: ``fn`` called with its arguments
+      rebuilt (``_FxSpec`` with slot numbers for refs); the array it returns goes
+      to slot ``out`` (None: not kept). A plain SGD step is ``(_I_FX, plan, (),
+      {}, None)``;
+    * ``(_I_ITEM, src, dst)``: ``env[dst] = env[src].item()``;
+    * ``(_I_BACKWARD,)``.
+
+    ``bwd``, the ops backward visits, in order: ``(node, get, single, out, j,
+    dests, free, keep_out)``: ``dests`` are ``(operand, slot, is a parameter)``
+    for the operands that need a gradient; ``free``: the output's slot can be
+    let go once the VJP has it; ``keep_out``: the VJP reads the output.
     """
 
     __slots__ = ("nargs", "template", "leaf_slots", "leaf_of", "steps", "bwd", "root", "n_ops",
-                 "ret", "tape", "verified", "post_hooks", "fused", "fused_groups")
+                 "ret", "tape", "guard", "verified", "post_hooks", "fused", "fused_groups")
+    # the slots, for the type checker (annotations alone make no class attribute)
+    nargs: int
+    template: list[Any]  # env before a replay fills in arguments and parameters
+    leaf_slots: list[tuple[int, Tensor]]
+    leaf_of: dict[int, Tensor]  # slot -> parameter, for storing gradients
+    steps: list[_Step]
+    bwd: list[_BwdStep]
+    root: int  # the slot backward() starts from
+    n_ops: int
+    ret: _RetSpec  # with slot numbers for refs
+    tape: _Tape
+    guard: _Guard  # the tape's guards
+    verified: bool
+    post_hooks: set[int]  # slots of parameters with post-accumulate-grad hooks
+    fused: dict[int, tuple[Tensor, Tensor | None, SGD]]  # see _fusable
+    fused_groups: dict[int, dict[str, Any] | None]  # the SGD group of each fused op, found once
 
 
 def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
+    if tape.guard is None:
+        raise AssertionError("a tape is lowered only once finish() gave it its guards")
     prog = _Program()
     prog.tape = tape
+    prog.guard = tape.guard
     prog.verified = False
     prog.fused = _fusable(tape) if fused_update else {}
-    prog.fused_groups: dict[int, dict] = {}  # the SGD group of each fused op, found once
+    prog.fused_groups = {}
     nargs = prog.nargs = tape.nargs
     prog.n_ops = tape.n_ops
     op0 = nargs
@@ -1905,7 +2022,7 @@ def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
     const_slot: dict[int, int] = {}
     leaf_slots: list[tuple[int, Tensor]] = []
 
-    def slot(ref: tuple) -> int:
+    def slot(ref: _Ref) -> int:
         kind, v = ref
         if kind == _ARG:
             return v
@@ -1930,19 +2047,19 @@ def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
             return s
         raise AssertionError(kind)
 
-    def nested(ref: tuple) -> Any:
+    def nested(ref: _Ref) -> tuple[Any, ...]:
         """A setting that holds operands (an index tuple with arrays)."""
         if ref[0] == _SEQ:
             typ, refs = ref[1]
             return ("seq", typ, tuple(nested(r) for r in refs))
         return ("slot", slot(ref))
 
-    def getter(slots: list[int]) -> tuple[Any, bool]:
+    def getter(slots: list[int]) -> tuple[_Getter, bool]:
         if not slots:
             return (lambda env: ()), False
         return itemgetter(*slots), len(slots) == 1
 
-    def fx_arg(spec: tuple) -> tuple:
+    def fx_arg(spec: _FxSpec) -> _FxSpec:
         kind = spec[0]
         if kind in ("tensor", "array", "item"):
             return (kind, slot(spec[1]))
@@ -1950,7 +2067,7 @@ def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
             return (kind, spec[1], tuple(fx_arg(e) for e in spec[2]))
         return spec
 
-    steps: list[tuple] = []
+    steps: list[_Step] = []
     for ins in tape.instrs:
         kind = ins[0]
         if kind == _I_OP:
@@ -1971,7 +2088,7 @@ def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
             steps.append((_I_ITEM, slot(ins[2]), it0 + ins[1]))
         else:
             steps.append(ins)
-    bwd = []
+    bwd: list[_BwdStep] = []
     keep = {op0 + j for j in tape.keep}
     for j in tape.order:
         refs = tape.bwd_refs[j]
@@ -1990,7 +2107,7 @@ def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
                     rule.plan(tape.needs[j])[1]))
     prog.template = template
     prog.leaf_slots = leaf_slots
-    prog.leaf_of = dict(leaf_slots)  # slot -> parameter, for storing gradients
+    prog.leaf_of = dict(leaf_slots)
     prog.post_hooks = {leaf_slot[id(t)] for t in tape.post_hooks}
     prog.steps = steps
     prog.bwd = bwd
@@ -1999,7 +2116,7 @@ def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
     return prog
 
 
-def _lower_ret(ret: tuple, slot: Callable, tape: _Tape) -> tuple:
+def _lower_ret(ret: _RetSpec, slot: Callable[[_Ref], int], tape: _Tape) -> _RetSpec:
     kind = ret[0]
     if kind in ("seq", "dict"):
         return (kind, ret[1], tuple(_lower_ret(e, slot, tape) for e in ret[2]))
@@ -2016,13 +2133,13 @@ def _lower_ret(ret: tuple, slot: Callable, tape: _Tape) -> tuple:
 # ---------------------------------------------------------------------------
 
 
-def _setting(v: tuple, env: list) -> Any:
+def _setting(v: tuple[Any, ...], env: list[Any]) -> Any:
     if v[0] == "slot":
         return env[v[1]]
     return v[1](_setting(e, env) for e in v[2])
 
 
-def _fx_value(spec: tuple, env: list) -> Any:
+def _fx_value(spec: _FxSpec, env: list[Any]) -> Any:
     kind = spec[0]
     if kind == "obj":
         return spec[1]
@@ -2035,7 +2152,7 @@ def _fx_value(spec: tuple, env: list) -> Any:
     return {k: _fx_value(e, env) for k, e in zip(spec[1], spec[2])}
 
 
-def _replay(prog: _Program, flat: list, fuse: bool = False) -> Any:
+def _replay(prog: _Program, flat: list[Any], fuse: bool = False) -> Any:
     """Run the program on new arguments; returns what the step returns.
 
     ``fuse``: apply the opt-in fused update (see :func:`_fusable`) where it holds."""
@@ -2045,6 +2162,12 @@ def _replay(prog: _Program, flat: list, fuse: bool = False) -> Any:
     for s, t in prog.leaf_slots:
         env[s] = t.data
     ctxs: list[Any] = [None] * prog.n_ops
+    # an op step's fields (declarations only: the loop unpacks plain tuples)
+    rule: Rule
+    get: _Getter
+    settings: dict[str, Any]
+    dyn: tuple[tuple[str, tuple[Any, ...]], ...] | None
+    out_slot: int
     for st in prog.steps:
         kind = st[0]
         if kind == _I_OP:
@@ -2076,13 +2199,8 @@ def _replay(prog: _Program, flat: list, fuse: bool = False) -> Any:
     return _build(prog.ret, env)
 
 
-class _VjpNode:
-    """What ``vjp_step`` reads of a node, for one op of a replay."""
-
-    __slots__ = ("op", "out", "ctx", "needs", "inputs")
-
-
-def _backward(prog: _Program, env: list, ctxs: list, fused: dict | None = None) -> None:
+def _backward(prog: _Program, env: list[Any], ctxs: list[Any],
+              fused: dict[int, tuple[Tensor, Tensor | None, float]] | None = None) -> None:
     """``run_backward`` with every structural decision made in advance.
 
     Each op's local step is ``tensor.vjp_step``, the function the eager walk
@@ -2113,7 +2231,7 @@ def _backward(prog: _Program, env: list, ctxs: list, fused: dict | None = None) 
         node.ctx = ctxs[j]
         ctxs[j] = None
         if fused is not None and j in fused:
-            pgs = _fused_vjp(node, g, owned[out], fused[j])
+            pgs = _fused_vjp(node, ins, g, owned[out], fused[j])
         else:
             pgs = vjp_step(node, g, owned[out], True)
         node.inputs = node.out = node.ctx = None
@@ -2137,11 +2255,11 @@ def _backward(prog: _Program, env: list, ctxs: list, fused: dict | None = None) 
                 owned[d] = True
     hooked = prog.post_hooks
     for d in first:
-        leaf = prog.leaf_of[d]
-        _store_grad(leaf, table[d], owned[d], False)
-        if d in hooked and leaf._post_hooks:
-            for hook in list(leaf._post_hooks):
-                hook(leaf)
+        param = prog.leaf_of[d]
+        _store_grad(param, table[d], owned[d], False)
+        if d in hooked and param._post_hooks:
+            for hook in list(param._post_hooks):
+                hook(param)
 
 
 # ---------------------------------------------------------------------------
@@ -2149,7 +2267,7 @@ def _backward(prog: _Program, env: list, ctxs: list, fused: dict | None = None) 
 # ---------------------------------------------------------------------------
 
 
-def _update_plan(tape: _Tape, ins: tuple) -> _SGDPlan | None:
+def _update_plan(tape: _Tape, ins: _Instr) -> _SGDPlan | None:
     """A plan for an ``SGD.step()`` instruction of the tape, or None (replayed as is)."""
     from .optim.sgd import SGD
 
@@ -2180,10 +2298,11 @@ class _SGDPlan:
 
     __slots__ = ("opt", "check", "cache")
 
-    def __init__(self, opt: Optimizer, check: bool) -> None:
+    def __init__(self, opt: SGD, check: bool) -> None:
         self.opt = opt
         self.check = check
-        self.cache: dict[int, tuple] = {}  # id(param) -> (array, fused, blas, scratch)
+        # id(param) -> (its array, group fused, through BLAS, scratch buffer or None)
+        self.cache: dict[int, tuple[np.ndarray, bool, bool, np.ndarray | None]] = {}
 
     def __call__(self) -> None:
         from .optim import _blas
@@ -2227,7 +2346,7 @@ class _SGDPlan:
 _FUSABLE_RULES = ("linear", "linear_relu", "linear_nobias")
 
 
-def _fusable(tape: _Tape) -> dict[int, tuple]:
+def _fusable(tape: _Tape) -> dict[int, tuple[Tensor, Tensor | None, SGD]]:
     """The Linear ops whose parameters a plain SGD step updates right after backward:
     ``{op index: (weight, bias or None, optimizer)}``.
 
@@ -2281,14 +2400,14 @@ def _fusable(tape: _Tape) -> dict[int, tuple]:
     return out
 
 
-def _group_of(opt: Any, p: Tensor) -> dict | None:
+def _group_of(opt: Optimizer, p: Tensor) -> dict[str, Any] | None:
     for g in opt.param_groups:
         if any(q is p for q in g["params"]):
             return g
     return None
 
 
-def _fused_now(prog: _Program) -> dict[int, tuple]:
+def _fused_now(prog: _Program) -> dict[int, tuple[Tensor, Tensor | None, float]]:
     """The fusable ops whose update can be fused in this replay, with their lr."""
     from .optim import _blas
 
@@ -2310,22 +2429,24 @@ def _fused_now(prog: _Program) -> dict[int, tuple]:
     return now
 
 
-def _fused_vjp(node: Any, g: np.ndarray, inplace: bool, fused: tuple) -> tuple:
+def _fused_vjp(node: _VjpNode, ins: tuple[Any, ...], g: np.ndarray, inplace: bool,
+               fused: tuple[Tensor, Tensor | None, float]) -> Sequence[Any]:
     """Linear's VJP with the weight and bias updated in place instead of returning
     their gradients: ``W += -lr * delta^T x`` (one GEMM, beta = 1) and ``b +=
-    -lr * delta^T 1`` (one GEMV), after ``delta @ W`` has used the old weight."""
+    -lr * delta^T 1`` (one GEMV), after ``delta @ W`` has used the old weight.
+    ``ins`` are the operands (``node.inputs``)."""
     from .ops import _ones
     from .optim import _blas
 
     w, b, lr = fused
     rule = node.op
-    x = node.inputs[0]
+    x = ins[0]
     if rule.split is not None:  # linear_relu: delta = g * relu' first, as eager mode does
         step, _ = rule.split
         g = step(g, None, node.ctx, inplace)
         node.ctx = None
     if x.ndim != 2 or not _blas.fits(g, x, w.data):
-        return vjp_step(_linear_node(node, g), g, False, True)  # as an unfused VJP
+        return vjp_step(_linear_node(node, ins), g, False, True)  # as an unfused VJP
     gx = g @ w.data if node.needs[0] else None
     _blas.gemm_update(-lr, g, x, w.data)
     _bump(w)
@@ -2335,19 +2456,19 @@ def _fused_vjp(node: Any, g: np.ndarray, inplace: bool, fused: tuple) -> tuple:
     return (gx, None, None) if b is not None else (gx, None)
 
 
-def _linear_node(node: Any, g: np.ndarray) -> Any:
+def _linear_node(node: _VjpNode, ins: tuple[Any, ...]) -> _VjpNode:
     """The node of linear's VJP for a delta already formed (a layout BLAS refused)."""
     from .ops import RULES
 
     n = object.__new__(_VjpNode)
-    n.op = RULES["linear"] if len(node.inputs) == 3 else RULES["linear_nobias"]
+    n.op = RULES["linear"] if len(ins) == 3 else RULES["linear_nobias"]
     n.out = n.ctx = None
     n.needs = node.needs
-    n.inputs = node.inputs
+    n.inputs = ins
     return n
 
 
-def _build(ret: tuple, env: list) -> Any:
+def _build(ret: _RetSpec, env: list[Any]) -> Any:
     kind = ret[0]
     if kind == "tensor":  # what eager mode returns: a tensor whose graph backward() freed
         rule = ret[2]
@@ -2710,7 +2831,7 @@ class CompiledStep:
                 return self._eager(entry.why, args, kwargs)
             first = None  # what failed in the newest variant
             for prog in entry.progs:
-                why = prog.tape.guard.check()
+                why = prog.guard.check()
                 if why is None:
                     if prog.verified:
                         self.stats["replayed"] += 1
