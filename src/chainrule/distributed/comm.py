@@ -108,6 +108,11 @@ def _say(message: str) -> None:
 def abort(message: str, code: int = 1) -> None:
     """Print ``message`` and stop every rank of the job (``MPI_Abort``)."""
     _say(message)
+    # The launcher forwards each rank's stderr through its own proxy, and
+    # MPI_Abort tears the proxies down at once: give them a moment to pass the
+    # message on, or the job can end with its reason lost (seen with mpich's
+    # hydra: exit code 2 and an empty stderr, about 1 run in 30).
+    time.sleep(0.25)
     try:
         MPI = _mpi()  # noqa: N806
         if MPI.Is_initialized() and not MPI.Is_finalized():
