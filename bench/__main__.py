@@ -153,37 +153,37 @@ NOTES = """
   bias by a GEMV), so the weight gradient is never written and read again;
   not bit-identical to eager mode, and `.grad` stays empty.
 - **Per-op overhead** on shape (1,) is pure framework cost; on (64, 64) the
-  NumPy arithmetic and allocation of each op start to dominate, and in a
-  fresh process most of chainrule's time there is page faults. The chain
-  keeps its 1,000 intermediate 16 KiB arrays for the backward pass; glibc's
-  allocator takes them from fresh heap pages and hands the pages back to the
-  system when backward frees them, so every run faults them in again (3.6
-  minor faults per op; PyTorch 0.03). glibc stops handing them back once the
-  process has freed one large array (it then raises its own trim threshold),
-  as a program that loads data soon does: after freeing a 32 MB array, or
-  with `MALLOC_TRIM_THRESHOLD_=268435456` in the environment, chainrule took
-  3.7-4.9 us per op against PyTorch's 5.1-5.3 (11.0 us in the fresh
-  process). The suite measures the fresh process and leaves the allocator's
-  settings alone, as chainrule does. An MLP's training step does not meet
-  this: its few large arrays are reused from step to step (0.01 faults per
-  step).
+  NumPy arithmetic and allocation of each op start to show. Each recorded op
+  keeps only what its backward reads (docs/saved-tensors.md): `y * 0.999`
+  keeps the constant, `+ 0.001` nothing, so the chain's intermediate arrays
+  die as the loop runs and the recorded graph holds no array at the end of
+  the forward pass. Before that, every node kept its value: the chain held
+  1,000 intermediate 16 KiB arrays until backward, glibc handed their pages
+  back to the system when backward freed them, and every run faulted them in
+  again (3.6 minor faults per op, 10-17 us per op in a fresh process). The
+  page-fault column measures exactly that, and no allocator setting is
+  needed (setting `MALLOC_TRIM_THRESHOLD_` alone switches off glibc's dynamic
+  mmap threshold, and a compiled MLP step then took 197 faults per step).
+  The peak column counts everything `tracemalloc` sees: for chainrule that
+  is mostly Python objects, one node per recorded op (about 315 bytes); the
+  torch profiler sees tensor storage only, not PyTorch's own C++ graph nodes.
 - **Peak memory.** Bytes allocated during one step beyond what was live
   before it. `nn.Sequential` fuses each Linear + ReLU into one `linear_relu`
-  node, so the pre-activation z never exists as a separate array, and the
-  backward walk drops an activation before the VJP that no longer needs it;
-  `linear_relu` forms delta = g * mask and frees the mask before it allocates
-  the weight gradient. The peak comes as the first layer's weight gradient is
-  allocated; the arrays alive then are PyTorch's too: every parameter's
-  gradient and the first layer's delta (at B = 32, 1,052 + 32 KiB). What
-  chainrule shows above PyTorch's figure at small batches, about 4.5 KiB, is
-  Python objects (the backward walk's table and heap, the graph's Tensor
-  objects): `tracemalloc` counts them, the torch profiler counts only tensor
-  storage (PyTorch's own graph nodes are C++ allocations it does not see).
-  A `tracemalloc` snapshot at that moment, split by NumPy's tracemalloc
-  domain, shows the two parts. The profiler's figure is itself unsteady: within one process it
-  sometimes counts the previous step's gradients being freed and sometimes
-  not (e.g. 1.21 or 0.41 MB at B = 128), and now and then it reports 0; treat
-  a 0.00 as "not measured".
+  node, so the pre-activation z never exists as a separate array; each node
+  keeps only what its backward reads, so an activation is freed once the
+  next layer's backward has used it; `linear_relu` forms delta = g * mask
+  and frees the mask before it allocates the weight gradient. The peak comes
+  as the first layer's weight gradient is allocated; the arrays alive then
+  are PyTorch's too: every parameter's gradient and the first layer's delta
+  (at B = 32, 1,052 + 32 KiB). What chainrule shows above PyTorch's figure at
+  small batches, about 5.5 KiB, is Python objects (the backward walk's table
+  and heap, the graph's nodes): `tracemalloc` counts them, the torch profiler
+  counts only tensor storage (PyTorch's own graph nodes are C++ allocations
+  it does not see). A `tracemalloc` snapshot at that moment, split by
+  NumPy's tracemalloc domain, shows the two parts. The profiler's figure is
+  itself unsteady: within one process it sometimes counts the previous
+  step's gradients being freed and sometimes not (e.g. 1.21 or 0.41 MB at
+  B = 128), and now and then it reports 0; treat a 0.00 as "not measured".
 """
 
 
