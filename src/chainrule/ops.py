@@ -353,13 +353,13 @@ class Kernel:
 
     An array the kernel kept is written again only when nothing else refers to
     it: an output that the step returned, or a gradient stored in ``.grad``,
-    that the caller still holds keeps its values, and the kernel makes a new
-    array for that call instead. The test, written out where an array is
-    taken (a method call would cost more than the test)::
-
-        out = self.bufs[1]
-        if _refcount(out) > 3:      # this list, ``out``, the argument: + a holder
-            out = self.fresh(1)     # (None, before the first call, counts as held)
+    that the caller still holds (or any view of it) keeps its values, and the
+    kernel makes a new array for that call instead. :meth:`take` decides, from
+    the array's reference count compared with the count of an array nothing
+    else holds, measured through :meth:`take` itself when this module loads
+    (interpreters count references differently: 3.14 borrows some, so a fixed
+    number would be wrong on some version, and a wrong guess here would
+    overwrite values a caller holds).
     """
 
     __slots__ = ("bufs", "specs")
@@ -373,6 +373,14 @@ class Kernel:
         """A new array ``i``, kept from now on in place of the old one."""
         shape, dtype = self.specs[i]
         a = self.bufs[i] = np.empty(shape, dtype)
+        return a
+
+    def take(self, i: int) -> np.ndarray:
+        """Kept array ``i`` to write into, or a new one (kept from now on) where
+        anything besides this kernel refers to it (or none was made yet)."""
+        a = self.bufs[i]
+        if _refcount(a) > _UNSHARED:  # None, before the first call, counts as held
+            a = self.fresh(i)
         return a
 
     def release(self) -> None:
@@ -389,6 +397,31 @@ class Kernel:
 
 
 _refcount = sys.getrefcount
+_UNSHARED = -1  # see _calibrate_take: until then every take() makes a new array
+
+
+def _calibrate_take() -> int:
+    """The reference count that :meth:`Kernel.take` sees for a kept array that
+    nothing else holds, found by calling it; -1 (never reuse) if holding the
+    array does not raise the count it sees."""
+    global _UNSHARED
+    probe = Kernel([((1,), np.dtype(np.float64))])
+    for count in range(1, 16):
+        _UNSHARED = count
+        probe.bufs[0] = np.empty(1)
+        ident = id(probe.bufs[0])
+        reused = id(probe.take(0)) == ident  # the result is not kept: no holder
+        if reused:
+            break
+    else:
+        return -1
+    held = probe.bufs[0]
+    if probe.take(0) is held:  # a holder must make take() give a new array
+        return -1
+    return count
+
+
+_UNSHARED = _calibrate_take()
 
 #: A keyword setting of an op that the step computes (see :meth:`Rule.defkernel`)
 DYNAMIC: Any = type("Dynamic", (), {"__repr__": lambda self: "DYNAMIC"})()
@@ -1878,14 +1911,9 @@ class _LinearKernel(Kernel):
         self.ones = _ones(n, dtype.str)
 
     def forward(self, x: np.ndarray, w: np.ndarray, b: Any = None) -> tuple:
-        bufs = self.bufs
-        out = bufs[1]
-        if _refcount(out) > 3:
-            out = self.fresh(1)
+        out = self.take(1)
         if self.turn:
-            zt = bufs[0]
-            if _refcount(zt) > 3:
-                zt = self.fresh(0)
+            zt = self.take(0)
             np.matmul(w, x.T, out=zt)
             np.add(zt.T, b, out=out)
         else:
@@ -1894,9 +1922,7 @@ class _LinearKernel(Kernel):
                 np.add(out, b, out=out)
         if not self.relu:
             return out, None
-        mask = bufs[2]
-        if _refcount(mask) > 3:
-            mask = self.fresh(2)
+        mask = self.take(2)
         np.maximum(out, self.zeros, out=out)
         return out, np.greater(out, 0, out=mask)
 
@@ -1922,34 +1948,26 @@ class _LinearKernel(Kernel):
     def _delta(self, g: np.ndarray, inplace: bool, ctx: Any) -> np.ndarray:
         """delta = g * relu'(z), as linear_relu's split step computes it."""
         if not inplace:
-            d = self.bufs[3]
-            if _refcount(d) > 3:
-                d = self.fresh(3)
+            d = self.take(3)
             return np.multiply(g, ctx, out=d)
         return np.multiply(g, ctx, out=g)
 
     def _gx(self, g: np.ndarray, w: np.ndarray) -> np.ndarray | None:
         if not self.needs[0]:
             return None
-        gx = self.bufs[4]
-        if _refcount(gx) > 3:
-            gx = self.fresh(4)
+        gx = self.take(4)
         return np.matmul(g, w, out=gx)
 
     def _params_grads(self, gx: np.ndarray | None, g: np.ndarray, x: np.ndarray) -> tuple:
-        bufs, needs = self.bufs, self.needs
+        needs = self.needs
         gw = gb = None
         if needs[1]:
-            gw = bufs[5]
-            if _refcount(gw) > 3:
-                gw = self.fresh(5)
+            gw = self.take(5)
             np.matmul(g.T, x, out=gw)
         if not self.bias:
             return gx, gw
         if needs[2]:
-            gb = bufs[6]
-            if _refcount(gb) > 3:
-                gb = self.fresh(6)
+            gb = self.take(6)
             np.matmul(self.ones, g, out=gb)
         return gx, gw, gb
 

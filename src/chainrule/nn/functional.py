@@ -572,9 +572,7 @@ class _CrossEntropyKernel(ops.Kernel):
 
     def forward(self, x: np.ndarray, *, target: np.ndarray, reduction: str,
                 label_smoothing: float) -> tuple[np.ndarray, tuple]:
-        p = self.bufs[0]
-        if ops._refcount(p) > 3:
-            p = self.fresh(0)
+        p = self.take(0)
         return _ce_forward(x, target, reduction, label_smoothing, self.rows, p)
 
     def vjp(self, g: np.ndarray, inplace: bool, ctx: tuple, x: np.ndarray) -> tuple:
