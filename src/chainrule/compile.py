@@ -66,14 +66,13 @@ import threading
 import types
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .capture import Effect
 from .nn.module import SETTINGS_EPOCH, STEP_MARK, STRUCTURE, Module
-from .ops import GETITEM, Rule, _op_error, _scalar_array
+from .ops import DYNAMIC, GETITEM, Kernel, Rule, _op_error, _scalar_array
 from .optim.optimizer import Optimizer
 from .random import default_generator
 from .tensor import (
@@ -84,6 +83,7 @@ from .tensor import (
     _bump,
     _mode,
     _store_grad,
+    _store_grads,
     _tick,
     conform_grad,
     vjp_step,
@@ -1060,7 +1060,7 @@ class _Tape:
 
     __slots__ = ("instrs", "lines", "n_ops", "n_fx", "n_items", "rules", "recorded", "needs",
                  "bwd_refs", "order", "root", "post_hooks", "keep", "ret", "leaves",
-                 "touched", "guard", "nargs")
+                 "touched", "guard", "nargs", "metas")
 
     def __init__(self, nargs: int) -> None:
         self.nargs = nargs
@@ -1070,6 +1070,8 @@ class _Tape:
         self.n_fx = 0  # arrays returned by declared calls (random draws, clipped norms)
         self.n_items = 0  # numbers read with .item()
         self.rules: list[Rule] = []
+        # per op: (shape, dtype) of each array operand as captured (None: not an array)
+        self.metas: list[tuple[tuple[tuple[int, ...], np.dtype] | None, ...]] = []
         self.recorded: list[bool] = []
         self.needs: list[tuple[bool, ...]] = []
         self.bwd_refs: list[tuple[_Ref, ...]] = []  # per op: operand refs the VJP sees
@@ -1103,6 +1105,15 @@ def _is_iterator(x: Any) -> bool:
 def _has_bool_index(index: Any) -> bool:
     parts = index if isinstance(index, tuple) else (index,)
     return any(isinstance(i, np.ndarray) and i.dtype == np.bool_ for i in parts)
+
+
+def _meta(a: Any) -> tuple[tuple[int, ...], np.dtype] | None:
+    """An operand's shape and dtype, for kernels (None: not an array)."""
+    if isinstance(a, Tensor):
+        a = a.data
+    if isinstance(a, np.ndarray):
+        return (_NDARRAY_SHAPE.__get__(a), a.dtype)
+    return None
 
 
 def _mem_key(a: np.ndarray) -> tuple[int, tuple[int, ...], tuple[int, ...], str]:
@@ -1333,6 +1344,7 @@ class _Recorder:
         r = _node_rule(t)
         recorded = r is not None
         tape.rules.append(rule)
+        tape.metas.append(tuple(_meta(a) for a in pargs))
         tape.recorded.append(recorded)
         if recorded:
             tape.needs.append(_node_needs(t))
@@ -1388,6 +1400,7 @@ class _Recorder:
         j = tape.n_ops
         tape.n_ops += 1
         tape.rules.append(_MADE)
+        tape.metas.append((_meta(data),))
         tape.recorded.append(False)
         tape.needs.append(())
         tape.bwd_refs.append(())
@@ -1932,7 +1945,7 @@ def _same_ret(a: _RetSpec, b: _RetSpec) -> bool:
 
 
 # ---------------------------------------------------------------------------
-# Lowering a tape to a flat program over numbered slots
+# Lowering a tape to a program: one Python function, generated
 # ---------------------------------------------------------------------------
 
 
@@ -1947,49 +1960,50 @@ class _VjpNode:
     inputs: tuple[Any, ...] | None  # the operands' arrays while its VJP runs
 
 
-# Reads an op's operands from ``env``: a tuple of them, or the one operand
-_Getter = Callable[[list[Any]], Any]
-# An op of a replay's backward pass (see _Program.bwd)
-_BwdStep = tuple[_VjpNode, _Getter, bool, int, int, tuple[tuple[int, int, bool], ...], bool,
-                 bool]
+# An op of a replay's backward pass: (node, operand slots, output slot, op index,
+# dests, free, keep_out, kernel) -- see _Program
+_BwdStep = tuple[_VjpNode, tuple[int, ...], int, int, tuple[tuple[int, int, bool], ...], bool,
+                 bool, "Kernel | None"]
 
 
 class _Program:
-    """A tape with every operand turned into a slot number of one list, ``env``.
+    """A tape lowered to numbered slots, and the Python function that replays it.
 
     Slots hold, in this order: the step's array arguments, each op's output,
     each array a declared call returned, each number read with ``.item()``, the
     parameters' arrays (read afresh at every replay, as optimizers may replace
-    them) and the constants (filled in once). Reading an op's operands is then
-    one ``itemgetter`` call.
+    them) and the constants. ``steps``, one per tape instruction:
 
-    ``steps``, one per tape instruction:
-
-    * ``(_I_OP, rule, get, single, settings, dyn, out, j, recorded)``: ``get(env)``
-      gives the operands (the operand itself when ``single``); ``dyn`` is None or
-      ``((name, spec), ...)``, settings rebuilt from slots (``("slot", s)`` or
-      ``("seq", type, specs)``); the result goes to slot ``out``, and the
-      context of a ``recorded`` op is kept for op ``j``'s VJP;
+    * ``(_I_OP, rule, operand slots, settings, dyn, out, j, recorded, kernel)``:
+      ``dyn`` is None or ``((name, spec), ...)``, settings rebuilt from slots
+      (``("slot", s)`` or ``("seq", type, specs)``); the context of a
+      ``recorded`` op is kept for op ``j``'s VJP; ``kernel``: the rule's
+      :class:`~chainrule.ops.Kernel` for the captured shapes, or None;
     * ``(_I_FX, fn, args, kwargs, out)``: ``fn`` called with its arguments
       rebuilt (``_FxSpec`` with slot numbers for refs); the array it returns goes
       to slot ``out`` (None: not kept). A plain SGD step is ``(_I_FX, plan, (),
       {}, None)``;
-    * ``(_I_ITEM, src, dst)``: ``env[dst] = env[src].item()``;
+    * ``(_I_ITEM, src, dst)``: slot ``dst`` is ``slot src .item()``;
     * ``(_I_BACKWARD,)``.
 
-    ``bwd``, the ops backward visits, in order: ``(node, get, single, out, j,
-    dests, free, keep_out)``: ``dests`` are ``(operand, slot, is a parameter)``
-    for the operands that need a gradient; ``free``: the output's slot can be
-    let go once the VJP has it; ``keep_out``: the VJP reads the output.
+    ``bwd``, the ops backward visits, in order: ``(node, operand slots, out, j,
+    dests, free, keep_out, kernel)``: ``dests`` are ``(operand, slot, is a
+    parameter)`` for the operands that need a gradient; ``free``: the output's
+    slot can be let go once the VJP has it; ``keep_out``: the VJP reads the
+    output.
+
+    :func:`_generate` writes these out as one straight-line function, ``run``:
+    what the replay of a step costs is then the arithmetic, not the walking
+    of a program.
     """
 
-    __slots__ = ("nargs", "template", "leaf_slots", "leaf_of", "steps", "bwd", "root", "n_ops",
-                 "ret", "tape", "guard", "verified", "post_hooks", "fused", "fused_groups")
+    __slots__ = ("nargs", "consts", "leaf_slots", "steps", "bwd", "root", "n_ops", "ret", "tape",
+                 "guard", "verified", "post_hooks", "fused", "kernels", "run",
+                 "source")
     # the slots, for the type checker (annotations alone make no class attribute)
     nargs: int
-    template: list[Any]  # env before a replay fills in arguments and parameters
+    consts: dict[int, Any]  # slot -> constant
     leaf_slots: list[tuple[int, Tensor]]
-    leaf_of: dict[int, Tensor]  # slot -> parameter, for storing gradients
     steps: list[_Step]
     bwd: list[_BwdStep]
     root: int  # the slot backward() starts from
@@ -1999,8 +2013,15 @@ class _Program:
     guard: _Guard  # the tape's guards
     verified: bool
     post_hooks: set[int]  # slots of parameters with post-accumulate-grad hooks
-    fused: dict[int, tuple[Tensor, Tensor | None, SGD]]  # see _fusable
-    fused_groups: dict[int, dict[str, Any] | None]  # the SGD group of each fused op, found once
+    fused: dict[int, _LinearUpdate]  # see _fusable
+    kernels: list[Kernel]
+    run: Callable[[list[Any], bool], Any]  # run(flat, fuse): one replay
+    source: str
+
+    def release(self) -> None:
+        """Let go of the arrays the kernels keep between replays."""
+        for k in self.kernels:
+            k.release()
 
 
 def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
@@ -2011,15 +2032,15 @@ def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
     prog.guard = tape.guard
     prog.verified = False
     prog.fused = _fusable(tape) if fused_update else {}
-    prog.fused_groups = {}
     nargs = prog.nargs = tape.nargs
     prog.n_ops = tape.n_ops
     op0 = nargs
     fx0 = op0 + tape.n_ops
     it0 = fx0 + tape.n_fx
-    template: list[Any] = [None] * (it0 + tape.n_items)
+    n_slots = [it0 + tape.n_items]
     leaf_slot: dict[int, int] = {}
     const_slot: dict[int, int] = {}
+    consts: dict[int, Any] = {}
     leaf_slots: list[tuple[int, Tensor]] = []
 
     def slot(ref: _Ref) -> int:
@@ -2035,15 +2056,16 @@ def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
         if kind == _LEAF:
             s = leaf_slot.get(id(v))
             if s is None:
-                s = leaf_slot[id(v)] = len(template)
-                template.append(None)
+                s = leaf_slot[id(v)] = n_slots[0]
+                n_slots[0] += 1
                 leaf_slots.append((s, v))
             return s
         if kind == _CONST:
             s = const_slot.get(id(v))
             if s is None:
-                s = const_slot[id(v)] = len(template)
-                template.append(v)
+                s = const_slot[id(v)] = n_slots[0]
+                n_slots[0] += 1
+                consts[s] = v
             return s
         raise AssertionError(kind)
 
@@ -2054,11 +2076,6 @@ def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
             return ("seq", typ, tuple(nested(r) for r in refs))
         return ("slot", slot(ref))
 
-    def getter(slots: list[int]) -> tuple[_Getter, bool]:
-        if not slots:
-            return (lambda env: ()), False
-        return itemgetter(*slots), len(slots) == 1
-
     def fx_arg(spec: _FxSpec) -> _FxSpec:
         kind = spec[0]
         if kind in ("tensor", "array", "item"):
@@ -2067,14 +2084,22 @@ def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
             return (kind, spec[1], tuple(fx_arg(e) for e in spec[2]))
         return spec
 
+    kernels: dict[int, Kernel] = {}
     steps: list[_Step] = []
     for ins in tape.instrs:
         kind = ins[0]
         if kind == _I_OP:
             _, j, rule, refs, settings, dyn, recorded = ins
-            get, single = getter([slot(r) for r in refs])
             dyn_slots = None if dyn is None else tuple((key, nested(r)) for key, r in dyn)
-            steps.append((_I_OP, rule, get, single, settings, dyn_slots, op0 + j, j, recorded))
+            kernel = None
+            if rule.kernel is not None:
+                given = dict(settings)
+                given.update((key, DYNAMIC) for key, _ in dyn or ())
+                kernel = rule.kernel(tape.metas[j], given, tape.needs[j])
+                if kernel is not None:
+                    kernels[j] = kernel
+            steps.append((_I_OP, rule, tuple(slot(r) for r in refs), settings, dyn_slots,
+                          op0 + j, j, recorded, kernel))
         elif kind == _I_FX:
             _, k, spec, aspec, kspec = ins
             plan = _update_plan(tape, ins)
@@ -2092,8 +2117,7 @@ def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
     keep = {op0 + j for j in tape.keep}
     for j in tape.order:
         refs = tape.bwd_refs[j]
-        slots = [slot(r) for r in refs]
-        get, single = getter(slots)
+        slots = tuple(slot(r) for r in refs)
         dests = tuple(
             (i, slots[i], refs[i][0] == _LEAF)
             for i, need in enumerate(tape.needs[j]) if need
@@ -2103,16 +2127,17 @@ def _lower(tape: _Tape, fused_update: bool = False) -> _Program:
         node = _VjpNode()  # what vjp_step reads, filled in for each replay (calls are serial)
         node.op = rule
         node.needs = tape.needs[j]
-        bwd.append((node, get, single, out, j, dests, out not in keep,
-                    rule.plan(tape.needs[j])[1]))
-    prog.template = template
+        bwd.append((node, slots, out, j, dests, out not in keep, rule.plan(tape.needs[j])[1],
+                    kernels.get(j)))
+    prog.consts = consts
     prog.leaf_slots = leaf_slots
-    prog.leaf_of = dict(leaf_slots)
     prog.post_hooks = {leaf_slot[id(t)] for t in tape.post_hooks}
     prog.steps = steps
     prog.bwd = bwd
     prog.root = op0 + tape.root
     prog.ret = _lower_ret(tape.ret, slot, tape)
+    prog.kernels = list(kernels.values())
+    _generate(prog)
     return prog
 
 
@@ -2129,137 +2154,316 @@ def _lower_ret(ret: _RetSpec, slot: Callable[[_Ref], int], tape: _Tape) -> _RetS
 
 
 # ---------------------------------------------------------------------------
-# Replaying
+# Replaying: the program as straight-line Python
 # ---------------------------------------------------------------------------
 
 
-def _setting(v: tuple[Any, ...], env: list[Any]) -> Any:
-    if v[0] == "slot":
-        return env[v[1]]
-    return v[1](_setting(e, env) for e in v[2])
+class _Source:
+    """Python source being written, and the objects it names (its globals)."""
+
+    def __init__(self, ns: dict[str, Any]) -> None:
+        self.lines: list[str] = []
+        self.ns = ns
+        self.named: dict[int, str] = {}
+
+    def name(self, obj: Any, prefix: str = "k") -> str:
+        """A global name for ``obj`` (the same name for the same object)."""
+        found = self.named.get(id(obj))
+        if found is None:
+            # an underscore: locals never start with one
+            found = self.named[id(obj)] = f"_{prefix}{len(self.ns)}"
+            self.ns[found] = obj
+        return found
+
+    def add(self, depth: int, line: str) -> None:
+        self.lines.append("    " * depth + line)
 
 
-def _fx_value(spec: _FxSpec, env: list[Any]) -> Any:
-    kind = spec[0]
-    if kind == "obj":
-        return spec[1]
-    if kind == "tensor":
-        return Tensor._const(env[spec[1]])
-    if kind in ("array", "item"):
-        return env[spec[1]]
-    if kind == "seq":
-        return spec[1](_fx_value(e, env) for e in spec[2])
-    return {k: _fx_value(e, env) for k, e in zip(spec[1], spec[2])}
+def _generate(prog: _Program) -> None:
+    """Write ``prog.run(flat, fuse)``: the replay as one straight-line function.
+
+    Every slot is a local variable (``s7``), every constant, rule, kernel and
+    parameter a global of the function, and every decision that depends only
+    on the program's structure is taken here, once: which ops have a kernel,
+    where a gradient arrives for the first time (no test for an empty table
+    entry), which outputs are let go during backward. What runs is the same
+    arithmetic, in the same order, as the eager step: each op's forward (or
+    its kernel), the declared calls, and the backward pass of ``run_backward``
+    (``vjp_step``, the same accumulation rule and dtype checks, leaves stored
+    as eager mode stores them).
+    """
+    ns: dict[str, Any] = {
+        "Tensor": Tensor, "ndarray": np.ndarray, "asarray": np.asarray, "add": np.add,
+        "ones_like": np.ones_like, "errstate": np.errstate, "op_error": _op_error,
+        "vjp_step": vjp_step, "conform": conform_grad, "store": _store_grad,
+        "store_all": _store_grads,
+        "released": _released_result, "fused_now": _fused_now, "fused_vjp": _fused_vjp,
+        "const": Tensor._const, "prog": prog,
+    }
+    src = _Source(ns)
+    add = src.add
+
+    def var(s: int) -> str:
+        return src.name(prog.consts[s], "c") if s in prog.consts else f"s{s}"
+
+    def seq(typ: type, items: list[str]) -> str:
+        body = ", ".join(items) + ("," if len(items) == 1 else "")
+        if typ is tuple:
+            return f"({body})"
+        if typ is list:
+            return f"[{body}]"
+        return f"{src.name(typ, 't')}(({body}))"
+
+    def setting(v: tuple[Any, ...]) -> str:
+        if v[0] == "slot":
+            return var(v[1])
+        return seq(v[1], [setting(e) for e in v[2]])
+
+    def fx_value(spec: _FxSpec) -> str:
+        kind = spec[0]
+        if kind == "obj":
+            return src.name(spec[1], "o")
+        if kind == "tensor":
+            return f"const({var(spec[1])})"
+        if kind in ("array", "item"):
+            return var(spec[1])
+        if kind == "seq":
+            return seq(spec[1], [fx_value(e) for e in spec[2]])
+        return "{" + ", ".join(f"{src.name(k, 'o')}: {fx_value(e)}"
+                               for k, e in zip(spec[1], spec[2])) + "}"
+
+    def build(ret: _RetSpec) -> str:
+        kind = ret[0]
+        if kind == "tensor":
+            if ret[2] is None:
+                return f"const({var(ret[1])})"
+            return f"released({var(ret[1])}, {src.name(ret[2], 'r')})"
+        if kind == "detached":
+            return f"const({var(ret[1])})"
+        if kind in ("number", "array"):
+            return var(ret[1])
+        if kind == "seq":
+            return seq(ret[1], [build(e) for e in ret[2]])
+        if kind == "dict":
+            return "{" + ", ".join(f"{src.name(k, 'o')}: {build(e)}"
+                                   for k, e in zip(ret[1], ret[2])) + "}"
+        return src.name(ret[1], "o")
+
+    needed_ctx = {b[3] for b in prog.bwd}
+    # operands an op's kernel must see with the captured shape and dtype, tested
+    # before each call (where they differ, the rule's own functions run): those
+    # computed in the step, unless by a kernel that runs unconditionally (its
+    # output has the captured shape); arguments are fixed by the signature,
+    # parameters by the guards
+    checked: dict[int, list[tuple[int, tuple[int, ...], np.dtype]]] = {}
+    fixed: set[int] = set()  # outputs of kernels that always run
+    op0, end = prog.nargs, prog.nargs + prog.n_ops + prog.tape.n_fx
+    for st in prog.steps:
+        if st[0] == _I_OP and st[8] is not None:
+            metas = prog.tape.metas[st[6]]
+            tests = checked[st[6]] = [(s, *m) for s, m in zip(st[2], metas)
+                                      if op0 <= s < end and s not in fixed and m is not None]
+            if not tests:
+                fixed.add(st[5])
+
+    add(0, "def replay(flat, fuse):")
+    if prog.nargs:
+        add(1, ", ".join(f"s{i}" for i in range(prog.nargs)) + ", = flat")
+        for i in range(prog.nargs):
+            add(1, f"if isinstance(s{i}, Tensor): s{i} = s{i}.data")
+    for s, t in prog.leaf_slots:
+        add(1, f"s{s} = {src.name(t, 'p')}.data")
+    for st in prog.steps:
+        kind = st[0]
+        if kind == _I_OP:
+            _, rule, slots, settings, dyn, out, j, recorded, kernel = st
+            args = ", ".join(var(s) for s in slots)
+            r = src.name(rule, "r")
+            if dyn is None:
+                kw = f", **{src.name(settings, 'k')}" if settings else ""
+                sdict = src.name(settings, "k")
+            else:
+                items = [f"{k!r}: {setting(v)}" for k, v in dyn]
+                if settings:
+                    items.insert(0, f"**{src.name(settings, 'k')}")
+                sdict = "{" + ", ".join(items) + "}"
+                kw = f", **{sdict}"
+            ctx = f"c{j}" if recorded and j in needed_ctx else "_"
+            generic = f"s{out}, {ctx} = {r}.forward({args}{kw})"
+            add(1, f"# op {j}: {rule.name}")
+            add(1, "try:")
+            if kernel is None:
+                add(2, generic)
+            else:
+                fast = f"s{out}, {ctx} = {src.name(kernel.forward, 'kf')}({args}{kw})"
+                tests = checked[j]
+                if not tests:
+                    add(2, fast)
+                else:
+                    cond = " and ".join(f"s{s}.shape == {src.name(shape, 'h')} and "
+                                        f"s{s}.dtype == {src.name(dt, 'd')}"
+                                        for s, shape, dt in tests)
+                    add(2, f"k{j} = {cond}")
+                    add(2, f"if k{j}:")
+                    add(3, fast)
+                    add(2, "else:")
+                    add(3, generic)
+            add(1, "except (ValueError, TypeError, IndexError) as exc:")
+            add(2, f"raise op_error({r}, [{args}], {sdict}, exc) from exc")
+            add(1, f"if type(s{out}) is not ndarray: s{out} = asarray(s{out})")
+        elif kind == _I_FX:
+            _, fn, fargs, fkwargs, out = st
+            call = ", ".join([fx_value(a) for a in fargs] + (
+                ["**{" + ", ".join(f"{k!r}: {fx_value(a)}" for k, a in fkwargs.items()) + "}"]
+                if fkwargs else []))
+            f = src.name(fn, "f")
+            if out is None:
+                add(1, f"{f}({call})")
+            else:
+                add(1, f"s{out} = {f}({call})")
+                add(1, f"if isinstance(s{out}, Tensor): s{out} = s{out}.data")
+        elif kind == _I_ITEM:
+            add(1, f"s{st[2]} = {var(st[1])}.item()")
+        else:
+            add(1, 'with errstate(divide="ignore", invalid="ignore", over="ignore"):')
+            _generate_backward(prog, src, var, checked)
+    add(1, f"return {build(prog.ret)}")
+    prog.source = "\n".join(src.lines) + "\n"
+    filename = f"<cr.compile replay {id(prog):x}>"
+    # the source is kept where tracebacks and debuggers look for it
+    linecache.cache[filename] = (len(prog.source), None, prog.source.splitlines(True), filename)
+    exec(builtins.compile(prog.source, filename, "exec"), ns)  # noqa: S102  (our own code)
+    prog.run = ns["replay"]
+
+
+def _generate_backward(prog: _Program, src: _Source, var: Callable[[int], str],
+                       checked: dict[int, list[Any]]) -> None:
+    """The backward pass of a program (see :func:`_generate`), inside ``errstate``."""
+    add = src.add
+    root = prog.root
+    if prog.fused:
+        add(2, "fz = fused_now(prog) if fuse else None")
+    add(2, f"g{root} = ones_like(s{root})")
+    add(2, f"o{root} = True")
+    # how many contributions each table entry can receive: an entry with one
+    # needs no test for whether it is empty
+    arrivals: dict[int, int] = {}
+    for *_, dests, _free, _keep, _k in prog.bwd:
+        for _i, d, _leaf in dests:
+            arrivals[d] = arrivals.get(d, 0) + 1
+    leaves = {d for *_, dests, _free, _keep, _k in prog.bwd for _i, d, leaf in dests if leaf}
+    for d in arrivals:
+        if d != root:
+            add(2, f"g{d} = None" + (f"; o{d} = False" if d in leaves else ""))
+    hooked = bool(prog.post_hooks)
+    if hooked:
+        add(2, "first = []")
+    seen: set[int] = set()
+    order: list[int] = []  # parameters in the order their gradients first arrive
+    for node, slots, out, j, dests, free, keep_out, kernel in prog.bwd:
+        rule = node.op
+        n = src.name(node, "n")
+        r = src.name(rule, "r")
+        operands = ", ".join(var(s) for s in slots)
+        add(2, f"# backward of op {j}: {rule.name}")
+        add(2, f"g = g{out}")
+        depth = 2
+        if out != root:
+            add(2, "if g is not None:")
+            depth = 3
+        add(depth, f"g{out} = None")
+        fused = j in prog.fused
+        generic: list[tuple[int, str]] = [
+            (0, f"{n}.inputs = ({operands},)"),
+            (0, f"{n}.out = s{out}" if keep_out else f"{n}.out = None"),
+        ]
+        if free:
+            generic.append((0, f"s{out} = None"))
+        generic.append((0, f"{n}.ctx = c{j}"))
+        generic.append((0, f"c{j} = None"))
+        if fused:
+            generic += [(0, f"if fz is not None and {j} in fz:"),
+                        (1, f"pgs = fused_vjp({n}, {n}.inputs, g, o{out}, fz[{j}])"),
+                        (0, "else:"),
+                        (1, f"pgs = vjp_step({n}, g, o{out}, True)")]
+        else:
+            generic.append((0, f"pgs = vjp_step({n}, g, o{out}, True)"))
+        generic.append((0, f"{n}.inputs = {n}.out = {n}.ctx = None"))
+        fast: list[tuple[int, str]] = []
+        if kernel is not None:
+            kv = src.name(kernel.vjp, "kv")
+            if fused:
+                ku = src.name(kernel.vjp_update, "ku")  # type: ignore[attr-defined]
+                fast += [(0, f"if fz is not None and {j} in fz:"),
+                         (1, f"pgs = {ku}(g, o{out}, c{j}, fz[{j}], {operands})"),
+                         (0, "else:"),
+                         (1, f"pgs = {kv}(g, o{out}, c{j}, {operands})")]
+            else:
+                fast.append((0, f"pgs = {kv}(g, o{out}, c{j}, {operands})"))
+            fast.append((0, f"c{j} = None"))
+            if free:
+                fast.append((0, f"s{out} = None"))
+        if kernel is None:
+            for k, line in generic:
+                add(depth + k, line)
+        elif not checked[j]:
+            for k, line in fast:
+                add(depth + k, line)
+        else:
+            add(depth, f"if k{j}:")
+            for k, line in fast:
+                add(depth + 1 + k, line)
+            add(depth, "else:")
+            for k, line in generic:
+                add(depth + 1 + k, line)
+        for i, d, leaf in dests:
+            add(depth, f"pg = pgs[{i}]")
+            add(depth, "if pg is not None:")
+            inner = depth + 1
+            # a kernel's gradients have the operand's shape and dtype by construction
+            if kernel is None:
+                add(inner, f"pg = conform({r}, pg, {var(slots[i])})")
+            elif checked[j]:
+                add(inner, f"if not k{j}: pg = conform({r}, pg, {var(slots[i])})")
+            if leaf and d not in seen:
+                seen.add(d)
+                order.append(d)
+            if arrivals[d] > 1:
+                add(inner, f"if g{d} is None:")
+                inner += 1
+            add(inner, f"g{d} = pg")
+            add(inner, f"o{d} = pg is not g and pg.base is None")
+            if hooked and leaf:
+                add(inner, f"first.append({d})")
+            if arrivals[d] > 1:
+                add(inner - 1, f"elif o{d}:")
+                add(inner, f"add(g{d}, pg, out=g{d})")
+                add(inner - 1, "else:")
+                add(inner, f"t = g{d} + pg")
+                add(inner, f"g{d} = t if type(t) is ndarray else asarray(t)")
+                add(inner, f"o{d} = True")
+    leaf_of = dict(prog.leaf_slots)
+    if not hooked:  # the order of stores matters only to post-accumulate hooks
+        if order:
+            add(2, "store_all((" + "".join(f"({src.name(leaf_of[d], 'p')}, g{d}, o{d}), "
+                                           for d in order) + "))")
+        return
+    # leaves stored in the order their first gradient arrived, each followed by its hooks
+    table = ", ".join(f"{d}: ({src.name(leaf_of[d], 'p')}, g{d}, o{d})" for d in order)
+    add(2, f"table = {{{table}}}")
+    add(2, "for d in first:")
+    add(3, "param, pg, mine = table[d]")
+    add(3, "store(param, pg, mine, False)")
+    add(3, f"if d in {src.name(prog.post_hooks, 'k')} and param._post_hooks:")
+    add(4, "for hook in list(param._post_hooks):")
+    add(5, "hook(param)")
 
 
 def _replay(prog: _Program, flat: list[Any], fuse: bool = False) -> Any:
     """Run the program on new arguments; returns what the step returns.
 
     ``fuse``: apply the opt-in fused update (see :func:`_fusable`) where it holds."""
-    env = prog.template.copy()
-    for i, a in enumerate(flat):
-        env[i] = a.data if isinstance(a, Tensor) else a
-    for s, t in prog.leaf_slots:
-        env[s] = t.data
-    ctxs: list[Any] = [None] * prog.n_ops
-    # an op step's fields (declarations only: the loop unpacks plain tuples)
-    rule: Rule
-    get: _Getter
-    settings: dict[str, Any]
-    dyn: tuple[tuple[str, tuple[Any, ...]], ...] | None
-    out_slot: int
-    for st in prog.steps:
-        kind = st[0]
-        if kind == _I_OP:
-            _, rule, get, single, settings, dyn, out_slot, j, recorded = st
-            ins = get(env)
-            if dyn is not None:
-                settings = dict(settings)
-                for key, v in dyn:
-                    settings[key] = _setting(v, env)
-            try:
-                out, ctx = rule.forward(ins, **settings) if single else rule.forward(*ins,
-                                                                                    **settings)
-            except (ValueError, TypeError, IndexError) as exc:
-                ops = [ins] if single else list(ins)
-                raise _op_error(rule, ops, settings, exc) from exc
-            env[out_slot] = out if type(out) is np.ndarray else np.asarray(out)
-            if recorded:
-                ctxs[j] = ctx
-        elif kind == _I_FX:
-            res = st[1](*[_fx_value(a, env) for a in st[2]],
-                        **{k: _fx_value(a, env) for k, a in st[3].items()})
-            if st[4] is not None:
-                env[st[4]] = res.data if isinstance(res, Tensor) else res
-        elif kind == _I_ITEM:
-            env[st[2]] = env[st[1]].item()
-        else:
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                _backward(prog, env, ctxs, _fused_now(prog) if fuse and prog.fused else None)
-    return _build(prog.ret, env)
-
-
-def _backward(prog: _Program, env: list[Any], ctxs: list[Any],
-              fused: dict[int, tuple[Tensor, Tensor | None, float]] | None = None) -> None:
-    """``run_backward`` with every structural decision made in advance.
-
-    Each op's local step is ``tensor.vjp_step``, the function the eager walk
-    calls (the same VJP, in-place variant and split); around it, the same
-    accumulation rule, the same dtype casts, leaves stored in the order their
-    first gradient arrived, then their post-accumulate hooks: gradients are
-    bit-identical to eager mode.
-    """
-    n = len(env)
-    table: list[Any] = [None] * n  # dL/d(slot), for op outputs and parameters
-    owned = [False] * n  # whether table[s] is ours to add into in place
-    first: list[int] = []  # parameter slots in the order their gradients arrived
-    root = prog.root
-    table[root] = np.ones_like(env[root])
-    owned[root] = True
-    for node, get, single, out, j, dests, free, keep_out in prog.bwd:
-        g = table[out]
-        if g is None:
-            continue
-        table[out] = None
-        ins = get(env)
-        if single:
-            ins = (ins,)
-        node.inputs = ins
-        node.out = env[out] if keep_out else None
-        if free:
-            env[out] = None  # as in eager mode, let the value go once nothing needs it
-        node.ctx = ctxs[j]
-        ctxs[j] = None
-        if fused is not None and j in fused:
-            pgs = _fused_vjp(node, ins, g, owned[out], fused[j])
-        else:
-            pgs = vjp_step(node, g, owned[out], True)
-        node.inputs = node.out = node.ctx = None
-        rule = node.op
-        for i, d, leaf in dests:
-            pg = pgs[i]
-            if pg is None:
-                continue
-            pg = conform_grad(rule, pg, ins[i])
-            old = table[d]
-            if old is None:
-                table[d] = pg
-                owned[d] = pg is not g and pg.base is None
-                if leaf:
-                    first.append(d)
-            elif owned[d]:
-                np.add(old, pg, out=old)
-            else:
-                total = old + pg
-                table[d] = total if type(total) is np.ndarray else np.asarray(total)
-                owned[d] = True
-    hooked = prog.post_hooks
-    for d in first:
-        param = prog.leaf_of[d]
-        _store_grad(param, table[d], owned[d], False)
-        if d in hooked and param._post_hooks:
-            for hook in list(param._post_hooks):
-                hook(param)
+    return prog.run(flat, fuse)
 
 
 # ---------------------------------------------------------------------------
@@ -2290,27 +2494,26 @@ def _update_plan(tape: _Tape, ins: _Instr) -> _SGDPlan | None:
 class _SGDPlan:
     """``SGD.step()`` in a replay: the same arithmetic as ``SGD._update``, in the same
     order, with what does not change from step to step worked out once (which
-    parameters take BLAS, their scratch buffers), and the settings read live at
-    every replay. A group with momentum, weight decay or maximize runs the
-    optimizer's own update. The stale-gradient check is skipped when the step
-    zeroes this optimizer's gradients before (nothing can be stale then); the
-    step marks and version bumps of ``Optimizer.step`` are kept."""
+    parameters take BLAS, the address of their arrays, their scratch buffers),
+    and the settings read live at every replay. A group with momentum, weight
+    decay or maximize runs the optimizer's own update. The stale-gradient check
+    is skipped when the step zeroes this optimizer's gradients before (nothing
+    can be stale then); the step marks and version bumps of ``Optimizer.step``
+    are kept."""
 
     __slots__ = ("opt", "check", "cache")
 
     def __init__(self, opt: SGD, check: bool) -> None:
         self.opt = opt
         self.check = check
-        # id(param) -> (its array, group fused, through BLAS, scratch buffer or None)
-        self.cache: dict[int, tuple[np.ndarray, bool, bool, np.ndarray | None]] = {}
+        # id(param) -> (its array, group fused, address of the array for BLAS (None:
+        # NumPy's two passes), scratch buffer)
+        self.cache: dict[int, tuple[np.ndarray, bool, int | None, Any]] = {}
 
     def __call__(self) -> None:
-        from .optim import _blas
-
         opt = self.opt
         if self.check and opt.warn_unzeroed_grad and not opt._warned:
             opt._check_stale_grads()
-        cache = self.cache
         for group in opt.param_groups:
             params = [p for p in group["params"] if p._grad is not None]
             if not params:
@@ -2318,25 +2521,42 @@ class _SGDPlan:
             if group["momentum"] != 0 or group["weight_decay"] != 0 or group["maximize"]:
                 opt._update(group, params)
             else:
-                neg = -group["lr"]
-                fused = group["fused"]
-                for p in params:
-                    w = p.data
-                    c = cache.get(id(p))
-                    if c is None or c[0] is not w or c[1] is not fused:
-                        blas = fused and _blas.supports(w)
-                        c = cache[id(p)] = (w, fused, blas, None if blas else opt._buf(w, 3))
-                    g = opt._grad(p, False)
-                    if c[2]:
-                        _blas.axpy(neg, g, w)
-                    else:
-                        t = c[3]
-                        np.multiply(g, neg, out=t)
-                        w += t
+                self._plain(group, params)
             for p in params:
                 _bump(p)  # graphs recorded with the old values must not backpropagate
                 gt = p._grad
                 gt.__dict__[STEP_MARK] = gt._version
+
+    def _plain(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """``p -= lr * g`` as ``SGD._update`` does it for a plain group: one BLAS axpy
+        (``fused``, a large enough array) or NumPy's two passes through a scratch
+        buffer, with -lr as a 0-d array of the parameter's dtype (the same
+        number NumPy makes of the Python float, converted faster)."""
+        from .optim import _blas
+
+        opt, cache = self.opt, self.cache
+        neg = -group["lr"]
+        fused = group["fused"]
+        for p in params:
+            w = p.data
+            c = cache.get(id(p))
+            if c is None or c[0] is not w or c[1] is not fused:
+                blas = fused and _blas.supports(w)
+                scratch: Any = None if blas else opt._buf(w, 3)
+                c = cache[id(p)] = (w, fused, _blas.address(w) if blas else None, scratch)
+            gt = p._grad
+            g = gt.data if gt is not None else opt._grad(p, False)
+            if g.shape != w.shape:
+                opt._grad(p, False)  # raises the optimizer's error
+            if c[2] is not None:
+                if g.dtype is w.dtype and g.flags.c_contiguous:
+                    _blas.axpy_at(w.size, neg, g, c[2])
+                else:
+                    _blas.axpy(neg, g, w)
+            else:
+                t = c[3]
+                np.multiply(g, _scalar_array(neg, w.dtype), out=t)
+                np.add(w, t, out=w)
 
 
 # ---------------------------------------------------------------------------
@@ -2346,9 +2566,9 @@ class _SGDPlan:
 _FUSABLE_RULES = ("linear", "linear_relu", "linear_nobias")
 
 
-def _fusable(tape: _Tape) -> dict[int, tuple[Tensor, Tensor | None, SGD]]:
+def _fusable(tape: _Tape) -> dict[int, _LinearUpdate]:
     """The Linear ops whose parameters a plain SGD step updates right after backward:
-    ``{op index: (weight, bias or None, optimizer)}``.
+    ``{op index: its update}``.
 
     Conditions, checked on the tape: the step calls an ``SGD`` optimizer's
     ``step()`` after ``backward()`` with nothing in between that reads or changes
@@ -2396,7 +2616,7 @@ def _fusable(tape: _Tape) -> dict[int, tuple[Tensor, Tensor | None, SGD]]:
             continue
         if params[0].data.size < _blas.MIN_SIZE:
             continue  # a small layer: a ctypes call costs more than it saves
-        out[j] = (params[0], params[1] if len(params) > 1 else None, opt)
+        out[j] = _LinearUpdate(params[0], params[1] if len(params) > 1 else None, opt)
     return out
 
 
@@ -2407,53 +2627,96 @@ def _group_of(opt: Optimizer, p: Tensor) -> dict[str, Any] | None:
     return None
 
 
-def _fused_now(prog: _Program) -> dict[int, tuple[Tensor, Tensor | None, float]]:
-    """The fusable ops whose update can be fused in this replay, with their lr."""
-    from .optim import _blas
-
+def _fused_now(prog: _Program) -> dict[int, _LinearUpdate]:
+    """The fusable ops whose update can be fused in this replay, with their update."""
     now = {}
-    for j, (w, b, opt) in prog.fused.items():
-        g = prog.fused_groups.get(j)
-        if g is None or all(g is not h for h in opt.param_groups):
-            g = prog.fused_groups[j] = _group_of(opt, w)
-        if g is None or (b is not None and all(q is not b for q in g["params"])):
-            continue
-        if g["momentum"] != 0 or g["weight_decay"] != 0 or g["maximize"]:
-            continue
-        if w._grad is not None or (b is not None and b._grad is not None):
-            continue  # gradients accumulate across calls: the update needs them whole
-        if w.data.size < _blas.MIN_SIZE or not _blas.fits(w.data) or (
-                b is not None and not _blas.fits(b.data)):
-            continue  # a small layer: a ctypes call costs more than it saves
-        now[j] = (w, b, g["lr"])
+    for j, update in prog.fused.items():
+        if update.ready():
+            now[j] = update
     return now
 
 
-def _fused_vjp(node: _VjpNode, ins: tuple[Any, ...], g: np.ndarray, inplace: bool,
-               fused: tuple[Tensor, Tensor | None, float]) -> Sequence[Any]:
-    """Linear's VJP with the weight and bias updated in place instead of returning
-    their gradients: ``W += -lr * delta^T x`` (one GEMM, beta = 1) and ``b +=
-    -lr * delta^T 1`` (one GEMV), after ``delta @ W`` has used the old weight.
-    ``ins`` are the operands (``node.inputs``)."""
-    from .ops import _ones
-    from .optim import _blas
+class _LinearUpdate:
+    """``update(delta, x)``: a Linear layer's SGD step from its delta, in place:
+    ``W += -lr * delta^T x`` (one GEMM, beta = 1) and ``b += -lr * delta^T 1``
+    (one GEMV). False, with nothing done, where BLAS cannot take the layouts.
+    :meth:`ready` says, before each replay, whether it applies this time."""
 
-    w, b, lr = fused
+    __slots__ = ("w", "b", "opt", "groups", "group", "lr", "arrays", "ones")
+
+    def __init__(self, w: Tensor, b: Tensor | None, opt: SGD) -> None:
+        self.w, self.b, self.opt = w, b, opt
+        self.groups: Any = None  # the optimizer's param_groups when the group was found
+        self.group: dict[str, Any] | None = None
+        self.lr = 0.0
+        self.arrays: tuple[Any, Any, bool] = (None, None, False)  # (w, b) arrays BLAS takes
+        self.ones: np.ndarray | None = None
+
+    def ready(self) -> bool:
+        """Whether the update can be fused in this replay (reads the lr)."""
+        from .optim import _blas
+
+        w, b, opt = self.w, self.b, self.opt
+        if opt.param_groups is not self.groups:  # a list made anew: find the group again
+            self.groups = opt.param_groups
+            g = _group_of(opt, w)
+            self.group = None if g is None or (
+                b is not None and all(q is not b for q in g["params"])) else g
+        g = self.group
+        if g is None or g["momentum"] != 0 or g["weight_decay"] != 0 or g["maximize"]:
+            return False
+        if w._grad is not None or (b is not None and b._grad is not None):
+            return False  # gradients accumulate across calls: the update needs them whole
+        wd, bd = w.data, None if b is None else b.data
+        arrays = self.arrays
+        if arrays[0] is not wd or arrays[1] is not bd:  # checked again for new arrays only
+            ok = (wd.size >= _blas.MIN_SIZE and _blas.fits(wd)
+                  and (bd is None or _blas.fits(bd) and bd.dtype == wd.dtype))
+            arrays = self.arrays = (wd, bd, ok)
+        if not arrays[2]:
+            return False  # a small layer (a ctypes call costs more than it saves), or a layout
+        self.lr = g["lr"]
+        return True
+
+    def __call__(self, delta: np.ndarray, x: np.ndarray) -> bool:
+        from .ops import _ones
+        from .optim import _blas
+
+        w, b = self.w, self.b
+        wd = w.data
+        dt = wd.dtype
+        if not (x.ndim == 2 and delta.dtype is dt and x.dtype is dt and delta.flags.c_contiguous
+                and x.flags.c_contiguous):
+            return False
+        _blas.gemm_update(-self.lr, delta, x, wd)
+        _bump(w)
+        if b is not None:
+            ones = self.ones
+            if ones is None or ones.shape[0] != delta.shape[0]:
+                ones = self.ones = _ones(delta.shape[0], dt.str)
+            _blas.gemv_update(-self.lr, delta, ones, b.data)
+            _bump(b)
+        return True
+
+
+def _fused_vjp(node: _VjpNode, ins: tuple[Any, ...], g: np.ndarray, inplace: bool,
+               update: _LinearUpdate) -> Sequence[Any]:
+    """Linear's VJP with the weight and bias updated in place by ``update`` instead
+    of returning their gradients, after ``delta @ W`` has used the old weight.
+    ``ins`` are the operands (``node.inputs``). The kernel's version is
+    ``_LinearKernel.vjp_update``."""
     rule = node.op
-    x = ins[0]
     if rule.split is not None:  # linear_relu: delta = g * relu' first, as eager mode does
         step, _ = rule.split
         g = step(g, None, node.ctx, inplace)
         node.ctx = None
-    if x.ndim != 2 or not _blas.fits(g, x, w.data):
-        return vjp_step(_linear_node(node, ins), g, False, True)  # as an unfused VJP
-    gx = g @ w.data if node.needs[0] else None
-    _blas.gemm_update(-lr, g, x, w.data)
-    _bump(w)
-    if b is not None:
-        _blas.gemv_update(-lr, g, _ones(g.shape[0], g.dtype.str), b.data)
-        _bump(b)
-    return (gx, None, None) if b is not None else (gx, None)
+    gx = g @ ins[1] if node.needs[0] else None
+    if update(g, ins[0]):
+        return (gx, None, None) if len(ins) == 3 else (gx, None)
+    # a layout BLAS refused: the parameters' gradients as an unfused VJP gives them
+    plain = _linear_node(node, ins)
+    plain.needs = (False,) + node.needs[1:]
+    return (gx, *vjp_step(plain, g, False, True)[1:])
 
 
 def _linear_node(node: _VjpNode, ins: tuple[Any, ...]) -> _VjpNode:
@@ -2775,8 +3038,8 @@ class CompiledStep:
         out: list[Tensor] = []
         for entry in self._entries.values():
             for prog in entry.progs:
-                for w, b, _ in prog.fused.values():
-                    out += [p for p in (w, b) if p is not None and all(p is not q for q in out)]
+                for u in prog.fused.values():
+                    out += [p for p in (u.w, u.b) if p is not None and all(p is not q for q in out)]
         return out
 
     def __init__(self, fn: Callable[..., Any], strict: bool = False,
@@ -2801,6 +3064,7 @@ class CompiledStep:
         self._locate = False  # check state around every declared call (after a refusal)
         self._gave_up = False
         self._lock = threading.RLock()
+        self._hot: _Program | None = None  # the program whose kernels hold their arrays
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -2835,7 +3099,9 @@ class CompiledStep:
                 if why is None:
                     if prog.verified:
                         self.stats["replayed"] += 1
-                        return _replay(prog, flat, self.fused_update)
+                        if prog is not self._hot:
+                            self._heat(prog)
+                        return prog.run(flat, self.fused_update)
                     return self._verify(entry, prog, args, kwargs, flat)
                 first = first or why
             if first is not None:
@@ -2851,6 +3117,14 @@ class CompiledStep:
             return self._capture(entry, args, kwargs, flat)
 
     # ----- the ways a call runs ---------------------------------------------------
+
+    def _heat(self, prog: _Program) -> None:
+        """``prog`` replays next: the program that replayed before lets go of the
+        arrays its kernels keep (only one program at a time holds them; a step
+        that alternates between two batch shapes allocates them again)."""
+        if self._hot is not None:
+            self._hot.release()
+        self._hot = prog
 
     def _eager(self, why: str | None, args: tuple, kwargs: dict, lasting: bool = True) -> Any:
         if self.strict:
@@ -2924,6 +3198,7 @@ class CompiledStep:
         if why is None:
             after = _Snapshot(prog.tape, flat)
             before.restore()
+            self._heat(prog)
             try:
                 replayed = _replay(prog, flat)
             except Exception as exc:  # noqa: BLE001  (eager succeeded, so the tape is wrong)

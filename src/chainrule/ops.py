@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import sys
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -192,7 +193,8 @@ class Rule:
     """
 
     __slots__ = ("name", "forward", "vjp", "vjp_inplace", "check", "doc", "saves", "split",
-                 "plans", "weak_scalars", "elementwise", "show", "role", "activation", "grads")
+                 "plans", "weak_scalars", "elementwise", "show", "role", "activation", "grads",
+                 "kernel")
 
     def __init__(self, name: str, forward: Callable, saves: Saves | None = None,
                  weak_scalars: bool = False, *, elementwise: bool = False,
@@ -215,6 +217,8 @@ class Rule:
         self.vjp_inplace: VJP | None = None
         self.check: Check | None = None
         self.split: tuple[Callable, Rule] | None = None
+        # (operands, settings, needs) -> Kernel or None; see defkernel
+        self.kernel: Callable[..., Kernel | None] | None = None
         self.doc = forward.__doc__
 
     @property
@@ -279,6 +283,22 @@ class Rule:
         self.check = fn
         return fn
 
+    def defkernel(self, make: Callable[..., Kernel | None]) -> Callable[..., Kernel | None]:
+        """Give the rule a :class:`Kernel` for operands of fixed shapes.
+
+        ``make(operands, settings, needs)`` is called once per op when
+        ``cr.compile`` turns a captured step into a program: ``operands`` holds
+        ``(shape, dtype)`` for each array operand (None for anything else), as
+        the capture saw them, ``settings`` the op's keyword settings (those the
+        step computes, such as labels, as :data:`DYNAMIC`: they reach the
+        kernel's ``forward`` with the call), ``needs`` which operands want a
+        gradient. It returns a kernel for exactly these, or None where the
+        rule's own functions must run. The program checks that the operands
+        have these shapes and dtypes before it calls the kernel.
+        """
+        self.kernel = make
+        return make
+
     def __repr__(self) -> str:
         return f"<rule {self.name}>"
 
@@ -312,6 +332,99 @@ def rule(name: str, *, saves: Saves | None = None, weak_scalars: bool = False,
         return r
 
     return register
+
+
+class Kernel:
+    """A rule's forward and VJP for one set of operand shapes and dtypes, writing
+    its results into arrays it keeps from one call to the next.
+
+    ``cr.compile`` replays a captured training step as a fixed program: every
+    shape is known before it runs, so an op can write into the arrays it
+    wrote last time instead of allocating new ones, and decisions that depend
+    only on shapes are made once. A kernel computes exactly what its rule's
+    ``forward`` and ``vjp`` compute, bit for bit (the same NumPy calls on the
+    same operands, with ``out=``); the tests check every kernel against its
+    rule.
+
+    ``forward(*operands) -> (out, ctx)`` and ``vjp(g, inplace, ctx, *operands)
+    -> one gradient (or None) per operand`` take plain arrays of the shapes the
+    kernel was made for; ``inplace`` says that the caller owns ``g`` outright
+    (as ``Rule.vjp_inplace`` would be allowed to use it).
+
+    An array the kernel kept is written again only when nothing else refers to
+    it: an output that the step returned, or a gradient stored in ``.grad``,
+    that the caller still holds (or any view of it) keeps its values, and the
+    kernel makes a new array for that call instead. :meth:`take` decides, from
+    the array's reference count compared with the count of an array nothing
+    else holds, measured through :meth:`take` itself when this module loads
+    (interpreters count references differently: 3.14 borrows some, so a fixed
+    number would be wrong on some version, and a wrong guess here would
+    overwrite values a caller holds).
+    """
+
+    __slots__ = ("bufs", "specs")
+
+    def __init__(self, specs: Sequence[tuple[tuple[int, ...], Any]]) -> None:
+        self.specs = list(specs)  # (shape, dtype) of each array kept
+        # the arrays (None until made); Any: a kernel tests each before use
+        self.bufs: list[Any] = [None] * len(self.specs)
+
+    def fresh(self, i: int) -> np.ndarray:
+        """A new array ``i``, kept from now on in place of the old one."""
+        shape, dtype = self.specs[i]
+        a = self.bufs[i] = np.empty(shape, dtype)
+        return a
+
+    def take(self, i: int) -> np.ndarray:
+        """Kept array ``i`` to write into, or a new one (kept from now on) where
+        anything besides this kernel refers to it (or none was made yet)."""
+        a = self.bufs[i]
+        if _refcount(a) > _UNSHARED:  # None, before the first call, counts as held
+            a = self.fresh(i)
+        return a
+
+    def release(self) -> None:
+        """Let go of every array kept (the next call allocates them again)."""
+        self.bufs = [None] * len(self.bufs)
+
+    def forward(self, *operands: Any, **settings: Any) -> tuple[Any, Any]:
+        """The rule's ``forward`` (same arguments, same result)."""
+        raise NotImplementedError
+
+    def vjp(self, g: np.ndarray, inplace: bool, ctx: Any, *operands: Any) -> Sequence[Any]:
+        """The rule's VJP: one gradient (or None) per operand."""
+        raise NotImplementedError
+
+
+_refcount = sys.getrefcount
+_UNSHARED = -1  # see _calibrate_take: until then every take() makes a new array
+
+
+def _calibrate_take() -> int:
+    """The reference count that :meth:`Kernel.take` sees for a kept array that
+    nothing else holds, found by calling it; -1 (never reuse) if holding the
+    array does not raise the count it sees."""
+    global _UNSHARED
+    probe = Kernel([((1,), np.dtype(np.float64))])
+    for count in range(1, 16):
+        _UNSHARED = count
+        probe.bufs[0] = np.empty(1)
+        ident = id(probe.bufs[0])
+        reused = id(probe.take(0)) == ident  # the result is not kept: no holder
+        if reused:
+            break
+    else:
+        return -1
+    held = probe.bufs[0]
+    if probe.take(0) is held:  # a holder must make take() give a new array
+        return -1
+    return count
+
+
+_UNSHARED = _calibrate_take()
+
+#: A keyword setting of an op that the step computes (see :meth:`Rule.defkernel`)
+DYNAMIC: Any = type("Dynamic", (), {"__repr__": lambda self: "DYNAMIC"})()
 
 
 _SCALARS = (int, float, bool, np.number, np.bool_)
@@ -1770,6 +1883,112 @@ def _(g, out, ctx, inplace):
     if inplace:
         return np.multiply(g, ctx, out=g)  # g is ours: turn it into delta in place
     return g * ctx
+
+
+class _LinearKernel(Kernel):
+    """``linear``, ``linear_relu`` and ``linear_nobias`` for a 2-D batch, into kept arrays.
+
+    The same calls as the rules (:func:`_affine`'s choice of product, made once
+    from the shapes; relu against a row of zeros; the mask ``out > 0``; the
+    bias gradient as ``ones @ delta``), each writing into an array of its own:
+    0 the turned product (out, B), 1 the output, 2 the mask, 3 delta when ``g``
+    is not ours to overwrite, 4-6 the gradients of x, w and b.
+    """
+
+    __slots__ = ("turn", "relu", "bias", "needs", "zeros", "ones")
+    zeros: Any  # relu's row of zeros (None without relu)
+
+    def __init__(self, xshape: tuple[int, ...], wshape: tuple[int, ...], dtype: np.dtype,
+                 relu: bool, bias: bool, needs: tuple[bool, ...]) -> None:
+        n, out = xshape[0], wshape[0]
+        super().__init__([((out, n), dtype), ((n, out), dtype), ((n, out), np.bool_),
+                          ((n, out), dtype), (xshape, dtype), (wshape, dtype), ((out,), dtype)])
+        self.turn = bias and n <= _SMALL_BATCH and n < out  # as _affine decides
+        self.relu = relu
+        self.bias = bias
+        self.needs = needs
+        self.zeros = np.zeros(out, dtype) if relu else None  # relu's row of zeros (_np_relu)
+        self.ones = _ones(n, dtype.str)
+
+    def forward(self, x: np.ndarray, w: np.ndarray, b: Any = None) -> tuple:
+        out = self.take(1)
+        if self.turn:
+            zt = self.take(0)
+            np.matmul(w, x.T, out=zt)
+            np.add(zt.T, b, out=out)
+        else:
+            np.matmul(x, w.T, out=out)
+            if b is not None:
+                np.add(out, b, out=out)
+        if not self.relu:
+            return out, None
+        mask = self.take(2)
+        np.maximum(out, self.zeros, out=out)
+        return out, np.greater(out, 0, out=mask)
+
+    def vjp(self, g: np.ndarray, inplace: bool, ctx: Any, x: np.ndarray, w: np.ndarray,
+            b: np.ndarray | None = None) -> tuple:
+        if self.relu:
+            g = self._delta(g, inplace, ctx)
+        return self._params_grads(self._gx(g, w), g, x)
+
+    def vjp_update(self, g: np.ndarray, inplace: bool, ctx: Any, update: Callable[..., bool],
+                   x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> tuple:
+        """The VJP with the weight and bias updated in place instead of returned,
+        by ``update(delta, x)`` (cr.compile's fused update), after the gradient
+        of x has used the old weight; where ``update`` says it cannot (False),
+        the gradients are returned as :meth:`vjp` returns them."""
+        if self.relu:
+            g = self._delta(g, inplace, ctx)
+        gx = self._gx(g, w)
+        if update(g, x):
+            return (gx, None, None) if self.bias else (gx, None)
+        return self._params_grads(gx, g, x)
+
+    def _delta(self, g: np.ndarray, inplace: bool, ctx: Any) -> np.ndarray:
+        """delta = g * relu'(z), as linear_relu's split step computes it."""
+        if not inplace:
+            d = self.take(3)
+            return np.multiply(g, ctx, out=d)
+        return np.multiply(g, ctx, out=g)
+
+    def _gx(self, g: np.ndarray, w: np.ndarray) -> np.ndarray | None:
+        if not self.needs[0]:
+            return None
+        gx = self.take(4)
+        return np.matmul(g, w, out=gx)
+
+    def _params_grads(self, gx: np.ndarray | None, g: np.ndarray, x: np.ndarray) -> tuple:
+        needs = self.needs
+        gw = gb = None
+        if needs[1]:
+            gw = self.take(5)
+            np.matmul(g.T, x, out=gw)
+        if not self.bias:
+            return gx, gw
+        if needs[2]:
+            gb = self.take(6)
+            np.matmul(self.ones, g, out=gb)
+        return gx, gw, gb
+
+
+def _linear_kernel(relu: bool, bias: bool) -> Callable[..., Kernel | None]:
+    def make(operands: Sequence[Any], settings: dict, needs: tuple[bool, ...]) -> Kernel | None:
+        if settings or None in operands or len(operands) != 2 + bias:
+            return None
+        (xs, dt), (ws, wdt) = operands[0], operands[1]
+        if dt.char not in "fd" or wdt != dt or len(xs) != 2 or len(ws) != 2 or xs[1] != ws[1]:
+            return None
+        if bias and (operands[2][1] != dt or operands[2][0] != (ws[0],)):
+            return None
+        return _LinearKernel(xs, ws, dt, relu, bias, needs or (False,) * (2 + bias))
+
+    return make
+
+
+LINEAR.defkernel(_linear_kernel(relu=False, bias=True))
+LINEAR_RELU.defkernel(_linear_kernel(relu=True, bias=True))
+LINEAR_NOBIAS.defkernel(_linear_kernel(relu=False, bias=False))
 
 
 # ==========================================================================

@@ -1625,18 +1625,33 @@ _GRAD_LOCK = threading.Lock()
 def _store_grad(t: Tensor, g: Any, mine: bool, create_graph: bool) -> None:
     """Accumulate dL/dt into ``t.grad`` (leaves and retain_grad tensors)."""
     with _GRAD_LOCK:
-        old = t._grad
         if create_graph:
+            old = t._grad
             t._grad = (g if isinstance(g, Tensor) else Tensor._const(g)) if old is None \
                 else old + g
             return
-        if old is None:
-            t._grad = Tensor._const(g if mine else g.copy())
-        elif old.shape == g.shape and old.data.flags.writeable:
-            np.add(old.data, g, out=old.data, casting="unsafe")
-            _bump(old)
-        else:
-            t._grad = Tensor._const(old.data + g)
+        _add_grad(t, g, mine)
+
+
+def _store_grads(items: Sequence[tuple[Tensor, Any, bool]]) -> None:
+    """``_store_grad`` (without create_graph) for ``(tensor, g, mine)`` items, in
+    order, under one lock; items whose ``g`` is None are skipped."""
+    with _GRAD_LOCK:
+        for t, g, mine in items:
+            if g is not None:
+                _add_grad(t, g, mine)
+
+
+def _add_grad(t: Tensor, g: np.ndarray, mine: bool) -> None:
+    # the caller holds _GRAD_LOCK
+    old = t._grad
+    if old is None:
+        t._grad = Tensor._const(g if mine else g.copy())
+    elif old.shape == g.shape and old.data.flags.writeable:
+        np.add(old.data, g, out=old.data, casting="unsafe")
+        _bump(old)
+    else:
+        t._grad = Tensor._const(old.data + g)
 
 
 def _where(node: Any) -> str:

@@ -463,12 +463,13 @@ def _reduce_rows(ufunc: np.ufunc, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _softmax_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(softmax(x), log(sum(exp(x - max)))+max) over axis 1, without overflow."""
+def _softmax_rows(x: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax(x), log(sum(exp(x - max)))+max) over axis 1, without overflow;
+    the softmax into ``out`` if given."""
     # the ufuncs' own reductions: x.max()/e.sum() add a Python layer that
     # costs as much as the arithmetic on a (32, 10) batch of logits
     m = _reduce_rows(np.maximum, x)
-    e = np.subtract(x, m)
+    e = np.subtract(x, m, out=out)
     np.exp(e, out=e)
     s = _reduce_rows(np.add, e)
     e /= s
@@ -508,10 +509,15 @@ def _diff_log_softmax(x: Any, xp: Any) -> Any:
 )
 def CROSS_ENTROPY(x, *, target, reduction, label_smoothing):
     """-log softmax(x)[target] per row; x (N, C) logits, target (N,) int labels."""
+    return _ce_forward(x, target, reduction, label_smoothing, np.arange(x.shape[0]))
+
+
+def _ce_forward(x: np.ndarray, target: np.ndarray, reduction: str, label_smoothing: float,
+                rows: np.ndarray, p: np.ndarray | None = None) -> tuple[np.ndarray, tuple]:
+    """The rule's forward with the row indices given (and the softmax into ``p``)."""
     n, c = x.shape
     _check_label_range(target, c, "cross_entropy")
-    p, lse = _softmax_rows(x)
-    rows = np.arange(n)
+    p, lse = _softmax_rows(x, p)
     loss = lse[:, 0] - x[rows, target]
     if label_smoothing:
         # PyTorch: (1 - eps) * nll + eps * mean_k(-log p_k)
@@ -539,11 +545,53 @@ def _(g, out, ctx, needs, xp, x):
             q += ls / c
         return ((_diff_softmax(x, xp) - q) * scale,)
     # plain NumPy: reuse the softmax saved by the forward pass, one allocation
-    d = p * scale
+    return _ce_grad(p * scale, scale, target, reduction, ls, rows)
+
+
+def _ce_grad(d: np.ndarray, scale: Any, target: np.ndarray, reduction: str, ls: float,
+             rows: np.ndarray) -> tuple[np.ndarray]:
+    """softmax(x) * scale - q * scale, from ``d`` = softmax(x) * scale (in place)."""
     if ls:
-        d -= scale * (ls / c)
+        d -= scale * (ls / d.shape[1])
     d[rows, target] -= (scale[:, 0] if reduction == "none" else scale) * (1.0 - ls)
     return (d,)
+
+
+class _CrossEntropyKernel(ops.Kernel):
+    """``cross_entropy`` for logits of one shape (see :class:`chainrule.ops.Kernel`):
+    the rule's own steps, with the row indices made once and the softmax
+    written into a kept array, which the VJP turns into its result in place
+    (the softmax is not needed after it)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        super().__init__([(shape, dtype)])
+        self.rows = np.arange(shape[0])
+        self.rows.flags.writeable = False
+
+    def forward(self, x: np.ndarray, *, target: np.ndarray, reduction: str,
+                label_smoothing: float) -> tuple[np.ndarray, tuple]:
+        p = self.take(0)
+        return _ce_forward(x, target, reduction, label_smoothing, self.rows, p)
+
+    def vjp(self, g: np.ndarray, inplace: bool, ctx: tuple, x: np.ndarray) -> tuple:
+        target, reduction, ls, p = ctx
+        scale = _grad_scale(g, reduction, x.shape[0], (x.shape[0], 1))
+        return _ce_grad(np.multiply(p, scale, out=p), scale, target, reduction, ls, self.rows)
+
+
+@CROSS_ENTROPY.defkernel
+def _(operands: Any, settings: dict, needs: tuple[bool, ...]) -> ops.Kernel | None:
+    if len(operands) != 1 or operands[0] is None or set(settings) != {
+            "target", "reduction", "label_smoothing"}:
+        return None
+    shape, dtype = operands[0]
+    reduction, ls = settings["reduction"], settings["label_smoothing"]
+    if len(shape) != 2 or dtype.char not in "fd" or reduction not in ("mean", "sum", "none") \
+            or type(ls) not in (int, float):
+        return None
+    return _CrossEntropyKernel(shape, dtype)
 
 
 # ==========================================================================

@@ -1,0 +1,142 @@
+"""Kernels (``Rule.defkernel``): cr.compile's fixed-shape versions of a rule give
+the rule's forward and VJP bit for bit, and never write into an array that
+anything outside the kernel still holds."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import chainrule as cr
+import chainrule.nn.functional as F
+from chainrule import ops
+
+
+def _meta(a):
+    return (a.shape, a.dtype)
+
+
+def _rule_vjp(rule, g, out, ctx, needs, *ins):
+    from chainrule.tensor import _NUMPY_NS
+
+    return rule.vjp(g.copy(), out, ctx, needs, _NUMPY_NS, *ins)
+
+
+def _same(a, b):
+    if a is None or b is None:
+        assert a is None and b is None
+        return
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b, strict=True)
+
+
+LINEARS = [("linear", False, True), ("linear_relu", True, True), ("linear_nobias", False, False)]
+
+
+@pytest.mark.parametrize("name,relu,bias", LINEARS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,k,m", [(1, 5, 7), (8, 12, 40), (33, 20, 6), (300, 16, 64)])
+def test_linear_kernels_match_their_rule_bit_for_bit(name, relu, bias, dtype, n, k, m):
+    rule = ops.RULES[name]
+    rng = np.random.default_rng(n * 100 + m)
+    x = rng.standard_normal((n, k)).astype(dtype)
+    w = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype)
+    ins = (x, w, b) if bias else (x, w)
+    for needs in itertools.product([False, True], repeat=len(ins)):
+        if not any(needs):
+            continue
+        kernel = rule.kernel([_meta(a) for a in ins], {}, needs)
+        assert kernel is not None
+        want, wctx = rule.forward(*ins)
+        g = rng.standard_normal(want.shape).astype(dtype)
+        grads = _rule_vjp(rule, g, want, wctx, needs, *ins)
+        for inplace in (False, True):
+            for _ in range(2):  # the second call writes into the arrays kept by the first
+                got, ctx = kernel.forward(*ins)
+                _same(got, want)
+                mine = g.copy()
+                kgrads = kernel.vjp(mine, inplace, ctx, *ins)
+                for i, need in enumerate(needs):
+                    if need:
+                        _same(kgrads[i], grads[i])
+                    else:
+                        assert kgrads[i] is None
+                if not inplace:
+                    np.testing.assert_array_equal(mine, g)  # g is not ours: untouched
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ls", [0.0, 0.2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_kernel_matches_its_rule_bit_for_bit(reduction, ls, dtype):
+    rule = ops.RULES["cross_entropy"]
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((17, 5)) * 4).astype(dtype)
+    target = rng.integers(0, 5, 17)
+    settings = {"target": target, "reduction": reduction, "label_smoothing": ls}
+    kernel = rule.kernel([_meta(x)], {"target": ops.DYNAMIC, "reduction": reduction,
+                                      "label_smoothing": ls}, (True,))
+    assert kernel is not None
+    want, wctx = rule.forward(x, **settings)
+    g = np.asarray(rng.standard_normal(want.shape), dtype=dtype)
+    (grad,) = _rule_vjp(rule, g, want, wctx, (True,), x)
+    for _ in range(3):
+        got, ctx = kernel.forward(x, **settings)
+        _same(np.asarray(got), np.asarray(want))
+        (kgrad,) = kernel.vjp(g.copy(), True, ctx, x)
+        _same(kgrad, grad)
+
+
+def test_take_reuses_an_array_only_while_nothing_else_holds_it():
+    assert ops._UNSHARED > 0  # calibrated for this interpreter
+    kernel = ops.Kernel([((3,), np.dtype(np.float64))])
+    first = kernel.take(0)  # none kept yet: a new one
+    ident = id(first)
+    del first
+    assert id(kernel.take(0)) == ident  # nothing holds it: the same array again
+    held = kernel.take(0)
+    assert kernel.take(0) is not held  # held by the caller: a new one
+    view = kernel.take(0)[1:]
+    assert kernel.take(0) is not view.base  # a view holds its base too
+
+
+def _model_and_step(batch, fused_update=False):
+    rng = np.random.default_rng(0)
+    model = cr.nn.Sequential(cr.nn.Linear(6, 40), cr.nn.ReLU(), cr.nn.Linear(40, 3))
+    opt = cr.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(xb, yb):
+        opt.zero_grad()
+        out = model(xb)
+        loss = F.cross_entropy(out, yb)
+        loss.backward()
+        opt.step()
+        return out, loss
+
+    x = rng.standard_normal((batch, 6)).astype(np.float32)
+    y = rng.integers(0, 3, batch)
+    return model, opt, cr.compile(step, strict=True), x, y
+
+
+@pytest.mark.parametrize("batch", [4, 64])
+def test_outputs_and_grads_a_caller_holds_keep_their_values_across_replays(batch):
+    model, opt, step, x, y = _model_and_step(batch)
+    held_out, held_grads, held_views = [], [], []
+    for i in range(6):
+        out, _loss = step(x * (1 + i), y)
+        held_out.append((out, out.detach().numpy().copy()))
+        grads = [p.grad for p in model.parameters()]
+        held_grads.append([(g, g.numpy().copy()) for g in grads])
+        held_views.append([(g.numpy()[..., :2], g.numpy()[..., :2].copy()) for g in grads])
+    assert step.stats["replayed"] >= 4  # the kernels ran
+    for out, copy in held_out:
+        np.testing.assert_array_equal(out.detach().numpy(), copy)
+    for grads in held_grads:
+        for g, copy in grads:
+            np.testing.assert_array_equal(g.numpy(), copy)
+    for views in held_views:
+        for v, copy in views:
+            np.testing.assert_array_equal(v, copy)
