@@ -103,7 +103,7 @@ def test_take_reuses_an_array_only_while_nothing_else_holds_it():
     assert kernel.take(0) is not view.base  # a view holds its base too
 
 
-def _model_and_step(batch, fused_update=False):
+def _model_and_step(batch):
     rng = np.random.default_rng(0)
     model = cr.nn.Sequential(cr.nn.Linear(6, 40), cr.nn.ReLU(), cr.nn.Linear(40, 3))
     opt = cr.optim.SGD(model.parameters(), lr=0.1)
