@@ -2459,13 +2459,6 @@ def _generate_backward(prog: _Program, src: _Source, var: Callable[[int], str],
     add(5, "hook(param)")
 
 
-def _replay(prog: _Program, flat: list[Any], fuse: bool = False) -> Any:
-    """Run the program on new arguments; returns what the step returns.
-
-    ``fuse``: apply the opt-in fused update (see :func:`_fusable`) where it holds."""
-    return prog.run(flat, fuse)
-
-
 # ---------------------------------------------------------------------------
 # The optimizer's step as a precompiled update
 # ---------------------------------------------------------------------------
@@ -3200,7 +3193,7 @@ class CompiledStep:
             before.restore()
             self._heat(prog)
             try:
-                replayed = _replay(prog, flat)
+                replayed = prog.run(flat, False)  # verified unfused, bit for bit
             except Exception as exc:  # noqa: BLE001  (eager succeeded, so the tape is wrong)
                 why = f"the replay failed ({type(exc).__name__}: {exc})"
             else:
