@@ -160,6 +160,16 @@ def test_csv_number_beyond_float32(tmp_path):
         load_csv(path)
 
 
+@pytest.mark.parametrize("cell", ["1e39", "-1e39", "inf"])
+def test_csv_regression_target_beyond_float32(tmp_path, cell):
+    # was: a silent inf in y (found by the CSV fuzzer: 3.5,-1.0,1e39 as the last row)
+    path = tmp_path / "t.csv"
+    path.write_text(f"a,b,y\n1.0,2.0,0.5\n3.5,-1.0,{cell}\n")
+    with pytest.raises(DataFormatError, match=rf"line 3, column 3 \('y'\): '{cell}'.*float32"):
+        load_csv(path)
+    assert load_csv(path, classification=True).classes is not None  # a class label is fine
+
+
 def test_csv_float32_limits_still_load(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("a,b\n3.4e38,0\n-3.4e38,1\n")

@@ -177,6 +177,12 @@ def load_csv(
             "(classification=False)"
         )
     if numeric and not classification:
+        # a regression target is float32 too: one that does not fit is refused,
+        # as a feature cell is, rather than turned into inf
+        out_of_range = ~np.isfinite(values) | (np.abs(np.nan_to_num(values)) > _F32_MAX)
+        if out_of_range.any():
+            k = int(np.flatnonzero(out_of_range)[0])
+            raise DataFormatError(not_float32(df, k, tname, values[k]))
         return CSVData(X, values.astype(np.float32), feat, tname)
     if numeric:
         labels: list[Any] = [_label_value(float(v)) for v in values]
