@@ -147,9 +147,16 @@ class Oracle:
     worst_seconds: float = 0.0
     worst_peak_ratio: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
+    warm: bool = False  # one call made untraced: lazy imports and caches do not count
 
     def __call__(self, path: Path, size: int | None = None) -> str:
         size = path.stat().st_size if size is None else size
+        if not self.warm:
+            # the first load in a process imports what the loader imports lazily
+            # (pandas: about 25 MB traced), which is no allocation for this file
+            self.warm = True
+            with contextlib.suppress(Exception), alarm(self.seconds):
+                self.load(path)
         started = not tracemalloc.is_tracing()
         if started:
             tracemalloc.start()
