@@ -90,6 +90,68 @@ def test_cross_entropy_kernel_matches_its_rule_bit_for_bit(reduction, ls, dtype)
         _same(kgrad, grad)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_kernel_with_the_shared_seed_matches_its_rule_as_settings_change(dtype):
+    # a replay seeds backward with ops.unit_seed, which the kernel recognises to
+    # keep 1/N and the gradient's terms: a change of reduction or of label
+    # smoothing between calls must not reuse what was kept for the old ones
+    rule = ops.RULES["cross_entropy"]
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((9, 4)) * 3).astype(dtype)
+    target = rng.integers(0, 4, 9)
+    kernel = rule.kernel([_meta(x)], {"target": ops.DYNAMIC, "reduction": "mean",
+                                      "label_smoothing": 0.0}, (True,))
+    unit = ops.unit_seed(np.empty((), dtype))
+    assert unit.shape == () and unit.dtype == dtype and unit == 1 and not unit.flags.writeable
+    assert ops.unit_seed(np.empty((), dtype)) is unit  # shared
+    assert kernel.unit is unit
+    for reduction, ls in [("mean", 0.0), ("mean", 0.0), ("sum", 0.0), ("sum", 0.3), ("mean", 0.3),
+                          ("mean", 0), ("mean", 0.0)]:
+        settings = {"target": target, "reduction": reduction, "label_smoothing": ls}
+        want, wctx = rule.forward(x, **settings)
+        (grad,) = _rule_vjp(rule, np.ones((), dtype), want, wctx, (True,), x)
+        got, ctx = kernel.forward(x, **settings)
+        (kgrad,) = kernel.vjp(unit, False, ctx, x)
+        _same(kgrad, grad)
+        # any other seed of the same value is not taken for the shared one
+        got, ctx = kernel.forward(x, **settings)
+        (kgrad,) = kernel.vjp(np.full((), 2, dtype), False, ctx, x)
+        (grad2,) = _rule_vjp(rule, np.full((), 2, dtype), want, wctx, (True,), x)
+        _same(kgrad, grad2)
+    assert unit == 1  # never written
+
+
+def test_unit_seed_of_a_shaped_output_is_a_new_array():
+    a = np.empty((1, 1), np.float32)
+    s1, s2 = ops.unit_seed(a), ops.unit_seed(a)
+    assert s1 is not s2 and s1.shape == (1, 1) and s1.dtype == np.float32 and (s1 == 1).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prepared_layer_update_matches_numpy(dtype):
+    from chainrule.optim import _blas
+
+    if not _blas.matrix_available():
+        pytest.skip("no OpenBLAS gemm/gemv to call in this NumPy")
+    rng = np.random.default_rng(2)
+    k, m, n = 7, 5, 3
+    up = _blas.LayerUpdate(np.dtype(dtype), k, m, n)
+    for step in range(3):  # new arrays at every call: the addresses are set each time
+        a = rng.standard_normal((k, m)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        c = rng.standard_normal((m, n)).astype(dtype)
+        y = rng.standard_normal(m).astype(dtype)
+        want_c = c + (-0.25 - step) * (a.T @ b)
+        want_y = y + (-0.25 - step) * a.sum(axis=0)
+        c0 = c.copy()
+        up(-0.25 - step, a, b, c, None)  # the weight alone
+        np.testing.assert_allclose(c, want_c, rtol=1e-5 if dtype == np.float32 else 1e-12)
+        c[...] = c0
+        up(-0.25 - step, a, b, c, y)
+        np.testing.assert_allclose(c, want_c, rtol=1e-5 if dtype == np.float32 else 1e-12)
+        np.testing.assert_allclose(y, want_y, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_take_reuses_an_array_only_while_nothing_else_holds_it():
     assert ops._UNSHARED > 0  # calibrated for this interpreter
     kernel = ops.Kernel([((3,), np.dtype(np.float64))])

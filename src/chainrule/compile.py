@@ -72,7 +72,8 @@ import numpy as np
 
 from .capture import Effect
 from .nn.module import SETTINGS_EPOCH, STEP_MARK, STRUCTURE, Module
-from .ops import DYNAMIC, GETITEM, Kernel, Rule, _op_error, _scalar_array
+from .ops import DYNAMIC, GETITEM, Kernel, Rule, _op_error, _scalar_array, unit_seed
+from .optim import _blas
 from .optim.optimizer import Optimizer
 from .random import default_generator
 from .tensor import (
@@ -2194,10 +2195,10 @@ def _generate(prog: _Program) -> None:
     """
     ns: dict[str, Any] = {
         "Tensor": Tensor, "ndarray": np.ndarray, "asarray": np.asarray, "add": np.add,
-        "ones_like": np.ones_like, "errstate": np.errstate, "op_error": _op_error,
+        "unit": unit_seed, "errstate": np.errstate, "op_error": _op_error,
         "vjp_step": vjp_step, "conform": conform_grad, "store": _store_grad,
         "store_all": _store_grads,
-        "released": _released_result, "fused_now": _fused_now, "fused_vjp": _fused_vjp,
+        "released": _released_result, "fused_vjp": _fused_vjp,
         "const": Tensor._const, "prog": prog,
     }
     src = _Source(ns)
@@ -2342,9 +2343,13 @@ def _generate_backward(prog: _Program, src: _Source, var: Callable[[int], str],
     add = src.add
     root = prog.root
     if prog.fused:
-        add(2, "fz = fused_now(prog) if fuse else None")
-    add(2, f"g{root} = ones_like(s{root})")
-    add(2, f"o{root} = True")
+        # which fused updates apply in this replay (see _LinearUpdate.ready)
+        for j in sorted(prog.fused):
+            add(2, f"u{j} = {src.name(prog.fused[j], 'u')} if fuse and "
+                   f"{src.name(prog.fused[j], 'u')}.ready() else None")
+    # the seed dL/dL = 1, shared (not ours to overwrite: o is False)
+    add(2, f"g{root} = unit(s{root})")
+    add(2, f"o{root} = False")
     # how many contributions each table entry can receive: an entry with one
     # needs no test for whether it is empty
     arrivals: dict[int, int] = {}
@@ -2382,8 +2387,8 @@ def _generate_backward(prog: _Program, src: _Source, var: Callable[[int], str],
         generic.append((0, f"{n}.ctx = c{j}"))
         generic.append((0, f"c{j} = None"))
         if fused:
-            generic += [(0, f"if fz is not None and {j} in fz:"),
-                        (1, f"pgs = fused_vjp({n}, {n}.inputs, g, o{out}, fz[{j}])"),
+            generic += [(0, f"if u{j} is not None:"),
+                        (1, f"pgs = fused_vjp({n}, {n}.inputs, g, o{out}, u{j})"),
                         (0, "else:"),
                         (1, f"pgs = vjp_step({n}, g, o{out}, True)")]
         else:
@@ -2394,8 +2399,8 @@ def _generate_backward(prog: _Program, src: _Source, var: Callable[[int], str],
             kv = src.name(kernel.vjp, "kv")
             if fused:
                 ku = src.name(kernel.vjp_update, "ku")  # type: ignore[attr-defined]
-                fast += [(0, f"if fz is not None and {j} in fz:"),
-                         (1, f"pgs = {ku}(g, o{out}, c{j}, fz[{j}], {operands})"),
+                fast += [(0, f"if u{j} is not None:"),
+                         (1, f"pgs = {ku}(g, o{out}, c{j}, u{j}, {operands})"),
                          (0, "else:"),
                          (1, f"pgs = {kv}(g, o{out}, c{j}, {operands})")]
             else:
@@ -2525,8 +2530,6 @@ class _SGDPlan:
         (``fused``, a large enough array) or NumPy's two passes through a scratch
         buffer, with -lr as a 0-d array of the parameter's dtype (the same
         number NumPy makes of the Python float, converted faster)."""
-        from .optim import _blas
-
         opt, cache = self.opt, self.cache
         neg = -group["lr"]
         fused = group["fused"]
@@ -2567,11 +2570,10 @@ def _fusable(tape: _Tape) -> dict[int, _LinearUpdate]:
     ``step()`` after ``backward()`` with nothing in between that reads or changes
     parameters (no op on them, no declared call); the weight and bias are that
     optimizer's, each reached by this op alone in backward, with no gradient
-    hooks. At each replay :func:`_fused_now` checks what can change: the group's
+    hooks. At each replay :meth:`_LinearUpdate.ready` checks what can change: the group's
     settings (no momentum, no weight decay, not maximize), gradients not already
     accumulated, and array layouts BLAS takes.
     """
-    from .optim import _blas
     from .optim.sgd import SGD
 
     kinds = [ins[0] for ins in tape.instrs]
@@ -2620,22 +2622,13 @@ def _group_of(opt: Optimizer, p: Tensor) -> dict[str, Any] | None:
     return None
 
 
-def _fused_now(prog: _Program) -> dict[int, _LinearUpdate]:
-    """The fusable ops whose update can be fused in this replay, with their update."""
-    now = {}
-    for j, update in prog.fused.items():
-        if update.ready():
-            now[j] = update
-    return now
-
-
 class _LinearUpdate:
     """``update(delta, x)``: a Linear layer's SGD step from its delta, in place:
     ``W += -lr * delta^T x`` (one GEMM, beta = 1) and ``b += -lr * delta^T 1``
     (one GEMV). False, with nothing done, where BLAS cannot take the layouts.
     :meth:`ready` says, before each replay, whether it applies this time."""
 
-    __slots__ = ("w", "b", "opt", "groups", "group", "lr", "arrays", "ones")
+    __slots__ = ("w", "b", "opt", "groups", "group", "lr", "arrays", "blas")
 
     def __init__(self, w: Tensor, b: Tensor | None, opt: SGD) -> None:
         self.w, self.b, self.opt = w, b, opt
@@ -2643,12 +2636,11 @@ class _LinearUpdate:
         self.group: dict[str, Any] | None = None
         self.lr = 0.0
         self.arrays: tuple[Any, Any, bool] = (None, None, False)  # (w, b) arrays BLAS takes
-        self.ones: np.ndarray | None = None
+        # the products with their arguments prepared, for (delta, x) shapes
+        self.blas: tuple[tuple[int, ...], tuple[int, ...], _blas.LayerUpdate] | None = None
 
     def ready(self) -> bool:
         """Whether the update can be fused in this replay (reads the lr)."""
-        from .optim import _blas
-
         w, b, opt = self.w, self.b, self.opt
         if opt.param_groups is not self.groups:  # a list made anew: find the group again
             self.groups = opt.param_groups
@@ -2672,23 +2664,22 @@ class _LinearUpdate:
         return True
 
     def __call__(self, delta: np.ndarray, x: np.ndarray) -> bool:
-        from .ops import _ones
-        from .optim import _blas
-
-        w, b = self.w, self.b
-        wd = w.data
+        """Apply the update (the arrays :meth:`ready` checked), or say False."""
+        wd, bd, _ = self.arrays
         dt = wd.dtype
         if not (x.ndim == 2 and delta.dtype is dt and x.dtype is dt and delta.flags.c_contiguous
                 and x.flags.c_contiguous):
             return False
-        _blas.gemm_update(-self.lr, delta, x, wd)
-        _bump(w)
-        if b is not None:
-            ones = self.ones
-            if ones is None or ones.shape[0] != delta.shape[0]:
-                ones = self.ones = _ones(delta.shape[0], dt.str)
-            _blas.gemv_update(-self.lr, delta, ones, b.data)
-            _bump(b)
+        prepared = self.blas
+        if prepared is None or prepared[0] != delta.shape or prepared[1] != x.shape:
+            (k, m), n = delta.shape, x.shape[1]
+            if x.shape[0] != k or wd.shape != (m, n) or (bd is not None and bd.shape != (m,)):
+                return False  # not a Linear layer's shapes: BLAS must not see them
+            prepared = self.blas = (delta.shape, x.shape, _blas.LayerUpdate(dt, k, m, n))
+        prepared[2](-self.lr, delta, x, wd, bd)
+        _bump(self.w)
+        if bd is not None:
+            _bump(self.b)  # type: ignore[arg-type]  # bd is the bias's array
         return True
 
 
@@ -3038,8 +3029,6 @@ class CompiledStep:
     def __init__(self, fn: Callable[..., Any], strict: bool = False,
                  fused_update: bool = False) -> None:
         if fused_update:
-            from .optim import _blas
-
             if not _blas.matrix_available():
                 _blas.require("cr.compile(fused_update=True)")
                 raise RuntimeError(

@@ -1748,6 +1748,27 @@ def _affine(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+_UNITS: dict[np.dtype, np.ndarray] = {}
+
+
+def unit_seed(out: np.ndarray) -> np.ndarray:
+    """dL/dL = 1 for a backward pass from ``out``: ones of its shape and dtype.
+
+    For a 0-d ``out`` (a loss) one read-only array per dtype, shared: a
+    caller passes it to a VJP as not its own to overwrite (``inplace``
+    False), and a kernel may recognise it by identity to reuse what it
+    computed from it the last time (``cross_entropy``'s 1/N). Any other
+    shape gets a new array."""
+    if out.shape:
+        return np.ones_like(out)
+    u = _UNITS.get(out.dtype)
+    if u is None:
+        u = np.ones((), out.dtype)
+        u.flags.writeable = False
+        u = _UNITS.setdefault(out.dtype, u)
+    return u
+
+
 @functools.lru_cache(maxsize=32)
 def _ones(n: int, dtype: str) -> np.ndarray:
     """A read-only vector of n ones, kept: making it costs as much as the

@@ -545,15 +545,25 @@ def _(g, out, ctx, needs, xp, x):
             q += ls / c
         return ((_diff_softmax(x, xp) - q) * scale,)
     # plain NumPy: reuse the softmax saved by the forward pass, one allocation
-    return _ce_grad(p * scale, scale, target, reduction, ls, rows)
+    return _ce_grad(p * scale, _ce_terms(scale, reduction, ls, c), target, rows)
 
 
-def _ce_grad(d: np.ndarray, scale: Any, target: np.ndarray, reduction: str, ls: float,
+def _ce_terms(scale: Any, reduction: str, ls: float, c: int) -> tuple[Any, Any]:
+    """What ``_ce_grad`` subtracts, from dL/d(row loss) ``scale``: the label
+    smoothing's share of every entry (None without smoothing) and the target
+    entry's share."""
+    smooth = scale * (ls / c) if ls else None
+    return smooth, (scale[:, 0] if reduction == "none" else scale) * (1.0 - ls)
+
+
+def _ce_grad(d: np.ndarray, terms: tuple[Any, Any], target: np.ndarray,
              rows: np.ndarray) -> tuple[np.ndarray]:
-    """softmax(x) * scale - q * scale, from ``d`` = softmax(x) * scale (in place)."""
-    if ls:
-        d -= scale * (ls / d.shape[1])
-    d[rows, target] -= (scale[:, 0] if reduction == "none" else scale) * (1.0 - ls)
+    """softmax(x) * scale - q * scale, from ``d`` = softmax(x) * scale (in place)
+    and ``terms`` = ``_ce_terms(scale, ...)``."""
+    smooth, at_target = terms
+    if smooth is not None:
+        d -= smooth
+    d[rows, target] -= at_target
     return (d,)
 
 
@@ -563,12 +573,17 @@ class _CrossEntropyKernel(ops.Kernel):
     written into a kept array, which the VJP turns into its result in place
     (the softmax is not needed after it)."""
 
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "unit", "memo")
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
         super().__init__([(shape, dtype)])
         self.rows = np.arange(shape[0])
         self.rows.flags.writeable = False
+        # the seed of a backward pass from the loss (see ops.unit_seed): for it the
+        # scale and the terms of the gradient are the same at every replay, and
+        # are kept as (reduction, label smoothing, scale, terms)
+        self.unit = ops.unit_seed(np.empty((), dtype))
+        self.memo: tuple[str, float, Any, tuple[Any, Any]] | None = None
 
     def forward(self, x: np.ndarray, *, target: np.ndarray, reduction: str,
                 label_smoothing: float) -> tuple[np.ndarray, tuple]:
@@ -577,8 +592,17 @@ class _CrossEntropyKernel(ops.Kernel):
 
     def vjp(self, g: np.ndarray, inplace: bool, ctx: tuple, x: np.ndarray) -> tuple:
         target, reduction, ls, p = ctx
-        scale = _grad_scale(g, reduction, x.shape[0], (x.shape[0], 1))
-        return _ce_grad(np.multiply(p, scale, out=p), scale, target, reduction, ls, self.rows)
+        memo = self.memo
+        if g is self.unit and memo is not None and memo[0] == reduction and (
+                memo[1] is ls or type(memo[1]) is type(ls) and memo[1] == ls):
+            scale, terms = memo[2], memo[3]
+        else:
+            n, c = x.shape
+            scale = _grad_scale(g, reduction, n, (n, 1))
+            terms = _ce_terms(scale, reduction, ls, c)
+            if g is self.unit:
+                self.memo = (reduction, ls, scale, terms)
+        return _ce_grad(np.multiply(p, scale, out=p), terms, target, self.rows)
 
 
 @CROSS_ENTROPY.defkernel
