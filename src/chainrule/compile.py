@@ -2679,7 +2679,7 @@ class _LinearUpdate:
         prepared[2](-self.lr, delta, x, wd, bd)
         _bump(self.w)
         if bd is not None:
-            _bump(self.b)  # type: ignore[arg-type]  # bd is the bias's array
+            _bump(self.b)
         return True
 
 
