@@ -1079,10 +1079,15 @@ def test_fused_update_is_close_to_eager_and_leaves_grad_empty():
     x = rng.standard_normal((32, 300)).astype(np.float32)
     y = rng.integers(0, 5, 32)
 
-    def make(momentum=0.0):
+    def make(momentum=0.0, last_momentum=None):
         cr.manual_seed(0)
         model = cr.nn.Sequential(cr.nn.Linear(300, 64), cr.nn.ReLU(), cr.nn.Linear(64, 5))
-        opt = cr.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
+        if last_momentum is None:
+            opt = cr.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
+        else:  # the last layer in a group of its own, with momentum: not fused
+            opt = cr.optim.SGD([{"params": model[0].parameters()},
+                                {"params": model[2].parameters(), "momentum": last_momentum}],
+                               lr=0.05, momentum=momentum)
 
         step = _training_step(model, opt, F.cross_entropy)
 
@@ -1097,14 +1102,26 @@ def test_fused_update_is_close_to_eager_and_leaves_grad_empty():
         a, b = s1(x, y).item(), step(x, y).item()
         assert a == pytest.approx(b, rel=1e-5)
     assert step.stats["replayed"] == 6
-    big = m2[0]
-    assert [id(p) for p in step.fused_params] == [id(big.weight), id(big.bias)]
-    assert big.weight.grad is None and big.bias.grad is None  # fused: never written
-    assert m2[2].weight.grad is not None  # a small layer: updated as usual
+    # every layer, the small one too (the products' arguments are prepared once)
+    assert sorted(map(id, step.fused_params)) == sorted(map(id, m2.parameters()))
+    assert all(p.grad is None for p in m2.parameters())  # fused: never written
     for p, q in zip(m1.parameters(), m2.parameters()):
         np.testing.assert_allclose(p.data, q.data, rtol=1e-5, atol=1e-6)
     assert not all(np.array_equal(p.data, q.data) for p, q in zip(m1.parameters(),
                                                                   m2.parameters()))
+    # a layer whose group has momentum is updated as usual, the others fused
+    m5, o5, s5 = make(last_momentum=0.9)
+    m6, o6, s6 = make(last_momentum=0.9)
+    step = cr.compile(s6, fused_update=True)
+    for _ in range(5):
+        assert s5(x, y).item() == pytest.approx(step(x, y).item(), rel=1e-5)
+    assert step.stats["replayed"] == 3
+    assert m6[0].weight.grad is None and m6[0].bias.grad is None
+    assert m6[2].weight.grad is not None and m6[2].bias.grad is not None
+    np.testing.assert_allclose(m6[2].weight.grad.data, m5[2].weight.grad.data, rtol=1e-4,
+                               atol=1e-7)
+    for p, q in zip(m5.parameters(), m6.parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-5, atol=1e-6)
     # momentum (set between steps) is not a plain update: the replay does not fuse,
     # and from then on matches eager mode bit for bit again
     m3, o3, s3 = make()

@@ -2609,8 +2609,6 @@ def _fusable(tape: _Tape) -> dict[int, _LinearUpdate]:
             continue
         if any(id(p) not in ours or uses.get(id(p)) != 1 or id(p) in hooked for p in params):
             continue
-        if params[0].data.size < _blas.MIN_SIZE:
-            continue  # a small layer: a ctypes call costs more than it saves
         out[j] = _LinearUpdate(params[0], params[1] if len(params) > 1 else None, opt)
     return out
 
@@ -2655,11 +2653,10 @@ class _LinearUpdate:
         wd, bd = w.data, None if b is None else b.data
         arrays = self.arrays
         if arrays[0] is not wd or arrays[1] is not bd:  # checked again for new arrays only
-            ok = (wd.size >= _blas.MIN_SIZE and _blas.fits(wd)
-                  and (bd is None or _blas.fits(bd) and bd.dtype == wd.dtype))
+            ok = _blas.fits(wd) and (bd is None or _blas.fits(bd) and bd.dtype == wd.dtype)
             arrays = self.arrays = (wd, bd, ok)
         if not arrays[2]:
-            return False  # a small layer (a ctypes call costs more than it saves), or a layout
+            return False  # a dtype or layout BLAS does not take
         self.lr = g["lr"]
         return True
 
