@@ -151,10 +151,21 @@ NOTES = """
   KiB where eager mode allocates every output and gradient anew. What
   remains is NumPy's own work, so at large batches it converges on eager mode
   and on the hand-written NumPy step. `chainrule compiled, fused update` is
-  `cr.compile(step, fused_update=True)`: each Linear layer of 16,384 weights
-  or more is updated inside the backward pass by one GEMM with beta = 1 (the
-  bias by a GEMV), so the weight gradient is never written and read again;
-  not bit-identical to eager mode, and `.grad` stays empty.
+  `cr.compile(step, fused_update=True)`: each Linear layer is updated inside
+  the backward pass by one GEMM with beta = 1 (the bias by a GEMV), so the
+  weight gradient is never written and read again; not bit-identical to
+  eager mode, and `.grad` stays empty.
+- **The NumPy floors.** `NumPy floor (compiled's calls)` makes exactly the
+  NumPy and BLAS calls of the compiled replay (its kernels' layouts and
+  `out=` arrays, its loss, its SGD update) and nothing else: no guards, no
+  tape, no Tensors, no gradient store; `NumPy floor (fused update's calls)`
+  does the same for `fused_update=True`. A test checks that each computes
+  chainrule's numbers bit for bit. They are what the compiled step would
+  reach if its own Python cost nothing: the distance from a floor to the
+  roofline is NumPy's elementwise work (bias, ReLU and its mask, delta, the
+  loss, the SGD update, one call of about a microsecond each at small
+  batches), the distance from chainrule's row to its floor is chainrule's
+  Python (guards, the replay function, kernels, the gradient store).
 - **Per-op overhead** on shape (1,) is pure framework cost; on (64, 64) the
   NumPy arithmetic and allocation of each op start to show. Each recorded op
   keeps only what its backward reads (docs/saved-tensors.md): `y * 0.999`
@@ -218,6 +229,8 @@ def _ratio_table(results: dict[int, dict[str, float]]) -> str:
     ours = ("chainrule eager", "chainrule compiled", "chainrule compiled, fused update")
     peers = ["PyTorch eager", "torch.compile", "JAX jit", "scikit-learn partial_fit",
              "NumPy hand-written"]
+    floors = {"chainrule compiled": "NumPy floor (compiled's calls)",
+              "chainrule compiled, fused update": "NumPy floor (fused update's calls)"}
     lines = ["| speed ratio (higher: chainrule faster) | "
              + " | ".join(f"B={b}" for b in results) + " |", "|---|" + "---:|" * len(results)]
     for o in ours:
@@ -226,6 +239,10 @@ def _ratio_table(results: dict[int, dict[str, float]]) -> str:
                      for r in results.values()]
             if any(c != "n/a" for c in cells):
                 lines.append(f"| {o} / {p} | " + " | ".join(cells) + " |")
+    for o, f in floors.items():  # each against the same calls without the framework
+        cells = [f"{r[o] / r[f]:.0%}" if o in r and f in r else "n/a" for r in results.values()]
+        if any(c != "n/a" for c in cells):
+            lines.append(f"| {o} / {f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -5,12 +5,14 @@ plain SGD (lr 0.01) -- float32 everywhere, the same initial weights and the
 same batch for every framework. chainrule and PyTorch run their SGD with
 ``fused=True`` (one multiply-add pass per parameter; chainrule's needs the
 OpenBLAS of NumPy's wheel and falls back to ``fused=False`` without it); JAX
-fuses the update inside ``jit`` by itself. Two NumPy baselines frame the
+fuses the update inside ``jit`` by itself. NumPy baselines frame the
 results:
 
 * ``NumPy hand-written``: backprop written out by hand with reused buffers
-  and NumPy's two-pass SGD update, the floor any NumPy-based engine is
-  measured against;
+  and NumPy's two-pass SGD update, what a NumPy user would write;
+* ``NumPy floor``: the compiled step's own NumPy and BLAS calls and nothing
+  else (:func:`numpy_floor`), with the default and the fused update: what
+  ``cr.compile`` would reach if its Python cost nothing;
 * ``NumPy GEMM-only``: just the 8 matrix products a step needs (3 forward,
   3 weight gradients, 2 input gradients), the roofline on this BLAS.
 
@@ -124,6 +126,118 @@ def numpy_gemm_only(params, x, y) -> Callable[[], None]:
                 np.matmul(acts[i + 1], ws[i], out=deltas[i])
 
     step.acts = acts  # type: ignore[attr-defined]  (the tests check the products)
+    return step
+
+
+def numpy_floor(params, x, y, fused_update: bool = False) -> Callable[[], object]:
+    """chainrule's compiled step with the framework taken out: exactly the NumPy
+    and BLAS calls its replay makes (its kernels' layouts and ``out=`` arrays,
+    its loss, its SGD update), on arrays made once, and nothing else: no
+    guards, no tape, no Tensors, no gradient store. What ``cr.compile`` would
+    reach if its own Python cost nothing; ``fused_update``: the calls of
+    ``cr.compile(step, fused_update=True)`` (every layer updated by one GEMM
+    and one GEMV inside the backward pass). The tests check that it computes
+    chainrule's numbers bit for bit."""
+    import numpy as np
+
+    from chainrule.ops import _SMALL_BATCH
+    from chainrule.optim import _blas
+
+    f32 = np.dtype(np.float32)
+    ws = [p.copy() for p in params[0::2]]
+    bs = [p.copy() for p in params[1::2]]
+    n, depth = len(x), len(ws)
+    x = np.ascontiguousarray(x, f32)
+    turn = [n <= _SMALL_BATCH and n < w.shape[0] for w in ws]  # as ops._affine decides
+    zt = [np.empty((w.shape[0], n), f32) for w in ws]
+    acts = [np.empty((n, w.shape[0]), f32) for w in ws]
+    masks = [np.empty((n, w.shape[0]), np.bool_) for w in ws]
+    zeros = [np.zeros(w.shape[0], f32) for w in ws]
+    gxs = [np.empty((n, w.shape[1]), f32) for w in ws]
+    gws = [np.empty_like(w) for w in ws]
+    gbs = [np.empty_like(b) for b in bs]
+    ones = np.ones(n, f32)
+    rows = np.arange(n)
+    c = ws[-1].shape[0]
+    p = np.empty((n, c), f32)
+    unit = np.ones((), f32)  # the seed dL/dL
+    wide = n >= 256 and 2 <= c <= 16  # rows reduced column by column (F._reduce_rows)
+    blas = _blas.available()
+    neg = -LR
+    if fused_update:
+        layer_updates = [_blas.LayerUpdate(f32, n, w.shape[0], w.shape[1]) for w in ws]
+    # SGD(fused=True) as the compiled step's plan runs it: one BLAS axpy for a
+    # large array, NumPy's two passes through a scratch array for a small one
+    axpy = _blas._table()[f32.str][0] if blas else None
+    updates = []
+    for w, g in zip(ws + bs, gws + gbs):
+        if blas and _blas.supports(w):
+            updates.append((w.size, _blas.address(g), _blas.address(w), None))
+        else:
+            updates.append((w, g, np.empty_like(w), np.asarray(np.float32(neg))))
+
+    def rows_reduce(ufunc, a):
+        if not wide:
+            return ufunc.reduce(a, axis=1, keepdims=True)
+        out = ufunc(a[:, 0:1], a[:, 1:2])
+        for j in range(2, c):
+            ufunc(out, a[:, j:j + 1], out=out)
+        return out
+
+    def step() -> object:
+        h = x
+        for i in range(depth):
+            out = acts[i]
+            if turn[i]:
+                np.matmul(ws[i], h.T, out=zt[i])
+                np.add(zt[i].T, bs[i], out=out)
+            else:
+                np.matmul(h, ws[i].T, out=out)
+                np.add(out, bs[i], out=out)
+            if i < depth - 1:
+                np.maximum(out, zeros[i], out=out)
+                np.greater(out, 0, out=masks[i])
+            h = out
+        # cross-entropy with integer labels, mean over the batch
+        if np.maximum.reduce(y.view(np.uint64), axis=None) >= c:
+            raise ValueError("label out of range")
+        m = rows_reduce(np.maximum, h)
+        e = np.subtract(h, m, out=p)
+        np.exp(e, out=e)
+        total = rows_reduce(np.add, e)
+        e /= total
+        lse = np.log(total)
+        lse += m
+        per_row = lse[:, 0] - h[rows, y]
+        loss = np.asarray(np.add.reduce(per_row, axis=None) / per_row.size)
+        target = y.copy()
+        # backward
+        scale = unit / n
+        np.multiply(p, scale, out=p)
+        p[rows, target] -= scale * 1.0
+        g = p
+        for i in reversed(range(depth)):
+            if i < depth - 1:
+                np.multiply(g, masks[i], out=g)
+            prev = x if i == 0 else acts[i - 1]
+            gx = np.matmul(g, ws[i], out=gxs[i]) if i > 0 else None
+            if fused_update:
+                layer_updates[i](neg, g, prev, ws[i], bs[i])
+            else:
+                np.matmul(g.T, prev, out=gws[i])
+                np.matmul(ones, g, out=gbs[i])
+            g = gx
+        if not fused_update:
+            for u in updates:
+                if u[3] is None:
+                    axpy(u[0], neg, u[1], 1, u[2], 1)
+                else:
+                    w, gw, t, lr = u
+                    np.multiply(gw, lr, out=t)
+                    np.add(w, t, out=w)
+        return loss
+
+    step.params = [a for pair in zip(ws, bs) for a in pair]  # type: ignore[attr-defined]
     return step
 
 
@@ -314,7 +428,8 @@ def sklearn_step(params, x, y) -> Callable[[], object] | None:
 
 
 NAMES = (
-    "NumPy GEMM-only (roofline)", "NumPy hand-written", "chainrule eager", "chainrule compiled",
+    "NumPy GEMM-only (roofline)", "NumPy hand-written", "NumPy floor (compiled's calls)",
+    "NumPy floor (fused update's calls)", "chainrule eager", "chainrule compiled",
     "chainrule compiled, fused update", "PyTorch eager", "torch.compile", "JAX jit",
     "scikit-learn partial_fit",
 )
@@ -326,6 +441,8 @@ def make_runner(name: str, batch: int, sizes: tuple[int, ...] = SIZES):
     make = {
         "NumPy GEMM-only (roofline)": numpy_gemm_only,
         "NumPy hand-written": numpy_hand,
+        "NumPy floor (compiled's calls)": numpy_floor,
+        "NumPy floor (fused update's calls)": lambda *a: numpy_floor(*a, fused_update=True),
         "chainrule eager": chainrule_step,
         "chainrule compiled": lambda *a: chainrule_step(*a, compiled=True),
         "chainrule compiled, fused update": lambda *a: chainrule_step(*a, compiled=True,

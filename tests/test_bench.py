@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+import chainrule as cr
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `bench` lives at the repository root, beside `src`
     sys.path.insert(0, ROOT)
@@ -78,6 +80,43 @@ def test_every_framework_runs_the_same_training_step(batch):
     assert ref[-1] < ref[0]  # it trains
     for name, got in losses.items():
         np.testing.assert_allclose(got, ref, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("batch", [8, 300])  # turned products; rows reduced by columns
+@pytest.mark.parametrize("fused", [False, True])
+def test_numpy_floor_computes_the_compiled_steps_numbers_bit_for_bit(batch, fused):
+    # the floor claims to make exactly the compiled replay's calls: the same
+    # losses, step after step, and the same parameters at the end
+    from chainrule.optim import _blas
+
+    if not _blas.matrix_available():
+        pytest.skip("no OpenBLAS to call in this NumPy")
+    sizes = (20, 16, 16, 5)
+    params, x, y = mlp_step.make_problem(batch, sizes)
+    model = mlp_step.chainrule_model(params)
+    opt = cr.optim.SGD(model.parameters(), lr=mlp_step.LR, fused=True)
+
+    def step_fn(xb, yb):
+        opt.zero_grad()
+        loss = cr.nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = cr.compile(step_fn, fused_update=fused)
+    xt = cr.tensor(x)
+    step(xt, y), step(xt, y)  # captured and verified: eager steps, not fused
+    # the floor starts from where those two steps left the parameters
+    floor = mlp_step.numpy_floor([p.data for p in model.parameters()], x, y,
+                                 fused_update=fused)
+    for _ in range(4):
+        want = step(xt, y).item()
+        assert floor().item() == want
+    assert step.stats["replayed"] == 4
+    if fused:
+        assert len(step.fused_params) == 6
+    for got, p in zip(floor.params, model.parameters()):
+        np.testing.assert_array_equal(got, p.data)
 
 
 @pytest.mark.parametrize("batch", [4, 64])

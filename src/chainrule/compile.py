@@ -77,14 +77,15 @@ from .optim import _blas
 from .optim.optimizer import Optimizer
 from .random import default_generator
 from .tensor import (
+    _GRAD_LOCK,
     _RELEASED,
     Node,
     Tensor,
+    _add_grad,
     _as_array,
     _bump,
     _mode,
     _store_grad,
-    _store_grads,
     _tick,
     conform_grad,
     vjp_step,
@@ -2197,7 +2198,7 @@ def _generate(prog: _Program) -> None:
         "Tensor": Tensor, "ndarray": np.ndarray, "asarray": np.asarray, "add": np.add,
         "unit": unit_seed, "errstate": np.errstate, "op_error": _op_error,
         "vjp_step": vjp_step, "conform": conform_grad, "store": _store_grad,
-        "store_all": _store_grads,
+        "grad_lock": _GRAD_LOCK, "add_grad": _add_grad, "new": object.__new__,
         "released": _released_result, "fused_vjp": _fused_vjp,
         "const": Tensor._const, "prog": prog,
     }
@@ -2450,8 +2451,18 @@ def _generate_backward(prog: _Program, src: _Source, var: Callable[[int], str],
     leaf_of = dict(prog.leaf_slots)
     if not hooked:  # the order of stores matters only to post-accumulate hooks
         if order:
-            add(2, "store_all((" + "".join(f"({src.name(leaf_of[d], 'p')}, g{d}, o{d}), "
-                                           for d in order) + "))")
+            # _store_grad written out, under one lock: a first gradient the replay
+            # owns becomes .grad as it is (Tensor._const inline), anything else goes
+            # through _add_grad (accumulation, or a copy of an array not ours)
+            add(2, "with grad_lock:")
+            for d in order:
+                p = src.name(leaf_of[d], "p")
+                add(3, f"if g{d} is not None:")
+                add(4, f"if o{d} and {p}._grad is None:")
+                add(5, f"t = new(Tensor); t.data = g{d}; t._requires_grad = False; "
+                       f"t._node = None; {p}._grad = t")
+                add(4, "else:")
+                add(5, f"add_grad({p}, g{d}, o{d})")
         return
     # leaves stored in the order their first gradient arrived, each followed by its hooks
     table = ", ".join(f"{d}: ({src.name(leaf_of[d], 'p')}, g{d}, o{d})" for d in order)
@@ -2492,67 +2503,75 @@ def _update_plan(tape: _Tape, ins: _Instr) -> _SGDPlan | None:
 class _SGDPlan:
     """``SGD.step()`` in a replay: the same arithmetic as ``SGD._update``, in the same
     order, with what does not change from step to step worked out once (which
-    parameters take BLAS, the address of their arrays, their scratch buffers),
-    and the settings read live at every replay. A group with momentum, weight
-    decay or maximize runs the optimizer's own update. The stale-gradient check
-    is skipped when the step zeroes this optimizer's gradients before (nothing
-    can be stale then); the step marks and version bumps of ``Optimizer.step``
-    are kept."""
+    parameters take BLAS, with the call's arguments prepared; their scratch
+    buffers; -lr as an array), and the settings read live at every replay. A
+    group with momentum, weight decay or maximize runs the optimizer's own
+    update. The stale-gradient check is skipped when the step zeroes this
+    optimizer's gradients before (nothing can be stale then); the step marks
+    and version bumps of ``Optimizer.step`` are kept, in its order."""
 
     __slots__ = ("opt", "check", "cache")
 
     def __init__(self, opt: SGD, check: bool) -> None:
         self.opt = opt
         self.check = check
-        # id(param) -> (its array, group fused, address of the array for BLAS (None:
-        # NumPy's two passes), scratch buffer)
-        self.cache: dict[int, tuple[np.ndarray, bool, int | None, Any]] = {}
+        # id(param) -> [its array, group fused, prepared BLAS axpy (None: NumPy's two
+        # passes), scratch buffer, the lr last read, -lr as a 0-d array of its dtype]
+        self.cache: dict[int, list[Any]] = {}
 
     def __call__(self) -> None:
         opt = self.opt
         if self.check and opt.warn_unzeroed_grad and not opt._warned:
             opt._check_stale_grads()
         for group in opt.param_groups:
-            params = [p for p in group["params"] if p._grad is not None]
-            if not params:
-                continue
             if group["momentum"] != 0 or group["weight_decay"] != 0 or group["maximize"]:
-                opt._update(group, params)
+                params = [p for p in group["params"] if p._grad is not None]
+                if params:
+                    opt._update(group, params)
+                for p in params:
+                    _bump(p)  # graphs recorded with the old values must not backpropagate
+                    gt = p._grad
+                    gt.__dict__[STEP_MARK] = gt._version
             else:
-                self._plain(group, params)
-            for p in params:
-                _bump(p)  # graphs recorded with the old values must not backpropagate
-                gt = p._grad
-                gt.__dict__[STEP_MARK] = gt._version
+                self._plain(group)
 
-    def _plain(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _plain(self, group: dict[str, Any]) -> None:
         """``p -= lr * g`` as ``SGD._update`` does it for a plain group: one BLAS axpy
         (``fused``, a large enough array) or NumPy's two passes through a scratch
         buffer, with -lr as a 0-d array of the parameter's dtype (the same
-        number NumPy makes of the Python float, converted faster)."""
-        opt, cache = self.opt, self.cache
-        neg = -group["lr"]
+        number NumPy makes of the Python float, converted faster). Each
+        parameter's version bump and step mark follow its update (eager mode
+        makes them after all updates: the same ticks, as an update ticks none)."""
+        cache = self.cache
+        lr = group["lr"]
+        neg = -lr
         fused = group["fused"]
-        for p in params:
+        for p in group["params"]:
+            gt = p._grad
+            if gt is None:
+                continue
             w = p.data
             c = cache.get(id(p))
             if c is None or c[0] is not w or c[1] is not fused:
                 blas = fused and _blas.supports(w)
-                scratch: Any = None if blas else opt._buf(w, 3)
-                c = cache[id(p)] = (w, fused, _blas.address(w) if blas else None, scratch)
-            gt = p._grad
-            g = gt.data if gt is not None else opt._grad(p, False)
+                c = cache[id(p)] = [w, fused, _blas.Axpy(w) if blas else None,
+                                    None if blas else self.opt._buf(w, 3), None, None]
+            g = gt.data
             if g.shape != w.shape:
-                opt._grad(p, False)  # raises the optimizer's error
-            if c[2] is not None:
-                if g.dtype is w.dtype and g.flags.c_contiguous:
-                    _blas.axpy_at(w.size, neg, g, c[2])
-                else:
-                    _blas.axpy(neg, g, w)
-            else:
+                self.opt._grad(p, False)  # raises the optimizer's error
+            ax = c[2]
+            if ax is None:
+                if c[4] is not lr:  # the same object: the same number, to the sign of a zero
+                    c[4], c[5] = lr, _scalar_array(neg, w.dtype)
                 t = c[3]
-                np.multiply(g, _scalar_array(neg, w.dtype), out=t)
+                np.multiply(g, c[5], out=t)
                 np.add(w, t, out=w)
+            elif g.dtype is w.dtype and g.flags.c_contiguous:
+                ax(neg, g)
+            else:
+                _blas.axpy(neg, g, w)
+            _bump(p)  # graphs recorded with the old values must not backpropagate
+            gt.__dict__[STEP_MARK] = gt._version
 
 
 # ---------------------------------------------------------------------------

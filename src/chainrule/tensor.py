@@ -1633,15 +1633,6 @@ def _store_grad(t: Tensor, g: Any, mine: bool, create_graph: bool) -> None:
         _add_grad(t, g, mine)
 
 
-def _store_grads(items: Sequence[tuple[Tensor, Any, bool]]) -> None:
-    """``_store_grad`` (without create_graph) for ``(tensor, g, mine)`` items, in
-    order, under one lock; items whose ``g`` is None are skipped."""
-    with _GRAD_LOCK:
-        for t, g, mine in items:
-            if g is not None:
-                _add_grad(t, g, mine)
-
-
 def _add_grad(t: Tensor, g: np.ndarray, mine: bool) -> None:
     # the caller holds _GRAD_LOCK
     old = t._grad

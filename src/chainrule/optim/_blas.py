@@ -161,6 +161,28 @@ def gemv_update(alpha: float, a: np.ndarray, ones: np.ndarray, y: np.ndarray) ->
     _gemv_at_1(_MAT[y.dtype.str][1], alpha, a, ones, y)
 
 
+class Axpy:
+    """``y += a * x`` into one array ``y`` (as :func:`supports` says) for ``x`` of
+    its shape and dtype, C-contiguous, with the ctypes arguments made once: a
+    call writes ``a`` and the address of ``x`` into them (one caller at a time).
+    The caller keeps ``y`` alive and unchanged in size (its address is kept)."""
+
+    __slots__ = ("fn", "args", "y")
+
+    def __init__(self, y: np.ndarray) -> None:
+        self.fn = _table()[y.dtype.str][0]
+        blasint, real = self.fn.argtypes[0], self.fn.argtypes[1]
+        self.y = y
+        self.args = [blasint(y.size), real(0.0), ctypes.c_void_p(), blasint(1),
+                     ctypes.c_void_p(address(y)), blasint(1)]
+
+    def __call__(self, a: float, x: np.ndarray) -> None:
+        args = self.args
+        args[1].value = a
+        args[2].value = address(x)
+        self.fn(*args)
+
+
 class LayerUpdate:
     """``c += alpha * a.T @ b`` and ``y += alpha * a.T @ ones`` for one set of
     shapes (``a`` (k, m), ``b`` (k, n), ``c`` (m, n), ``y`` (m,), arrays as
