@@ -84,7 +84,9 @@ from .tensor import (
     _add_grad,
     _as_array,
     _bump,
+    _bump_key,
     _mode,
+    _storage_key,
     _store_grad,
     _tick,
     conform_grad,
@@ -2516,7 +2518,8 @@ class _SGDPlan:
         self.opt = opt
         self.check = check
         # id(param) -> [its array, group fused, prepared BLAS axpy (None: NumPy's two
-        # passes), scratch buffer, the lr last read, -lr as a 0-d array of its dtype]
+        # passes), scratch buffer, the lr last read, -lr as a 0-d array of its dtype,
+        # the key its memory is versioned under]
         self.cache: dict[int, list[Any]] = {}
 
     def __call__(self) -> None:
@@ -2555,7 +2558,8 @@ class _SGDPlan:
             if c is None or c[0] is not w or c[1] is not fused:
                 blas = fused and _blas.supports(w)
                 c = cache[id(p)] = [w, fused, _blas.Axpy(w) if blas else None,
-                                    None if blas else self.opt._buf(w, 3), None, None]
+                                    None if blas else self.opt._buf(w, 3), None, None,
+                                    _storage_key(w)]
             g = gt.data
             if g.shape != w.shape:
                 self.opt._grad(p, False)  # raises the optimizer's error
@@ -2570,7 +2574,7 @@ class _SGDPlan:
                 ax(neg, g)
             else:
                 _blas.axpy(neg, g, w)
-            _bump(p)  # graphs recorded with the old values must not backpropagate
+            _bump_key(c[6])  # graphs recorded with the old values must not backpropagate
             gt.__dict__[STEP_MARK] = gt._version
 
 
@@ -2645,7 +2649,7 @@ class _LinearUpdate:
     (one GEMV). False, with nothing done, where BLAS cannot take the layouts.
     :meth:`ready` says, before each replay, whether it applies this time."""
 
-    __slots__ = ("w", "b", "opt", "groups", "group", "lr", "arrays", "blas")
+    __slots__ = ("w", "b", "opt", "groups", "group", "lr", "arrays", "blas", "keys")
 
     def __init__(self, w: Tensor, b: Tensor | None, opt: SGD) -> None:
         self.w, self.b, self.opt = w, b, opt
@@ -2655,6 +2659,8 @@ class _LinearUpdate:
         self.arrays: tuple[Any, Any, bool] = (None, None, False)  # (w, b) arrays BLAS takes
         # the products with their arguments prepared, for (delta, x) shapes
         self.blas: tuple[tuple[int, ...], tuple[int, ...], _blas.LayerUpdate] | None = None
+        # (w array, b array, the keys their memory is versioned under), for the bumps
+        self.keys: tuple[Any, Any, Any, Any] = (None, None, None, None)
 
     def ready(self) -> bool:
         """Whether the update can be fused in this replay (reads the lr)."""
@@ -2692,10 +2698,14 @@ class _LinearUpdate:
             if x.shape[0] != k or wd.shape != (m, n) or (bd is not None and bd.shape != (m,)):
                 return False  # not a Linear layer's shapes: BLAS must not see them
             prepared = self.blas = (delta.shape, x.shape, _blas.LayerUpdate(dt, k, m, n))
+        keys = self.keys
+        if keys[0] is not wd or keys[1] is not bd:  # new arrays (kept: the keys stay valid)
+            keys = self.keys = (wd, bd, _storage_key(wd),
+                                None if bd is None else _storage_key(bd))
         prepared[2](-self.lr, delta, x, wd, bd)
-        _bump(self.w)
+        _bump_key(keys[2])
         if bd is not None:
-            _bump(self.b)
+            _bump_key(keys[3])
         return True
 
 

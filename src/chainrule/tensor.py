@@ -322,6 +322,23 @@ def _bump(t: Any) -> None:
     _CLOCK[0] = tick
 
 
+def _storage_key(a: np.ndarray) -> int:
+    """The key under which ``a``'s memory is versioned, registered (so that
+    :func:`_bump_key` can record changes to it while the caller keeps ``a``,
+    and with it its storage, alive)."""
+    _bump(a)
+    base = a.base
+    return id(a if base is None else base)
+
+
+def _bump_key(key: int) -> None:
+    """:func:`_bump` for memory whose key :func:`_storage_key` gave (and whose
+    array the caller still holds)."""
+    tick = _tick()
+    _VERSIONS[key] = tick
+    _CLOCK[0] = tick
+
+
 def _version_of(a: Any) -> int:
     return _VERSIONS.get(id(_storage(a)), 0)
 

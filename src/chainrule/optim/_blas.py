@@ -195,7 +195,7 @@ class LayerUpdate:
     addresses and alpha into the kept arguments: one caller at a time (a
     compiled step replays under its lock)."""
 
-    __slots__ = ("gemm", "gemv", "gargs", "vargs", "ones", "real")
+    __slots__ = ("gemm", "gemv", "gargs", "vargs", "ones", "real", "targets")
 
     def __init__(self, dtype: np.dtype, k: int, m: int, n: int) -> None:
         self.gemm, self.gemv = _MAT[dtype.str]
@@ -209,21 +209,27 @@ class LayerUpdate:
         self.vargs = [ctypes.c_int(_ROW_MAJOR), ctypes.c_int(_TRANS), blasint(k), blasint(m),
                       real(0.0), ptr(), blasint(m), ptr(address(self.ones)), blasint(1),
                       real(1.0), ptr(), blasint(1)]
+        # (c, y) whose addresses the arguments hold: kept alive, so a new array
+        # can never take an old one's place unnoticed
+        self.targets: tuple[Any, Any] = (None, None)
 
     def __call__(self, alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray,
                  y: np.ndarray | None) -> None:
         """``c += alpha * a.T @ b``, then (``y`` not None) ``y += alpha * a.T @ 1``."""
-        ga = self.gargs
+        ga, va = self.gargs, self.vargs
+        targets = self.targets
+        if targets[0] is not c or targets[1] is not y:
+            ga[12].value = address(c)
+            if y is not None:
+                va[10].value = address(y)
+            self.targets = (c, y)
         ga[6].value = alpha
         ga[7].value = pa = address(a)
         ga[9].value = address(b)
-        ga[12].value = address(c)
         self.gemm(*ga)
         if y is not None:
-            va = self.vargs
             va[4].value = alpha
             va[5].value = pa
-            va[10].value = address(y)
             self.gemv(*va)
 
 
