@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 import weakref
 
 import numpy as np
@@ -1196,3 +1197,49 @@ def test_empty_and_datetime_arrays_the_step_reaches_are_checked_for_changes():
     assert step.stats["replayed"] == 0
     assert "log['when']" in step.unsupported and "written in place" in step.unsupported
     assert log["when"][0] == np.datetime64("2024-01-01T00:00:08")  # 4 eager + 4 compiled
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_sgd_plan_matches_sgd_step_for_every_gradient_layout(fused):
+    """The replayed SGD step (compile._SGDPlan) against SGD.step() itself, bit for
+    bit, with gradients as backward leaves them and as a user may set them: F
+    order, a strided view, another dtype; and eager mode's error for a wrong shape."""
+    from chainrule.compile import _SGDPlan
+    from chainrule.optim import _blas
+
+    if fused and not _blas.available():
+        pytest.skip("no OpenBLAS to call in this NumPy")
+    rng = np.random.default_rng(4)
+    shapes = [(160, 120), (7, 3), (120,)]  # a BLAS-sized one and small ones
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [rng.standard_normal(s) for s in shapes]
+
+    def layouts(g):
+        yield g.astype(np.float32)
+        yield np.asfortranarray(g.astype(np.float32))
+        big = np.zeros(g.shape[:-1] + (2 * g.shape[-1],), np.float32)
+        big[..., ::2] = g
+        yield big[..., ::2]  # a strided view
+        yield g  # float64 for a float32 parameter
+
+    for k in range(4):
+        ps = [cr.tensor(s.copy(), requires_grad=True) for s in start]
+        qs = [cr.tensor(s.copy(), requires_grad=True) for s in start]
+        o1 = cr.optim.SGD(ps, lr=0.1, fused=fused)
+        o2 = cr.optim.SGD(qs, lr=0.1, fused=fused)
+        plan = _SGDPlan(o2, check=True)
+        for _ in range(2):  # the second call runs on what the first one kept
+            for p, q, g in zip(ps, qs, grads):
+                p.grad = cr.tensor(list(layouts(g))[k])
+                q.grad = cr.tensor(list(layouts(g))[k])
+            o1.step()
+            plan()
+            for p, q in zip(ps, qs):
+                np.testing.assert_array_equal(p.data, q.data, strict=True)
+    # (.grad refuses a wrong shape; set behind its back, the update must refuse too)
+    ps[0]._grad = cr.tensor(np.ones((3, 3), np.float32))
+    qs[0]._grad = cr.tensor(np.ones((3, 3), np.float32))
+    with pytest.raises(Exception) as want:
+        o1.step()
+    with pytest.raises(type(want.value), match=re.escape(str(want.value))):
+        plan()

@@ -2519,7 +2519,8 @@ class _SGDPlan:
         self.check = check
         # id(param) -> [its array, group fused, prepared BLAS axpy (None: NumPy's two
         # passes), scratch buffer, the lr last read, -lr as a 0-d array of its dtype,
-        # the key its memory is versioned under]
+        # the key its memory is versioned under, the strides of a C-ordered array
+        # of its shape] (see _record)
         self.cache: dict[int, list[Any]] = {}
 
     def __call__(self) -> None:
@@ -2556,26 +2557,36 @@ class _SGDPlan:
             w = p.data
             c = cache.get(id(p))
             if c is None or c[0] is not w or c[1] is not fused:
-                blas = fused and _blas.supports(w)
-                c = cache[id(p)] = [w, fused, _blas.Axpy(w) if blas else None,
-                                    None if blas else self.opt._buf(w, 3), None, None,
-                                    _storage_key(w)]
+                c = cache[id(p)] = self._record(w, fused)
             g = gt.data
-            if g.shape != w.shape:
-                self.opt._grad(p, False)  # raises the optimizer's error
             ax = c[2]
-            if ax is None:
-                if c[4] is not lr:  # the same object: the same number, to the sign of a zero
-                    c[4], c[5] = lr, _scalar_array(neg, w.dtype)
-                t = c[3]
-                np.multiply(g, c[5], out=t)
-                np.add(w, t, out=w)
-            elif g.dtype is w.dtype and g.flags.c_contiguous:
-                ax(neg, g)
+            if g.strides == c[7] and g.dtype is w.dtype and g.shape == w.shape:
+                # the gradient as the backward pass leaves it: C order, the
+                # parameter's shape and dtype
+                if ax is None:
+                    if c[4] is not lr:  # the same object: the same number, to a zero's sign
+                        c[4], c[5] = lr, _scalar_array(neg, w.dtype)
+                    t = c[3]
+                    np.multiply(g, c[5], out=t)
+                    np.add(w, t, out=w)
+                else:
+                    ax(neg, g)
+            elif g.shape != w.shape:
+                self.opt._grad(p, False)  # raises the optimizer's error
+            elif ax is None:  # -lr as the Python float: another dtype of g computes in its own
+                np.multiply(g, neg, out=c[3])
+                np.add(w, c[3], out=w)
             else:
-                _blas.axpy(neg, g, w)
+                _blas.axpy(neg, g, w)  # any layout or dtype: converted first
             _bump_key(c[6])  # graphs recorded with the old values must not backpropagate
             gt.__dict__[STEP_MARK] = gt._version
+
+    def _record(self, w: np.ndarray, fused: bool) -> list[Any]:
+        """What :meth:`_plain` keeps for a parameter's array ``w``."""
+        blas = fused and _blas.supports(w)
+        c_strides = np.empty(w.shape, w.dtype).strides  # of a C-ordered array of its shape
+        return [w, fused, _blas.Axpy(w) if blas else None,
+                None if blas else self.opt._buf(w, 3), None, None, _storage_key(w), c_strides]
 
 
 # ---------------------------------------------------------------------------
