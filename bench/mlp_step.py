@@ -140,6 +140,8 @@ def numpy_floor(params, x, y, fused_update: bool = False) -> Callable[[], object
     chainrule's numbers bit for bit."""
     import numpy as np
 
+    from chainrule.nn.functional import _check_label_range as check_labels
+    from chainrule.nn.functional import _softmax_rows as softmax_rows
     from chainrule.ops import _SMALL_BATCH
     from chainrule.optim import _blas
 
@@ -161,7 +163,6 @@ def numpy_floor(params, x, y, fused_update: bool = False) -> Callable[[], object
     c = ws[-1].shape[0]
     p = np.empty((n, c), f32)
     unit = np.ones((), f32)  # the seed dL/dL
-    wide = n >= 256 and 2 <= c <= 16  # rows reduced column by column (F._reduce_rows)
     blas = _blas.available()
     neg = -LR
     if fused_update:
@@ -175,14 +176,6 @@ def numpy_floor(params, x, y, fused_update: bool = False) -> Callable[[], object
             updates.append((w.size, _blas.address(g), _blas.address(w), None))
         else:
             updates.append((w, g, np.empty_like(w), np.asarray(np.float32(neg))))
-
-    def rows_reduce(ufunc, a):
-        if not wide:
-            return ufunc.reduce(a, axis=1, keepdims=True)
-        out = ufunc(a[:, 0:1], a[:, 1:2])
-        for j in range(2, c):
-            ufunc(out, a[:, j:j + 1], out=out)
-        return out
 
     def step() -> object:
         h = x
@@ -198,16 +191,10 @@ def numpy_floor(params, x, y, fused_update: bool = False) -> Callable[[], object
                 np.maximum(out, zeros[i], out=out)
                 np.greater(out, 0, out=masks[i])
             h = out
-        # cross-entropy with integer labels, mean over the batch
-        if np.maximum.reduce(y.view(np.uint64), axis=None) >= c:
-            raise ValueError("label out of range")
-        m = rows_reduce(np.maximum, h)
-        e = np.subtract(h, m, out=p)
-        np.exp(e, out=e)
-        total = rows_reduce(np.add, e)
-        e /= total
-        lse = np.log(total)
-        lse += m
+        # cross-entropy with integer labels, mean over the batch (the loss's own
+        # helpers: the label check, and the softmax with its log-sum-exp)
+        check_labels(y, c, "cross_entropy")
+        _, lse = softmax_rows(h, p)
         per_row = lse[:, 0] - h[rows, y]
         loss = np.asarray(np.add.reduce(per_row, axis=None) / per_row.size)
         target = y.copy()

@@ -83,7 +83,6 @@ from .tensor import (
     Tensor,
     _add_grad,
     _as_array,
-    _bump,
     _bump_key,
     _mode,
     _storage_key,
@@ -2533,13 +2532,7 @@ class _SGDPlan:
             opt._check_stale_grads()
         for group in opt.param_groups:
             if group["momentum"] != 0 or group["weight_decay"] != 0 or group["maximize"]:
-                params = [p for p in group["params"] if p._grad is not None]
-                if params:
-                    opt._update(group, params)
-                for p in params:
-                    _bump(p)  # graphs recorded with the old values must not backpropagate
-                    gt = p._grad
-                    gt.__dict__[STEP_MARK] = gt._version
+                opt._step_group(group)
             else:
                 self._plain(group)
 

@@ -182,14 +182,18 @@ class Optimizer:
         if self.warn_unzeroed_grad and not self._warned:
             self._check_stale_grads()
         for group in self.param_groups:
-            params = [p for p in group["params"] if p._grad is not None]
-            if params:
-                self._update(group, params)
-            for p in params:
-                _bump(p)  # graphs recorded with the old values must not backpropagate
-                g = p._grad
-                g.__dict__[STEP_MARK] = g._version
+            self._step_group(group)
         return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        """One group's part of :meth:`step` (a compiled step's replay calls it too)."""
+        params = [p for p in group["params"] if p._grad is not None]
+        if params:
+            self._update(group, params)
+        for p in params:
+            _bump(p)  # graphs recorded with the old values must not backpropagate
+            g = p._grad
+            g.__dict__[STEP_MARK] = g._version
 
     def _update(self, group: dict[str, Any], params: list[Tensor]) -> None:
         raise NotImplementedError
