@@ -133,6 +133,27 @@ def test_gemm_roofline_computes_the_products_of_the_step(batch):
         np.testing.assert_allclose(got, a, rtol=1e-5, atol=1e-5)
 
 
+def test_targets_table_says_what_each_run_meets():
+    from bench.__main__ import _targets_table
+
+    roof = "NumPy GEMM-only (roofline)"
+    results = {
+        32: {roof: 1000.0, "chainrule compiled": 749.0, "NumPy floor (compiled's calls)": 760.0,
+             "chainrule compiled, fused update": 850.0},
+        1024: {roof: 100.0, "chainrule compiled": 90.0},
+    }
+    guards = {32: {"guards": 4e-6, "replay": 400e-6}}
+    table = _targets_table(results, guards)
+    rows = table.splitlines()[2:]
+    assert rows[0] == ("| chainrule compiled >= 75% of the roofline at B=32 | 74.9% | 76.0% | "
+                       "**not met** |")
+    assert rows[1].startswith("| chainrule compiled >= 88% of the roofline at B=1024 | 90.0% | "
+                              "n/a | met")
+    assert rows[2].endswith("| 85.0% | n/a | met |")  # exactly the target
+    assert rows[3] == "| guards <= 3% of a replay at B=32 | 1.0% | | met |"
+    assert _targets_table({128: {roof: 1.0}}, {}) == ""  # nothing a target names
+
+
 def test_memory_table_reports_kib_and_the_ratio_to_pytorch():
     from bench.__main__ import _memory_table
 
