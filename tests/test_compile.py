@@ -1243,3 +1243,41 @@ def test_sgd_plan_matches_sgd_step_for_every_gradient_layout(fused):
         o1.step()
     with pytest.raises(type(want.value), match=re.escape(str(want.value))):
         plan()
+
+
+def test_replay_backward_error_state_is_eager_modes_and_is_restored():
+    # run_backward ignores division, invalid and overflow and keeps the rest of
+    # the caller's state; the replay's own way of entering that state must too,
+    # under any outer np.errstate, and leave the caller's state as it was
+    from chainrule.compile import _loud, _quiet
+
+    for outer in ({"all": "raise"}, {"all": "warn"}, {"under": "raise", "divide": "warn"}):
+        with np.errstate(**outer):
+            before = np.geterr()
+            token = _quiet()
+            inside = np.geterr()
+            _loud(token)
+            assert np.geterr() == before
+        assert inside == {**before, "divide": "ignore", "invalid": "ignore", "over": "ignore"}
+
+    # and a replay warns exactly where eager mode does: sqrt's derivative at 0
+    # divides by zero in backward, silently in eager mode, so in a replay too
+    import warnings
+
+    x = np.array([[0.0, 1.0, 4.0]], np.float32)
+    w = cr.tensor(np.ones((1, 3), np.float32), requires_grad=True)
+
+    def step_fn(xb):
+        w.grad = None
+        loss = cr.sqrt(w * xb).sum()
+        loss.backward()
+        return loss
+
+    step = cr.compile(step_fn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default np.errstate warns on divide
+        step_fn(x)
+        for _ in range(4):
+            step(x)
+    assert step.stats["replayed"] == 2
+    assert not np.isfinite(w.grad.data[0, 0])  # (0 * inf: eager mode gives the same)

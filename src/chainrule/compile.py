@@ -172,6 +172,44 @@ def _node_hooked(t: Tensor) -> bool:
     return node is not None and (bool(node._hooks) or node._retain is not None)
 
 
+# A replay's backward pass runs with division, invalid and overflow
+# warnings off, as run_backward does with np.errstate. NumPy 2 keeps that
+# state in a context variable; setting it to a state made once (from the
+# state it was made from, so an outer np.errstate still counts) costs a fifth
+# of entering np.errstate. NumPy 1 has no such variable: np.errstate itself.
+_ERR_STATE: Any = None
+_make_extobj: Any = None
+try:
+    from numpy._core import umath as _umath
+
+    _ERR_STATE, _make_extobj = _umath._extobj_contextvar, _umath._make_extobj
+except (ImportError, AttributeError):  # NumPy 1.x
+    pass
+_QUIET: list[Any] = [None, None]  # [the state the quiet one was made from, the quiet one]
+
+
+def _quiet() -> Any:
+    """Enter the backward pass's error state; :func:`_loud` takes the result."""
+    if _ERR_STATE is None:
+        state = np.errstate(divide="ignore", invalid="ignore", over="ignore")
+        state.__enter__()
+        return state
+    now = _ERR_STATE.get()
+    made = _QUIET
+    if made[0] is not now:
+        made = [now, _make_extobj(divide="ignore", invalid="ignore", over="ignore")]
+        _QUIET[:] = made  # (another thread may read either pair: both are whole)
+    return _ERR_STATE.set(made[1])
+
+
+def _loud(token: Any) -> None:
+    """Leave the state :func:`_quiet` entered."""
+    if _ERR_STATE is None:
+        token.__exit__(None, None, None)
+    else:
+        _ERR_STATE.reset(token)
+
+
 def _released_result(data: np.ndarray, rule: Rule) -> Tensor:
     """What eager mode returns after backward(): a tensor whose graph was freed."""
     node = object.__new__(Node)
@@ -2201,7 +2239,7 @@ def _generate(prog: _Program) -> None:
     """
     ns: dict[str, Any] = {
         "Tensor": Tensor, "ndarray": np.ndarray, "asarray": np.asarray, "add": np.add,
-        "unit": unit_seed, "errstate": np.errstate, "op_error": _op_error,
+        "unit": unit_seed, "quiet": _quiet, "loud": _loud, "op_error": _op_error,
         "vjp_step": vjp_step, "conform": conform_grad, "store": _store_grad,
         "grad_lock": _GRAD_LOCK, "add_grad": _add_grad, "new": object.__new__,
         "released": _released_result, "fused_vjp": _fused_vjp,
@@ -2332,8 +2370,11 @@ def _generate(prog: _Program) -> None:
         elif kind == _I_ITEM:
             add(1, f"s{st[2]} = {var(st[1])}.item()")
         else:
-            add(1, 'with errstate(divide="ignore", invalid="ignore", over="ignore"):')
+            add(1, "quiet_state = quiet()  # division, invalid, overflow: no warnings")
+            add(1, "try:")
             _generate_backward(prog, src, var, checked)
+            add(1, "finally:")
+            add(2, "loud(quiet_state)")
     add(1, f"return {build(prog.ret)}")
     prog.source = "\n".join(src.lines) + "\n"
     filename = f"<cr.compile replay {id(prog):x}>"
@@ -2345,7 +2386,7 @@ def _generate(prog: _Program) -> None:
 
 def _generate_backward(prog: _Program, src: _Source, var: Callable[[int], str],
                        checked: dict[int, list[Any]]) -> None:
-    """The backward pass of a program (see :func:`_generate`), inside ``errstate``."""
+    """The backward pass of a program (see :func:`_generate`), in :func:`_quiet`'s state."""
     add = src.add
     root = prog.root
     if prog.fused:
@@ -2665,8 +2706,9 @@ class _LinearUpdate:
         self.group: dict[str, Any] | None = None
         self.lr = 0.0
         self.arrays: tuple[Any, Any, bool] = (None, None, False)  # (w, b) arrays BLAS takes
-        # the products with their arguments prepared, for (delta, x) shapes
-        self.blas: tuple[tuple[int, ...], tuple[int, ...], _blas.LayerUpdate] | None = None
+        # the products with their arguments prepared, for (delta shape, its strides,
+        # x shape, its strides)
+        self.blas: tuple[Any, Any, Any, Any, _blas.LayerUpdate] | None = None
         # (w array, b array, the keys their memory is versioned under), for the bumps
         self.keys: tuple[Any, Any, Any, Any] = (None, None, None, None)
 
@@ -2697,20 +2739,25 @@ class _LinearUpdate:
         """Apply the update (the arrays :meth:`ready` checked), or say False."""
         wd, bd, _ = self.arrays
         dt = wd.dtype
-        if not (x.ndim == 2 and delta.dtype is dt and x.dtype is dt and delta.flags.c_contiguous
-                and x.flags.c_contiguous):
-            return False
         prepared = self.blas
-        if prepared is None or prepared[0] != delta.shape or prepared[1] != x.shape:
+        # the layouts the products were prepared for: C-ordered delta and x of the
+        # shapes and strides seen before, and the parameters' dtype
+        if prepared is None or delta.strides != prepared[1] or x.strides != prepared[3] \
+                or delta.shape != prepared[0] or x.shape != prepared[2] \
+                or delta.dtype is not dt or x.dtype is not dt:
+            if not (x.ndim == 2 and delta.ndim == 2 and delta.dtype is dt and x.dtype is dt
+                    and delta.flags.c_contiguous and x.flags.c_contiguous):
+                return False
             (k, m), n = delta.shape, x.shape[1]
             if x.shape[0] != k or wd.shape != (m, n) or (bd is not None and bd.shape != (m,)):
                 return False  # not a Linear layer's shapes: BLAS must not see them
-            prepared = self.blas = (delta.shape, x.shape, _blas.LayerUpdate(dt, k, m, n))
+            prepared = self.blas = (delta.shape, delta.strides, x.shape, x.strides,
+                                    _blas.LayerUpdate(dt, k, m, n))
         keys = self.keys
         if keys[0] is not wd or keys[1] is not bd:  # new arrays (kept: the keys stay valid)
             keys = self.keys = (wd, bd, _storage_key(wd),
                                 None if bd is None else _storage_key(bd))
-        prepared[2](-self.lr, delta, x, wd, bd)
+        prepared[4](-self.lr, delta, x, wd, bd)
         _bump_key(keys[2])
         if bd is not None:
             _bump_key(keys[3])
@@ -3006,7 +3053,16 @@ def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list, list]:
     flat: list = []
     others: list = []
     for a in args:
-        _key_of(a, key, flat, others)
+        t = type(a)  # the usual arguments (a batch), as _key_of keys them, first
+        if t is Tensor:
+            d = a.data
+            flat.append(a)
+            key.append(("T", d.shape, d.dtype.str, a._requires_grad))
+        elif t is np.ndarray:
+            flat.append(a)
+            key.append(("A", a.shape, a.dtype.str))
+        else:
+            _key_of(a, key, flat, others)
     for k, v in kwargs.items():
         key.append(k)
         _key_of(v, key, flat, others)

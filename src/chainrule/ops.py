@@ -1949,9 +1949,10 @@ class _LinearKernel(Kernel):
 
     def vjp(self, g: np.ndarray, inplace: bool, ctx: Any, x: np.ndarray, w: np.ndarray,
             b: np.ndarray | None = None) -> tuple:
-        if self.relu:
-            g = self._delta(g, inplace, ctx)
-        return self._params_grads(self._gx(g, w), g, x)
+        if self.relu:  # delta = g * relu'(z), as linear_relu's split step forms it
+            g = np.multiply(g, ctx, out=g if inplace else self.take(3))
+        gx = np.matmul(g, w, out=self.take(4)) if self.needs[0] else None
+        return self._param_grads(gx, g, x)
 
     def vjp_update(self, g: np.ndarray, inplace: bool, ctx: Any, update: Callable[..., bool],
                    x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> tuple:
@@ -1960,37 +1961,19 @@ class _LinearKernel(Kernel):
         of x has used the old weight; where ``update`` says it cannot (False),
         the gradients are returned as :meth:`vjp` returns them."""
         if self.relu:
-            g = self._delta(g, inplace, ctx)
-        gx = self._gx(g, w)
+            g = np.multiply(g, ctx, out=g if inplace else self.take(3))
+        gx = np.matmul(g, w, out=self.take(4)) if self.needs[0] else None
         if update(g, x):
             return (gx, None, None) if self.bias else (gx, None)
-        return self._params_grads(gx, g, x)
+        return self._param_grads(gx, g, x)
 
-    def _delta(self, g: np.ndarray, inplace: bool, ctx: Any) -> np.ndarray:
-        """delta = g * relu'(z), as linear_relu's split step computes it."""
-        if not inplace:
-            d = self.take(3)
-            return np.multiply(g, ctx, out=d)
-        return np.multiply(g, ctx, out=g)
-
-    def _gx(self, g: np.ndarray, w: np.ndarray) -> np.ndarray | None:
-        if not self.needs[0]:
-            return None
-        gx = self.take(4)
-        return np.matmul(g, w, out=gx)
-
-    def _params_grads(self, gx: np.ndarray | None, g: np.ndarray, x: np.ndarray) -> tuple:
+    def _param_grads(self, gx: np.ndarray | None, g: np.ndarray, x: np.ndarray) -> tuple:
+        """``(gx, dL/dw, dL/db)`` from delta ``g`` (those the op needs)."""
         needs = self.needs
-        gw = gb = None
-        if needs[1]:
-            gw = self.take(5)
-            np.matmul(g.T, x, out=gw)
+        gw = np.matmul(g.T, x, out=self.take(5)) if needs[1] else None
         if not self.bias:
             return gx, gw
-        if needs[2]:
-            gb = self.take(6)
-            np.matmul(self.ones, g, out=gb)
-        return gx, gw, gb
+        return gx, gw, np.matmul(self.ones, g, out=self.take(6)) if needs[2] else None
 
 
 def _linear_kernel(relu: bool, bias: bool) -> Callable[..., Kernel | None]:
