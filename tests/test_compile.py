@@ -1260,6 +1260,26 @@ def test_replay_backward_error_state_is_eager_modes_and_is_restored():
             assert np.geterr() == before
         assert inside == {**before, "divide": "ignore", "invalid": "ignore", "over": "ignore"}
 
+    # threads with different outer states each get their own, while they race
+    import threading
+
+    bad = []
+
+    def worker(under):
+        with np.errstate(under=under):
+            for _ in range(3000):
+                token = _quiet()
+                if np.geterr()["under"] != under:
+                    bad.append(under)
+                _loud(token)
+
+    threads = [threading.Thread(target=worker, args=(u,)) for u in ("raise", "ignore", "warn")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad
+
     # and a replay warns exactly where eager mode does: sqrt's derivative at 0
     # divides by zero in backward, silently in eager mode, so in a replay too
     import warnings

@@ -185,7 +185,9 @@ try:
     _ERR_STATE, _make_extobj = _umath._extobj_contextvar, _umath._make_extobj
 except (ImportError, AttributeError):  # NumPy 1.x
     pass
-_QUIET: list[Any] = [None, None]  # [the state the quiet one was made from, the quiet one]
+# [(the state the quiet one was made from, the quiet one)]: the pair is replaced
+# whole, so a thread reads a matching pair even while another makes a new one
+_QUIET: list[tuple[Any, Any]] = [(None, None)]
 
 
 def _quiet() -> Any:
@@ -195,10 +197,9 @@ def _quiet() -> Any:
         state.__enter__()
         return state
     now = _ERR_STATE.get()
-    made = _QUIET
+    made = _QUIET[0]
     if made[0] is not now:
-        made = [now, _make_extobj(divide="ignore", invalid="ignore", over="ignore")]
-        _QUIET[:] = made  # (another thread may read either pair: both are whole)
+        made = _QUIET[0] = (now, _make_extobj(divide="ignore", invalid="ignore", over="ignore"))
     return _ERR_STATE.set(made[1])
 
 
