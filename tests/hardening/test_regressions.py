@@ -170,6 +170,27 @@ def test_csv_regression_target_beyond_float32(tmp_path, cell):
     assert load_csv(path, classification=True).classes is not None  # a class label is fine
 
 
+@pytest.mark.parametrize("row", ["1.0,2.0,{big}", "1.0,{big},0.5", "1.0,-{big},0.5"])
+def test_csv_integer_beyond_float64_is_refused_naming_the_cell(tmp_path, row):
+    # was: OverflowError from pandas.to_numeric, which read_csv's Python int for
+    # a 320-digit cell defeats even with errors="coerce" (found by the CSV fuzzer)
+    path = tmp_path / "t.csv"
+    path.write_text(row.format(big="9" * 320))
+    with pytest.raises(DataFormatError, match=r"t\.csv, line 1, column [23] .*'-?9{320}' is "
+                                              r"not a finite float32 number"):
+        load_csv(path)
+
+
+@pytest.mark.parametrize("last", ['""', "\u2028"])
+def test_csv_error_in_a_row_the_line_scan_misses_names_the_file(tmp_path, last):
+    # was: "row 2, column 'column_0': empty cell", without the file (found by the
+    # CSV fuzzer): pandas reads these last lines as rows, the line scan does not
+    path = tmp_path / "t.csv"
+    path.write_text("1.0,2.0,0.5\n2.0,1.0,1.5\n" + last, encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"t\.csv, data row 3, column 'column_0'"):
+        load_csv(path)
+
+
 def test_csv_float32_limits_still_load(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("a,b\n3.4e38,0\n-3.4e38,1\n")

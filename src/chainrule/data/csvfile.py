@@ -98,7 +98,7 @@ def load_csv(
     ((150, 4), ['setosa', 'versicolor', 'virginica'])
     >>> X, y = data                     # unpacks to (X, y)
     """
-    from .tables import _numeric, missing_or_bad, not_float32, read_table
+    from .tables import _numeric, missing_or_bad, not_float32, numbers, read_table
 
     df = read_table(path, delimiter=delimiter, header=header, encoding=encoding,
                     prefer_header=isinstance(target, str))
@@ -163,10 +163,7 @@ def load_csv(
         values = raw.astype(np.float64)
         numeric = True
     else:
-        import pandas as pd
-
-        values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64,
-                                                              na_value=np.nan)
+        values = numbers(col)
         numeric = not np.isnan(values).any()
     if classification is False and not numeric:
         from .tables import locate

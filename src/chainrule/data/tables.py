@@ -334,6 +334,9 @@ def _cell(df: Any, row: int, column: str) -> tuple[str, str | None]:
                 else j - 1
             text = cells[k].strip() if k < len(cells) else ""
             return f"{meta['path']}, line {line}, column {k + 1} ({column!r})", text
+        # a row the line scan does not find (pandas reads a line of one empty
+        # quoted cell, or a Unicode line separator, as a row): still the file
+        return f"{meta['path']}, data row {row + 1}, column {column!r}", None
     return f"row {row}, column {column!r}", None
 
 
@@ -365,14 +368,28 @@ def _as_text(v: Any) -> str:
     return str(v).strip()
 
 
+def numbers(col: Any) -> np.ndarray:
+    """``pd.to_numeric(col, errors="coerce")`` as float64: NaN where a cell is no number.
+
+    ``read_csv`` keeps an integer beyond float64's range (a cell of 310 digits)
+    as a Python int, and ``to_numeric`` raises OverflowError on it even with
+    ``errors="coerce"``: such cells are read from their text instead, as +-inf,
+    which the float32 range checks then refuse, naming the cell."""
+    pd = _pandas()
+    try:
+        num = pd.to_numeric(col, errors="coerce")
+    except OverflowError:
+        num = pd.to_numeric(col.map(lambda v: str(v) if type(v) is int else v), errors="coerce")
+    return num.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def _numeric(col: Any, name: str, df: Any, what: str = "column") -> np.ndarray:
     """The column as float64 (NaN where missing); a text cell is an error naming it."""
-    pd = _pandas()
     values = col.to_numpy()
     if values.dtype.kind in "biuf":
         out = values.astype(np.float64)
     else:
-        out = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        out = numbers(col)
         bad = np.isnan(out) & ~_missing(values)
         if bad.any():
             r = int(np.flatnonzero(bad)[0])
@@ -404,8 +421,7 @@ def _looks_categorical(col: Any) -> bool:
     present = values[~_missing(values)]
     if present.size == 0:
         return False
-    num = pd.to_numeric(pd.Series(present), errors="coerce").to_numpy(dtype=np.float64,
-                                                                       na_value=np.nan)
+    num = numbers(pd.Series(present))
     # mixed columns (mostly numbers, some words) are a data error, not categories
     return bool(np.isnan(num).all())
 
