@@ -210,6 +210,36 @@ def test_csv_error_in_a_row_the_line_scan_misses_names_the_file(tmp_path, last):
         load_csv(path)
 
 
+def test_csv_nul_byte_in_a_cell_is_refused_naming_the_file(tmp_path):
+    # was (Python 3.10): AttributeError, the line scan's csv.Error ("line contains
+    # NUL") taken for its table of lines (found by the CSV fuzzer on 3.10)
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"1.0,2.0,0.5\n\x01\x00.0,1.0,1.5\n3.5,-1.0,2.5\n")
+    with pytest.raises(DataFormatError, match=r"t\.csv, (line 2, column 1|data row 2, column)"):
+        load_csv(path)
+
+
+@pytest.mark.parametrize("lines_before", [3, 150_000])  # within the first block, past it
+@pytest.mark.parametrize("cell", ["99999991e39" + "9" * 100, "81e3104049863b72", "2.5E-1234567"])
+def test_csv_long_exponent_is_refused_where_pandas_could_crash(tmp_path, lines_before, cell):
+    # pandas < 3 overflows a C int on an exponent of many digits and can crash
+    # the process (the CSV fuzzer found one on Python 3.10 / pandas 2.3): such a
+    # file is refused before pandas reads it there, naming the line
+    from chainrule.data import tables
+
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,y\n" + "1.0,2.0,0\n" * lines_before + f"1.0,{cell},1\n3,4,0\n")
+    with pytest.raises(DataFormatError, match=rf"t\.csv, line {lines_before + 2}: .*exponent of "
+                                              r"six or more digits.*pandas 2\.9"):
+        tables._refuse_long_exponent(path, "2.9")
+    if tables._old_c_parser(__import__("pandas")):
+        with pytest.raises(DataFormatError, match=rf"line {lines_before + 2}: .*exponent"):
+            load_csv(path)
+    ok = tmp_path / "ok.csv"
+    ok.write_text("a,b\n1e5,2\n1.5e-30,1e12345z\n")  # five digits, or not a number
+    tables._refuse_long_exponent(ok, "2.9")
+
+
 def test_csv_float32_limits_still_load(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("a,b\n3.4e38,0\n-3.4e38,1\n")

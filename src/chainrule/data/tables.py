@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -226,11 +227,13 @@ def read_table(
             )
     # no skipinitialspace: it costs pandas a third of its time, numbers parse with
     # leading blanks anyway, and text cells are stripped where they are read
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         sep=delimiter, header=0 if has_header else None, names=names,
         encoding=encoding, skip_blank_lines=True,
         engine="c", low_memory=False, index_col=False,
     )
+    if _old_c_parser(pd):
+        _refuse_long_exponent(path, pd.__version__)
     meta = {"path": str(path), "header": has_header, "delimiter": delimiter,
             "encoding": encoding, "names": names}
     if chunksize is not None:
@@ -248,6 +251,51 @@ def read_table(
     if len(df) and df.isna().to_numpy().any():
         _check_row_lengths(df, meta)  # a short row reads as missing cells: find it
     return df
+
+
+# pandas before 3.0 parses the exponent of a number into a C int without a
+# bound: a cell such as 1e39 followed by a hundred more digits (a fuzzer wrote
+# one), or an id such as 81e3104049863b72, overflows it and can crash the
+# process (pandas issue 62617, fixed in 3.0). Both of its parsers and
+# pd.to_numeric share that code, so with such a pandas a file holding a number
+# with an exponent of six digits or more (beyond any float's range) is refused
+# before pandas reads it, naming the line.
+_LONG_EXPONENT = re.compile(rb"[0-9.][eE][+-]?[0-9]{6}")
+
+
+def _old_c_parser(pd: Any) -> bool:
+    try:
+        return int(str(pd.__version__).split(".")[0]) < 3
+    except ValueError:
+        return True
+
+
+def _refuse_long_exponent(path: Path, version: str) -> None:
+    """Raise DataFormatError if the file holds a number with an exponent of six
+    or more digits (see above)."""
+    with open(path, "rb") as f:
+        tail = b""
+        before = 0  # newlines in the file before ``tail + block``
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                return
+            text = tail + block
+            m = _LONG_EXPONENT.search(text)
+            if m is not None:
+                line = before + text.count(b"\n", 0, m.start()) + 1
+                first = max(text.rfind(b"\n", 0, m.start()) + 1, m.start() - 24)
+                cell = text[first:m.end() + 8].split(b"\n")[0]
+                raise DataFormatError(
+                    f"{path}, line {line}: {cell.decode('utf-8', 'replace')!r} holds a number "
+                    f"with an exponent of six or more digits, which the CSV parser of pandas "
+                    f"{version} can crash on (fixed in pandas 3.0: pip install 'pandas>=3', "
+                    "Python 3.11 or later); remove the cell or write it another way (an id "
+                    "can start with a letter)"
+                )
+            # the next text starts with this block's last bytes
+            tail = block[-16:]
+            before += text.count(b"\n") - tail.count(b"\n")
 
 
 def _chunks(pd: Any, path: Path, kwargs: dict, meta: dict, chunksize: int) -> Iterator[Any]:
@@ -301,8 +349,10 @@ def _scan(meta: dict, stop_at_bad_row: bool = False, rows_wanted: Sequence[int] 
                     lines[k] = (line, r)
                     if len(lines) == len(want):
                         break
-        except csv.Error as e:
-            return DataFormatError(f"{path}, line {reader.line_num}: {e}")
+        except csv.Error as e:  # (Python 3.10's csv refuses a NUL byte, say)
+            if stop_at_bad_row:
+                return DataFormatError(f"{path}, line {reader.line_num}: {e}")
+            # looking for cells: those found before it; the caller names the row
     return None if stop_at_bad_row else lines
 
 
