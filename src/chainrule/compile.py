@@ -2356,7 +2356,8 @@ def _generate(prog: _Program) -> None:
                     add(3, generic)
             add(1, "except (ValueError, TypeError, IndexError) as exc:")
             add(2, f"raise op_error({r}, [{args}], {sdict}, exc) from exc")
-            add(1, f"if type(s{out}) is not ndarray: s{out} = asarray(s{out})")
+            if kernel is None or checked[j]:  # a kernel's output is an array it keeps
+                add(1, f"if type(s{out}) is not ndarray: s{out} = asarray(s{out})")
         elif kind == _I_FX:
             _, fn, fargs, fkwargs, out = st
             call = ", ".join([fx_value(a) for a in fargs] + (
@@ -2485,7 +2486,12 @@ def _generate_backward(prog: _Program, src: _Source, var: Callable[[int], str],
                 add(inner, f"if g{d} is None:")
                 inner += 1
             add(inner, f"g{d} = pg")
-            add(inner, f"o{d} = pg is not g and pg.base is None")
+            if kernel is not None and not checked[j]:
+                # a kernel's gradients are arrays it keeps (or made anew): never g
+                # nor a view, the replay's own
+                add(inner, f"o{d} = True")
+            else:
+                add(inner, f"o{d} = pg is not g and pg.base is None")
             if hooked and leaf:
                 add(inner, f"first.append({d})")
             if arrivals[d] > 1:
