@@ -2705,19 +2705,18 @@ class _LinearUpdate:
     (one GEMV). False, with nothing done, where BLAS cannot take the layouts.
     :meth:`ready` says, before each replay, whether it applies this time."""
 
-    __slots__ = ("w", "b", "opt", "groups", "group", "lr", "arrays", "blas", "keys")
+    __slots__ = ("w", "b", "opt", "groups", "group", "lr", "arrays", "blas")
 
     def __init__(self, w: Tensor, b: Tensor | None, opt: SGD) -> None:
         self.w, self.b, self.opt = w, b, opt
         self.groups: Any = None  # the optimizer's param_groups when the group was found
         self.group: dict[str, Any] | None = None
         self.lr = 0.0
-        self.arrays: tuple[Any, Any, bool] = (None, None, False)  # (w, b) arrays BLAS takes
+        # (w array, b array, BLAS takes them, the keys their memory is versioned under)
+        self.arrays: tuple[Any, ...] = (None, None, False, None, None)
         # the products with their arguments prepared, for (delta shape, its strides,
         # x shape, its strides)
         self.blas: tuple[Any, Any, Any, Any, _blas.LayerUpdate] | None = None
-        # (w array, b array, the keys their memory is versioned under), for the bumps
-        self.keys: tuple[Any, Any, Any, Any] = (None, None, None, None)
 
     def ready(self) -> bool:
         """Whether the update can be fused in this replay (reads the lr)."""
@@ -2736,7 +2735,9 @@ class _LinearUpdate:
         arrays = self.arrays
         if arrays[0] is not wd or arrays[1] is not bd:  # checked again for new arrays only
             ok = _blas.fits(wd) and (bd is None or _blas.fits(bd) and bd.dtype == wd.dtype)
-            arrays = self.arrays = (wd, bd, ok)
+            # (kept: while they are, the keys their memory is versioned under stay valid)
+            arrays = self.arrays = (wd, bd, ok, _storage_key(wd),
+                                    None if bd is None else _storage_key(bd))
         if not arrays[2]:
             return False  # a dtype or layout BLAS does not take
         self.lr = g["lr"]
@@ -2744,7 +2745,7 @@ class _LinearUpdate:
 
     def __call__(self, delta: np.ndarray, x: np.ndarray) -> bool:
         """Apply the update (the arrays :meth:`ready` checked), or say False."""
-        wd, bd, _ = self.arrays
+        wd, bd = self.arrays[0], self.arrays[1]
         dt = wd.dtype
         prepared = self.blas
         # the layouts the products were prepared for: C-ordered delta and x of the
@@ -2760,14 +2761,10 @@ class _LinearUpdate:
                 return False  # not a Linear layer's shapes: BLAS must not see them
             prepared = self.blas = (delta.shape, delta.strides, x.shape, x.strides,
                                     _blas.LayerUpdate(dt, k, m, n))
-        keys = self.keys
-        if keys[0] is not wd or keys[1] is not bd:  # new arrays (kept: the keys stay valid)
-            keys = self.keys = (wd, bd, _storage_key(wd),
-                                None if bd is None else _storage_key(bd))
         prepared[4](-self.lr, delta, x, wd, bd)
-        _bump_key(keys[2])
+        _bump_key(self.arrays[3])
         if bd is not None:
-            _bump_key(keys[3])
+            _bump_key(self.arrays[4])
         return True
 
 
@@ -3060,16 +3057,7 @@ def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list, list]:
     flat: list = []
     others: list = []
     for a in args:
-        t = type(a)  # the usual arguments (a batch), as _key_of keys them, first
-        if t is Tensor:
-            d = a.data
-            flat.append(a)
-            key.append(("T", d.shape, d.dtype.str, a._requires_grad))
-        elif t is np.ndarray:
-            flat.append(a)
-            key.append(("A", a.shape, a.dtype.str))
-        else:
-            _key_of(a, key, flat, others)
+        _key_of(a, key, flat, others)
     for k, v in kwargs.items():
         key.append(k)
         _key_of(v, key, flat, others)

@@ -307,33 +307,27 @@ def _forget(key: int, ref: Any) -> None:
 
 def _bump(t: Any) -> None:
     """Record an in-place change of the memory behind ``t`` (a Tensor or an ndarray)."""
-    a = t.data if isinstance(t, Tensor) else t
-    base = getattr(a, "base", None)  # (the storage owner, as _storage finds it)
+    _bump_key(_storage_key(t.data if isinstance(t, Tensor) else t))
+
+
+def _storage_key(a: Any) -> int:
+    """The key under which ``a``'s memory is versioned (the id of the storage owner,
+    as _storage finds it), registered so that the entry goes when that owner does.
+    :func:`_bump_key` records a change under it while the caller keeps ``a``."""
+    base = getattr(a, "base", None)
     if base is None:
         base = a
     key = id(base)
-    tick = _tick()
     if key not in _VERSION_REFS:
         try:
             _VERSION_REFS[key] = weakref.ref(base, functools.partial(_forget, key))
         except TypeError:  # a base that takes no weak references (bytes): keep the entry
             pass
-    _VERSIONS[key] = tick
-    _CLOCK[0] = tick
-
-
-def _storage_key(a: np.ndarray) -> int:
-    """The key under which ``a``'s memory is versioned, registered (so that
-    :func:`_bump_key` can record changes to it while the caller keeps ``a``,
-    and with it its storage, alive)."""
-    _bump(a)
-    base = a.base
-    return id(a if base is None else base)
+    return key
 
 
 def _bump_key(key: int) -> None:
-    """:func:`_bump` for memory whose key :func:`_storage_key` gave (and whose
-    array the caller still holds)."""
+    """Record an in-place change of the memory versioned under ``key``."""
     tick = _tick()
     _VERSIONS[key] = tick
     _CLOCK[0] = tick
