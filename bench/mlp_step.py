@@ -159,8 +159,9 @@ def numpy_floor(params, x, y, fused_update: bool = False) -> Callable[[], object
     gws = [np.empty_like(w) for w in ws]
     gbs = [np.empty_like(b) for b in bs]
     ones = np.ones(n, f32)
-    rows = np.arange(n)
     c = ws[-1].shape[0]
+    offsets = np.arange(0, n * c, c)  # each row's start in the flattened logits
+    flat = np.empty(n, np.intp)
     p = np.empty((n, c), f32)
     unit = np.ones((), f32)  # the seed dL/dL
     blas = _blas.available()
@@ -195,13 +196,13 @@ def numpy_floor(params, x, y, fused_update: bool = False) -> Callable[[], object
         # helpers: the label check, and the softmax with its log-sum-exp)
         check_labels(y, c, "cross_entropy")
         _, lse = softmax_rows(h, p)
-        per_row = lse[:, 0] - h[rows, y]
+        np.add(offsets, y, out=flat, dtype=np.intp)  # the target entries' positions
+        per_row = lse[:, 0] - h.reshape(-1)[flat]
         loss = np.asarray(np.add.reduce(per_row, axis=None) / per_row.size)
-        target = y.copy()
         # backward
         scale = unit / n
         np.multiply(p, scale, out=p)
-        p[rows, target] -= scale * 1.0
+        p.reshape(-1)[flat] -= scale * 1.0
         g = p
         for i in reversed(range(depth)):
             if i < depth - 1:

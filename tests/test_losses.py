@@ -43,6 +43,28 @@ def test_cross_entropy_matches_numpy_and_notes_gradient(reduction):
     np.testing.assert_allclose(x.grad.data, (soft - onehot) * scale, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8, np.uint64, np.int16])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_of_transposed_logits_and_any_label_dtype(dtype, smoothing):
+    # logits that are a transposed view (not C-ordered): the target entries are
+    # read and the gradient written by their flat positions, which needs the
+    # softmax the VJP works in to be C-ordered, whatever the input's layout
+    z = RNG.standard_normal((4, 7))
+    labels = np.array([0, 3, 1, 1, 2, 0, 3])
+    buf = labels.astype(dtype)
+    x = _leaf(z)
+    logits = x.T
+    assert not logits.data.flags.c_contiguous
+    loss = F.cross_entropy(logits, buf, label_smoothing=smoothing)
+    q = (1 - smoothing) * np.eye(4)[labels] + smoothing / 4
+    want = -(q * _np_log_softmax(z.T)).sum(axis=1).mean()
+    np.testing.assert_allclose(loss.item(), want, rtol=1e-12)
+    buf[:] = 2  # the caller refills its label buffer before backward(): no effect
+    loss.backward()
+    np.testing.assert_allclose(x.grad.data, ((np.exp(_np_log_softmax(z.T)) - q) / 7).T,
+                               atol=1e-15)
+
+
 def test_cross_entropy_label_smoothing_matches_formula():
     z = RNG.standard_normal((5, 3))
     y = np.array([0, 1, 2, 1, 0])

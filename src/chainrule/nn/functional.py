@@ -509,22 +509,33 @@ def _diff_log_softmax(x: Any, xp: Any) -> Any:
 )
 def CROSS_ENTROPY(x, *, target, reduction, label_smoothing):
     """-log softmax(x)[target] per row; x (N, C) logits, target (N,) int labels."""
-    return _ce_forward(x, target, reduction, label_smoothing, np.arange(x.shape[0]))
+    n, c = x.shape
+    return _ce_forward(x, target, reduction, label_smoothing, np.arange(0, n * c, c))
 
 
 def _ce_forward(x: np.ndarray, target: np.ndarray, reduction: str, label_smoothing: float,
-                rows: np.ndarray, p: np.ndarray | None = None) -> tuple[np.ndarray, tuple]:
-    """The rule's forward with the row indices given (and the softmax into ``p``)."""
+                offsets: np.ndarray, p: np.ndarray | None = None,
+                flat: np.ndarray | None = None) -> tuple[np.ndarray, tuple]:
+    """The rule's forward, with ``offsets`` = (0, C, 2C, ...) given (and the
+    softmax into ``p``, the target positions into ``flat``, if given).
+
+    Each row's target entry is found by its position in the flattened logits,
+    ``offsets + target``: one index array, half the cost of indexing with
+    (row, label) pairs. The positions are what the VJP needs of the labels,
+    and being a new array they also keep this step's gradient safe from a
+    caller who refills the label buffer before ``backward()``.
+    """
     n, c = x.shape
     _check_label_range(target, c, "cross_entropy")
+    if p is None:
+        p = np.empty(x.shape, x.dtype)  # C order, whatever x's layout: see _ce_grad
     p, lse = _softmax_rows(x, p)
-    loss = lse[:, 0] - x[rows, target]
+    flat = np.add(offsets, target, out=flat, dtype=np.intp)
+    loss = lse[:, 0] - x.reshape(-1)[flat]
     if label_smoothing:
         # PyTorch: (1 - eps) * nll + eps * mean_k(-log p_k)
         loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse[:, 0] - x.mean(axis=1))
-    # the labels are copied: refilling the caller's label buffer before
-    # backward() must not change this step's gradient
-    return _reduce(loss, reduction), (target.copy(), reduction, label_smoothing, p)
+    return _reduce(loss, reduction), (flat, reduction, label_smoothing, p)
 
 
 @CROSS_ENTROPY.defvjp
@@ -534,18 +545,17 @@ def _(g, out, ctx, needs, xp, x):
     # which is softmax(z) - q exactly when the target row q sums to 1. Here q is
     # the one-hot label (or its label-smoothed version (1-eps) onehot + eps/C),
     # which always sums to 1, so dC/dz = softmax(z) - q holds for every row.
-    target, reduction, ls, p = ctx
+    flat, reduction, ls, p = ctx
     n, c = x.shape
-    rows = np.arange(n)
     scale = _grad_scale(g, reduction, n, (n, 1))
     if isinstance(x, Tensor):  # create_graph: rebuild softmax differentiably
         q = np.zeros(x.shape, dtype=x.dtype)
-        q[rows, target] = 1.0 - ls
+        q.reshape(-1)[flat] = 1.0 - ls
         if ls:
             q += ls / c
         return ((_diff_softmax(x, xp) - q) * scale,)
     # plain NumPy: reuse the softmax saved by the forward pass, one allocation
-    return _ce_grad(p * scale, _ce_terms(scale, reduction, ls, c), target, rows)
+    return _ce_grad(p * scale, _ce_terms(scale, reduction, ls, c), flat)
 
 
 def _ce_terms(scale: Any, reduction: str, ls: float, c: int) -> tuple[Any, Any]:
@@ -556,29 +566,31 @@ def _ce_terms(scale: Any, reduction: str, ls: float, c: int) -> tuple[Any, Any]:
     return smooth, (scale[:, 0] if reduction == "none" else scale) * (1.0 - ls)
 
 
-def _ce_grad(d: np.ndarray, terms: tuple[Any, Any], target: np.ndarray,
-             rows: np.ndarray) -> tuple[np.ndarray]:
-    """softmax(x) * scale - q * scale, from ``d`` = softmax(x) * scale (in place)
-    and ``terms`` = ``_ce_terms(scale, ...)``."""
+def _ce_grad(d: np.ndarray, terms: tuple[Any, Any], flat: np.ndarray) -> tuple[np.ndarray]:
+    """softmax(x) * scale - q * scale, from ``d`` = softmax(x) * scale (in place,
+    C order: the forward pass makes the softmax so) and ``terms`` =
+    ``_ce_terms(scale, ...)``, with the targets at positions ``flat`` of the
+    flattened ``d``."""
     smooth, at_target = terms
     if smooth is not None:
         d -= smooth
-    d[rows, target] -= at_target
+    d.reshape(-1)[flat] -= at_target  # a view: d is C-ordered
     return (d,)
 
 
 class _CrossEntropyKernel(ops.Kernel):
     """``cross_entropy`` for logits of one shape (see :class:`chainrule.ops.Kernel`):
-    the rule's own steps, with the row indices made once and the softmax
-    written into a kept array, which the VJP turns into its result in place
-    (the softmax is not needed after it)."""
+    the rule's own steps, with the row offsets made once, and the softmax and
+    the target positions written into kept arrays (0 and 1); the VJP turns the
+    softmax into its result in place (it is not needed after it)."""
 
-    __slots__ = ("rows", "unit", "memo")
+    __slots__ = ("offsets", "unit", "memo")
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        super().__init__([(shape, dtype)])
-        self.rows = np.arange(shape[0])
-        self.rows.flags.writeable = False
+        n, c = shape
+        super().__init__([(shape, dtype), ((n,), np.dtype(np.intp))])
+        self.offsets = np.arange(0, n * c, c)
+        self.offsets.flags.writeable = False
         # the seed of a backward pass from the loss (see ops.unit_seed): for it the
         # scale and the terms of the gradient are the same at every replay, and
         # are kept as (reduction, label smoothing, scale, terms)
@@ -587,11 +599,11 @@ class _CrossEntropyKernel(ops.Kernel):
 
     def forward(self, x: np.ndarray, *, target: np.ndarray, reduction: str,
                 label_smoothing: float) -> tuple[np.ndarray, tuple]:
-        p = self.take(0)
-        return _ce_forward(x, target, reduction, label_smoothing, self.rows, p)
+        return _ce_forward(x, target, reduction, label_smoothing, self.offsets, self.take(0),
+                           self.take(1))
 
     def vjp(self, g: np.ndarray, inplace: bool, ctx: tuple, x: np.ndarray) -> tuple:
-        target, reduction, ls, p = ctx
+        flat, reduction, ls, p = ctx
         memo = self.memo
         if g is self.unit and memo is not None and memo[0] == reduction and (
                 memo[1] is ls or type(memo[1]) is type(ls) and memo[1] == ls):
@@ -602,7 +614,7 @@ class _CrossEntropyKernel(ops.Kernel):
             terms = _ce_terms(scale, reduction, ls, c)
             if g is self.unit:
                 self.memo = (reduction, ls, scale, terms)
-        return _ce_grad(np.multiply(p, scale, out=p), terms, target, self.rows)
+        return _ce_grad(np.multiply(p, scale, out=p), terms, flat)
 
 
 @CROSS_ENTROPY.defkernel
