@@ -144,25 +144,29 @@ def numpy_floor(params, x, y, fused_update: bool = False) -> Callable[[], object
     from chainrule.nn.functional import _softmax_rows as softmax_rows
     from chainrule.ops import _SMALL_BATCH
     from chainrule.optim import _blas
+    from chainrule.tensor import aligned_copy, aligned_empty
 
     f32 = np.dtype(np.float32)
-    ws = [p.copy() for p in params[0::2]]
-    bs = [p.copy() for p in params[1::2]]
+    # the parameters as nn.Parameter keeps them, and below the arrays the kernels
+    # keep, allocated as they are (64-byte aligned)
+    ws = [aligned_copy(p) for p in params[0::2]]
+    bs = [aligned_copy(p) for p in params[1::2]]
     n, depth = len(x), len(ws)
     x = np.ascontiguousarray(x, f32)
     turn = [n <= _SMALL_BATCH and n < w.shape[0] for w in ws]  # as ops._affine decides
-    zt = [np.empty((w.shape[0], n), f32) for w in ws]
-    acts = [np.empty((n, w.shape[0]), f32) for w in ws]
-    masks = [np.empty((n, w.shape[0]), np.bool_) for w in ws]
+    empty = aligned_empty
+    zt = [empty((w.shape[0], n), f32) for w in ws]
+    acts = [empty((n, w.shape[0]), f32) for w in ws]
+    masks = [empty((n, w.shape[0]), np.bool_) for w in ws]
     zeros = [np.zeros(w.shape[0], f32) for w in ws]
-    gxs = [np.empty((n, w.shape[1]), f32) for w in ws]
-    gws = [np.empty_like(w) for w in ws]
-    gbs = [np.empty_like(b) for b in bs]
+    gxs = [empty((n, w.shape[1]), f32) for w in ws]
+    gws = [empty(w.shape, f32) for w in ws]
+    gbs = [empty(b.shape, f32) for b in bs]
     ones = np.ones(n, f32)
     c = ws[-1].shape[0]
     offsets = np.arange(0, n * c, c)  # each row's start in the flattened logits
-    flat = np.empty(n, np.intp)
-    p = np.empty((n, c), f32)
+    flat = empty((n,), np.intp)
+    p = empty((n, c), f32)
     unit = np.ones((), f32)  # the seed dL/dL
     blas = _blas.available()
     neg = -LR

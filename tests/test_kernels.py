@@ -12,6 +12,7 @@ import pytest
 import chainrule as cr
 import chainrule.nn.functional as F
 from chainrule import ops
+from chainrule.tensor import ALIGN
 
 
 def _meta(a):
@@ -161,8 +162,19 @@ def test_take_reuses_an_array_only_while_nothing_else_holds_it():
     assert id(kernel.take(0)) == ident  # nothing holds it: the same array again
     held = kernel.take(0)
     assert kernel.take(0) is not held  # held by the caller: a new one
-    view = kernel.take(0)[1:]
-    assert kernel.take(0) is not view.base  # a view holds its base too
+    view = kernel.take(0)[1:]  # a view refers to the buffer that owns the memory
+    assert not np.shares_memory(kernel.take(0), view)  # that holds the array too
+
+
+def test_kept_arrays_start_on_a_cache_line():
+    kernel = ops.Kernel([((3, 5), np.dtype(np.float32)), ((7,), np.dtype(np.float64)),
+                         ((0, 4), np.dtype(np.float32)), ((), np.dtype(np.float64))])
+    for i in range(4):
+        a = kernel.take(i)
+        shape, dtype = kernel.specs[i]
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+        assert a.flags.writeable
+        assert a.ctypes.data % ALIGN == 0 or not a.size  # (no memory: nothing to align)
 
 
 def _model_and_step(batch):
@@ -202,3 +214,19 @@ def test_outputs_and_grads_a_caller_holds_keep_their_values_across_replays(batch
     for views in held_views:
         for v, copy in views:
             np.testing.assert_array_equal(v, copy)
+
+
+def test_a_view_of_a_gradient_keeps_its_values_after_the_tensor_is_gone():
+    # the caller keeps only a view of last step's .grad: zero_grad() lets go of
+    # the tensor, so the kept array itself is held by the kernel alone, but its
+    # memory is not free (the view refers to the buffer that owns it)
+    model, opt, step, x, y = _model_and_step(8)
+    views = []
+    for i in range(5):
+        step(x * (1 + i), y)
+        g = model[0].weight.grad.numpy()
+        views.append((g[:2], g[:2].copy()))
+        del g
+    assert step.stats["replayed"] >= 3
+    for v, copy in views:
+        np.testing.assert_array_equal(v, copy)

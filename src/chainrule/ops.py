@@ -40,7 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from .tensor import Meta, Node, Tensor, _as_array, _mode, _tick, check_forward_anomaly
+from .tensor import (
+    Meta,
+    Node,
+    Tensor,
+    _as_array,
+    _mode,
+    _tick,
+    aligned_empty,
+    check_forward_anomaly,
+)
 
 __all__ = [
     "Rule", "RULES", "rule", "apply", "sum_to_shape", "value", "Saves",
@@ -370,16 +379,21 @@ class Kernel:
         self.bufs: list[Any] = [None] * len(self.specs)
 
     def fresh(self, i: int) -> np.ndarray:
-        """A new array ``i``, kept from now on in place of the old one."""
+        """A new array ``i`` (see :func:`aligned_empty`), kept from now on in
+        place of the old one."""
         shape, dtype = self.specs[i]
-        a = self.bufs[i] = np.empty(shape, dtype)
+        a = self.bufs[i] = aligned_empty(shape, dtype)
         return a
 
     def take(self, i: int) -> np.ndarray:
         """Kept array ``i`` to write into, or a new one (kept from now on) where
-        anything besides this kernel refers to it (or none was made yet)."""
+        anything besides this kernel refers to it or to its memory (or none was
+        made yet). A view of the array refers to the buffer that owns the
+        memory (``a.base``; NumPy points every view at the owner), so both
+        counts are looked at."""
         a = self.bufs[i]
-        if _refcount(a) > _UNSHARED:  # None, before the first call, counts as held
+        # None, before the first call, counts as held
+        if _refcount(a) > _UNSHARED or _refcount(a.base) > _BASE_UNSHARED:
             a = self.fresh(i)
         return a
 
@@ -397,31 +411,42 @@ class Kernel:
 
 
 _refcount = sys.getrefcount
-_UNSHARED = -1  # see _calibrate_take: until then every take() makes a new array
+# see _calibrate_take: until then every take() makes a new array
+_UNSHARED = -1
+_BASE_UNSHARED = -1
 
-
-def _calibrate_take() -> int:
-    """The reference count that :meth:`Kernel.take` sees for a kept array that
-    nothing else holds, found by calling it; -1 (never reuse) if holding the
-    array does not raise the count it sees."""
-    global _UNSHARED
+def _calibrate_take() -> tuple[int, int]:
+    """The reference counts that :meth:`Kernel.take` sees for a kept array and
+    for its buffer when nothing else holds either, found by calling it; -1
+    (never reuse) if holding the array or a view of it does not raise the
+    count it sees."""
+    global _UNSHARED, _BASE_UNSHARED
     probe = Kernel([((1,), np.dtype(np.float64))])
-    for count in range(1, 16):
-        _UNSHARED = count
-        probe.bufs[0] = np.empty(1)
-        ident = id(probe.bufs[0])
-        reused = id(probe.take(0)) == ident  # the result is not kept: no holder
-        if reused:
-            break
-    else:
-        return -1
+    found = []
+    for which in range(2):
+        for count in range(1, 16):
+            if which == 0:
+                _UNSHARED, _BASE_UNSHARED = count, 1 << 30
+            else:
+                _BASE_UNSHARED = count
+            probe.bufs[0] = aligned_empty((1,), np.float64)
+            ident = id(probe.bufs[0])
+            reused = id(probe.take(0)) == ident  # the result is not kept: no holder
+            if reused:
+                found.append(count)
+                break
+        else:
+            return -1, -1
     held = probe.bufs[0]
     if probe.take(0) is held:  # a holder must make take() give a new array
-        return -1
-    return count
+        return -1, -1
+    view = probe.take(0)[:]
+    if probe.take(0).base is view.base:  # so must a view's
+        return -1, -1
+    return found[0], found[1]
 
 
-_UNSHARED = _calibrate_take()
+_UNSHARED, _BASE_UNSHARED = _calibrate_take()
 
 #: A keyword setting of an op that the step computes (see :meth:`Rule.defkernel`)
 DYNAMIC: Any = type("Dynamic", (), {"__repr__": lambda self: "DYNAMIC"})()

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..capture import effect
-from ..tensor import RemovableHandle, Tensor, _bump, _mode
+from ..tensor import RemovableHandle, Tensor, _bump, _mode, aligned_copy
 
 __all__ = ["Parameter", "Module", "IncompatibleKeys", "zero_grad_params", "state_dict_name"]
 
@@ -41,7 +41,9 @@ class Parameter(Tensor):
     Parameters
     ----------
     data : array_like or Tensor
-        The initial value (copied). Python floats become float32.
+        The initial value (copied, into memory that starts on a 64-byte
+        boundary as PyTorch's does: see ``chainrule.tensor.aligned_empty``).
+        Python floats become float32.
     requires_grad : bool
         Defaults to True (unlike a plain tensor).
 
@@ -55,6 +57,8 @@ class Parameter(Tensor):
             data = np.empty((0,), dtype=np.float32)
         super().__init__(data.data if isinstance(data, Tensor) else data,
                          requires_grad=requires_grad, dtype=dtype)
+        if _mode.tracer is None:  # (a tensor made inside a traced step keeps the tracer's)
+            self.data = aligned_copy(self.data)
 
     def __repr__(self) -> str:
         body = np.array2string(self.data, separator=", ", prefix="Parameter(")
