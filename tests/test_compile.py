@@ -1245,6 +1245,42 @@ def test_sgd_plan_matches_sgd_step_for_every_gradient_layout(fused):
         plan()
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_sgd_plan_reads_the_gradient_array_of_each_step(fused):
+    """The plan keeps the address of the gradient array it last updated from (a
+    kernel writes the same one at every replay). A new array, while the old one
+    is still alive, and new values written into the same array must both be
+    what the next update reads."""
+    from chainrule.compile import _SGDPlan
+    from chainrule.optim import _blas
+
+    if fused and not _blas.available():
+        pytest.skip("no OpenBLAS to call in this NumPy")
+    rng = np.random.default_rng(5)
+    shapes = [(160, 120), (7, 3)]  # a BLAS-sized one and a small one
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    ps = [cr.tensor(a.copy(), requires_grad=True) for a in start]
+    qs = [cr.tensor(a.copy(), requires_grad=True) for a in start]
+    o1 = cr.optim.SGD(ps, lr=0.1, fused=fused)
+    plan = _SGDPlan(cr.optim.SGD(qs, lr=0.1, fused=fused), check=True)
+    alive = []
+    for step in range(5):
+        for p, q, shape in zip(ps, qs, shapes):
+            g = rng.standard_normal(shape).astype(np.float32)
+            if step in (2, 3):  # the same arrays as the step before, refilled
+                p.grad.data[...] = g
+                q.grad.data[...] = g
+            else:  # new arrays; the old ones stay alive
+                alive += [p.grad, q.grad]
+                p.grad = cr.tensor(g)
+                q.grad = cr.tensor(g.copy())
+        o1.step()
+        plan()
+        for p, q in zip(ps, qs):
+            np.testing.assert_array_equal(p.data, q.data, strict=True)
+    assert not np.array_equal(ps[0].data, start[0])
+
+
 def test_replay_backward_error_state_is_eager_modes_and_is_restored():
     # run_backward ignores division, invalid and overflow and keeps the rest of
     # the caller's state; the replay's own way of entering that state must too,

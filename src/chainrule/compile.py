@@ -58,12 +58,14 @@ from __future__ import annotations
 import builtins
 import copy
 import functools
+import keyword
 import linecache
 import os
 import struct
 import sys
 import threading
 import types
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -79,12 +81,14 @@ from .random import default_generator
 from .tensor import (
     _GRAD_LOCK,
     _RELEASED,
+    _VERSIONS,
     Node,
     Tensor,
     _add_grad,
     _as_array,
     _bump_key,
     _mode,
+    _storage,
     _storage_key,
     _store_grad,
     _tick,
@@ -2325,7 +2329,15 @@ def _generate(prog: _Program) -> None:
             _, rule, slots, settings, dyn, out, j, recorded, kernel = st
             args = ", ".join(var(s) for s in slots)
             r = src.name(rule, "r")
-            if dyn is None:
+            # the settings, each as a keyword argument of its own (a call spreading a
+            # dict, **{**fixed, 'target': s1}, costs about 0.25 us more); a computed
+            # one (dyn) replaces the fixed value of its name
+            named = {k: src.name(v, "v") for k, v in settings.items()}
+            named.update((k, setting(v)) for k, v in dyn or ())
+            if all(k.isidentifier() and not keyword.iskeyword(k) for k in named):
+                kw = "".join(f", {k}={e}" for k, e in named.items())
+                sdict = "{" + ", ".join(f"{k!r}: {e}" for k, e in named.items()) + "}"
+            elif dyn is None:
                 kw = f", **{src.name(settings, 'k')}" if settings else ""
                 sdict = src.name(settings, "k")
             else:
@@ -2507,7 +2519,9 @@ def _generate_backward(prog: _Program, src: _Source, var: Callable[[int], str],
             # _store_grad written out, under one lock: a first gradient the replay
             # owns becomes .grad as it is (Tensor._const inline), anything else goes
             # through _add_grad (accumulation, or a copy of an array not ours)
-            add(2, "with grad_lock:")
+            # (acquire and release: half the cost of a with statement)
+            add(2, "grad_lock.acquire()")
+            add(2, "try:")
             for d in order:
                 p = src.name(leaf_of[d], "p")
                 add(3, f"if g{d} is not None:")
@@ -2516,6 +2530,8 @@ def _generate_backward(prog: _Program, src: _Source, var: Callable[[int], str],
                        f"t._node = None; {p}._grad = t")
                 add(4, "else:")
                 add(5, f"add_grad({p}, g{d}, o{d})")
+            add(2, "finally:")
+            add(3, "grad_lock.release()")
         return
     # leaves stored in the order their first gradient arrived, each followed by its hooks
     table = ", ".join(f"{d}: ({src.name(leaf_of[d], 'p')}, g{d}, o{d})" for d in order)
@@ -2571,7 +2587,9 @@ class _SGDPlan:
         # id(param) -> [its array, group fused, prepared BLAS axpy (None: NumPy's two
         # passes), scratch buffer, the lr last read, -lr as a 0-d array of its dtype,
         # the key its memory is versioned under, the strides of a C-ordered array
-        # of its shape] (see _record)
+        # of its shape, a weak reference to the gradient array last updated from,
+        # that array's address (for the axpy) and the key of its memory's version]
+        # (see _record)
         self.cache: dict[int, list[Any]] = {}
 
     def __call__(self) -> None:
@@ -2592,6 +2610,7 @@ class _SGDPlan:
         parameter's version bump and step mark follow its update (eager mode
         makes them after all updates: the same ticks, as an update ticks none)."""
         cache = self.cache
+        versions = _VERSIONS
         lr = group["lr"]
         neg = -lr
         fused = group["fused"]
@@ -2608,6 +2627,15 @@ class _SGDPlan:
             if g.strides == c[7] and g.dtype is w.dtype and g.shape == w.shape:
                 # the gradient as the backward pass leaves it: C order, the
                 # parameter's shape and dtype
+                ref = c[8]
+                if ref is None or ref() is not g:
+                    # a gradient array not seen before (a kernel writes the same one
+                    # at every replay): its address and the key of its memory, kept
+                    # while it lives (a weak reference: holding it would make the
+                    # kernel write a new array at every replay)
+                    c[8] = weakref.ref(g)
+                    c[9] = None if ax is None else _blas.address(g)
+                    c[10] = id(_storage(g))
                 if ax is None:
                     if c[4] is not lr:  # the same object: the same number, to a zero's sign
                         c[4], c[5] = lr, _scalar_array(neg, w.dtype)
@@ -2615,8 +2643,11 @@ class _SGDPlan:
                     np.multiply(g, c[5], out=t)
                     np.add(w, t, out=w)
                 else:
-                    ax(neg, g)
-            elif g.shape != w.shape:
+                    ax.at(neg, c[9])
+                _bump_key(c[6])
+                gt.__dict__[STEP_MARK] = versions.get(c[10], 0)  # (Tensor._version)
+                continue
+            if g.shape != w.shape:
                 self.opt._grad(p, False)  # raises the optimizer's error
             elif ax is None:  # -lr as the Python float: another dtype of g computes in its own
                 np.multiply(g, neg, out=c[3])
@@ -2631,7 +2662,8 @@ class _SGDPlan:
         blas = fused and _blas.supports(w)
         c_strides = np.empty(w.shape, w.dtype).strides  # of a C-ordered array of its shape
         return [w, fused, _blas.Axpy(w) if blas else None,
-                None if blas else self.opt._buf(w, 3), None, None, _storage_key(w), c_strides]
+                None if blas else self.opt._buf(w, 3), None, None, _storage_key(w), c_strides,
+                None, None, None]
 
 
 # ---------------------------------------------------------------------------

@@ -177,9 +177,13 @@ class Axpy:
                      ctypes.c_void_p(address(y)), blasint(1)]
 
     def __call__(self, a: float, x: np.ndarray) -> None:
+        self.at(a, address(x))
+
+    def at(self, a: float, x: int) -> None:
+        """The update from the array ``x`` at that address (the caller keeps it alive)."""
         args = self.args
         args[1].value = a
-        args[2].value = address(x)
+        args[2].value = x
         self.fn(*args)
 
 
