@@ -69,6 +69,33 @@ def test_linear_kernels_match_their_rule_bit_for_bit(name, relu, bias, dtype, n,
                     np.testing.assert_array_equal(mine, g)  # g is not ours: untouched
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,m", [(5, 7), (8, 40), (33, 100)])
+def test_linear_relu_kernel_matches_its_rule_on_nan_inf_and_zeros(dtype, n, m):
+    # the kernel's relu compares against a matrix of zeros, the rule's against a
+    # row: the same bits for NaN, infinities and zeros
+    rule = ops.RULES["linear_relu"]
+    rng = np.random.default_rng(n + m)
+    x = rng.standard_normal((n, 6)).astype(dtype)
+    x[0] = 0.0
+    x[1, 2] = np.inf
+    x[2, 3] = -np.inf
+    x[3, 1] = np.nan
+    w = rng.standard_normal((m, 6)).astype(dtype)
+    w[0] = -0.0
+    b = rng.standard_normal(m).astype(dtype)
+    b[:3] = [-0.0, 0.0, np.nan]
+    ins = (x, w, b)
+    kernel = rule.kernel([_meta(a) for a in ins], {}, (True, True, True))
+    with np.errstate(invalid="ignore"):  # inf * 0 in the product
+        want, wmask = rule.forward(*ins)
+        got, mask = kernel.forward(*ins)
+    bits = {np.float32: np.uint32, np.float64: np.uint64}[dtype]
+    assert np.isnan(want).any() and (want == 0).any()
+    np.testing.assert_array_equal(got.view(bits), want.view(bits))
+    np.testing.assert_array_equal(mask, wmask)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("ls", [0.0, 0.2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
