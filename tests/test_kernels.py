@@ -193,6 +193,14 @@ def test_take_reuses_an_array_only_while_nothing_else_holds_it():
     assert not np.shares_memory(kernel.take(0), view)  # that holds the array too
 
 
+def test_scratch_arrays_are_reused_whoever_holds_them():
+    # for values that never leave the kernel's own calls: no reference counting
+    kernel = ops.Kernel([((4,), np.dtype(np.float32))])
+    held = kernel.scratch(0)
+    assert kernel.scratch(0) is held
+    assert kernel.take(0) is not held  # take() still counts the holder
+
+
 def test_kept_arrays_start_on_a_cache_line():
     kernel = ops.Kernel([((3, 5), np.dtype(np.float32)), ((7,), np.dtype(np.float64)),
                          ((0, 4), np.dtype(np.float32)), ((), np.dtype(np.float64))])

@@ -363,7 +363,8 @@ class Kernel:
     An array the kernel kept is written again only when nothing else refers to
     it: an output that the step returned, or a gradient stored in ``.grad``,
     that the caller still holds (or any view of it) keeps its values, and the
-    kernel makes a new array for that call instead. :meth:`take` decides, from
+    kernel makes a new array for that call instead (an array that never leaves
+    the kernel's own calls is simply reused: :meth:`scratch`). :meth:`take` decides, from
     the array's reference count compared with the count of an array nothing
     else holds, measured through :meth:`take` itself when this module loads
     (interpreters count references differently: 3.14 borrows some, so a fixed
@@ -396,6 +397,14 @@ class Kernel:
         if _refcount(a) > _UNSHARED or _refcount(a.base) > _BASE_UNSHARED:
             a = self.fresh(i)
         return a
+
+    def scratch(self, i: int) -> np.ndarray:
+        """Kept array ``i`` for a value that never leaves this kernel's own calls
+        (a product in its turned form, relu's mask between the forward call and
+        the VJP of the same replay, a delta formed inside the VJP): written again
+        at every call without the reference counts :meth:`take` looks at."""
+        a = self.bufs[i]
+        return self.fresh(i) if a is None else a
 
     def release(self) -> None:
         """Let go of every array kept (the next call allocates them again)."""
@@ -1938,7 +1947,8 @@ class _LinearKernel(Kernel):
     from the shapes; relu against zeros; the mask ``out > 0``; the
     bias gradient as ``ones @ delta``), each writing into an array of its own:
     0 the turned product (out, B), 1 the output, 2 the mask, 3 delta when ``g``
-    is not ours to overwrite, 4-6 the gradients of x, w and b.
+    is not ours to overwrite, 4-6 the gradients of x, w and b (0, 2 and 3 never
+    leave the kernel's calls: see :meth:`Kernel.scratch`).
     """
 
     __slots__ = ("turn", "relu", "bias", "needs", "zeros", "ones")
@@ -1968,7 +1978,7 @@ class _LinearKernel(Kernel):
     def forward(self, x: np.ndarray, w: np.ndarray, b: Any = None) -> tuple:
         out = self.take(1)
         if self.turn:
-            zt = self.take(0)
+            zt = self.scratch(0)
             np.matmul(w, x.T, out=zt)
             np.add(zt.T, b, out=out)
         else:
@@ -1977,14 +1987,14 @@ class _LinearKernel(Kernel):
                 np.add(out, b, out=out)
         if not self.relu:
             return out, None
-        mask = self.take(2)
+        mask = self.scratch(2)
         np.maximum(out, self.zeros, out=out)
         return out, np.greater(out, 0, out=mask)
 
     def vjp(self, g: np.ndarray, inplace: bool, ctx: Any, x: np.ndarray, w: np.ndarray,
             b: np.ndarray | None = None) -> tuple:
         if self.relu:  # delta = g * relu'(z), as linear_relu's split step forms it
-            g = np.multiply(g, ctx, out=g if inplace else self.take(3))
+            g = np.multiply(g, ctx, out=g if inplace else self.scratch(3))
         gx = np.matmul(g, w, out=self.take(4)) if self.needs[0] else None
         return self._param_grads(gx, g, x)
 
@@ -1995,7 +2005,7 @@ class _LinearKernel(Kernel):
         of x has used the old weight; where ``update`` says it cannot (False),
         the gradients are returned as :meth:`vjp` returns them."""
         if self.relu:
-            g = np.multiply(g, ctx, out=g if inplace else self.take(3))
+            g = np.multiply(g, ctx, out=g if inplace else self.scratch(3))
         gx = np.matmul(g, w, out=self.take(4)) if self.needs[0] else None
         if update(g, x):
             return (gx, None, None) if self.bias else (gx, None)

@@ -599,8 +599,9 @@ class _CrossEntropyKernel(ops.Kernel):
 
     def forward(self, x: np.ndarray, *, target: np.ndarray, reduction: str,
                 label_smoothing: float) -> tuple[np.ndarray, tuple]:
+        # (the target positions go only to this kernel's VJP)
         return _ce_forward(x, target, reduction, label_smoothing, self.offsets, self.take(0),
-                           self.take(1))
+                           self.scratch(1))
 
     def vjp(self, g: np.ndarray, inplace: bool, ctx: tuple, x: np.ndarray) -> tuple:
         flat, reduction, ls, p = ctx
