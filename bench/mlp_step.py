@@ -14,7 +14,11 @@ results:
   else (:func:`numpy_floor`), with the default and the fused update: what
   ``cr.compile`` would reach if its Python cost nothing;
 * ``NumPy GEMM-only``: just the 8 matrix products a step needs (3 forward,
-  3 weight gradients, 2 input gradients), the roofline on this BLAS.
+  3 weight gradients, 2 input gradients), the roofline on this BLAS, on
+  arrays as NumPy allocates them (16-byte aligned); ``NumPy GEMM-only,
+  64-byte aligned``: the same products on arrays aligned as chainrule
+  allocates its parameters and its compiled kernels' arrays (the floors
+  allocate as chainrule does).
 
 Every runner is a zero-argument callable doing one step, built by
 :func:`make_runner` inside a worker process of its own; :func:`measure` times
@@ -92,7 +96,7 @@ def numpy_hand(params, x, y) -> Callable[[], float]:
     return step
 
 
-def numpy_gemm_only(params, x, y) -> Callable[[], None]:
+def numpy_gemm_only(params, x, y, aligned: bool = False) -> Callable[[], None]:
     """Only the 8 matrix products of a step, into preallocated outputs.
 
     A forward product is computed in whichever orientation BLAS runs faster:
@@ -100,19 +104,31 @@ def numpy_gemm_only(params, x, y) -> Callable[[], None]:
     batch is the shorter side. Written straight into a transposed buffer, the
     second form costs nothing more here, so unlike chainrule's ``linear``
     (which must turn the result into C order) it is used at any such batch.
+
+    The arrays are NumPy's own (16-byte aligned, wherever malloc puts them);
+    ``aligned``: the weights, the batch and every output 64-byte aligned, as
+    chainrule allocates its parameters and the arrays its compiled kernels keep.
     """
     import numpy as np
 
-    ws = [p for p in params[0::2]]
+    if aligned:
+        from chainrule.tensor import aligned_copy, aligned_empty
+
+        ws = [aligned_copy(p) for p in params[0::2]]
+        x = aligned_copy(x)
+        empty = aligned_empty
+    else:
+        ws = [p for p in params[0::2]]
+        empty = np.empty
     bsz = len(x)
     acts = [x]
     for w in ws:
         if bsz < w.shape[0]:  # written as (out, B); acts holds its (B, out) view
-            acts.append(np.empty((w.shape[0], bsz), np.float32).T)
+            acts.append(empty((w.shape[0], bsz), np.float32).T)
         else:
-            acts.append(np.empty((bsz, w.shape[0]), np.float32))
-    deltas = [np.empty((bsz, w.shape[1]), np.float32) for w in ws]
-    gws = [np.empty_like(w) for w in ws]
+            acts.append(empty((bsz, w.shape[0]), np.float32))
+    deltas = [empty((bsz, w.shape[1]), np.float32) for w in ws]
+    gws = [empty(w.shape, np.float32) for w in ws]
 
     def step() -> None:
         for i, w in enumerate(ws):
@@ -420,7 +436,8 @@ def sklearn_step(params, x, y) -> Callable[[], object] | None:
 
 
 NAMES = (
-    "NumPy GEMM-only (roofline)", "NumPy hand-written", "NumPy floor (compiled's calls)",
+    "NumPy GEMM-only (roofline)", "NumPy GEMM-only, 64-byte aligned", "NumPy hand-written",
+    "NumPy floor (compiled's calls)",
     "NumPy floor (fused update's calls)", "chainrule eager", "chainrule compiled",
     "chainrule compiled, fused update", "PyTorch eager", "torch.compile", "JAX jit",
     "scikit-learn partial_fit",
@@ -432,6 +449,7 @@ def make_runner(name: str, batch: int, sizes: tuple[int, ...] = SIZES):
     params, x, y = make_problem(batch, sizes)
     make = {
         "NumPy GEMM-only (roofline)": numpy_gemm_only,
+        "NumPy GEMM-only, 64-byte aligned": lambda *a: numpy_gemm_only(*a, aligned=True),
         "NumPy hand-written": numpy_hand,
         "NumPy floor (compiled's calls)": numpy_floor,
         "NumPy floor (fused update's calls)": lambda *a: numpy_floor(*a, fused_update=True),

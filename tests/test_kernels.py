@@ -193,6 +193,17 @@ def test_take_reuses_an_array_only_while_nothing_else_holds_it():
     assert not np.shares_memory(kernel.take(0), view)  # that holds the array too
 
 
+def test_parameters_start_on_a_cache_line_and_keep_their_values():
+    src = np.arange(12, dtype=np.float64).reshape(3, 4)
+    for p in (cr.nn.Parameter(src), cr.nn.Parameter(cr.tensor(src), dtype=np.float32),
+              *cr.nn.Linear(5, 3).parameters()):
+        assert p.data.ctypes.data % ALIGN == 0 and p.data.flags.c_contiguous
+        assert p.data.flags.writeable and p.requires_grad
+    p = cr.nn.Parameter(src)
+    np.testing.assert_array_equal(p.data, src, strict=True)
+    assert not np.shares_memory(p.data, src)  # copied, as before
+
+
 def test_scratch_arrays_are_reused_whoever_holds_them():
     # for values that never leave the kernel's own calls: no reference counting
     kernel = ops.Kernel([((4,), np.dtype(np.float32))])
