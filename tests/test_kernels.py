@@ -202,6 +202,9 @@ def test_parameters_start_on_a_cache_line_and_keep_their_values():
     p = cr.nn.Parameter(src)
     np.testing.assert_array_equal(p.data, src, strict=True)
     assert not np.shares_memory(p.data, src)  # copied, as before
+    # references cannot be laid over raw bytes: an object array stays NumPy's own
+    odd = np.array([1, "a"], dtype=object)
+    assert list(cr.nn.Parameter(odd, requires_grad=False).data) == [1, "a"]
 
 
 def test_scratch_arrays_are_reused_whoever_holds_them():

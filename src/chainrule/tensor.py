@@ -439,7 +439,8 @@ ALIGN = 64
 
 def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialised C-ordered array whose data starts on an ``ALIGN``-byte
-    boundary: a view of a slightly larger byte buffer (its ``.base``).
+    boundary: a view of a slightly larger byte buffer (its ``.base``); for a
+    dtype holding Python objects, NumPy's own array.
 
     NumPy aligns a new array to 16 bytes only, so where one lands is chance:
     an array off a cache-line boundary makes every 64-byte vector load or
@@ -450,6 +451,8 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     under memory pressure from other tenants of the host the gap grew to 25%.
     """
     dtype = np.dtype(dtype)
+    if dtype.hasobject:  # references cannot be laid over raw bytes: NumPy's own array
+        return np.empty(shape, dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(nbytes + ALIGN, np.uint8)
     start = -raw.ctypes.data % ALIGN
