@@ -218,6 +218,30 @@ def test_bad_files(tmp_path: Path, tables, capsys):
         assert fragment in one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("task", ["auto", "classify", "regress"])
+def test_train_refuses_a_target_beyond_float32_naming_the_cell(tmp_path: Path, capsys, task):
+    # was: "internal error: OverflowError" (pandas' to_numeric on a 320-digit
+    # integer, even with errors="coerce"); now what load_csv says. pandas 2 reads
+    # no number in that cell: the column is then text (class labels, or not
+    # numeric for a regression)
+    import pandas as pd
+
+    rows = ["a,b,y"] + [f"{i * 0.1},{i % 3},{i % 2}" for i in range(30)]
+    rows[5] = "0.5,1," + "9" * 320
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(rows) + "\n")
+    code = main(["train", str(path), "--target", "y", "--task", task, "--epochs", "1",
+                 "--quiet", "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert "internal error" not in err
+    if int(pd.__version__.split(".")[0]) >= 3:
+        assert code == 2
+        assert re.search(r"t\.csv, line 6, column 3 \('y'\): '9{320}' is not a finite "
+                         r"float32 number", one_error_line(err))
+    else:
+        assert code == (2 if task == "regress" else 0)
+
+
 def test_predict_rejects_mismatched_csv(tmp_path: Path, tables, capsys):
     assert main(["train", str(tables["cls"]), "--target", "label", "--epochs", "1",
                  "--quiet", "--out", str(tmp_path / "m")]) == 0

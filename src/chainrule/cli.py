@@ -402,10 +402,24 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _target_numbers(df: Any, tname: str) -> np.ndarray:
+    """The target column as float64, NaN where a cell is text; a column of numbers
+    holding one that float32 cannot (a 320-digit integer, 1e39) is refused,
+    naming the cell, as ``load_csv`` refuses it."""
+    from .data.tables import _F32_MAX, not_float32, numbers
+
+    num = numbers(df[tname])
+    if not np.isnan(num).any():
+        big = ~(np.abs(num) <= _F32_MAX)
+        if big.any():
+            r = int(np.flatnonzero(big)[0])
+            raise CLIError(not_float32(df, r, tname, num[r]))
+    return num
+
+
 def _csv_target(path: Path, df: Any, target: str | None, task: str
                 ) -> tuple[str, np.ndarray, list[Any] | None, str]:
     """(target name, y, classes, task) from the table (see --task)."""
-    import pandas as pd
 
     from .data.tables import locate
 
@@ -430,8 +444,8 @@ def _csv_target(path: Path, df: Any, target: str | None, task: str
         raise CLIError(f"{locate(df, r, tname)}: empty target cell (rows without a target "
                        "cannot be trained on; remove them)")
     raw = col.to_numpy()
-    num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    numeric = not np.isnan(num).any() and np.isfinite(num).all()
+    num = _target_numbers(df, tname)
+    numeric = not np.isnan(num).any()
     if task == "regress":
         if not numeric:
             raise CLIError(f"{path}: target {tname!r} is not numeric; it cannot be regressed "
@@ -827,9 +841,7 @@ def _eval_rows(args: argparse.Namespace, pred: Any) -> tuple[np.ndarray, np.ndar
         y = _labels_to_indices(col.to_numpy(), list(spec.target.get("classes") or []),
                                str(path))
     else:
-        import pandas as pd
-
-        y = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        y = _target_numbers(df, tname)
         if np.isnan(y).any():
             raise CLIError(f"{path}: the target {tname!r} is not numeric, but the model is a "
                            "regression model")
