@@ -240,6 +240,28 @@ def test_csv_long_exponent_is_refused_where_pandas_could_crash(tmp_path, lines_b
     tables._refuse_long_exponent(ok, "2.9")
 
 
+@pytest.mark.parametrize("forced", [False, True])
+def test_text_cells_with_long_exponents_in_a_frame_built_in_memory(monkeypatch, forced):
+    # a DataFrame made in memory never goes through the file check: with pandas
+    # < 3, to_numeric crashed the process on '81e3104049863b72' (Python 3.10,
+    # pandas 2.3). Those cells are read by Python's float first, which gives
+    # what pandas 3 gives; ``forced`` takes that path under any pandas
+    import pandas as pd
+
+    from chainrule.data import tables
+
+    if forced:
+        monkeypatch.setattr(tables, "_old_c_parser", lambda pd: True)
+    col = pd.Series(["1e39" + "0" * 100, "81e3104049863b72", "1e1000000", "-1E+0000007",
+                     " 1e-9999999 ", "2.5", None, "abc", 3])
+    got = tables.numbers(col)
+    want = [np.inf, np.nan, np.inf, -1e7, 0.0, 2.5, np.nan, np.nan, 3.0]
+    np.testing.assert_array_equal(got, want)
+    frame = pd.DataFrame({"a": ["1", "81e3104049863b72", "2"], "b": [1.0, 2.0, 3.0]})
+    with pytest.raises(DataFormatError, match=r"'81e3104049863b72' is not a number"):
+        tables._numeric(frame["a"], "a", frame)
+
+
 def test_csv_float32_limits_still_load(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("a,b\n3.4e38,0\n-3.4e38,1\n")

@@ -270,6 +270,26 @@ def _old_c_parser(pd: Any) -> bool:
         return True
 
 
+_LONG_EXPONENT_TEXT = re.compile(_LONG_EXPONENT.pattern.decode())
+
+
+def _read_long_exponents(col: Any) -> Any:
+    """``col`` with each text cell that holds a number with an exponent of six
+    or more digits replaced by what Python's ``float`` reads there (what pandas
+    3 reads: +-inf or 0.0; NaN where it is no number, such as the id
+    ``81e3104049863b72``), so that pandas < 3's ``to_numeric``, which can crash
+    on such a cell (see above), never sees it."""
+    def read(v: Any) -> Any:
+        if isinstance(v, str) and _LONG_EXPONENT_TEXT.search(v) is not None:
+            try:
+                return float(v)
+            except ValueError:
+                return np.nan
+        return v
+
+    return col.map(read)
+
+
 def _refuse_long_exponent(path: Path, version: str) -> None:
     """Raise DataFormatError if the file holds a number with an exponent of six
     or more digits (see above)."""
@@ -424,8 +444,13 @@ def numbers(col: Any) -> np.ndarray:
     ``read_csv`` keeps an integer beyond float64's range (a cell of 310 digits)
     as a Python int, and ``to_numeric`` raises OverflowError on it even with
     ``errors="coerce"``: such cells are read from their text instead, as +-inf,
-    which the float32 range checks then refuse, naming the cell."""
+    which the float32 range checks then refuse, naming the cell. With pandas
+    before 3.0, text cells holding a number with an exponent of six or more
+    digits are read first (see :func:`_read_long_exponents`): a frame built in
+    memory never went through the file check that guards ``read_table``."""
     pd = _pandas()
+    if _old_c_parser(pd) and not pd.api.types.is_numeric_dtype(col):
+        col = _read_long_exponents(col)
     try:
         num = pd.to_numeric(col, errors="coerce")
     except OverflowError:
