@@ -406,11 +406,11 @@ def _target_numbers(df: Any, tname: str) -> np.ndarray:
     """The target column as float64, NaN where a cell is text; a column of numbers
     holding one that float32 cannot (a 320-digit integer, 1e39) is refused,
     naming the cell, as ``load_csv`` refuses it."""
-    from .data.tables import _F32_MAX, not_float32, numbers
+    from .data.tables import beyond_float32, not_float32, numbers
 
     num = numbers(df[tname])
     if not np.isnan(num).any():
-        big = ~(np.abs(num) <= _F32_MAX)
+        big = beyond_float32(num)
         if big.any():
             r = int(np.flatnonzero(big)[0])
             raise CLIError(not_float32(df, r, tname, num[r]))
@@ -420,7 +420,6 @@ def _target_numbers(df: Any, tname: str) -> np.ndarray:
 def _csv_target(path: Path, df: Any, target: str | None, task: str
                 ) -> tuple[str, np.ndarray, list[Any] | None, str]:
     """(target name, y, classes, task) from the table (see --task)."""
-
     from .data.tables import locate
 
     names = [str(c) for c in df.columns]

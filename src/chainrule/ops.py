@@ -424,6 +424,7 @@ _refcount = sys.getrefcount
 _UNSHARED = -1
 _BASE_UNSHARED = -1
 
+
 def _calibrate_take() -> tuple[int, int]:
     """The reference counts that :meth:`Kernel.take` sees for a kept array and
     for its buffer when nothing else holds either, found by calling it; -1

@@ -13,8 +13,6 @@ from ._common import DataFormatError
 
 __all__ = ["load_csv", "CSVData"]
 
-_F32_MAX = float(np.finfo(np.float32).max)
-
 
 @dataclass(frozen=True)
 class CSVData:
@@ -98,7 +96,7 @@ def load_csv(
     ((150, 4), ['setosa', 'versicolor', 'virginica'])
     >>> X, y = data                     # unpacks to (X, y)
     """
-    from .tables import _numeric, missing_or_bad, not_float32, numbers, read_table
+    from .tables import _numeric, beyond_float32, missing_or_bad, not_float32, numbers, read_table
 
     df = read_table(path, delimiter=delimiter, header=header, encoding=encoding,
                     prefer_header=isinstance(target, str))
@@ -136,9 +134,9 @@ def load_csv(
     if all(df[c].dtype.kind in "biuf" for c in feat) and not df[feat].isna().to_numpy().any():
         # the usual case, all numbers: one conversion, then the float32 range check
         X64 = df[feat].to_numpy(dtype=np.float64)
-        if not (np.isfinite(X64).all() and np.abs(X64).max(initial=0) <= _F32_MAX):
-            r, j = (int(v) for v in np.argwhere(~np.isfinite(X64) | (np.abs(
-                np.nan_to_num(X64)) > _F32_MAX))[0])
+        big = beyond_float32(X64)
+        if big.any():
+            r, j = (int(v) for v in np.argwhere(big)[0])
             raise DataFormatError(not_float32(df, r, feat[j], X64[r, j]))
         X = X64.astype(np.float32)
         feat_done = True
@@ -176,7 +174,7 @@ def load_csv(
     if numeric and not classification:
         # a regression target is float32 too: one that does not fit is refused,
         # as a feature cell is, rather than turned into inf
-        out_of_range = ~np.isfinite(values) | (np.abs(np.nan_to_num(values)) > _F32_MAX)
+        out_of_range = beyond_float32(values)
         if out_of_range.any():
             k = int(np.flatnonzero(out_of_range)[0])
             raise DataFormatError(not_float32(df, k, tname, values[k]))

@@ -473,12 +473,17 @@ def _numeric(col: Any, name: str, df: Any, what: str = "column") -> np.ndarray:
                 f"{what} {name!r} is numeric; declare it categorical (--categorical {name}) "
                 "if it holds categories"
             )
-    finite = np.isfinite(out) | np.isnan(out)
-    big = ~finite | (np.abs(np.where(np.isnan(out), 0, out)) > _F32_MAX)
+    big = beyond_float32(out)
     if big.any():
         r = int(np.flatnonzero(big)[0])
         raise DataFormatError(not_float32(df, r, name, out[r]))
     return out
+
+
+def beyond_float32(values: np.ndarray) -> np.ndarray:
+    """Where ``values`` (float64, NaN for a missing cell) holds a number float32
+    cannot: +-inf, or beyond float32's largest."""
+    return ~np.isnan(values) & ~(np.abs(values) <= _F32_MAX)
 
 
 def not_float32(df: Any, row: int, column: str, value: float) -> str:
@@ -910,7 +915,7 @@ class _ArrayCells:
 
 
 def _check_finite_array(X: np.ndarray, names: list[str]) -> None:
-    bad = np.isinf(X) | (np.abs(np.nan_to_num(X)) > _F32_MAX)
+    bad = beyond_float32(X)
     if bad.any():
         r, j = (int(v) for v in np.argwhere(bad)[0])
         raise DataFormatError(f"row {r}, column {names[j]!r}: {X[r, j]!r} is not a finite "
